@@ -1,0 +1,144 @@
+"""Hydra config loading: the one loader the scripts and the tests share.
+
+A config is composed with Hydra's compose API (nothing runs at import). The project's
+settings schema is composed first, then the user's config on top, then `key=value`
+overrides, so a user's file may hold only a `dataloader` node and every other setting
+keeps the project's default.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from _errors import UsageError
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+PROJECT_CONF_DIR = PROJECT_ROOT / "conf"
+
+_SCHEMA_NAME = "_dlckpt_schema"
+_ROOT_NAME = "_dlckpt_root"
+
+
+@dataclass
+class EstimateSettings:
+    # Bytes of one sample for the README's formula; None measures one sample of the pipeline.
+    bytes_per_sample: int | None = None
+    # The README's rule of thumb: checkpoint = buffer x sample bytes x 1.5.
+    formula_overhead: float = 1.5
+    # Each host of a multi-host job saves its own iterator checkpoint.
+    num_hosts: int = 1
+    # Buffer sizes the measured estimate fills, saves and fits a line through.
+    calibration_buffer_sizes: list[int] = field(default_factory=lambda: [8, 16, 32, 64])
+    # Elements skipped before each calibration fill, so the buffer holds data from
+    # across the stream and not only its first elements.
+    calibration_offsets: list[int] = field(default_factory=lambda: [0, 256, 1024])
+    cache: bool = True
+
+
+@dataclass
+class RoundTripSettings:
+    # The buffer the small-buffer test runs with (the production value stays in the config).
+    small_buffer_size: int = 100
+    batches_before_save: int = 3
+    batches_to_compare: int = 5
+
+
+@dataclass
+class Settings:
+    dataloader: dict[str, Any] = field(default_factory=dict)
+    estimate: EstimateSettings = field(default_factory=EstimateSettings)
+    roundtrip: RoundTripSettings = field(default_factory=RoundTripSettings)
+
+
+def available_config_names(config_dirs: list[Path]) -> list[str]:
+    names = {p.stem for d in config_dirs if d.is_dir() for p in d.glob("*.yaml")}
+    return sorted(names)
+
+
+def load_config(
+    config_name: str = "config",
+    overrides: list[str] | None = None,
+    config_dir: Path | None = None,
+) -> DictConfig:
+    """Compose `config_name` from `config_dir` (if given) and the project's `conf/`.
+
+    Raises UsageError with one line for a missing folder, an unknown config name,
+    an unknown key or a bad override.
+    """
+    from hydra import compose, initialize_config_dir
+    from hydra.core.config_store import ConfigStore
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    search_dirs = [PROJECT_CONF_DIR]
+    if config_dir is not None:
+        config_dir = Path(config_dir).expanduser().resolve()
+        if not config_dir.is_dir():
+            raise UsageError(f"--config-dir {config_dir}: no such folder (expected a folder of .yaml configs)")
+        search_dirs.insert(0, config_dir)
+    names = available_config_names(search_dirs)
+    if config_name not in names:
+        raise UsageError(
+            f"--config-name {config_name!r}: no such config; available: {', '.join(names)}"
+        )
+
+    store = ConfigStore.instance()
+    store.store(name=_SCHEMA_NAME, node=Settings)
+    # The root composes schema, then the user's config, so the user's values win; the
+    # search path puts the user's folder first and the project's conf/ beside it.
+    store.store(
+        name=_ROOT_NAME,
+        node={
+            "defaults": [_SCHEMA_NAME, config_name, "_self_"],
+            "hydra": {"searchpath": [f"file://{PROJECT_CONF_DIR}"]},
+        },
+    )
+    try:
+        with initialize_config_dir(version_base="1.3", config_dir=str(search_dirs[0])):
+            cfg = compose(config_name=_ROOT_NAME, overrides=list(overrides or []))
+    except (HydraException, OmegaConfBaseException) as exc:
+        raise UsageError(f"config {config_name!r}: {_one_line(exc)}") from None
+    if "_target_" not in cfg.dataloader:
+        raise UsageError(
+            f"config {config_name!r}: dataloader._target_ is missing "
+            "(expected the import path of a function that returns a tf.data.Dataset)"
+        )
+    return cfg
+
+
+def shuffle_buffer_size(cfg: DictConfig) -> int:
+    value = cfg.dataloader.get("shuffle_buffer_size")
+    return parse_positive_int(value, "dataloader.shuffle_buffer_size")
+
+
+def parse_positive_int(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise UsageError(f"{name}={value!r}: expected a positive integer, e.g. 100")
+    try:
+        number = int(str(value).replace("_", "").replace(",", ""))
+    except ValueError:
+        raise UsageError(f"{name}={value!r}: expected a positive integer, e.g. 100") from None
+    if number < 1:
+        raise UsageError(f"{name}={value!r}: expected a positive integer, e.g. 100")
+    return number
+
+
+def with_buffer_size(cfg: DictConfig, buffer_size: int) -> DictConfig:
+    """A copy of `cfg` with another shuffle buffer; `cfg` (and its file) stay as they are."""
+    copy = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    copy.dataloader.shuffle_buffer_size = buffer_size
+    return copy
+
+
+def _one_line(exc: BaseException) -> str:
+    parts = []
+    while exc is not None and len(parts) < 3:
+        text = " ".join(str(exc).split())
+        if text and text not in parts:
+            parts.append(text)
+        exc = exc.__cause__  # type: ignore[assignment]
+    return ": ".join(parts)

@@ -1,0 +1,9 @@
+"""The exceptions that map to the project's exit codes (see _common.run_main)."""
+
+
+class UsageError(Exception):
+    """Bad input: exit 2 with this one line, no traceback."""
+
+
+class PreflightRefusal(Exception):
+    """A save that cannot fit: exit 3, refused before the buffer is filled."""

@@ -1,0 +1,317 @@
+"""Where a run's checkpoint goes: a local folder or Google Cloud Storage.
+
+All GCS access is here, through google-cloud-storage with one client passed in.
+Every run writes under its own run prefix; listing and deletion never leave it.
+Uploads are resumable with the library's retries and crc32c checks, the checkpoint's
+files move in parallel, and a marker object written last tells a whole upload from a
+half one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from _errors import UsageError
+
+MARKER_NAME = "_COMPLETE.json"
+EMBEDDED_BUCKET = "dlckpt-test"
+RESUMABLE_CHUNK_BYTES = 16 * 1024 * 1024
+TRANSFER_WORKERS = 4
+
+
+class TransferError(Exception):
+    """An object that does not match its source (size or crc32c) or a missing marker."""
+
+
+def new_run_prefix(script: str) -> str:
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    return f"dlckpt-{script}-{stamp}-{secrets.token_hex(3)}"
+
+
+def crc32c_of_file(path: Path) -> str:
+    """Base64 crc32c, the form GCS reports in object metadata."""
+    import base64
+
+    import google_crc32c
+
+    checksum = google_crc32c.Checksum()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(8 * 1024 * 1024), b""):
+            checksum.update(chunk)
+    return base64.b64encode(checksum.digest()).decode("ascii")
+
+
+# --- destination parsing -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GcsLocation:
+    bucket: str
+    prefix: str  # no leading or trailing slash; may be empty
+
+    def uri(self, *parts: str) -> str:
+        path = "/".join(p for p in (self.prefix, *parts) if p)
+        return f"gs://{self.bucket}/{path}" if path else f"gs://{self.bucket}"
+
+    def key(self, *parts: str) -> str:
+        return "/".join(p for p in (self.prefix, *parts) if p)
+
+
+def parse_gcs_uri(uri: str, source: str = "GCS_TEST_BUCKET") -> GcsLocation:
+    """Parse gs://bucket[/prefix] strictly (bucket names per GCS naming rules)."""
+    import re
+
+    match = re.fullmatch(r"gs://([a-z0-9][a-z0-9._-]{1,220}[a-z0-9])(/.*)?", uri)
+    if not match or ".." in uri[5:] or "//" in uri[5:]:
+        raise UsageError(
+            f"{source}={uri!r}: expected gs://bucket[/prefix] (lower-case bucket name) "
+            "or a writable local folder"
+        )
+    return GcsLocation(match.group(1), (match.group(2) or "").strip("/"))
+
+
+# --- local folder --------------------------------------------------------------------
+
+
+class LocalDestination:
+    """A folder the user named; the run writes only under <folder>/<run prefix>/."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    @classmethod
+    def from_setting(cls, value: str, source: str = "GCS_TEST_BUCKET") -> LocalDestination:
+        root = Path(value).expanduser().resolve()
+        if not root.is_dir():
+            raise UsageError(
+                f"{source}={value!r}: no such folder (expected gs://bucket[/prefix] or an existing local folder)"
+            )
+        if not os.access(root, os.W_OK | os.X_OK):
+            raise UsageError(f"{source}={value!r}: folder is not writable (expected a writable folder)")
+        return cls(root)
+
+    def uri(self, run_prefix: str) -> str:
+        return str(self.root / run_prefix)
+
+    def put(self, files: list[Path], run_prefix: str) -> None:
+        target = self.root / run_prefix
+        target.mkdir(parents=True, exist_ok=False)
+        for path in files:
+            shutil.copy2(path, target / path.name)
+
+    def fetch(self, run_prefix: str, into: Path) -> list[Path]:
+        into.mkdir(parents=True, exist_ok=True)
+        return [Path(shutil.copy2(p, into / p.name)) for p in sorted((self.root / run_prefix).iterdir())]
+
+    def remove(self, run_prefix: str) -> None:
+        if run_prefix and (self.root / run_prefix).is_dir():
+            shutil.rmtree(self.root / run_prefix)
+
+
+# --- Google Cloud Storage -------------------------------------------------------------
+
+
+def make_client() -> Any:
+    """One storage client: anonymous against an emulator, Application Default Credentials otherwise."""
+    from google.auth.exceptions import DefaultCredentialsError
+    from google.cloud import storage
+
+    if os.environ.get("STORAGE_EMULATOR_HOST"):
+        from google.auth.credentials import AnonymousCredentials
+
+        return storage.Client(project="dlckpt-test", credentials=AnonymousCredentials())
+    try:
+        return storage.Client()
+    except DefaultCredentialsError:
+        raise UsageError(
+            "Google Cloud Storage: no Application Default Credentials found; run "
+            "`gcloud auth application-default login` or set GOOGLE_APPLICATION_CREDENTIALS=/path/key.json"
+        ) from None
+
+
+def _progress(total: int, description: str) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(
+        total=total,
+        desc=description,
+        unit="B",
+        unit_scale=True,
+        unit_divisor=1024,
+        disable=not sys.stderr.isatty(),
+        leave=False,
+    )
+
+
+class GcsDestination:
+    """gs://bucket/prefix; the run writes only objects under <prefix>/<run prefix>/."""
+
+    def __init__(self, client: Any, location: GcsLocation) -> None:
+        self.client = client
+        self.location = location
+        self.bucket = client.bucket(location.bucket)
+
+    def check_bucket(self) -> None:
+        from google.api_core import exceptions as api_exceptions
+        from google.api_core.retry import Retry
+
+        try:
+            self.bucket.reload(timeout=10, retry=Retry(timeout=20))
+        except api_exceptions.NotFound:
+            raise UsageError(
+                f"GCS_TEST_BUCKET={self.location.uri()}: bucket {self.location.bucket!r} does not exist "
+                "(create it, or set GCS_TEST_BUCKET to a bucket you can write)"
+            ) from None
+        except api_exceptions.Forbidden as error:
+            raise UsageError(
+                f"GCS_TEST_BUCKET={self.location.uri()}: access denied ({error.message}); check the "
+                "Application Default Credentials' permissions on the bucket"
+            ) from None
+        except Exception as error:
+            raise UsageError(
+                f"GCS_TEST_BUCKET={self.location.uri()}: bucket unreachable "
+                f"({type(error).__name__}: {' '.join(str(error).split())[:160]})"
+            ) from None
+
+    def uri(self, run_prefix: str) -> str:
+        return self.location.uri(run_prefix)
+
+    def put(self, files: list[Path], run_prefix: str) -> None:
+        """Upload in parallel, verify size + crc32c of each object, then write the marker."""
+        from tqdm.utils import CallbackIOWrapper
+
+        manifest = {p.name: {"size": p.stat().st_size, "crc32c": crc32c_of_file(p)} for p in files}
+        with _progress(sum(m["size"] for m in manifest.values()), "upload") as bar:
+
+            def upload(path: Path) -> None:
+                blob = self.bucket.blob(self.location.key(run_prefix, path.name), chunk_size=RESUMABLE_CHUNK_BYTES)
+                with path.open("rb") as handle:
+                    # if_generation_match=0 makes the upload idempotent, so the
+                    # library's default retry covers transient errors.
+                    blob.upload_from_file(
+                        CallbackIOWrapper(bar.update, handle, "read"),
+                        size=manifest[path.name]["size"],
+                        checksum="crc32c",
+                        if_generation_match=0,
+                    )
+                self._verify(blob, manifest[path.name])
+
+            with ThreadPoolExecutor(TRANSFER_WORKERS) as pool:
+                list(pool.map(upload, files))
+        marker = self.bucket.blob(self.location.key(run_prefix, MARKER_NAME))
+        marker.upload_from_string(json.dumps({"files": manifest}), content_type="application/json")
+
+    def _verify(self, blob: Any, expected: dict[str, Any]) -> None:
+        blob.reload()
+        if blob.size != expected["size"] or blob.crc32c != expected["crc32c"]:
+            raise TransferError(
+                f"{self.location.uri()}/{blob.name.removeprefix(self.location.prefix).lstrip('/')}: "
+                f"stored size {blob.size} crc32c {blob.crc32c}, expected size {expected['size']} "
+                f"crc32c {expected['crc32c']}"
+            )
+
+    def fetch(self, run_prefix: str, into: Path) -> list[Path]:
+        """Download a complete upload (marker present), verifying each file's size and crc32c."""
+        from google.api_core import exceptions as api_exceptions
+        from tqdm.utils import CallbackIOWrapper
+
+        marker = self.bucket.blob(self.location.key(run_prefix, MARKER_NAME))
+        try:
+            manifest = json.loads(marker.download_as_bytes())["files"]
+        except api_exceptions.NotFound:
+            raise TransferError(
+                f"{self.uri(run_prefix)}: no {MARKER_NAME} marker, the upload is incomplete"
+            ) from None
+        into.mkdir(parents=True, exist_ok=True)
+        with _progress(sum(m["size"] for m in manifest.values()), "download") as bar:
+
+            def download(name: str) -> Path:
+                blob = self.bucket.blob(self.location.key(run_prefix, name))
+                target = into / name
+                try:
+                    self._verify(blob, manifest[name])
+                    with target.open("wb") as handle:
+                        blob.download_to_file(CallbackIOWrapper(bar.update, handle, "write"), checksum="crc32c")
+                except api_exceptions.NotFound:
+                    raise TransferError(f"{self.uri(run_prefix)}/{name}: listed in the marker but missing") from None
+                local = {"size": target.stat().st_size, "crc32c": crc32c_of_file(target)}
+                if local != manifest[name]:
+                    raise TransferError(f"{self.uri(run_prefix)}/{name}: downloaded {local}, expected {manifest[name]}")
+                return target
+
+            with ThreadPoolExecutor(TRANSFER_WORKERS) as pool:
+                return list(pool.map(download, sorted(manifest)))
+
+    def list_run(self, run_prefix: str) -> list[str]:
+        prefix = self.location.key(run_prefix) + "/"
+        return [blob.name for blob in self.client.list_blobs(self.bucket, prefix=prefix)]
+
+    def remove(self, run_prefix: str) -> None:
+        if not run_prefix:
+            return
+        for name in self.list_run(run_prefix):
+            self.bucket.blob(name).delete()
+
+
+# --- the embedded GCS server -----------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextlib.contextmanager
+def embedded_gcs_server(data_dir: Path | None = None) -> Iterator[str]:
+    """Start gcp-storage-emulator (a real HTTP server) on 127.0.0.1; yield its endpoint.
+
+    Sets STORAGE_EMULATOR_HOST for this process while it runs, so one client made
+    inside the block talks to it, and stops it on exit.
+    """
+    port = _free_port()
+    command = [sys.executable, "-m", "gcp_storage_emulator", "start", "--host", "127.0.0.1",
+               "--port", str(port), "--quiet"]
+    command += ["--in-memory"] if data_dir is None else []
+    process = subprocess.Popen(
+        command,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        cwd=str(data_dir) if data_dir else None,
+    )
+    endpoint = f"http://127.0.0.1:{port}"
+    previous = os.environ.get("STORAGE_EMULATOR_HOST")
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+                break
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the embedded GCS server did not start on {endpoint}")
+            time.sleep(0.1)
+        os.environ["STORAGE_EMULATOR_HOST"] = endpoint
+        yield endpoint
+    finally:
+        if previous is None:
+            os.environ.pop("STORAGE_EMULATOR_HOST", None)
+        else:
+            os.environ["STORAGE_EMULATOR_HOST"] = previous
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
