@@ -3,15 +3,28 @@
 from __future__ import annotations
 
 import os
+import sys
 from types import ModuleType
 
 
 def import_tensorflow() -> ModuleType:
+    if "tensorflow" in sys.modules:
+        return sys.modules["tensorflow"]
     # The output a person reads should be ours, not TensorFlow's banner: level 3 hides
-    # C++ INFO/WARNING lines; the oneDNN notice is printed regardless of that level.
+    # C++ INFO/WARNING lines, and the oneDNN notice has its own switch.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
-    import tensorflow as tf
-
+    # Loading the CUDA stubs logs "Could not find cuda drivers" through absl before any
+    # level applies; that happens only during the import, so stderr is muted for it alone.
+    # A failing import still raises its Python exception after stderr is restored.
+    sys.stderr.flush()
+    saved_stderr = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            import tensorflow as tf
+    finally:
+        os.dup2(saved_stderr, 2)
+        os.close(saved_stderr)
     tf.get_logger().setLevel("ERROR")
     return tf

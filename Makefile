@@ -1,0 +1,43 @@
+# A thin front for nox: every target calls one nox session. `make` alone lists them.
+# The first run builds .venv-tools (pinned nox + uv from requirements-tools.txt) with
+# the machine's python3; nothing else needs to be installed by hand.
+.DEFAULT_GOAL := help
+SHELL := /bin/bash
+
+PYTHON ?= python3
+TOOLS := .venv-tools
+NOX := $(TOOLS)/bin/nox
+ARGS ?=
+# nox finds uv on PATH; no interpreter is ever downloaded.
+export PATH := $(CURDIR)/$(TOOLS)/bin:$(PATH)
+export UV_PYTHON_DOWNLOADS := never
+
+$(NOX): requirements-tools.txt
+	$(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/python -m pip install --quiet --disable-pip-version-check -r requirements-tools.txt
+	touch $(NOX)
+
+.PHONY: help  ## Show this list
+help:
+	@echo "Usage: make TARGET [ARGS=\"--config-name=NAME key=value ...\"]"
+	@grep -E '^\.PHONY: [a-z-]+ +## ' $(MAKEFILE_LIST) | sed -E 's/^\.PHONY: ([a-z-]+) +## /  \1|/' | column -t -s '|'
+
+.PHONY: small-buffer  ## Small-buffer test: size estimates + checkpoint round trip (main job)
+small-buffer: $(NOX)
+	$(NOX) -s small_buffer -- $(ARGS)
+
+.PHONY: test  ## Run the test suite
+test: $(NOX)
+	$(NOX) -s tests -- $(ARGS)
+
+.PHONY: lint  ## ruff, mypy, shellcheck
+lint: $(NOX)
+	$(NOX) -s lint
+
+.PHONY: lock  ## Re-resolve uv.lock after editing pyproject.toml
+lock: $(NOX)
+	$(NOX) -s lock
+
+.PHONY: clean  ## Remove the tool venv, nox environments and the work folder
+clean:
+	rm -rf $(TOOLS) .nox .work
