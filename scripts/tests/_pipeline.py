@@ -139,6 +139,8 @@ def instantiate_dataset(dataloader_cfg: Any) -> Any:
     from hydra.errors import InstantiationException
     from hydra.utils import instantiate
 
+    # Import TensorFlow our way (quiet) before the user's module imports it its way.
+    tf = import_tensorflow()
     target = dataloader_cfg.get("_target_")
     try:
         dataset = instantiate(dataloader_cfg, _convert_="all")
@@ -150,7 +152,6 @@ def instantiate_dataset(dataloader_cfg: Any) -> Any:
                 f"(expected module.function on PYTHONPATH): {' '.join(str(cause).split())[:300]}"
             ) from None
         raise
-    tf = import_tensorflow()
     if not isinstance(dataset, tf.data.Dataset):
         raise UsageError(
             f"dataloader._target_={target!r} returned {type(dataset).__name__}, "

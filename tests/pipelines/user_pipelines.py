@@ -1,0 +1,55 @@
+"""Dataloaders a user might point `dataloader._target_` at, for the tests.
+
+This folder is put on PYTHONPATH by the tests, as a user's own module would be.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+
+def _images(num: int = 1_000_000, size: int = 16) -> tf.data.Dataset:
+    def make(index: tf.Tensor) -> dict[str, tf.Tensor]:
+        seed = tf.stack([tf.constant(3, tf.int64), index])
+        image = tf.random.stateless_uniform([size, size, 3], seed=seed, maxval=255, dtype=tf.int32)
+        return {"image": tf.cast(image, tf.uint8), "label": index}
+
+    return tf.data.Dataset.range(num).map(make)
+
+
+def plain_dataset(*, shuffle_buffer_size: int, batch_size: int = 4, image_size: int = 16) -> tf.data.Dataset:
+    """A user's own well-behaved loader (stateless ops, seeded shuffle)."""
+    return _images(size=image_size).shuffle(shuffle_buffer_size, seed=7).batch(batch_size)
+
+
+def stateful_augmentation_dataset(*, shuffle_buffer_size: int, batch_size: int = 4) -> tf.data.Dataset:
+    """Saves, but does not resume: an unseeded random augmentation whose state the
+    checkpoint skips because the external-state policy says IGNORE."""
+
+    def augment(element: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+        noise = tf.random.uniform(tf.shape(element["image"]), maxval=8, dtype=tf.int32)
+        element["image"] = element["image"] + tf.cast(noise, tf.uint8)
+        return element
+
+    dataset = _images().shuffle(shuffle_buffer_size, seed=7).map(augment).batch(batch_size)
+    options = tf.data.Options()
+    options.experimental_external_state_policy = tf.data.experimental.ExternalStatePolicy.IGNORE
+    return dataset.with_options(options)
+
+
+def unseeded_random_dataset(*, shuffle_buffer_size: int, batch_size: int = 4) -> tf.data.Dataset:
+    """Cannot be saved: tf.random.uniform without a seed is a stateful op."""
+    dataset = tf.data.Dataset.range(1_000_000).map(lambda i: tf.random.uniform([4]) + tf.cast(i, tf.float32))
+    return dataset.shuffle(shuffle_buffer_size, seed=1).batch(batch_size)
+
+
+def generator_dataset(*, shuffle_buffer_size: int, batch_size: int = 4) -> tf.data.Dataset:
+    """Cannot be saved: Dataset.from_generator runs Python that TensorFlow cannot serialize."""
+    dataset = tf.data.Dataset.from_generator(
+        lambda: iter(range(1_000_000)), output_signature=tf.TensorSpec([], tf.int64)
+    )
+    return dataset.shuffle(shuffle_buffer_size, seed=1).batch(batch_size)
+
+
+def not_a_dataset(*, shuffle_buffer_size: int) -> list[int]:
+    return [shuffle_buffer_size]

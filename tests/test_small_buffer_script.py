@@ -1,0 +1,134 @@
+"""The small-buffer script as a person runs it: its lines, exit codes, report and cleanup."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import SCRIPTS_DIR, run_script, script_env
+
+SCRIPT = "test_dataloader_checkpoint_small_buffer.py"
+
+
+def _one_clear_line(result: subprocess.CompletedProcess[str]) -> str:
+    assert "Traceback" not in result.stderr + result.stdout
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+def test_default_config_prints_both_estimates_and_passes():
+    result = run_script(SCRIPT)
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    assert "ORIGINAL CONFIG CHECKPOINT SIZE ESTIMATE: 187.5 GB" in out
+    assert "NEW CONFIG CHECKPOINT SIZE ESTIMATE: 0.0750 GB" in out
+    assert "Destination: embedded GCS server at http://127.0.0.1:" in out
+    assert out.rstrip().splitlines()[-1] == "✓ ALL TESTS PASSED"
+
+
+def test_user_pipeline_and_bucket_with_report(tmp_path: Path, gcs_endpoint: str, gcs_bucket):
+    (tmp_path / "mine.yaml").write_text(
+        "dataloader:\n  _target_: user_pipelines.plain_dataset\n  shuffle_buffer_size: 50000\n"
+    )
+    sentinel = gcs_bucket.blob("team/keep-me.txt")
+    sentinel.upload_from_string(b"someone else's object")
+    report = tmp_path / "r.json"
+    result = run_script(
+        SCRIPT,
+        "--config-dir", str(tmp_path), "--config-name", "mine", "--report", str(report),
+        "roundtrip.batches_to_compare=4",
+        env=script_env(GCS_TEST_BUCKET=f"gs://{gcs_bucket.name}/team", STORAGE_EMULATOR_HOST=gcs_endpoint),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"Destination: gs://{gcs_bucket.name}/team" in result.stdout
+    data = json.loads(report.read_text())
+    assert data["script"] == "small_buffer"
+    assert data["config_name"] == "mine"
+    assert data["shuffle_buffer_size"] == {"original": 50000, "tested": 100}
+    assert data["estimate"]["formula_original_bytes"] == data["estimate"]["original_bytes"] > 0
+    assert data["checkpoint"]["uri"].startswith(f"gs://{gcs_bucket.name}/team/dlckpt-small-buffer-")
+    assert data["checkpoint"]["bytes"] > 100 * 16 * 16 * 3 and data["checkpoint"]["files"] == 2
+    assert data["verification"] == {
+        "batches_compared": 4, "passed": True, "first_mismatch": None, "failure": None
+    }  # fmt: skip
+    assert data["passed"] is True and data["exit_code"] == 0
+    # The run removed its own prefix after the pass and nothing else.
+    names = [blob.name for blob in gcs_bucket.client.list_blobs(gcs_bucket.name)]
+    assert names == ["team/keep-me.txt"]
+
+
+def test_a_checkpoint_that_does_not_resume_exits_1_naming_batch_and_key(tmp_path: Path):
+    (tmp_path / "aug.yaml").write_text(
+        "dataloader:\n  _target_: user_pipelines.stateful_augmentation_dataset\n  shuffle_buffer_size: 1000\n"
+    )
+    report = tmp_path / "r.json"
+    result = run_script(
+        SCRIPT, "--config-dir", str(tmp_path), "--config-name", "aug", "--buffer-size", "20",
+        "--report", str(report), env=script_env(GCS_TEST_BUCKET=str(tmp_path)),
+    )  # fmt: skip
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert re.search(r"^✗ CHECKPOINT DOES NOT RESUME EXACTLY.*: batch \d+, key image: ", result.stdout, re.M)
+    data = json.loads(report.read_text())
+    assert data["verification"]["first_mismatch"]["key"] == "image"
+    assert data["passed"] is False and data["exit_code"] == 1
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "expected"),
+    [
+        (["--config-name", "nope"], {}, "no such config; available: config, octo_pretrain, openvla, small"),
+        (["estimate.nope=1"], {}, "Could not override 'estimate.nope'"),
+        (["--buffer-size", "0"], {}, "--buffer-size='0': expected a positive integer"),
+        (["dataloader.shuffle_buffer_size=lots"], {}, "dataloader.shuffle_buffer_size='lots': expected a positive integer"),
+        (["--config-dir", "/nonexistent/dir"], {}, "/nonexistent/dir: no such folder"),
+        ([], {"GCS_TEST_BUCKET": "s3://bucket/x"}, "expected gs://bucket[/prefix]"),
+        ([], {"GCS_TEST_BUCKET": "gs://Bad_Bucket"}, "expected gs://bucket[/prefix]"),
+        ([], {"GCS_TEST_BUCKET": "/nonexistent/folder"}, "no such folder"),
+        (["dataloader._target_=nowhere.build"], {"GCS_TEST_BUCKET": "/tmp"}, "'nowhere.build' does not import"),
+        (["--report", "/nonexistent/r.json"], {}, "--report /nonexistent/r.json: its folder does not exist"),
+    ],
+)  # fmt: skip
+def test_bad_input_exits_2_with_one_line(args, env, expected):
+    result = run_script(SCRIPT, *args, env=script_env(**env))
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert expected in _one_clear_line(result)
+
+
+def test_missing_bucket_exits_2(gcs_endpoint: str):
+    result = run_script(
+        SCRIPT, "--config-name", "small",
+        env=script_env(GCS_TEST_BUCKET="gs://no-such-bucket-here/x", STORAGE_EMULATOR_HOST=gcs_endpoint),
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "bucket 'no-such-bucket-here' does not exist" in _one_clear_line(result)
+
+
+def test_ctrl_c_leaves_nothing_in_the_run_prefix(tmp_path: Path):
+    destination = tmp_path / "dest"
+    destination.mkdir()
+    process = subprocess.Popen(
+        [sys.executable, str(SCRIPTS_DIR / SCRIPT), "--config-name", "small"],
+        env=script_env(GCS_TEST_BUCKET=str(destination), PYTHONUNBUFFERED="1"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdout is not None
+    for line in process.stdout:
+        if line.startswith(("✓ Copied to", "✓ Uploaded to")):
+            # The checkpoint is now in the run prefix; the restore process is starting.
+            assert any(destination.iterdir())
+            process.send_signal(signal.SIGINT)
+            break
+    else:
+        pytest.fail("the run never reached the copy")
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    assert "interrupted" in stderr and "Traceback" not in stderr
+    assert list(destination.iterdir()) == []
