@@ -1,0 +1,141 @@
+"""compare_shuffle_strategies.py: real runs on small frames, the figures it reports, its errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from _report import format_bytes
+from _strategies import (
+    LAST_REPORT_NAME,
+    STRATEGY_NAMES,
+    grain_available,
+    shuffle_quality,
+    smallest_resuming_strategy,
+    strategies_pointer_line,
+)
+from conftest import run_script
+
+SCRIPT = "./compare_shuffle_strategies.py"  # run_script: a "/" means relative to scripts/
+TF_STRATEGIES = [n for n in STRATEGY_NAMES if n != "grain_array_record"]
+
+
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[object, dict, Path]:
+    """One real run of every strategy on the `small` preset (32x32 + 16x16 frames, window 2,
+    200 recorded steps, a 64-element buffer): each checkpoint restored in a new process."""
+    work = tmp_path_factory.mktemp("strategies")
+    report_path = work / "report.json"
+    completed = run_script(
+        SCRIPT, "--config-name", "small", "--work-dir", str(work), "--report", str(report_path),
+        "--timed-batches", "4",
+    )  # fmt: skip
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    return completed, json.loads(report_path.read_text()), work
+
+
+def test_every_strategy_resumes_exactly_in_a_new_process(small_run) -> None:
+    completed, report, _ = small_run
+    names = [s["name"] for s in report["strategies"]]
+    expected = TF_STRATEGIES + (["grain_array_record"] if grain_available() else [])
+    assert names == expected
+    for strategy in report["strategies"]:
+        assert strategy["resumes_exactly"] is True, strategy
+        assert set(strategy) >= {
+            "name", "checkpoint_bytes", "save_seconds", "restore_seconds",
+            "elements_per_second", "resumes_exactly", "quality",
+        }  # fmt: skip
+        assert strategy["elements_per_second"] > 0
+        size = format_bytes(strategy["checkpoint_bytes"])
+        assert f"✓ {strategy['name']}: checkpoint {size}, resumes exactly" in completed.stdout
+
+
+def test_index_strategies_checkpoint_orders_of_magnitude_smaller(small_run) -> None:
+    _, report, _ = small_run
+    sizes = {s["name"]: s["checkpoint_bytes"] for s in report["strategies"]}
+    decoded = sizes["decoded_buffer"]
+    # 64 decoded samples of 2 x (32x32x3 + 16x16x3) bytes are really in the checkpoint.
+    assert decoded >= report["buffer_size"] * report["decoded_sample_bytes"]
+    assert sizes["encoded_buffer"] < decoded
+    assert sizes["index_shuffle_before_map"] < sizes["encoded_buffer"]
+    for symbolic in ("index_permutation_symbolic", "global_shuffle_symbolic"):
+        assert sizes[symbolic] < 16_000
+        assert decoded >= 100 * sizes[symbolic]
+
+
+def test_quality_comes_from_the_output_order(small_run) -> None:
+    _, report, _ = small_run
+    quality = {s["name"]: s["quality"] for s in report["strategies"]}
+    # The three buffer strategies shuffle the same stream with the same seed and buffer.
+    assert (
+        quality["decoded_buffer"]
+        == quality["encoded_buffer"]
+        == quality["index_shuffle_before_map"]
+    )
+    # A permutation of the whole epoch moves elements further than a 64-element buffer.
+    assert (
+        quality["index_permutation_symbolic"]["mean_displacement"]
+        > quality["decoded_buffer"]["mean_displacement"]
+    )
+    for figures in quality.values():
+        assert figures["elements"] == 6 * 4  # (2 warm-up + 4 timed batches) x batch 4
+
+
+def test_table_summary_and_cache_name_the_smallest(small_run) -> None:
+    completed, report, work = small_run
+    for name in report["strategies"]:
+        assert any(line.startswith(f"| {name['name']} ") for line in completed.stdout.splitlines())
+    best = smallest_resuming_strategy(work / LAST_REPORT_NAME)
+    assert best is not None
+    name, size = best
+    assert size == min(s["checkpoint_bytes"] for s in report["strategies"])
+    assert (
+        f"SMALLEST CHECKPOINT THAT RESUMES EXACTLY: {name}, {format_bytes(size)}"
+        in completed.stdout
+    )
+    assert smallest_resuming_strategy(report) == best
+    pointer = strategies_pointer_line(work / LAST_REPORT_NAME)
+    assert pointer.startswith(
+        f"SMALLEST CHECKPOINT THAT RESUMES EXACTLY (last `make strategies`): {name}, "
+    )
+
+
+def test_shuffle_quality_figures() -> None:
+    unshuffled = shuffle_quality(list(range(40)), steps_per_episode=10)
+    assert unshuffled == {
+        "elements": 40,
+        "mean_displacement": 0.0,
+        "same_episode_consecutive": 0.9231,
+    }
+    reversed_order = shuffle_quality([3, 2, 1, 0], steps_per_episode=1)
+    assert reversed_order["mean_displacement"] == 2.0
+    assert reversed_order["same_episode_consecutive"] == 0.0
+
+
+def test_smallest_resuming_strategy_without_a_report(tmp_path: Path) -> None:
+    assert smallest_resuming_strategy(tmp_path / "missing.json") is None
+    failed = {"strategies": [{"name": "x", "checkpoint_bytes": 10, "resumes_exactly": False}]}
+    assert smallest_resuming_strategy(failed) is None
+    assert strategies_pointer_line(tmp_path / "missing.json").startswith(
+        "Smaller checkpoints: `make strategies`"
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--strategies", "nope"], "--strategies 'nope': unknown nope; choose from decoded_buffer"),
+        (["--buffer-size", "0"], "--buffer-size='0': expected a positive integer"),
+        (["--buffer-size", "4000"], "not more than the 4,000-element buffer"),
+        (["--buffer-size", "200000"], "pass --buffer-size 1000"),
+        (["--config-name", "nosuch"], "--config-name 'nosuch': no such config"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(args: list[str], message: str, tmp_path: Path) -> None:
+    completed = run_script(SCRIPT, "--work-dir", str(tmp_path), *args, timeout=120)
+    assert completed.returncode == 2, completed.stderr
+    assert message in completed.stderr
+    assert len(completed.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in completed.stderr
+    assert not any(tmp_path.iterdir()), "nothing is written before the input is checked"
