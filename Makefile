@@ -26,6 +26,30 @@ help:
 small-buffer: $(NOX)
 	$(NOX) -s small_buffer -- $(ARGS)
 
+.PHONY: local-staging  ## Save into LOCAL_STAGING_DIR (default .work/local-staging), upload if GCS_TEST_BUCKET
+local-staging: $(NOX)
+	$(NOX) -s local_staging -- $(ARGS)
+
+.PHONY: original  ## Original full-buffer test under TensorFlow's temp folder (TMPDIR=... to move it)
+original: $(NOX)
+	$(NOX) -s original -- $(ARGS)
+
+.PHONY: strategies  ## Compare shuffle strategies side by side: checkpoint size, speed, quality, exact resume
+strategies: $(NOX)
+	$(NOX) -s strategies -- $(ARGS)
+
+.PHONY: estimate  ## Measured checkpoint size + where the bytes go, no round trip (ARGS="--fit-budget 15GB")
+estimate: $(NOX)
+	$(NOX) -s estimate -- $(ARGS)
+
+.PHONY: disk-check  ## Free space of TF's temp folder, /tmp, LOCAL_STAGING_DIR, home, cwd and RAM
+disk-check: $(NOX)
+	$(NOX) -s disk_check -- $(ARGS)
+
+.PHONY: bench  ## Benchmark the estimate: accuracy and calibration time vs real saves (slow)
+bench: $(NOX)
+	$(NOX) -s bench -- $(ARGS)
+
 .PHONY: test  ## Run the test suite
 test: $(NOX)
 	$(NOX) -s tests -- $(ARGS)

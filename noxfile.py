@@ -39,17 +39,70 @@ def _run_script(session: nox.Session, script: str, env: dict[str, str] | None = 
     session.run("python", str(SCRIPTS / script), *session.posargs, env=env or {})
 
 
+def _run_top_script(session: nox.Session, script: str) -> None:
+    """Like _run_script, for a script in scripts/ itself (it finds scripts/tests on its own)."""
+    _install_locked(session)
+    session.run("python", str(ROOT / "scripts" / script), *session.posargs)
+
+
 @nox.session
 def small_buffer(session: nox.Session) -> None:
-    """Small-buffer test: estimate the sizes, then round-trip the checkpoint with a 100-element buffer."""
+    """Small-buffer test: the size estimates, then a round trip with a 100-element buffer."""
     _run_script(session, "test_dataloader_checkpoint_small_buffer.py")
+
+
+@nox.session(default=False)
+def local_staging(session: nox.Session) -> None:
+    """Local staging: save into LOCAL_STAGING_DIR (default .work/local-staging), then GCS if set."""
+    staging = os.environ.get("LOCAL_STAGING_DIR")
+    if not staging:  # the default lives in the git-ignored work folder
+        staging = str(WORK / "local-staging")
+        Path(staging).mkdir(parents=True, exist_ok=True)
+    env = {"LOCAL_STAGING_DIR": staging}
+    _run_script(session, "test_dataloader_checkpoint_local_staging.py", env=env)
+
+
+@nox.session(default=False)
+def original(session: nox.Session) -> None:
+    """Original full-buffer test, saved under TensorFlow's temp folder (TMPDIR, or -- --tmpdir)."""
+    env = {"TMPDIR": os.environ["TMPDIR"]} if os.environ.get("TMPDIR") else {}
+    _run_script(session, "test_dataloader_checkpoint.py", env=env)
+
+
+@nox.session(default=False)
+def strategies(session: nox.Session) -> None:
+    """Compare shuffle strategies: checkpoint size, speed, shuffle quality, exact resume."""
+    _run_top_script(session, "compare_shuffle_strategies.py")
+
+
+@nox.session
+def estimate(session: nox.Session) -> None:
+    """Measured checkpoint size, where its bytes go and the preflight, no round trip."""
+    _install_locked(session)
+    script = SCRIPTS / "test_dataloader_checkpoint_small_buffer.py"
+    session.run("python", str(script), "--estimate-only", *session.posargs)
+
+
+@nox.session
+def disk_check(session: nox.Session) -> None:
+    """Free space of every folder a checkpoint passes through, and RAM, vs what a test needs."""
+    _install_locked(session)  # --config-name runs the estimate in this environment
+    python = str(Path(session.virtualenv.location) / "bin" / "python")
+    script = str(SCRIPTS / "check_disk_space.sh")
+    session.run("bash", script, *session.posargs, env={"PYTHON": python}, external=True)
+
+
+@nox.session(default=False)
+def bench(session: nox.Session) -> None:
+    """Estimate accuracy and calibration time against real saves, as ratios (slow)."""
+    _run_top_script(session, "bench_estimate.py")
 
 
 @nox.session
 def tests(session: nox.Session) -> None:
     """The test suite (pytest; arguments after -- replace the defaults)."""
     _install_locked(session, "test")
-    session.run("pytest", *(session.posargs or ["-q"]))
+    session.run("pytest", *(session.posargs or ["-q", "--numprocesses=2", "--durations=8"]))
 
 
 @nox.session
@@ -58,8 +111,8 @@ def lint(session: nox.Session) -> None:
     _install_locked(session, "lint")
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
-    session.run("mypy", "scripts/tests", "noxfile.py")
-    shell_scripts = sorted(str(p) for p in SCRIPTS.glob("*.sh")) + [".ci/run"]
+    session.run("mypy", "scripts/tests", *map(str, (ROOT / "scripts").glob("*.py")), "noxfile.py")
+    shell_scripts = [*sorted(str(p) for p in SCRIPTS.glob("*.sh")), ".ci/run"]
     session.run("shellcheck", *shell_scripts)
 
 

@@ -52,15 +52,20 @@ def script_env(**extra: str) -> dict[str, str]:
     env = dict(os.environ)
     env.pop("GCS_TEST_BUCKET", None)
     env.pop("STORAGE_EMULATOR_HOST", None)
-    env["PYTHONPATH"] = os.pathsep.join([str(TESTS_DIR / "pipelines"), env.get("PYTHONPATH", "")]).strip(
-        os.pathsep
-    )
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(TESTS_DIR / "pipelines"), env.get("PYTHONPATH", "")]
+    ).strip(os.pathsep)
     env.update(extra)
     return env
 
 
-def run_script(script: str, *args: str, env: dict[str, str] | None = None, cwd: Path | None = None,
-               timeout: float = 300) -> subprocess.CompletedProcess[str]:
+def run_script(
+    script: str,
+    *args: str,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+    timeout: float = 300,
+) -> subprocess.CompletedProcess[str]:
     """Run a script under scripts/ as a person would, capturing its output."""
     path = ROOT / "scripts" / script if "/" in script else SCRIPTS_DIR / script
     return subprocess.run(

@@ -5,7 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from _config import PROJECT_CONF_DIR, load_config, parse_positive_int, shuffle_buffer_size, with_buffer_size
+from _config import (
+    PROJECT_CONF_DIR,
+    load_config,
+    parse_positive_int,
+    shuffle_buffer_size,
+    with_buffer_size,
+)
 from _errors import UsageError
 from _estimate import formula_bytes
 
@@ -61,7 +67,7 @@ def test_unknown_config_name_lists_the_available_ones():
 
 
 def test_unknown_key_gives_hydras_message():
-    with pytest.raises(UsageError, match="Could not override 'estimate.no_such_key'"):
+    with pytest.raises(UsageError, match=r"Could not override 'estimate\.no_such_key'"):
         load_config("small", ["estimate.no_such_key=1"])
 
 

@@ -77,7 +77,12 @@ def test_stateful_augmentation_that_saves_but_does_not_resume_names_the_key():
 )
 def test_unsaveable_pipeline_is_a_failed_test_naming_the_op(target, op, advice):
     outcome = run_round_trip(
-        _user_cfg(target), scratch_root=None, destination=None, run_prefix="x", keep=False, say=lambda _: None
+        _user_cfg(target),
+        scratch_root=None,
+        destination=None,
+        run_prefix="x",
+        keep=False,
+        say=lambda _: None,
     )
     assert outcome.failure.startswith("CHECKPOINT CANNOT BE SAVED")
     assert f"op {op} is stateful" in outcome.failure
@@ -94,7 +99,9 @@ def test_digests_see_every_byte_dtype_and_shape():
     assert digest_element(base)["a/b"] != digest_element(reshaped)["a/b"]
     one_bit = {"a": {"b": np.zeros((2, 3), np.uint8)}, "s": base["s"]}
     one_bit["a"]["b"][1, 2] = 1
-    mismatch = first_mismatch([digest_element(base)] * 2, [digest_element(base), digest_element(one_bit)])
+    mismatch = first_mismatch(
+        [digest_element(base)] * 2, [digest_element(base), digest_element(one_bit)]
+    )
     assert (mismatch.batch, mismatch.key) == (1, "a/b")
     assert first_mismatch([digest_element(base)], [digest_element(same)]) is None
 
@@ -103,7 +110,9 @@ def test_reference_pipeline_is_deterministic_and_photo_like():
     from _pipeline import build_robot_dataset
 
     def first_batch():
-        dataset = build_robot_dataset(shuffle_buffer_size=8, image_size=32, wrist_image_size=16, window_size=2)
+        dataset = build_robot_dataset(
+            shuffle_buffer_size=8, image_size=32, wrist_image_size=16, window_size=2
+        )
         return next(iter(dataset))
 
     a, b = first_batch(), first_batch()

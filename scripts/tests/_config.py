@@ -12,9 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
-
 from _errors import UsageError
+from omegaconf import DictConfig, OmegaConf
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 PROJECT_CONF_DIR = PROJECT_ROOT / "conf"
@@ -32,10 +31,13 @@ class EstimateSettings:
     # Each host of a multi-host job saves its own iterator checkpoint.
     num_hosts: int = 1
     # Buffer sizes the measured estimate fills, saves and fits a line through.
-    calibration_buffer_sizes: list[int] = field(default_factory=lambda: [8, 16, 32, 64])
-    # Elements skipped before each calibration fill, so the buffer holds data from
-    # across the stream and not only its first elements.
-    calibration_offsets: list[int] = field(default_factory=lambda: [0, 256, 1024])
+    calibration_buffer_sizes: list[int] = field(default_factory=lambda: [8, 32, 64])
+    # Elements read before each save of the largest calibration buffer, so its saves hold
+    # data from across the stream and not only its first elements (see _estimate.py).
+    calibration_offsets: list[int] = field(
+        default_factory=lambda: [0, 128, 256, 384, 512, 640, 768]
+    )
+    # Reuse a measurement keyed by a hash of the resolved config and the pipeline's source.
     cache: bool = True
 
 
@@ -78,7 +80,9 @@ def load_config(
     if config_dir is not None:
         config_dir = Path(config_dir).expanduser().resolve()
         if not config_dir.is_dir():
-            raise UsageError(f"--config-dir {config_dir}: no such folder (expected a folder of .yaml configs)")
+            raise UsageError(
+                f"--config-dir {config_dir}: no such folder (expected a folder of .yaml configs)"
+            )
         search_dirs.insert(0, config_dir)
     names = available_config_names(search_dirs)
     if config_name not in names:
@@ -129,16 +133,17 @@ def parse_positive_int(value: Any, name: str) -> int:
 
 def with_buffer_size(cfg: DictConfig, buffer_size: int) -> DictConfig:
     """A copy of `cfg` with another shuffle buffer; `cfg` (and its file) stay as they are."""
-    copy = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
-    copy.dataloader.shuffle_buffer_size = buffer_size
-    return copy
+    copy = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(copy, dict)
+    copy["dataloader"]["shuffle_buffer_size"] = buffer_size
+    return OmegaConf.create(copy)
 
 
-def _one_line(exc: BaseException) -> str:
-    parts = []
+def _one_line(exc: BaseException | None) -> str:
+    parts: list[str] = []
     while exc is not None and len(parts) < 3:
         text = " ".join(str(exc).split())
         if text and text not in parts:
             parts.append(text)
-        exc = exc.__cause__  # type: ignore[assignment]
+        exc = exc.__cause__
     return ": ".join(parts)

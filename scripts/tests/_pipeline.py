@@ -44,7 +44,7 @@ def build_robot_dataset(
     prefetch_batches: int = 2,
     seed: int = 0,
 ) -> Any:
-    """A training loader over synthetic episodes: steps -> parallel map -> shuffle -> batch -> prefetch.
+    """A training loader over synthetic episodes: steps, parallel map, shuffle, batch, prefetch.
 
     Output (one batch): {"observation": {"image_primary": uint8[B, window, S, S, 3],
     "image_wrist": uint8[B, window, s, s, 3] (when wrist_image_size > 0),
@@ -81,9 +81,7 @@ def build_robot_dataset(
         return {
             "observation": observation,
             "action": tf.random.stateless_normal([action_dim], seed=step_seed + 1),
-            "task": {
-                "language_instruction": tf.gather(instructions, episode % len(INSTRUCTIONS))
-            },
+            "task": {"language_instruction": tf.gather(instructions, episode % len(INSTRUCTIONS))},
         }
 
     def decode_frames(element: dict[str, Any]) -> dict[str, Any]:
@@ -100,7 +98,9 @@ def build_robot_dataset(
     dataset = steps.map(make_step, num_parallel_calls=num_parallel_calls, deterministic=True)
     dataset = dataset.shuffle(shuffle_buffer_size, seed=seed, reshuffle_each_iteration=True)
     if buffer_encoded_frames:
-        dataset = dataset.map(decode_frames, num_parallel_calls=num_parallel_calls, deterministic=True)
+        dataset = dataset.map(
+            decode_frames, num_parallel_calls=num_parallel_calls, deterministic=True
+        )
     dataset = dataset.batch(batch_size, drop_remainder=True)
     return dataset.prefetch(prefetch_batches)
 
@@ -119,14 +119,22 @@ def _frame(tf: Any, seed: int, camera_id: int, episode: Any, step: Any, size: in
     drift = tf.cast(step, tf.float32) * 0.01
     image = tf.zeros([size, size, 3])
     for k in range(6):
-        fx, fy, phase, amplitude = (params[k, 0] * 6.0, params[k, 1] * 6.0, params[k, 2], params[k, 3])
+        fx, fy, phase, amplitude = (
+            params[k, 0] * 6.0,
+            params[k, 1] * 6.0,
+            params[k, 2],
+            params[k, 3],
+        )
         wave = tf.sin(2.0 * math.pi * (fx * (x + drift) + fy * y + phase))
         color = tf.reshape(params[k, 3:6], [1, 1, 3]) - 0.5
         image += amplitude * wave[..., None] * color * 160.0
     # Quantise the scene into flat patches, as surfaces in a photo are.
     image = tf.round(image / 12.0) * 12.0 + 128.0
     # Sensor noise and texture on the objects, a cleaner background elsewhere.
-    textured = tf.cast(tf.sin(2.0 * math.pi * (params[0, 4] * 3.0 * (x + drift) + params[1, 4] * 3.0 * y)) > -0.5, tf.float32)
+    textured = tf.cast(
+        tf.sin(2.0 * math.pi * (params[0, 4] * 3.0 * (x + drift) + params[1, 4] * 3.0 * y)) > -0.5,
+        tf.float32,
+    )
     noise_level = 1.0 + 4.0 * tf.random.stateless_uniform([], seed=scene_seed + 3)
     noise_seed = tf.stack([scene_seed[0] + 17, episode * 100_003 + tf.cast(step, tf.int64)])
     noise = tf.random.stateless_normal([size, size, 3], seed=noise_seed)

@@ -25,7 +25,9 @@ def format_gb(count: float) -> str:
 
 def check_report_path(path: Path | None) -> None:
     if path is not None and not path.expanduser().resolve().parent.is_dir():
-        raise UsageError(f"--report {path}: its folder does not exist (expected a path to a new .json file)")
+        raise UsageError(
+            f"--report {path}: its folder does not exist (expected a path to a new .json file)"
+        )
 
 
 def write_report(path: Path | None, report: dict[str, Any]) -> None:

@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from _tf import import_tensorflow
 
 CHECKPOINT_NAME = "iterator"
@@ -32,7 +31,9 @@ _STATEFUL_OP_ADVICE = {
         "Dataset.from_generator / tf.numpy_function run Python whose state TensorFlow cannot "
         "save; read from files (TFRecord, ArrayRecord) or generate with Dataset.range + map"
     ),
-    "EagerPyFunc": "tf.py_function runs Python whose state TensorFlow cannot save; rewrite it with TF ops",
+    "EagerPyFunc": (
+        "tf.py_function runs Python whose state TensorFlow cannot save; rewrite it with TF ops"
+    ),
 }
 _RANDOM_OP_ADVICE = (
     "an unseeded tf.random op keeps hidden generator state; use tf.random.stateless_* with a "
@@ -81,8 +82,7 @@ class Mismatch:
 
     def describe(self) -> str:
         return (
-            f"batch {self.batch}, key {self.key}: expected {self.expected}, "
-            f"restored {self.actual}"
+            f"batch {self.batch}, key {self.key}: expected {self.expected}, restored {self.actual}"
         )
 
 
@@ -121,7 +121,7 @@ def take_digests(iterator: Any, count: int) -> list[Digest]:
 
 
 def first_mismatch(expected: list[Digest], actual: list[Digest]) -> Mismatch | None:
-    for batch, (want, got) in enumerate(zip(expected, actual)):
+    for batch, (want, got) in enumerate(zip(expected, actual, strict=False)):
         for key in sorted(set(want) | set(got)):
             if want.get(key) != got.get(key):
                 return Mismatch(batch, key, want.get(key, "<missing>"), got.get(key, "<missing>"))
@@ -170,7 +170,9 @@ def restore_in_new_process(
     """Run `python _roundtrip.py` in a fresh process: build, restore, take `batches`, digest."""
     request = workdir / "restore_request.json"
     result_path = workdir / "restore_result.json"
-    request.write_text(json.dumps({"dataloader": dataloader_cfg, "prefix": str(prefix), "batches": batches}))
+    request.write_text(
+        json.dumps({"dataloader": dataloader_cfg, "prefix": str(prefix), "batches": batches})
+    )
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(SCRIPTS_DIR), env.get("PYTHONPATH")) if p)
     completed = subprocess.run(
@@ -193,9 +195,8 @@ def _restore_main(argv: list[str]) -> int:
     parser.add_argument("request")
     parser.add_argument("result")
     args = parser.parse_args(argv)
-    from omegaconf import OmegaConf
-
     from _pipeline import instantiate_dataset
+    from omegaconf import OmegaConf
 
     request = json.loads(Path(args.request).read_text())
     result: dict[str, Any] = {"digests": [], "restore_seconds": 0.0}
@@ -208,7 +209,9 @@ def _restore_main(argv: list[str]) -> int:
     except StopIteration:
         result["error"] = "the restored iterator ended early"
     except Exception as error:
-        result["error"] = f"restore failed: {type(error).__name__}: {' '.join(str(error).split())[:300]}"
+        result["error"] = (
+            f"restore failed: {type(error).__name__}: {' '.join(str(error).split())[:300]}"
+        )
     Path(args.result).write_text(json.dumps(result))
     return 0
 

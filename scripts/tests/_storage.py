@@ -18,12 +18,12 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from _errors import UsageError
 
@@ -35,6 +35,10 @@ TRANSFER_WORKERS = 4
 
 class TransferError(Exception):
     """An object that does not match its source (size or crc32c) or a missing marker."""
+
+
+def _one_line(error: BaseException, limit: int = 200) -> str:
+    return f"{type(error).__name__}: {' '.join(str(error).split())[:limit]}"
 
 
 def new_run_prefix(script: str) -> str:
@@ -72,16 +76,36 @@ class GcsLocation:
 
 
 def parse_gcs_uri(uri: str, source: str = "GCS_TEST_BUCKET") -> GcsLocation:
-    """Parse gs://bucket[/prefix] strictly (bucket names per GCS naming rules)."""
+    """Parse gs://bucket[/prefix] strictly, by GCS's bucket-naming rules.
+
+    A bucket name is lower-case letters, digits, '-', '_' and '.', starting and ending
+    with a letter or digit, 3-63 characters (up to 222 with dots). Against an emulator
+    (STORAGE_EMULATOR_HOST set) a shorter name such as gs://b/p is accepted, since
+    emulators allow it. The prefix may not hold empty, '.' or '..' segments.
+    """
     import re
 
-    match = re.fullmatch(r"gs://([a-z0-9][a-z0-9._-]{1,220}[a-z0-9])(/.*)?", uri)
-    if not match or ".." in uri[5:] or "//" in uri[5:]:
+    expected = "expected gs://bucket[/prefix] with a lower-case bucket name"
+    match = re.fullmatch(r"gs://([^/]*)(/.*)?", uri)
+    if not match:
+        raise UsageError(f"{source}={uri!r}: {expected} (or a writable local folder)")
+    bucket, path = match.group(1), (match.group(2) or "/")[1:]
+    path = path[:-1] if path.endswith("/") else path
+    shortest = 1 if os.environ.get("STORAGE_EMULATOR_HOST") else 3
+    longest = 222 if "." in bucket else 63
+    if not re.fullmatch(r"[a-z0-9]([a-z0-9._-]*[a-z0-9])?", bucket) or ".." in bucket:
+        raise UsageError(f"{source}={uri!r}: bucket name {bucket!r} is not valid; {expected}")
+    if not shortest <= len(bucket) <= longest:
         raise UsageError(
-            f"{source}={uri!r}: expected gs://bucket[/prefix] (lower-case bucket name) "
-            "or a writable local folder"
+            f"{source}={uri!r}: bucket name {bucket!r} is {len(bucket)} characters long; "
+            f"GCS allows {shortest}-{longest}"
         )
-    return GcsLocation(match.group(1), (match.group(2) or "").strip("/"))
+    segments = path.split("/") if path else []
+    if any(part in ("", ".", "..") for part in segments) or any(ord(c) < 32 for c in path):
+        raise UsageError(
+            f"{source}={uri!r}: the prefix has an empty, '.' or '..' segment; {expected}"
+        )
+    return GcsLocation(bucket, path)
 
 
 # --- local folder --------------------------------------------------------------------
@@ -98,10 +122,13 @@ class LocalDestination:
         root = Path(value).expanduser().resolve()
         if not root.is_dir():
             raise UsageError(
-                f"{source}={value!r}: no such folder (expected gs://bucket[/prefix] or an existing local folder)"
+                f"{source}={value!r}: no such folder "
+                "(expected gs://bucket[/prefix] or an existing local folder)"
             )
         if not os.access(root, os.W_OK | os.X_OK):
-            raise UsageError(f"{source}={value!r}: folder is not writable (expected a writable folder)")
+            raise UsageError(
+                f"{source}={value!r}: folder is not writable (expected a writable folder)"
+            )
         return cls(root)
 
     def uri(self, run_prefix: str) -> str:
@@ -115,7 +142,9 @@ class LocalDestination:
 
     def fetch(self, run_prefix: str, into: Path) -> list[Path]:
         into.mkdir(parents=True, exist_ok=True)
-        return [Path(shutil.copy2(p, into / p.name)) for p in sorted((self.root / run_prefix).iterdir())]
+        return [
+            Path(shutil.copy2(p, into / p.name)) for p in sorted((self.root / run_prefix).iterdir())
+        ]
 
     def remove(self, run_prefix: str) -> None:
         if run_prefix and (self.root / run_prefix).is_dir():
@@ -126,7 +155,11 @@ class LocalDestination:
 
 
 def make_client() -> Any:
-    """One storage client: anonymous against an emulator, Application Default Credentials otherwise."""
+    """One storage client for the run.
+
+    Anonymous against an emulator (STORAGE_EMULATOR_HOST set), Application Default
+    Credentials otherwise.
+    """
     from google.auth.exceptions import DefaultCredentialsError
     from google.cloud import storage
 
@@ -139,7 +172,8 @@ def make_client() -> Any:
     except DefaultCredentialsError:
         raise UsageError(
             "Google Cloud Storage: no Application Default Credentials found; run "
-            "`gcloud auth application-default login` or set GOOGLE_APPLICATION_CREDENTIALS=/path/key.json"
+            "`gcloud auth application-default login` or set "
+            "GOOGLE_APPLICATION_CREDENTIALS=/path/key.json"
         ) from None
 
 
@@ -168,18 +202,28 @@ class GcsDestination:
     def check_bucket(self) -> None:
         from google.api_core import exceptions as api_exceptions
         from google.api_core.retry import Retry
+        from google.auth.exceptions import RefreshError
 
         try:
             self.bucket.reload(timeout=10, retry=Retry(timeout=20))
         except api_exceptions.NotFound:
             raise UsageError(
-                f"GCS_TEST_BUCKET={self.location.uri()}: bucket {self.location.bucket!r} does not exist "
+                f"GCS_TEST_BUCKET={self.location.uri()}: bucket {self.location.bucket!r} "
+                "does not exist "
                 "(create it, or set GCS_TEST_BUCKET to a bucket you can write)"
             ) from None
         except api_exceptions.Forbidden as error:
             raise UsageError(
-                f"GCS_TEST_BUCKET={self.location.uri()}: access denied ({error.message}); check the "
+                f"GCS_TEST_BUCKET={self.location.uri()}: access denied ({error.message}); "
+                "check the "
                 "Application Default Credentials' permissions on the bucket"
+            ) from None
+        except (api_exceptions.Unauthorized, RefreshError) as error:
+            raise UsageError(
+                f"GCS_TEST_BUCKET={self.location.uri()}: the Application Default Credentials "
+                f"were refused ({_one_line(error, 120)}); run "
+                "`gcloud auth application-default login` or set "
+                "GOOGLE_APPLICATION_CREDENTIALS=/path/key.json"
             ) from None
         except Exception as error:
             raise UsageError(
@@ -190,52 +234,109 @@ class GcsDestination:
     def uri(self, run_prefix: str) -> str:
         return self.location.uri(run_prefix)
 
-    def put(self, files: list[Path], run_prefix: str) -> None:
-        """Upload in parallel, verify size + crc32c of each object, then write the marker."""
+    def put(
+        self,
+        files: list[Path],
+        run_prefix: str,
+        *,
+        opener: Callable[[Path], BinaryIO] | None = None,
+    ) -> None:
+        """Upload in parallel, verify size + crc32c of each object, then write the marker.
+
+        Each file goes up as a resumable upload (in RESUMABLE_CHUNK_BYTES chunks) with
+        google-cloud-storage's own retry on transient errors and its crc32c check of the
+        whole object; the object's stored size and crc32c are then compared with the
+        file's. The marker (a manifest of every file's size and crc32c) is written only
+        after every object matched, so an upload cut short leaves no marker and `fetch`
+        refuses it. `opener` opens a file for reading (fault injection in the tests).
+        """
+        from google.cloud.storage.retry import DEFAULT_RETRY
         from tqdm.utils import CallbackIOWrapper
 
-        manifest = {p.name: {"size": p.stat().st_size, "crc32c": crc32c_of_file(p)} for p in files}
+        if not run_prefix:
+            raise ValueError("put() needs a run prefix")
+        existing = self.list_run(run_prefix)
+        if existing:
+            raise TransferError(
+                f"{self.uri(run_prefix)}: already holds {len(existing)} objects; "
+                "a run uploads only under a new run prefix"
+            )
+        open_file = opener or (lambda path: path.open("rb"))
+        manifest: dict[str, dict[str, Any]] = {
+            p.name: {"size": p.stat().st_size, "crc32c": crc32c_of_file(p)} for p in files
+        }
         with _progress(sum(m["size"] for m in manifest.values()), "upload") as bar:
 
             def upload(path: Path) -> None:
-                blob = self.bucket.blob(self.location.key(run_prefix, path.name), chunk_size=RESUMABLE_CHUNK_BYTES)
-                with path.open("rb") as handle:
-                    # if_generation_match=0 makes the upload idempotent, so the
-                    # library's default retry covers transient errors.
-                    blob.upload_from_file(
-                        CallbackIOWrapper(bar.update, handle, "read"),
-                        size=manifest[path.name]["size"],
-                        checksum="crc32c",
-                        if_generation_match=0,
-                    )
+                blob = self.bucket.blob(
+                    self.location.key(run_prefix, path.name), chunk_size=RESUMABLE_CHUNK_BYTES
+                )
+                try:
+                    with open_file(path) as handle:
+                        # if_generation_match=0 (create only) makes the upload idempotent,
+                        # so retrying a transient error cannot overwrite anything.
+                        blob.upload_from_file(
+                            CallbackIOWrapper(bar.update, handle, "read"),
+                            size=manifest[path.name]["size"],
+                            checksum="crc32c",
+                            if_generation_match=0,
+                            retry=DEFAULT_RETRY,
+                        )
+                except Exception as error:
+                    raise TransferError(
+                        f"{self.uri(run_prefix)}/{path.name}: upload of {path} failed "
+                        f"({_one_line(error)}); no {MARKER_NAME} marker was written"
+                    ) from error
                 self._verify(blob, manifest[path.name])
 
             with ThreadPoolExecutor(TRANSFER_WORKERS) as pool:
                 list(pool.map(upload, files))
         marker = self.bucket.blob(self.location.key(run_prefix, MARKER_NAME))
-        marker.upload_from_string(json.dumps({"files": manifest}), content_type="application/json")
+        marker.upload_from_string(
+            json.dumps({"files": manifest}),
+            content_type="application/json",
+            if_generation_match=0,
+            retry=DEFAULT_RETRY,
+        )
 
     def _verify(self, blob: Any, expected: dict[str, Any]) -> None:
+        """The stored object's size and crc32c (GCS's metadata) against the source file's."""
         blob.reload()
         if blob.size != expected["size"] or blob.crc32c != expected["crc32c"]:
+            kind = "truncated" if (blob.size or 0) < expected["size"] else "corrupted"
             raise TransferError(
-                f"{self.location.uri()}/{blob.name.removeprefix(self.location.prefix).lstrip('/')}: "
-                f"stored size {blob.size} crc32c {blob.crc32c}, expected size {expected['size']} "
-                f"crc32c {expected['crc32c']}"
+                f"gs://{self.location.bucket}/{blob.name}: {kind}: stored {blob.size} bytes crc32c "
+                f"{blob.crc32c}, expected {expected['size']} bytes crc32c {expected['crc32c']}"
             )
 
-    def fetch(self, run_prefix: str, into: Path) -> list[Path]:
-        """Download a complete upload (marker present), verifying each file's size and crc32c."""
+    def read_marker(self, run_prefix: str) -> dict[str, dict[str, Any]]:
+        """The manifest in the run's marker; TransferError when there is none (incomplete)."""
         from google.api_core import exceptions as api_exceptions
-        from tqdm.utils import CallbackIOWrapper
 
         marker = self.bucket.blob(self.location.key(run_prefix, MARKER_NAME))
         try:
-            manifest = json.loads(marker.download_as_bytes())["files"]
+            return dict(json.loads(marker.download_as_bytes())["files"])
         except api_exceptions.NotFound:
             raise TransferError(
-                f"{self.uri(run_prefix)}: no {MARKER_NAME} marker, the upload is incomplete"
+                f"{self.uri(run_prefix)}: no {MARKER_NAME} marker, so the upload is incomplete; "
+                "refusing to use it"
             ) from None
+        except (ValueError, KeyError, TypeError) as error:
+            raise TransferError(
+                f"{self.uri(run_prefix)}/{MARKER_NAME}: unreadable marker ({_one_line(error)})"
+            ) from None
+
+    def fetch(self, run_prefix: str, into: Path) -> list[Path]:
+        """Download a complete upload (marker present) into `into`, in parallel.
+
+        Each object's stored size and crc32c are checked against the marker's manifest
+        before the download, the download itself is crc32c-checked by the library, and the
+        written file is checked again; the first object that differs is named.
+        """
+        from google.api_core import exceptions as api_exceptions
+        from tqdm.utils import CallbackIOWrapper
+
+        manifest = self.read_marker(run_prefix)
         into.mkdir(parents=True, exist_ok=True)
         with _progress(sum(m["size"] for m in manifest.values()), "download") as bar:
 
@@ -245,26 +346,47 @@ class GcsDestination:
                 try:
                     self._verify(blob, manifest[name])
                     with target.open("wb") as handle:
-                        blob.download_to_file(CallbackIOWrapper(bar.update, handle, "write"), checksum="crc32c")
+                        blob.download_to_file(
+                            CallbackIOWrapper(bar.update, handle, "write"), checksum="crc32c"
+                        )
                 except api_exceptions.NotFound:
-                    raise TransferError(f"{self.uri(run_prefix)}/{name}: listed in the marker but missing") from None
+                    raise TransferError(
+                        f"{self.uri(run_prefix)}/{name}: listed in the marker but missing"
+                    ) from None
+                except TransferError:
+                    raise
+                except Exception as error:
+                    raise TransferError(
+                        f"{self.uri(run_prefix)}/{name}: download failed ({_one_line(error)})"
+                    ) from None
                 local = {"size": target.stat().st_size, "crc32c": crc32c_of_file(target)}
                 if local != manifest[name]:
-                    raise TransferError(f"{self.uri(run_prefix)}/{name}: downloaded {local}, expected {manifest[name]}")
+                    raise TransferError(
+                        f"{self.uri(run_prefix)}/{name}: downloaded {local['size']} bytes crc32c "
+                        f"{local['crc32c']}, expected {manifest[name]['size']} bytes "
+                        f"crc32c {manifest[name]['crc32c']}"
+                    )
                 return target
 
             with ThreadPoolExecutor(TRANSFER_WORKERS) as pool:
                 return list(pool.map(download, sorted(manifest)))
 
     def list_run(self, run_prefix: str) -> list[str]:
+        """Names of the objects under this run's prefix, and nothing beside it."""
+        if not run_prefix or "/" in run_prefix.strip("/"):
+            raise ValueError(f"not a run prefix: {run_prefix!r}")
         prefix = self.location.key(run_prefix) + "/"
         return [blob.name for blob in self.client.list_blobs(self.bucket, prefix=prefix)]
 
     def remove(self, run_prefix: str) -> None:
+        """Delete the run's objects (the marker first, so a partial run never looks whole)."""
         if not run_prefix:
             return
-        for name in self.list_run(run_prefix):
-            self.bucket.blob(name).delete()
+        names = self.list_run(run_prefix)
+        marker = self.location.key(run_prefix, MARKER_NAME)
+        for name in sorted(names, key=lambda n: n != marker):
+            with contextlib.suppress(Exception):  # already gone: nothing to do
+                self.bucket.blob(name).delete()
 
 
 # --- the embedded GCS server -----------------------------------------------------------
@@ -284,8 +406,17 @@ def embedded_gcs_server(data_dir: Path | None = None) -> Iterator[str]:
     inside the block talks to it, and stops it on exit.
     """
     port = _free_port()
-    command = [sys.executable, "-m", "gcp_storage_emulator", "start", "--host", "127.0.0.1",
-               "--port", str(port), "--quiet"]
+    command = [
+        sys.executable,
+        "-m",
+        "gcp_storage_emulator",
+        "start",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--quiet",
+    ]
     command += ["--in-memory"] if data_dir is None else []
     process = subprocess.Popen(
         command,
@@ -298,7 +429,10 @@ def embedded_gcs_server(data_dir: Path | None = None) -> Iterator[str]:
     try:
         deadline = time.monotonic() + 30
         while True:
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection(("127.0.0.1", port), timeout=1),
+            ):
                 break
             if process.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"the embedded GCS server did not start on {endpoint}")

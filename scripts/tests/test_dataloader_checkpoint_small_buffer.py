@@ -6,6 +6,11 @@ Prints the checkpoint size the configured shuffle buffer would write, reduces th
 it to the destination (GCS_TEST_BUCKET, or an embedded GCS server when unset), restores
 it in a new process and compares every batch bit for bit.
 
+Before the round trip it measures the real checkpoint size of your pipeline (saves at a
+few small buffers, extrapolated), shows every folder the bytes go through and refuses
+(exit 3) a run that cannot fit. --estimate-only stops there; --fit-budget SIZE prints the
+largest buffer whose checkpoint fits; --force runs anyway.
+
 Exit codes: 0 passed, 1 the checkpoint failed a check, 2 bad input, 3 preflight refused.
 """
 
@@ -19,9 +24,10 @@ from typing import Any
 from _common import (
     EXIT_FAILED,
     EXIT_PASSED,
+    add_estimate_args,
     common_parser,
-    format_bytes,
-    format_gb,
+    estimate_and_preflight,
+    estimate_report,
     load_from_args,
     open_destination,
     parse_args,
@@ -31,10 +37,9 @@ from _common import (
     shuffle_buffer_size,
     with_buffer_size,
 )
-from _estimate import formula_bytes, measured_sample_bytes
-from _pipeline import instantiate_dataset
 from _report import write_report
 from _storage import new_run_prefix
+from _strategies import strategies_pointer_line
 
 SCRIPT = "small_buffer"
 
@@ -45,6 +50,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--buffer-size",
         help="shuffle buffer for the test (default: roundtrip.small_buffer_size, 100)",
     )
+    add_estimate_args(parser)
     return run_main(lambda: _run(parser, argv))
 
 
@@ -58,31 +64,42 @@ def _run(parser: Any, argv: Sequence[str] | None) -> int:
     )
     tested_cfg = with_buffer_size(cfg, tested_buffer)
 
-    sample_bytes = cfg.estimate.bytes_per_sample
-    sample_source = "estimate.bytes_per_sample"
-    if sample_bytes is None:
-        sample_bytes = measured_sample_bytes(instantiate_dataset(tested_cfg.dataloader))
-        sample_source = "measured sample"
-    overhead = cfg.estimate.formula_overhead
-    original_bytes = formula_bytes(original_buffer, sample_bytes, overhead)
-    tested_bytes = formula_bytes(tested_buffer, sample_bytes, overhead)
     print(f"Config: {args.config_name} · dataloader: {cfg.dataloader._target_}")
-    print(
-        f"ORIGINAL CONFIG CHECKPOINT SIZE ESTIMATE: {format_gb(original_bytes)} "
-        f"(formula: {original_buffer:,} × {format_bytes(sample_bytes)} {sample_source} × {overhead})"
-    )
-    print(f"Reducing dataloader.shuffle_buffer_size {original_buffer:,} → {tested_buffer:,} for the test")
-    print(
-        f"NEW CONFIG CHECKPOINT SIZE ESTIMATE: {format_gb(tested_bytes)} "
-        f"(formula: {tested_buffer:,} × {format_bytes(sample_bytes)} × {overhead})"
-    )
+    if args.estimate_only:
+        estimate = estimate_and_preflight(
+            cfg, args, scenario="small_buffer", tested_buffer=tested_buffer
+        )
+        print("✓ ESTIMATE ONLY: no checkpoint was filled or saved (--estimate-only)")
+        write_report(
+            args.report,
+            {
+                "script": SCRIPT,
+                "config_name": args.config_name,
+                "shuffle_buffer_size": {"original": original_buffer, "tested": tested_buffer},
+                **estimate_report(estimate),
+                "passed": True,
+                "exit_code": EXIT_PASSED,
+            },
+        )
+        return EXIT_PASSED
 
     run_prefix = new_run_prefix("small-buffer")
-    with open_destination(os.environ.get("GCS_TEST_BUCKET"), embedded_when_unset=True) as destination:
+    # The destination is checked first: a bad bucket fails in a second, not after the estimate.
+    with open_destination(
+        os.environ.get("GCS_TEST_BUCKET"), embedded_when_unset=True
+    ) as destination:
+        estimate = estimate_and_preflight(
+            cfg, args, scenario="small_buffer", tested_buffer=tested_buffer
+        )
         outcome = run_round_trip(
-            tested_cfg, scratch_root=None, destination=destination, run_prefix=run_prefix, keep=args.keep
+            tested_cfg,
+            scratch_root=None,
+            destination=destination,
+            run_prefix=run_prefix,
+            keep=args.keep,
         )
     exit_code = EXIT_PASSED if outcome.passed else EXIT_FAILED
+    print(strategies_pointer_line())
     print("✓ ALL TESTS PASSED" if outcome.passed else f"✗ {outcome.failure}")
     for note in outcome.notes:
         print(f"  ({note})")
@@ -93,14 +110,7 @@ def _run(parser: Any, argv: Sequence[str] | None) -> int:
             "script": SCRIPT,
             "config_name": args.config_name,
             "shuffle_buffer_size": {"original": original_buffer, "tested": tested_buffer},
-            "estimate": {
-                "method": "formula",
-                "original_bytes": original_bytes,
-                "tested_bytes": tested_bytes,
-                "formula_original_bytes": original_bytes,
-                "bytes_per_sample": sample_bytes,
-                "bytes_per_sample_source": sample_source,
-            },
+            **estimate_report(estimate),
             "checkpoint": {
                 "uri": outcome.checkpoint_uri,
                 "bytes": outcome.checkpoint_bytes,

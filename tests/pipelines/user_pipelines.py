@@ -17,12 +17,16 @@ def _images(num: int = 1_000_000, size: int = 16) -> tf.data.Dataset:
     return tf.data.Dataset.range(num).map(make)
 
 
-def plain_dataset(*, shuffle_buffer_size: int, batch_size: int = 4, image_size: int = 16) -> tf.data.Dataset:
+def plain_dataset(
+    *, shuffle_buffer_size: int, batch_size: int = 4, image_size: int = 16
+) -> tf.data.Dataset:
     """A user's own well-behaved loader (stateless ops, seeded shuffle)."""
     return _images(size=image_size).shuffle(shuffle_buffer_size, seed=7).batch(batch_size)
 
 
-def stateful_augmentation_dataset(*, shuffle_buffer_size: int, batch_size: int = 4) -> tf.data.Dataset:
+def stateful_augmentation_dataset(
+    *, shuffle_buffer_size: int, batch_size: int = 4
+) -> tf.data.Dataset:
     """Saves, but does not resume: an unseeded random augmentation whose state the
     checkpoint skips because the external-state policy says IGNORE."""
 
@@ -39,7 +43,9 @@ def stateful_augmentation_dataset(*, shuffle_buffer_size: int, batch_size: int =
 
 def unseeded_random_dataset(*, shuffle_buffer_size: int, batch_size: int = 4) -> tf.data.Dataset:
     """Cannot be saved: tf.random.uniform without a seed is a stateful op."""
-    dataset = tf.data.Dataset.range(1_000_000).map(lambda i: tf.random.uniform([4]) + tf.cast(i, tf.float32))
+    dataset = tf.data.Dataset.range(1_000_000).map(
+        lambda i: tf.random.uniform([4]) + tf.cast(i, tf.float32)
+    )
     return dataset.shuffle(shuffle_buffer_size, seed=1).batch(batch_size)
 
 

@@ -1,0 +1,190 @@
+#!/usr/bin/env python3
+"""Original full-buffer test: round-trip the production config's checkpoint as training saves it.
+
+The configured shuffle buffer is used as is (250,000 elements in conf/config.yaml). The
+iterator is saved into a scratch folder under TensorFlow's temp folder (TEST_TMPDIR, else
+TMPDIR, else TMP, else /tmp; --tmpdir sets it), the folder where TensorFlow's own gs://
+writer stages every checkpoint file before upload, so this run needs the same room a
+training job's save does. The checkpoint is then copied to GCS_TEST_BUCKET (or an
+embedded GCS server when unset), downloaded, restored in a new process and compared.
+
+The preflight runs first: it measures the checkpoint size, shows every folder the bytes
+go through and refuses a save that cannot fit (exit 3; --estimate-only stops there,
+--force runs anyway). A save that still runs out of room ends with the figure and the
+fix, never TensorFlow's raw error.
+
+Exit codes: 0 passed, 1 the checkpoint failed a check, 2 bad input, 3 preflight refused.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from _common import (
+    EXIT_FAILED,
+    EXIT_PASSED,
+    add_estimate_args,
+    common_parser,
+    estimate_and_preflight,
+    estimate_report,
+    load_from_args,
+    open_destination,
+    parse_args,
+    run_main,
+    run_round_trip,
+    shuffle_buffer_size,
+)
+from _errors import UsageError
+from _report import format_gb, write_report
+from _storage import new_run_prefix
+
+SCRIPT = "original"
+TF_TEMP_VARIABLES = ("TEST_TMPDIR", "TMPDIR", "TMP")
+
+
+def tensorflow_temp_dir(option: Path | None = None) -> tuple[Path, str]:
+    """The folder TensorFlow stages gs:// writes in, and where that choice came from.
+
+    With `option` (--tmpdir), TMPDIR (and TEST_TMPDIR, if set, since TensorFlow reads it
+    first) are pointed at it for this process and the restore process it starts.
+    """
+    if option is not None:
+        source = "--tmpdir"
+        folder = Path(option).expanduser()
+    else:
+        name = next((v for v in TF_TEMP_VARIABLES if os.environ.get(v)), None)
+        source = name or "default"
+        folder = Path(os.environ[name]) if name else Path("/tmp")
+    if not folder.is_dir():
+        raise UsageError(
+            f"{source}={folder}: no such folder (expected a folder with room for the checkpoint)"
+        )
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as error:
+        raise UsageError(f"{source}={folder}: folder is not writable ({error.strerror})") from None
+    folder = folder.resolve()
+    if option is not None:
+        os.environ["TMPDIR"] = str(folder)
+        if os.environ.get("TEST_TMPDIR"):
+            os.environ["TEST_TMPDIR"] = str(folder)
+    return folder, source
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = common_parser("test_dataloader_checkpoint.py", __doc__.splitlines()[0])
+    parser.add_argument(
+        "--tmpdir",
+        type=Path,
+        help="TensorFlow's temp folder for this run (default: TEST_TMPDIR, TMPDIR, TMP, /tmp)",
+    )
+    add_estimate_args(parser)
+    return run_main(lambda: _run(parser, argv))
+
+
+def _locations(temp_dir: Path) -> Any:
+    """The preflight's rows for this run: the checkpoint and its downloaded copy in `temp_dir`.
+
+    The run saves where TensorFlow's gs:// writer would stage the files and copies with
+    google-cloud-storage, so TensorFlow's own staging row would count the folder twice.
+    """
+    import _locations
+
+    def rows(estimate: Any) -> list[Any]:
+        found = _locations.scenario_locations(
+            "full", estimate, scratch_dir=str(temp_dir), download_dir=str(temp_dir)
+        )
+        return [row for row in found if not row.role.startswith("TensorFlow temp folder")]
+
+    return rows
+
+
+def _preflight(cfg: Any, args: Any, temp_dir: Path) -> Any:
+    # PREFLIGHT HOOK: issue 3's measured estimate, the locations table and the refusal.
+    return estimate_and_preflight(
+        cfg, args, scenario="full", locations=_locations(temp_dir), scratch_root=temp_dir
+    )
+
+
+def _run(parser: Any, argv: Sequence[str] | None) -> int:
+    args = parse_args(parser, argv)
+    temp_dir, temp_source = tensorflow_temp_dir(args.tmpdir)
+    cfg = load_from_args(args)
+    buffer = shuffle_buffer_size(cfg)
+    header = (
+        f"Config: {args.config_name} · dataloader: {cfg.dataloader._target_} · buffer {buffer:,}",
+        f"TensorFlow temp folder: {temp_dir} (from {temp_source})",
+    )
+    report: dict[str, Any] = {
+        "script": SCRIPT,
+        "config_name": args.config_name,
+        "shuffle_buffer_size": {"original": buffer, "tested": buffer},
+        "tensorflow_temp_dir": {"path": str(temp_dir), "source": temp_source},
+    }
+    if args.estimate_only:
+        print(*header, sep="\n")
+        estimate = _preflight(cfg, args, temp_dir)
+        print("✓ ESTIMATE ONLY: no checkpoint was filled or saved (--estimate-only)")
+        write_report(
+            args.report,
+            {**report, **estimate_report(estimate), "passed": True, "exit_code": EXIT_PASSED},
+        )
+        return EXIT_PASSED
+
+    run_prefix = new_run_prefix("original")
+    bucket = os.environ.get("GCS_TEST_BUCKET")
+    with open_destination(bucket, embedded_when_unset=True) as destination:
+        print(*header, sep="\n")
+        estimate = _preflight(cfg, args, temp_dir)
+        outcome = run_round_trip(
+            cfg,
+            scratch_root=temp_dir,
+            destination=destination,
+            run_prefix=run_prefix,
+            keep=args.keep,
+            disk_full_hint=(
+                f"this config's checkpoint needs ~{format_gb(estimate.original_bytes)} there; fix: "
+                "TMPDIR=/path/on/a/bigger/disk make original (or --tmpdir), stage it on a "
+                "disk you choose with make local-staging, or prove the restore cheaply with "
+                "make small-buffer (see QUICK_FIX.md)"
+            ),
+        )
+    exit_code = EXIT_PASSED if outcome.passed else EXIT_FAILED
+    print("✓ ALL TESTS PASSED" if outcome.passed else f"✗ {outcome.failure}")
+    for note in outcome.notes:
+        print(f"  ({note})")
+
+    write_report(
+        args.report,
+        {
+            **report,
+            **estimate_report(estimate),
+            "checkpoint": {
+                "uri": outcome.checkpoint_uri,
+                "bytes": outcome.checkpoint_bytes,
+                "files": outcome.checkpoint_files,
+                "save_seconds": round(outcome.save_seconds, 3),
+                "restore_seconds": round(outcome.restore_seconds, 3),
+            },
+            "verification": {
+                "batches_compared": outcome.batches_compared,
+                "comparisons": outcome.comparisons,
+                "passed": outcome.passed,
+                "first_mismatch": outcome.first_mismatch,
+                "failure": outcome.failure,
+            },
+            "passed": outcome.passed,
+            "exit_code": exit_code,
+        },
+    )
+    return exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,201 @@
+#!/usr/bin/env python3
+"""Local-staging test: save the checkpoint on a local disk you choose, then send it through GCS.
+
+The iterator is saved into LOCAL_STAGING_DIR (required: an existing, writable folder on a
+disk with room for the checkpoint), restored from there in a new process and compared
+bit for bit. When GCS_TEST_BUCKET is set (gs://bucket/prefix), the staged checkpoint is
+then uploaded with google-cloud-storage, every object checked against its staged file
+(size and crc32c), downloaded into a fresh folder, and restored and compared again from
+that copy. An unset GCS_TEST_BUCKET means no upload. The staged copy is kept
+(LOCAL_STAGING_DIR/<run prefix>/) unless --clean.
+
+The preflight runs first: it measures the checkpoint size, shows the folders the bytes go
+through (the staged copy and the downloaded one both live in LOCAL_STAGING_DIR) and
+refuses a run that cannot fit (exit 3; --estimate-only stops there, --force runs anyway).
+
+Exit codes: 0 passed, 1 the checkpoint failed a check, 2 bad input, 3 preflight refused.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from _common import (
+    EXIT_FAILED,
+    EXIT_PASSED,
+    add_estimate_args,
+    common_parser,
+    estimate_and_preflight,
+    estimate_report,
+    load_from_args,
+    open_destination,
+    parse_args,
+    run_main,
+    run_round_trip,
+    shuffle_buffer_size,
+)
+from _errors import UsageError
+from _report import format_gb, write_report
+from _storage import new_run_prefix
+
+SCRIPT = "local_staging"
+STAGING_VARIABLE = "LOCAL_STAGING_DIR"
+
+
+def staging_folder(value: str | None) -> Path:
+    """LOCAL_STAGING_DIR as an existing folder this process can write, or a one-line UsageError."""
+    if not value:
+        raise UsageError(
+            f"{STAGING_VARIABLE} is not set: set it to a folder on a disk with room for the "
+            f"checkpoint, e.g. {STAGING_VARIABLE}=/mnt/scratch "
+            "(make local-staging defaults to .work/local-staging)"
+        )
+    folder = Path(value).expanduser()
+    if not folder.exists():
+        raise UsageError(
+            f"{STAGING_VARIABLE}={value}: no such folder (create it, or choose another)"
+        )
+    if not folder.is_dir():
+        raise UsageError(f"{STAGING_VARIABLE}={value}: is a file, not a folder (expected a folder)")
+    try:  # the real test: os.access says yes to root on a read-only mount
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as error:
+        raise UsageError(
+            f"{STAGING_VARIABLE}={value}: folder is not writable ({error.strerror}); "
+            "choose a folder you can write"
+        ) from None
+    return folder.resolve()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = common_parser("test_dataloader_checkpoint_local_staging.py", __doc__.splitlines()[0])
+    parser.add_argument(
+        "--clean",
+        action="store_true",
+        help="remove the staged copy in LOCAL_STAGING_DIR after a pass (default: keep it)",
+    )
+    add_estimate_args(parser)
+    return run_main(lambda: _run(parser, argv))
+
+
+def _preflight(cfg: Any, args: Any, staging_root: Path, bucket: str | None) -> Any:
+    """PREFLIGHT HOOK: issue 3's measured estimate, the locations table and the refusal.
+
+    Rows: the staged copy and (with a bucket) the downloaded copy in LOCAL_STAGING_DIR,
+    host RAM, and GCS. TensorFlow's gs:// staging folder is not used here: the upload
+    goes through google-cloud-storage from the staged copy.
+    """
+    import _locations
+
+    def rows(estimate: Any) -> list[Any]:
+        found = _locations.scenario_locations(
+            "local_staging",
+            estimate,
+            staging_dir=str(staging_root),
+            download_dir=str(staging_root),
+            gcs_uri=bucket,
+        )
+        skip = ["TensorFlow temp folder"] + ([] if bucket else ["download folder", "GCS total"])
+        return [row for row in found if not row.role.startswith(tuple(skip))]
+
+    return estimate_and_preflight(
+        cfg, args, scenario="local_staging", locations=rows, scratch_root=staging_root
+    )
+
+
+def _run(parser: Any, argv: Sequence[str] | None) -> int:
+    args = parse_args(parser, argv)
+    staging_root = staging_folder(os.environ.get(STAGING_VARIABLE))
+    cfg = load_from_args(args)
+    buffer = shuffle_buffer_size(cfg)
+    bucket = os.environ.get("GCS_TEST_BUCKET") or None
+    header = (
+        f"Config: {args.config_name} · dataloader: {cfg.dataloader._target_} · buffer {buffer:,}"
+    )
+    report: dict[str, Any] = {
+        "script": SCRIPT,
+        "config_name": args.config_name,
+        "shuffle_buffer_size": {"original": buffer, "tested": buffer},
+    }
+    if args.estimate_only:
+        print(header)
+        estimate = _preflight(cfg, args, staging_root, bucket)
+        print("✓ ESTIMATE ONLY: no checkpoint was filled or saved (--estimate-only)")
+        write_report(
+            args.report,
+            {**report, **estimate_report(estimate), "passed": True, "exit_code": EXIT_PASSED},
+        )
+        return EXIT_PASSED
+
+    run_prefix = new_run_prefix("local-staging")
+    with open_destination(bucket, embedded_when_unset=False) as destination:
+        print(header)
+        if destination is None:
+            print("Destination: none (GCS_TEST_BUCKET is not set: the staged copy is not uploaded)")
+        estimate = _preflight(cfg, args, staging_root, bucket)
+        staged = staging_root / run_prefix
+        try:
+            outcome = run_round_trip(
+                cfg,
+                scratch_root=staging_root,
+                destination=destination,
+                run_prefix=run_prefix,
+                keep=args.keep,
+                checkpoint_dir=staged,
+                compare_before_upload=True,
+                disk_full_hint=(
+                    f"the checkpoint needs ~{format_gb(estimate.original_bytes)}: point "
+                    f"{STAGING_VARIABLE} at a disk with more room"
+                ),
+            )
+        except BaseException:
+            shutil.rmtree(staged, ignore_errors=True)
+            raise
+    if not outcome.checkpoint_files:  # the save itself failed: a partial copy is of no use
+        shutil.rmtree(staged, ignore_errors=True)
+    if outcome.passed and args.clean:
+        shutil.rmtree(staged, ignore_errors=True)
+        print(f"Removed the staged copy {staged} (--clean)")
+    elif staged.exists():
+        print(f"Staged copy kept in {staged} (--clean removes it)")
+    exit_code = EXIT_PASSED if outcome.passed else EXIT_FAILED
+    print("✓ ALL TESTS PASSED" if outcome.passed else f"✗ {outcome.failure}")
+    for note in outcome.notes:
+        print(f"  ({note})")
+
+    write_report(
+        args.report,
+        {
+            **report,
+            **estimate_report(estimate),
+            "staging": {"path": str(staged), "kept": staged.exists()},
+            "checkpoint": {
+                "uri": outcome.checkpoint_uri,
+                "bytes": outcome.checkpoint_bytes,
+                "files": outcome.checkpoint_files,
+                "save_seconds": round(outcome.save_seconds, 3),
+                "restore_seconds": round(outcome.restore_seconds, 3),
+            },
+            "verification": {
+                "batches_compared": outcome.batches_compared,
+                "comparisons": outcome.comparisons,
+                "passed": outcome.passed,
+                "first_mismatch": outcome.first_mismatch,
+                "failure": outcome.failure,
+            },
+            "passed": outcome.passed,
+            "exit_code": exit_code,
+        },
+    )
+    return exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

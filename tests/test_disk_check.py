@@ -1,0 +1,119 @@
+"""scripts/tests/check_disk_space.sh as a person runs it: every location, thresholds, exit codes."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, SCRIPTS_DIR, script_env
+
+SCRIPT = SCRIPTS_DIR / "check_disk_space.sh"
+
+
+def _run(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    environment = script_env(PYTHON=sys.executable, **env)
+    for name in ("TEST_TMPDIR", "TMP", "LOCAL_STAGING_DIR"):
+        if name not in env:
+            environment.pop(name, None)
+    return subprocess.run(
+        ["bash", str(SCRIPT), *args], env=environment, cwd=ROOT, capture_output=True, text=True,
+        timeout=300, check=False,
+    )  # fmt: skip
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    mount_point = tmp_path / "small-disk"
+    mount_point.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=20m", "tmpfs", str(mount_point)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs for the disk-full test: {mounted.stderr.strip()}")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", str(mount_point)], check=False)
+
+
+def _row(out: str, label: str) -> list[str]:
+    line = next(line for line in out.splitlines() if line.startswith(label))
+    return line.split()
+
+
+def test_help_exits_0():
+    result = _run("-h")
+    assert result.returncode == 0
+    assert "Usage: check_disk_space.sh" in result.stdout and "--config-name NAME" in result.stdout
+
+
+def test_every_location_is_reported_and_a_small_disk_fails(small_disk, tmp_path):
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    result = _run(
+        "--for", "small", "--small", "100MB", TMPDIR=str(small_disk), LOCAL_STAGING_DIR=str(staging)
+    )
+    assert result.returncode == 1, result.stdout + result.stderr
+    out = result.stdout
+    assert "small-buffer test needs 100.0 MB" in out
+    tf_row = _row(out, "TensorFlow temp folder (TMPDIR)")
+    assert str(small_disk) in tf_row and tf_row[-4:] == ["NOT", "OK", "NOT", "OK"]
+    assert "MB" in tf_row  # the tmpfs's ~21 MB
+    for label in ("/tmp ", "LOCAL_STAGING_DIR", "home", "current folder", "RAM (available)"):
+        assert _row(out, label), label
+    assert str(staging) in _row(out, "LOCAL_STAGING_DIR")
+    assert "✗ a location does not fit" in out
+
+    fits = _run("--for", "small", "--small", "1MB", TMPDIR=str(small_disk))
+    assert fits.returncode == 0, fits.stdout
+    assert _row(fits.stdout, "TensorFlow temp folder (TMPDIR)")[-3:] == ["OK", "NOT", "OK"]
+
+
+def test_test_tmpdir_overriding_tmpdir_is_named(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    result = _run("--for", "small", "--small", "1KB", TEST_TMPDIR=str(a), TMPDIR=str(b))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert str(a) in _row(result.stdout, "TensorFlow temp folder (TEST_TMPDIR)")
+    assert f"TEST_TMPDIR={a} silently overrides TMPDIR={b}" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["--small", "12XB"], "size '12XB'"),
+        (["--for", "never"], "--for never"),
+        (["--what"], "unknown argument"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(args, expected):
+    result = _run(*args)
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and expected in lines[0], result.stderr
+
+
+def test_thresholds_come_from_the_measured_estimate(tmp_path):
+    result = _run(
+        "--config-name", "small", "--for", "small", XDG_CACHE_HOME=str(tmp_path / "cache")
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    first = result.stdout.splitlines()[0]
+    assert first.startswith(
+        "thresholds: measured estimate of --config-name small; small-buffer test needs "
+    )
+    assert " KB, full test " in first  # the small preset's checkpoints are a few hundred KB
+
+
+def test_shellcheck_clean():
+    shellcheck = shutil.which("shellcheck") or str(Path(sys.executable).parent / "shellcheck")
+    if not Path(shellcheck).exists():
+        pytest.skip("shellcheck is not installed (it is in the lint group)")
+    result = subprocess.run([shellcheck, str(SCRIPT)], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stdout
