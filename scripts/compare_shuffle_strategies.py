@@ -25,27 +25,24 @@ from _common import (
     EXIT_FAILED,
     EXIT_PASSED,
     common_parser,
-    format_bytes,
     load_from_args,
     parse_args,
-    parse_positive_int,
     run_main,
-    shuffle_buffer_size,
 )
+from _config import parse_positive_int, shuffle_buffer_size
 from _errors import UsageError
-from _report import write_report
+from _report import format_bytes, write_report
 from _strategies import (
     DEFAULT_WORK_DIR,
     LAST_REPORT_NAME,
     STRATEGIES,
     STRATEGY_NAMES,
-    DataSpec,
     StrategyResult,
     finish_restore,
-    grain_available,
     measure_strategy,
-    write_episode_files,
 )
+from _strategy_builders import grain_available
+from _strategy_episodes import DataSpec, write_episode_files
 
 # The decoded-frame buffer is really filled; past this it would not fit a shared machine.
 MAX_DECODED_BUFFER_BYTES = 2_000_000_000

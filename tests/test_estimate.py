@@ -31,10 +31,12 @@ def _real_checkpoint_bytes(cfg, buffer: int, tmp_path: Path) -> int:
     iterator = iter(instantiate_dataset(with_buffer_size(cfg, buffer).dataloader))
     for _ in range(cfg.roundtrip.batches_before_save):
         next(iterator)
+    # The moment a training job saves: its prefetch buffers full (no background work left).
     _settle()
     saved = save_iterator(iterator, tmp_path / f"real-{buffer}")
     shutil.rmtree(tmp_path / f"real-{buffer}")
     return saved.bytes
+
 
 
 def _sensor_config(tmp_path: Path, **dataloader: object) -> Path:

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from _common import run_round_trip
 from _config import load_config, with_buffer_size
 from _roundtrip import digest_element, first_mismatch
+from _scenario import run_round_trip
 from _storage import LocalDestination
 from conftest import TESTS_DIR
 from omegaconf import OmegaConf

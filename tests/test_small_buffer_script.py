@@ -72,9 +72,10 @@ def test_user_pipeline_and_bucket_with_report(tmp_path: Path, gcs_endpoint: str,
     assert data["estimate"]["formula_original_bytes"] == 58_200_000
     assert data["checkpoint"]["uri"].startswith(f"gs://{gcs_bucket.name}/team/dlckpt-small-buffer-")
     assert data["checkpoint"]["bytes"] > 100 * 16 * 16 * 3 and data["checkpoint"]["files"] == 2
-    assert data["verification"] == {
-        "batches_compared": 4, "passed": True, "first_mismatch": None, "failure": None
-    }  # fmt: skip
+    verification = data["verification"]
+    assert (verification["batches_compared"], verification["passed"]) == (4, True)
+    assert verification["first_mismatch"] is None and verification["failure"] is None
+    assert [c["source"] for c in verification["comparisons"]] == ["downloaded copy"]
     assert data["passed"] is True and data["exit_code"] == 0
     # The run removed its own prefix after the pass and nothing else.
     names = [blob.name for blob in gcs_bucket.client.list_blobs(gcs_bucket.name)]

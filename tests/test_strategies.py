@@ -10,11 +10,11 @@ from _report import format_bytes
 from _strategies import (
     LAST_REPORT_NAME,
     STRATEGY_NAMES,
-    grain_available,
     shuffle_quality,
     smallest_resuming_strategy,
     strategies_pointer_line,
 )
+from _strategy_builders import grain_available
 from conftest import run_script
 
 SCRIPT = "./compare_shuffle_strategies.py"  # run_script: a "/" means relative to scripts/

@@ -37,7 +37,7 @@ from _errors import PreflightRefusal, UsageError
 from _roundtrip import UnsaveablePipeline, _flatten
 
 # Bump when the calibration procedure changes: old cache entries then no longer match.
-ESTIMATOR_VERSION = 6
+ESTIMATOR_VERSION = 7
 
 
 def sample_bytes_of_batch(batch: Any) -> tuple[int, int]:
@@ -346,23 +346,48 @@ def store_cached(key: str, calibration: Calibration) -> None:
         pass  # a cache that cannot be written only costs the next run its speed
 
 
-def _settle(max_seconds: float = 3.0) -> None:
+def _settle(max_seconds: float = 10.0) -> None:
     """Wait until the pipeline's background threads stop working (prefetch buffers full).
 
     A training job saves while its prefetch buffers are full (training is the slow side),
-    so the calibration saves at that moment too: when this process stops using CPU.
+    so the calibration saves at that moment too: when this process stops using CPU. On a
+    busy machine the buffers fill slowly, so the wait is generous; an idle pipeline
+    returns within a few tenths of a second.
     """
     import psutil
 
     process = psutil.Process()
     deadline = time.monotonic() + max_seconds
     last = sum(process.cpu_times()[:2])
-    while time.monotonic() < deadline:
+    quiet = 0
+    # Three quiet windows in a row: on a loaded machine a starved process can look idle
+    # for one window while its threads still wait to run.
+    while time.monotonic() < deadline and quiet < 3:
         time.sleep(0.1)
         now = sum(process.cpu_times()[:2])
-        if now - last < 0.02:
-            return
+        quiet = quiet + 1 if now - last < 0.02 else 0
         last = now
+
+
+def settled_checkpoint_bytes(iterator: Any, folder: Path, attempts: int = 5) -> int:
+    """Bytes of the iterator's checkpoint once its background buffers have stopped changing.
+
+    Waits for the process to go quiet, then saves until two saves in a row agree: one
+    save taken while a prefetch or parallel-map buffer is still filling would shift the
+    fitted fixed part, and the extrapolation multiplies that error by the buffer ratio.
+    """
+    from _roundtrip import save_iterator
+
+    previous = -1
+    size = 0
+    for attempt in range(attempts):
+        _settle()
+        size = save_iterator(iterator, folder / str(attempt)).bytes
+        shutil.rmtree(folder, ignore_errors=True)
+        if size == previous:
+            break
+        previous = size
+    return size
 
 
 def _raw_element_bytes(dataset: Any, fallback: int) -> int:
@@ -449,10 +474,8 @@ def calibrate(
                 except StopIteration:
                     ended = True
                     break
-                _settle()
-                saved = save_iterator(iterator, scratch / f"b{buffer}-o{offset}")
-                points.append([buffer, read, saved.bytes])
-                shutil.rmtree(scratch / f"b{buffer}-o{offset}", ignore_errors=True)
+                saved_bytes = settled_checkpoint_bytes(iterator, scratch / f"b{buffer}-o{offset}")
+                points.append([buffer, read, saved_bytes])
             if ended:
                 stream_elements = read if stream_elements is None else stream_elements
                 notes.append(

@@ -26,21 +26,18 @@ from pathlib import Path
 from typing import Any
 
 from _common import (
-    EXIT_FAILED,
-    EXIT_PASSED,
     add_estimate_args,
     common_parser,
     estimate_and_preflight,
-    estimate_report,
+    finish_estimate_only,
     load_from_args,
-    open_destination,
     parse_args,
     run_main,
-    run_round_trip,
-    shuffle_buffer_size,
 )
+from _config import shuffle_buffer_size
 from _errors import UsageError
-from _report import format_gb, write_report
+from _report import format_gb
+from _scenario import finish, open_destination, run_round_trip
 from _storage import new_run_prefix
 
 SCRIPT = "original"
@@ -105,10 +102,14 @@ def _locations(temp_dir: Path) -> Any:
     return rows
 
 
-def _preflight(cfg: Any, args: Any, temp_dir: Path) -> Any:
-    # PREFLIGHT HOOK: issue 3's measured estimate, the locations table and the refusal.
+def _preflight(cfg: Any, args: Any, temp_dir: Path, report: dict[str, Any]) -> Any:
     return estimate_and_preflight(
-        cfg, args, scenario="full", locations=_locations(temp_dir), scratch_root=temp_dir
+        cfg,
+        args,
+        scenario="full",
+        locations=_locations(temp_dir),
+        scratch_root=temp_dir,
+        report=report,
     )
 
 
@@ -129,24 +130,19 @@ def _run(parser: Any, argv: Sequence[str] | None) -> int:
     }
     if args.estimate_only:
         print(*header, sep="\n")
-        estimate = _preflight(cfg, args, temp_dir)
-        print("✓ ESTIMATE ONLY: no checkpoint was filled or saved (--estimate-only)")
-        write_report(
-            args.report,
-            {**report, **estimate_report(estimate), "passed": True, "exit_code": EXIT_PASSED},
-        )
-        return EXIT_PASSED
+        _preflight(cfg, args, temp_dir, report)
+        return finish_estimate_only(args, report)
 
-    run_prefix = new_run_prefix("original")
-    bucket = os.environ.get("GCS_TEST_BUCKET")
-    with open_destination(bucket, embedded_when_unset=True) as destination:
+    with open_destination(
+        os.environ.get("GCS_TEST_BUCKET"), embedded_when_unset=True
+    ) as destination:
         print(*header, sep="\n")
-        estimate = _preflight(cfg, args, temp_dir)
+        estimate = _preflight(cfg, args, temp_dir, report)
         outcome = run_round_trip(
             cfg,
             scratch_root=temp_dir,
             destination=destination,
-            run_prefix=run_prefix,
+            run_prefix=new_run_prefix("original"),
             keep=args.keep,
             disk_full_hint=(
                 f"this config's checkpoint needs ~{format_gb(estimate.original_bytes)} there; fix: "
@@ -155,35 +151,7 @@ def _run(parser: Any, argv: Sequence[str] | None) -> int:
                 "make small-buffer (see QUICK_FIX.md)"
             ),
         )
-    exit_code = EXIT_PASSED if outcome.passed else EXIT_FAILED
-    print("✓ ALL TESTS PASSED" if outcome.passed else f"✗ {outcome.failure}")
-    for note in outcome.notes:
-        print(f"  ({note})")
-
-    write_report(
-        args.report,
-        {
-            **report,
-            **estimate_report(estimate),
-            "checkpoint": {
-                "uri": outcome.checkpoint_uri,
-                "bytes": outcome.checkpoint_bytes,
-                "files": outcome.checkpoint_files,
-                "save_seconds": round(outcome.save_seconds, 3),
-                "restore_seconds": round(outcome.restore_seconds, 3),
-            },
-            "verification": {
-                "batches_compared": outcome.batches_compared,
-                "comparisons": outcome.comparisons,
-                "passed": outcome.passed,
-                "first_mismatch": outcome.first_mismatch,
-                "failure": outcome.failure,
-            },
-            "passed": outcome.passed,
-            "exit_code": exit_code,
-        },
-    )
-    return exit_code
+    return finish(args, report, outcome)
 
 
 if __name__ == "__main__":

@@ -27,21 +27,18 @@ from pathlib import Path
 from typing import Any
 
 from _common import (
-    EXIT_FAILED,
-    EXIT_PASSED,
     add_estimate_args,
     common_parser,
     estimate_and_preflight,
-    estimate_report,
+    finish_estimate_only,
     load_from_args,
-    open_destination,
     parse_args,
     run_main,
-    run_round_trip,
-    shuffle_buffer_size,
 )
+from _config import shuffle_buffer_size
 from _errors import UsageError
-from _report import format_gb, write_report
+from _report import format_gb
+from _scenario import finish, open_destination, run_round_trip
 from _storage import new_run_prefix
 
 SCRIPT = "local_staging"
@@ -85,7 +82,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     return run_main(lambda: _run(parser, argv))
 
 
-def _preflight(cfg: Any, args: Any, staging_root: Path, bucket: str | None) -> Any:
+def _preflight(
+    cfg: Any, args: Any, staging_root: Path, bucket: str | None, report: dict[str, Any]
+) -> Any:
     """PREFLIGHT HOOK: issue 3's measured estimate, the locations table and the refusal.
 
     Rows: the staged copy and (with a bucket) the downloaded copy in LOCAL_STAGING_DIR,
@@ -106,7 +105,12 @@ def _preflight(cfg: Any, args: Any, staging_root: Path, bucket: str | None) -> A
         return [row for row in found if not row.role.startswith(tuple(skip))]
 
     return estimate_and_preflight(
-        cfg, args, scenario="local_staging", locations=rows, scratch_root=staging_root
+        cfg,
+        args,
+        scenario="local_staging",
+        locations=rows,
+        scratch_root=staging_root,
+        report=report,
     )
 
 
@@ -126,20 +130,15 @@ def _run(parser: Any, argv: Sequence[str] | None) -> int:
     }
     if args.estimate_only:
         print(header)
-        estimate = _preflight(cfg, args, staging_root, bucket)
-        print("✓ ESTIMATE ONLY: no checkpoint was filled or saved (--estimate-only)")
-        write_report(
-            args.report,
-            {**report, **estimate_report(estimate), "passed": True, "exit_code": EXIT_PASSED},
-        )
-        return EXIT_PASSED
+        _preflight(cfg, args, staging_root, bucket, report)
+        return finish_estimate_only(args, report)
 
     run_prefix = new_run_prefix("local-staging")
     with open_destination(bucket, embedded_when_unset=False) as destination:
         print(header)
         if destination is None:
             print("Destination: none (GCS_TEST_BUCKET is not set: the staged copy is not uploaded)")
-        estimate = _preflight(cfg, args, staging_root, bucket)
+        estimate = _preflight(cfg, args, staging_root, bucket, report)
         staged = staging_root / run_prefix
         try:
             outcome = run_round_trip(
@@ -165,36 +164,8 @@ def _run(parser: Any, argv: Sequence[str] | None) -> int:
         print(f"Removed the staged copy {staged} (--clean)")
     elif staged.exists():
         print(f"Staged copy kept in {staged} (--clean removes it)")
-    exit_code = EXIT_PASSED if outcome.passed else EXIT_FAILED
-    print("✓ ALL TESTS PASSED" if outcome.passed else f"✗ {outcome.failure}")
-    for note in outcome.notes:
-        print(f"  ({note})")
-
-    write_report(
-        args.report,
-        {
-            **report,
-            **estimate_report(estimate),
-            "staging": {"path": str(staged), "kept": staged.exists()},
-            "checkpoint": {
-                "uri": outcome.checkpoint_uri,
-                "bytes": outcome.checkpoint_bytes,
-                "files": outcome.checkpoint_files,
-                "save_seconds": round(outcome.save_seconds, 3),
-                "restore_seconds": round(outcome.restore_seconds, 3),
-            },
-            "verification": {
-                "batches_compared": outcome.batches_compared,
-                "comparisons": outcome.comparisons,
-                "passed": outcome.passed,
-                "first_mismatch": outcome.first_mismatch,
-                "failure": outcome.failure,
-            },
-            "passed": outcome.passed,
-            "exit_code": exit_code,
-        },
-    )
-    return exit_code
+    report["staging"] = {"path": str(staged), "kept": staged.exists()}
+    return finish(args, report, outcome)
 
 
 if __name__ == "__main__":

@@ -22,22 +22,16 @@ from collections.abc import Sequence
 from typing import Any
 
 from _common import (
-    EXIT_FAILED,
-    EXIT_PASSED,
     add_estimate_args,
     common_parser,
     estimate_and_preflight,
-    estimate_report,
+    finish_estimate_only,
     load_from_args,
-    open_destination,
     parse_args,
-    parse_positive_int,
     run_main,
-    run_round_trip,
-    shuffle_buffer_size,
-    with_buffer_size,
 )
-from _report import write_report
+from _config import parse_positive_int, shuffle_buffer_size, with_buffer_size
+from _scenario import finish, open_destination, run_round_trip
 from _storage import new_run_prefix
 from _strategies import strategies_pointer_line
 
@@ -62,73 +56,32 @@ def _run(parser: Any, argv: Sequence[str] | None) -> int:
         args.buffer_size if args.buffer_size is not None else cfg.roundtrip.small_buffer_size,
         "--buffer-size",
     )
-    tested_cfg = with_buffer_size(cfg, tested_buffer)
-
+    report: dict[str, Any] = {
+        "script": SCRIPT,
+        "config_name": args.config_name,
+        "shuffle_buffer_size": {"original": original_buffer, "tested": tested_buffer},
+    }
     print(f"Config: {args.config_name} · dataloader: {cfg.dataloader._target_}")
     if args.estimate_only:
-        estimate = estimate_and_preflight(
-            cfg, args, scenario="small_buffer", tested_buffer=tested_buffer
+        estimate_and_preflight(
+            cfg, args, scenario="small_buffer", tested_buffer=tested_buffer, report=report
         )
-        print("✓ ESTIMATE ONLY: no checkpoint was filled or saved (--estimate-only)")
-        write_report(
-            args.report,
-            {
-                "script": SCRIPT,
-                "config_name": args.config_name,
-                "shuffle_buffer_size": {"original": original_buffer, "tested": tested_buffer},
-                **estimate_report(estimate),
-                "passed": True,
-                "exit_code": EXIT_PASSED,
-            },
-        )
-        return EXIT_PASSED
+        return finish_estimate_only(args, report)
 
-    run_prefix = new_run_prefix("small-buffer")
     # The destination is checked first: a bad bucket fails in a second, not after the estimate.
-    with open_destination(
-        os.environ.get("GCS_TEST_BUCKET"), embedded_when_unset=True
-    ) as destination:
-        estimate = estimate_and_preflight(
-            cfg, args, scenario="small_buffer", tested_buffer=tested_buffer
+    bucket = os.environ.get("GCS_TEST_BUCKET")
+    with open_destination(bucket, embedded_when_unset=True) as destination:
+        estimate_and_preflight(
+            cfg, args, scenario="small_buffer", tested_buffer=tested_buffer, report=report
         )
         outcome = run_round_trip(
-            tested_cfg,
+            with_buffer_size(cfg, tested_buffer),
             scratch_root=None,
             destination=destination,
-            run_prefix=run_prefix,
+            run_prefix=new_run_prefix("small-buffer"),
             keep=args.keep,
         )
-    exit_code = EXIT_PASSED if outcome.passed else EXIT_FAILED
-    print(strategies_pointer_line())
-    print("✓ ALL TESTS PASSED" if outcome.passed else f"✗ {outcome.failure}")
-    for note in outcome.notes:
-        print(f"  ({note})")
-
-    write_report(
-        args.report,
-        {
-            "script": SCRIPT,
-            "config_name": args.config_name,
-            "shuffle_buffer_size": {"original": original_buffer, "tested": tested_buffer},
-            **estimate_report(estimate),
-            "checkpoint": {
-                "uri": outcome.checkpoint_uri,
-                "bytes": outcome.checkpoint_bytes,
-                "files": outcome.checkpoint_files,
-                "save_seconds": round(outcome.save_seconds, 3),
-                "restore_seconds": round(outcome.restore_seconds, 3),
-            },
-            "verification": {
-                "batches_compared": outcome.batches_compared,
-                "passed": outcome.passed,
-                "first_mismatch": outcome.first_mismatch,
-                "failure": outcome.failure,
-            },
-            "passed": outcome.passed,
-            "exit_code": exit_code,
-        },
-    )
-    return exit_code
+    return finish(args, report, outcome, closing_lines=(strategies_pointer_line(),))
 
 
 if __name__ == "__main__":
