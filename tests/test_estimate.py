@@ -38,7 +38,6 @@ def _real_checkpoint_bytes(cfg, buffer: int, tmp_path: Path) -> int:
     return saved.bytes
 
 
-
 def _sensor_config(tmp_path: Path, **dataloader: object) -> Path:
     lines = [f"  _target_: {SENSOR}", "  shuffle_buffer_size: 100000"]
     lines += [f"  {key}: {json.dumps(value)}" for key, value in dataloader.items()]
