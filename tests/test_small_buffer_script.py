@@ -153,3 +153,24 @@ def test_ctrl_c_leaves_nothing_in_the_run_prefix(tmp_path: Path):
     assert process.returncode == 130, stderr
     assert "interrupted" in stderr and "Traceback" not in stderr
     assert list(destination.iterdir()) == []
+
+
+def test_broken_config_files_exit_2_with_one_line(tmp_path: Path):
+    (tmp_path / "broken.yaml").write_text("dataloader: [unclosed\n")
+    (tmp_path / "typo.yaml").write_text(
+        "dataloader:\n  _target_: user_pipelines.plain_dataset\n  shuffle_buffer_size: 10\n  batch_sise: 4\n"
+    )
+    broken = run_script(SCRIPT, "--config-dir", str(tmp_path), "--config-name", "broken")
+    assert broken.returncode == 2
+    assert _one_clear_line(broken).startswith("✗ config 'broken': ")
+    typo = run_script(
+        SCRIPT, "--config-dir", str(tmp_path), "--config-name", "typo",
+        env=script_env(GCS_TEST_BUCKET=str(tmp_path)),
+    )  # fmt: skip
+    assert typo.returncode == 2
+    line = _one_clear_line(typo)
+    assert "user_pipelines.plain_dataset does not accept these settings" in line
+    assert "batch_sise" in line
+    folder = run_script(SCRIPT, "--report", str(tmp_path))
+    assert folder.returncode == 2
+    assert "is a folder" in _one_clear_line(folder)

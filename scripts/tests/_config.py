@@ -71,6 +71,7 @@ def load_config(
     Raises UsageError with one line for a missing folder, an unknown config name,
     an unknown key or a bad override.
     """
+    import yaml
     from hydra import compose, initialize_config_dir
     from hydra.core.config_store import ConfigStore
     from hydra.errors import HydraException
@@ -104,7 +105,7 @@ def load_config(
     try:
         with initialize_config_dir(version_base="1.3", config_dir=str(search_dirs[0])):
             cfg = compose(config_name=_ROOT_NAME, overrides=list(overrides or []))
-    except (HydraException, OmegaConfBaseException) as exc:
+    except (HydraException, OmegaConfBaseException, yaml.YAMLError) as exc:
         raise UsageError(f"config {config_name!r}: {_one_line(exc)}") from None
     if "_target_" not in cfg.dataloader:
         raise UsageError(

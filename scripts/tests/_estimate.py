@@ -237,6 +237,11 @@ class EstimateResult:
             "bytes_per_sample": self.bytes_per_sample,
             "bytes_per_sample_source": self.bytes_per_sample_source,
             "num_hosts": self.num_hosts,
+            # Present with the formula too (null), so a reader need not test for the keys.
+            "bytes_per_buffered_element": None,
+            "fixed_bytes": None,
+            "uncertainty": None,
+            "calibration_points": None,
         }
         if self.calibration is not None:
             cal = self.calibration

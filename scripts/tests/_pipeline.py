@@ -159,6 +159,13 @@ def instantiate_dataset(dataloader_cfg: Any) -> Any:
                 f"dataloader._target_={target!r} does not import "
                 f"(expected module.function on PYTHONPATH): {' '.join(str(cause).split())[:300]}"
             ) from None
+        if isinstance(cause, TypeError):
+            # A misspelled or extra key in the dataloader node: the function's own message
+            # names the argument.
+            raise UsageError(
+                f"dataloader: {target} does not accept these settings "
+                f"(expected its keyword arguments): {' '.join(str(cause).split())[:300]}"
+            ) from None
         raise
     if not isinstance(dataset, tf.data.Dataset):
         raise UsageError(

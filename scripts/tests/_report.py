@@ -24,6 +24,8 @@ def format_gb(count: float) -> str:
 
 
 def check_report_path(path: Path | None) -> None:
+    if path is not None and path.expanduser().is_dir():
+        raise UsageError(f"--report {path}: is a folder (expected a path to a .json file)")
     if path is not None and not path.expanduser().resolve().parent.is_dir():
         raise UsageError(
             f"--report {path}: its folder does not exist (expected a path to a new .json file)"

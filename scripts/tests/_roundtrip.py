@@ -173,6 +173,9 @@ def restore_in_new_process(
     request.write_text(
         json.dumps({"dataloader": dataloader_cfg, "prefix": str(prefix), "batches": batches})
     )
+    # Each restore writes its own result: a process that dies must not leave an earlier
+    # restore's result to be read as its own.
+    result_path.unlink(missing_ok=True)
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(SCRIPTS_DIR), env.get("PYTHONPATH")) if p)
     completed = subprocess.run(

@@ -54,7 +54,7 @@ def open_destination(
                 f"Destination: embedded GCS server at {endpoint}, gs://{EMBEDDED_BUCKET} "
                 "(set GCS_TEST_BUCKET=gs://bucket/prefix for your own bucket)"
             )
-            yield GcsDestination(client, GcsLocation(EMBEDDED_BUCKET, ""))
+            yield GcsDestination(client, GcsLocation(EMBEDDED_BUCKET, ""), ephemeral=True)
         return
     if setting.startswith("gs://"):
         location = parse_gcs_uri(setting)  # before the client: a malformed URI is a usage error
@@ -259,11 +259,17 @@ def run_round_trip(
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
         if uploaded and destination is not None and outcome.failure is None:
-            if keep:
+            if keep and getattr(destination, "ephemeral", False):
+                say("--keep: the embedded server's copy goes when it stops; set GCS_TEST_BUCKET")
+            elif keep:
                 say(f"Kept {outcome.checkpoint_uri} (--keep)")
             else:
                 destination.remove(run_prefix)
-        elif uploaded and outcome.failure not in (None, "interrupted"):
+        elif (
+            uploaded
+            and outcome.failure not in (None, "interrupted")
+            and not getattr(destination, "ephemeral", False)
+        ):
             outcome.notes.append(
                 f"the checkpoint is kept for inspection at {outcome.checkpoint_uri}"
             )

@@ -59,6 +59,29 @@ def crc32c_of_file(path: Path) -> str:
     return base64.b64encode(checksum.digest()).decode("ascii")
 
 
+def _in_parallel(work: Callable[[Any], Any], items: list[Any]) -> list[Any]:
+    """work(item) on TRANSFER_WORKERS threads, results in order.
+
+    On the first error or a Ctrl-C, transfers not yet started are cancelled and running
+    ones are waited for, so nothing is still writing under the run prefix once the
+    caller cleans it up.
+    """
+    pool = ThreadPoolExecutor(TRANSFER_WORKERS)
+    try:
+        futures = [pool.submit(work, item) for item in items]
+        return [future.result() for future in futures]
+    except BaseException:
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    finally:
+        pool.shutdown(wait=True)
+
+
+def _manifest(files: list[Path]) -> dict[str, dict[str, Any]]:
+    """Every file's size and crc32c: what the marker records and each copy is checked against."""
+    return {p.name: {"size": p.stat().st_size, "crc32c": crc32c_of_file(p)} for p in files}
+
+
 # --- destination parsing -------------------------------------------------------------
 
 
@@ -135,16 +158,41 @@ class LocalDestination:
         return str(self.root / run_prefix)
 
     def put(self, files: list[Path], run_prefix: str) -> None:
+        """Copy, check each copy's size and crc32c, then write the marker (as for GCS)."""
         target = self.root / run_prefix
         target.mkdir(parents=True, exist_ok=False)
+        manifest = _manifest(files)
         for path in files:
             shutil.copy2(path, target / path.name)
+        self._check(target, manifest)
+        (target / MARKER_NAME).write_text(json.dumps({"files": manifest}))
 
     def fetch(self, run_prefix: str, into: Path) -> list[Path]:
+        """Copy a complete run (marker present) into `into`, checking every file."""
+        source = self.root / run_prefix
+        try:
+            manifest = dict(json.loads((source / MARKER_NAME).read_text())["files"])
+        except (OSError, ValueError, KeyError) as error:
+            raise TransferError(
+                f"{source}: no readable {MARKER_NAME} marker, so the copy is incomplete ({error})"
+            ) from None
         into.mkdir(parents=True, exist_ok=True)
-        return [
-            Path(shutil.copy2(p, into / p.name)) for p in sorted((self.root / run_prefix).iterdir())
-        ]
+        copies = [Path(shutil.copy2(source / name, into / name)) for name in sorted(manifest)]
+        self._check(into, manifest)
+        return copies
+
+    @staticmethod
+    def _check(folder: Path, manifest: dict[str, dict[str, Any]]) -> None:
+        for name, expected in manifest.items():
+            found = {
+                "size": (folder / name).stat().st_size,
+                "crc32c": crc32c_of_file(folder / name),
+            }
+            if found != expected:
+                raise TransferError(
+                    f"{folder / name}: {found['size']} bytes crc32c {found['crc32c']}, "
+                    f"expected {expected['size']} bytes crc32c {expected['crc32c']}"
+                )
 
     def remove(self, run_prefix: str) -> None:
         if run_prefix and (self.root / run_prefix).is_dir():
@@ -194,10 +242,12 @@ def _progress(total: int, description: str) -> Any:
 class GcsDestination:
     """gs://bucket/prefix; the run writes only objects under <prefix>/<run prefix>/."""
 
-    def __init__(self, client: Any, location: GcsLocation) -> None:
+    def __init__(self, client: Any, location: GcsLocation, *, ephemeral: bool = False) -> None:
         self.client = client
         self.location = location
         self.bucket = client.bucket(location.bucket)
+        # The embedded server's objects vanish when it stops: nothing is kept for inspection.
+        self.ephemeral = ephemeral
 
     def check_bucket(self) -> None:
         from google.api_core import exceptions as api_exceptions
@@ -205,7 +255,12 @@ class GcsDestination:
         from google.auth.exceptions import RefreshError
 
         try:
-            self.bucket.reload(timeout=10, retry=Retry(timeout=20))
+            # Listing needs only storage.objects.list (Storage Object Admin/Viewer has it);
+            # bucket.reload() would also need storage.buckets.get.
+            listing = self.client.list_blobs(
+                self.bucket, max_results=1, timeout=10, retry=Retry(timeout=20)
+            )
+            next(iter(listing), None)
         except api_exceptions.NotFound:
             raise UsageError(
                 f"GCS_TEST_BUCKET={self.location.uri()}: bucket {self.location.bucket!r} "
@@ -241,6 +296,24 @@ class GcsDestination:
         *,
         opener: Callable[[Path], BinaryIO] | None = None,
     ) -> None:
+        """Upload; any storage error becomes a TransferError naming the run (see _put)."""
+        try:
+            self._put(files, run_prefix, opener=opener)
+        except (TransferError, ValueError):
+            raise
+        except Exception as error:
+            raise TransferError(
+                f"{self.uri(run_prefix)}: upload failed ({_one_line(error)}); "
+                f"no {MARKER_NAME} marker was written"
+            ) from None
+
+    def _put(
+        self,
+        files: list[Path],
+        run_prefix: str,
+        *,
+        opener: Callable[[Path], BinaryIO] | None = None,
+    ) -> None:
         """Upload in parallel, verify size + crc32c of each object, then write the marker.
 
         Each file goes up as a resumable upload (in RESUMABLE_CHUNK_BYTES chunks) with
@@ -262,9 +335,7 @@ class GcsDestination:
                 "a run uploads only under a new run prefix"
             )
         open_file = opener or (lambda path: path.open("rb"))
-        manifest: dict[str, dict[str, Any]] = {
-            p.name: {"size": p.stat().st_size, "crc32c": crc32c_of_file(p)} for p in files
-        }
+        manifest = _manifest(files)
         with _progress(sum(m["size"] for m in manifest.values()), "upload") as bar:
 
             def upload(path: Path) -> None:
@@ -289,8 +360,7 @@ class GcsDestination:
                     ) from error
                 self._verify(blob, manifest[path.name])
 
-            with ThreadPoolExecutor(TRANSFER_WORKERS) as pool:
-                list(pool.map(upload, files))
+            _in_parallel(upload, files)
         marker = self.bucket.blob(self.location.key(run_prefix, MARKER_NAME))
         marker.upload_from_string(
             json.dumps({"files": manifest}),
@@ -327,6 +397,17 @@ class GcsDestination:
             ) from None
 
     def fetch(self, run_prefix: str, into: Path) -> list[Path]:
+        """Download; any storage error becomes a TransferError naming the run (see _fetch)."""
+        try:
+            return self._fetch(run_prefix, into)
+        except TransferError:
+            raise
+        except Exception as error:
+            raise TransferError(
+                f"{self.uri(run_prefix)}: download failed ({_one_line(error)})"
+            ) from None
+
+    def _fetch(self, run_prefix: str, into: Path) -> list[Path]:
         """Download a complete upload (marker present) into `into`, in parallel.
 
         Each object's stored size and crc32c are checked against the marker's manifest
@@ -368,8 +449,7 @@ class GcsDestination:
                     )
                 return target
 
-            with ThreadPoolExecutor(TRANSFER_WORKERS) as pool:
-                return list(pool.map(download, sorted(manifest)))
+            return _in_parallel(download, sorted(manifest))
 
     def list_run(self, run_prefix: str) -> list[str]:
         """Names of the objects under this run's prefix, and nothing beside it."""
