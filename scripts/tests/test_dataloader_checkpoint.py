@@ -41,22 +41,24 @@ from _scenario import finish, open_destination, run_round_trip
 from _storage import new_run_prefix
 
 SCRIPT = "original"
-TF_TEMP_VARIABLES = ("TEST_TMPDIR", "TMPDIR", "TMP")
 
 
 def tensorflow_temp_dir(option: Path | None = None) -> tuple[Path, str]:
     """The folder TensorFlow stages gs:// writes in, and where that choice came from.
 
-    With `option` (--tmpdir), TMPDIR (and TEST_TMPDIR, if set, since TensorFlow reads it
-    first) are pointed at it for this process and the restore process it starts.
+    Without `option` it is resolved as TensorFlow resolves it (_locations.tf_temp_dir), so
+    the run saves where the preflight table says. With `option` (--tmpdir), TMPDIR (and
+    TEST_TMPDIR, if set, since TensorFlow reads it first) are pointed at it for this
+    process and the restore process it starts.
     """
+    from _locations import tf_temp_dir
+
     if option is not None:
         source = "--tmpdir"
         folder = Path(option).expanduser()
     else:
-        name = next((v for v in TF_TEMP_VARIABLES if os.environ.get(v)), None)
-        source = name or "default"
-        folder = Path(os.environ[name]) if name else Path("/tmp")
+        path, source, _ = tf_temp_dir()
+        folder = Path(path)
     if not folder.is_dir():
         raise UsageError(
             f"{source}={folder}: no such folder (expected a folder with room for the checkpoint)"
