@@ -34,7 +34,8 @@ from typing import Any
 
 import numpy as np
 from _errors import PreflightRefusal, UsageError
-from _roundtrip import UnsaveablePipeline, _flatten
+from _roundtrip import UnsaveablePipeline
+from _tensors import element_bytes, leading_dimension
 
 # Bump when the calibration procedure changes: old cache entries then no longer match.
 ESTIMATOR_VERSION = 7
@@ -42,19 +43,7 @@ ESTIMATOR_VERSION = 7
 
 def sample_bytes_of_batch(batch: Any) -> tuple[int, int]:
     """(bytes of one batch, samples in it): strings count their length, tensors their buffer."""
-    leaves = _flatten(batch)
-    total = 0
-    samples = 1
-    for tensor in leaves.values():
-        array = np.asarray(tensor.numpy() if hasattr(tensor, "numpy") else tensor)
-        if array.dtype == object:
-            total += sum(len(bytes(item)) for item in array.reshape(-1))
-        else:
-            total += array.nbytes
-    first = next(iter(leaves.values()), None)
-    if first is not None and len(getattr(first, "shape", ())) > 0:
-        samples = int(first.shape[0])
-    return total, max(samples, 1)
+    return element_bytes(batch), leading_dimension(batch)
 
 
 def measured_sample_bytes(dataset: Any, batches: int = 2) -> int:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _tensors import element_leaves
 from _tf import import_tensorflow
 
 CHECKPOINT_NAME = "iterator"
@@ -86,25 +87,14 @@ class Mismatch:
         )
 
 
-def _flatten(element: Any, path: str = "") -> dict[str, Any]:
-    if isinstance(element, dict):
-        out: dict[str, Any] = {}
-        for key in sorted(element):
-            out.update(_flatten(element[key], f"{path}/{key}" if path else str(key)))
-        return out
-    if isinstance(element, (tuple, list)):
-        out = {}
-        for index, item in enumerate(element):
-            out.update(_flatten(item, f"{path}/{index}" if path else str(index)))
-        return out
-    return {path or "<element>": element}
-
-
 def digest_element(element: Any) -> Digest:
-    """Key path -> dtype, shape and sha256 of the exact bytes (strings length-prefixed)."""
+    """Key path -> dtype, shape and sha256 of the exact bytes (strings length-prefixed).
+
+    Composite tensors are digested by their components (see _tensors.element_leaves), so
+    ragged and sparse values compare by value, and a change of structure is a mismatch.
+    """
     digests = {}
-    for key, tensor in _flatten(element).items():
-        array = np.asarray(tensor.numpy() if hasattr(tensor, "numpy") else tensor)
+    for key, array in element_leaves(element):
         sha = hashlib.sha256()
         if array.dtype == object:
             for item in array.reshape(-1):
