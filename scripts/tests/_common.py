@@ -128,15 +128,8 @@ def estimate_and_preflight(
             f"{result.tested_buffer:,} for the test"
         )
         say(f"NEW CONFIG CHECKPOINT SIZE ESTIMATE: {result.headline('tested')}")
-    if result.calibration is not None:
-        cal = result.calibration
-        per_element, _ = cal.per_element(result.original_buffer)
-        say(
-            f"  measured: {format_bytes(per_element)} per buffered element + "
-            f"{format_bytes(cal.fixed_bytes(result.original_buffer))} fixed "
-            f"(prefetch/map buffers, ~{cal.extra_elements(result.original_buffer):.0f} elements); "
-            + ("cached measurement" if result.cached else f"calibration took {cal.seconds:.1f} s")
-        )
+    for line in result.describe():
+        say(line)
     for note in result.notes:
         say(f"  note: {note}")
     if locations is not None:
