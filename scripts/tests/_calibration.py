@@ -1,4 +1,4 @@
-"""Calibration saves: the shuffle buffer's own bytes measured apart from the pipeline's other buffers.
+"""Calibration saves: the shuffle buffer's own bytes, measured apart from the other buffers.
 
 A checkpoint holds the shuffle buffer plus whatever the other buffers (prefetch, parallel
 map, interleave) hold at the moment of the save. Their fill depends on thread timing, so a
@@ -23,6 +23,7 @@ under a stall limit (estimate.calibration_timeout_seconds).
 
 from __future__ import annotations
 
+import itertools
 import math
 import shutil
 import statistics
@@ -41,14 +42,13 @@ from _tensors import element_bytes, leading_dimension
 # A sampled chunk aims for this many bytes of elements (in memory), within CHUNK_ELEMENTS:
 # enough slots that the per-slot figure is steady, few enough to place many chunks.
 CHUNK_TARGET_BYTES = 64 * 1024
-CHUNK_ELEMENTS = (16, 512)  # (fewest, most) elements in one sampled chunk
+CHUNK_ELEMENTS = (16, 2048)  # (fewest, most) elements in one sampled chunk
 # What the sample may hold in all (bytes of elements in memory): within it, the stream up to
 # the last offset is sampled whole; beyond it, chunks are placed at the configured offsets.
 SAMPLE_BUDGET_BYTES = 48 * 2**20
 # How far into the stream the calibration reads at most (bytes of elements in memory): a
 # stream of large decoded elements is costly to read, so its offsets are cut to fit.
 READ_BUDGET_BYTES = 768 * 2**20
-MAX_TILED_CHUNKS = 32  # a stream tiled whole is cut into at most this many chunks (saves)
 FIRST_LOOK_ELEMENTS = 16  # elements read first to size the chunks and the calibration's needs
 # The uncertainty floor: what the isolated per-element figure misses at 100x (slot keys one
 # digit longer, neighbours compressed together), measured by `make bench` on the test family.
@@ -113,7 +113,7 @@ class Calibration:
         end = self.chunks[-1][0] + self.chunks[-1][1]
         horizon = min(buffer_size, end)
         weights = []
-        for index, (start, size, _) in enumerate(self.chunks):
+        for index, (start, _size, _) in enumerate(self.chunks):
             if start >= horizon and index:
                 break
             following = self.chunks[index + 1][0] if index + 1 < len(self.chunks) else end
@@ -317,8 +317,9 @@ def _chunk_layout(
 ) -> list[tuple[int, int]]:
     """[(start, length)] of the sampled chunks, in stream order, none overlapping.
 
-    Within SAMPLE_BUDGET_BYTES the stream up to the last offset is tiled whole; otherwise
-    one chunk starts at each offset (READ_BUDGET_BYTES cuts the offsets too far in).
+    Within SAMPLE_BUDGET_BYTES the stream up to the last offset is tiled whole, in as many
+    chunks as there are offsets; otherwise one chunk starts at each offset
+    (READ_BUDGET_BYTES cuts the offsets too far in).
     """
     low, high = CHUNK_ELEMENTS
     size = max(element_bytes_, 1)
@@ -329,7 +330,7 @@ def _chunk_layout(
     if stream is not None:
         last = min(last, stream)
     if last * size <= SAMPLE_BUDGET_BYTES:
-        length = min(max(length, math.ceil(last / MAX_TILED_CHUNKS)), high)
+        length = min(max(length, math.ceil(last / len(offsets))), high)
         offsets = list(range(0, last, length))
     chunks: list[tuple[int, int]] = []
     end = 0
@@ -442,7 +443,9 @@ class _Run:
                     f"estimate: the pipeline yielded no batch at calibration buffer {buffer:,}; "
                     "check that it produces data (or set estimate.bytes_per_sample for the formula)"
                 )
-            anchors.append([buffer, steady_save_bytes(iterator, self.scratch / "anchor", self.scratch)])
+            anchors.append(
+                [buffer, steady_save_bytes(iterator, self.scratch / "anchor", self.scratch)]
+            )
             stage.beat()
             del iterator
         self.empty_slot_bytes = _slope(not_started)
@@ -481,37 +484,48 @@ class _Run:
     ) -> tuple[list[list[float]], int]:
         """Per chunk [start, elements, content bytes per element]; mean in-memory element bytes.
 
-        Each chunk is shuffled alone and read until its input is exhausted; it is saved
-        holding n-2 elements and again once drained. Both saves have the same input state
-        and the same slots (a drained slot is an empty slot), so their difference is the
-        elements' own bytes: exact, and untouched by any reader's state.
+        Each chunk is shuffled alone in a buffer of its length and read twice, so the
+        shuffle finds its input exhausted and holds all but two elements; the same is done
+        with only the chunk's first two elements. Both saves then have the same slots (an
+        unfilled slot is an empty slot) and no reader state, so their difference is the
+        held elements' own bytes: exact, and untouched by any thread.
         """
         from _tf import import_tensorflow
 
         tf = import_tensorflow()
 
-        def loaded() -> Any:
-            return tf.data.Dataset.load(str(path), reader_func=lambda s: s.flat_map(lambda x: x))
+        # Built once: each build traces its functions, which costs more than the saves.
+        loaded = tf.data.Dataset.load(str(path), reader_func=lambda s: s.flat_map(lambda x: x))
+        total = int(loaded.reduce(tf.constant(0, tf.int64), lambda n, _: n + 1))
+
+        # The pipeline's own options (a symbolic checkpoint changes what is saved), without
+        # graph rewrites: they change no byte of the buffer and cost time at every iterator.
+        quick = tf.data.Options()
+        quick.experimental_optimization.apply_default_optimizations = False
+        quick.autotune.enabled = False
+
+        def held_save(chunk: Any, buffer: int) -> int:
+            shuffled = chunk.shuffle(buffer, seed=1).with_options(options).with_options(quick)
+            iterator = iter(shuffled)
+            next(iterator), next(iterator)  # the second read finds the input exhausted
+            saved = _save_bytes(iterator, self.scratch / "chunk", self.scratch)
+            del iterator
+            return saved
 
         results: list[list[float]] = []
         raw: list[int] = []
         position = 0
         for start, size in chunks:
             stage.beat(f"saving the isolated shuffle buffer for elements {start:,}+")
-            chunk = loaded().skip(position).take(size)
-            elements = [element_bytes(e) for e in chunk]
-            if len(elements) < 3:
+            count = min(size, total - position)
+            chunk = loaded.skip(position).take(count)
+            if count < 3:
                 break
-            raw.extend(elements[:16])  # the RAM row's element size, from every chunk
-            count = len(elements)
-            iterator = iter(chunk.shuffle(count, seed=1).with_options(options))
-            next(iterator), next(iterator)  # the second read finds the input exhausted
-            holding = _save_bytes(iterator, self.scratch / "chunk", self.scratch)
-            for _ in range(count - 2):
-                next(iterator)
-            drained = _save_bytes(iterator, self.scratch / "chunk", self.scratch)
-            del iterator
-            results.append([start, count, (holding - drained) / (count - 2)])
+            # The RAM row's element size, from the start of every chunk.
+            raw.extend(element_bytes(e) for e in chunk.take(16))
+            holding = held_save(chunk, count)
+            empty = held_save(chunk.take(2), count)
+            results.append([start, count, (holding - empty) / (count - 2)])
             position += count
         return results, round(statistics.fmean(raw)) if raw else 0
 
@@ -643,7 +657,7 @@ def _fit_extra_growth(calibration: Calibration) -> None:
     whole = (large_bytes - small_bytes) / (large - small)
     if model <= 0 or whole <= 1.25 * model:
         return
-    slopes = [(b2 - b1) / (n2 - n1) for (n1, b1), (n2, b2) in zip(anchors, anchors[1:])]
+    slopes = [(b2 - b1) / (n2 - n1) for (n1, b1), (n2, b2) in itertools.pairwise(anchors)]
     calibration.extra_per_element = whole - model
     calibration.extra_error = (
         max(slopes) - min(slopes) if len(slopes) >= 2 else 0.25 * calibration.extra_per_element
@@ -658,7 +672,7 @@ def _fit_extra_growth(calibration: Calibration) -> None:
 def _without_shuffle(
     anchors: list[list[int]], sample_bytes: int, started: float, notes: list[str]
 ) -> Calibration:
-    """No shuffle node: the checkpoint is what the whole-pipeline saves hold, whatever the buffer."""
+    """No shuffle node: the checkpoint is what the whole-pipeline saves hold, any buffer."""
     sizes = [size for _, size in anchors]
     notes.append(
         "no shuffle buffer in the pipeline (an index shuffle, or none): the checkpoint holds "

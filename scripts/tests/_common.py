@@ -17,7 +17,7 @@ from typing import Any
 
 from _config import load_config
 from _errors import PreflightRefusal, UsageError
-from _report import check_report_path, format_bytes, format_gb, write_report
+from _report import check_report_path, format_gb, write_report
 from omegaconf import DictConfig
 
 EXIT_PASSED, EXIT_FAILED, EXIT_USAGE, EXIT_PREFLIGHT, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
@@ -146,6 +146,8 @@ def estimate_and_preflight(
         source = "your budget" if budget is not None else "the tightest location"
         budget = budget if budget is not None else _locations.tightest_budget(rows)
         largest = result.largest_buffer_within(budget)
+        ram_limit = _locations.ram_buffer_limit(rows, result)
+        largest = largest if ram_limit is None else min(largest, ram_limit)
         result.fit_budget = {
             "budget_bytes": budget,
             "shuffle_buffer_size": largest,

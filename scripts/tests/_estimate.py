@@ -22,10 +22,10 @@ from typing import Any, NamedTuple
 
 from _calibration import Calibration
 from _errors import UsageError
-from _tensors import element_bytes, leading_dimension
 
 # The version lives with the cache it keys; re-exported here, where readers look for it.
 from _estimate_cache import ESTIMATOR_VERSION  # noqa: F401  (public name)
+from _tensors import element_bytes, leading_dimension
 
 
 def format_size(count: float) -> str:
@@ -427,9 +427,7 @@ def cross_check(result: EstimateResult, buffer_size: int, actual_bytes: int) -> 
     estimated = result.bytes_for(buffer_size)
     uncertainty = result.uncertainty_for(buffer_size)
     within = (
-        None
-        if uncertainty is None
-        else abs(estimated / max(actual_bytes, 1) - 1) <= uncertainty
+        None if uncertainty is None else abs(estimated / max(actual_bytes, 1) - 1) <= uncertainty
     )
     check = CrossCheck(buffer_size, estimated, actual_bytes, uncertainty, within)
     if within is False and result.cache_key is not None:

@@ -89,7 +89,7 @@ def load_cached(key: str) -> Calibration | None:
 
 
 def store_cached(key: str, calibration: Calibration) -> None:
-    """Write the entry atomically (temp file + rename); a cache that cannot be written is skipped."""
+    """Write the entry atomically (temp file, rename); an unwritable cache is skipped."""
     try:
         folder = cache_dir()
         folder.mkdir(parents=True, exist_ok=True)
@@ -135,10 +135,13 @@ def entry_problem(data: Any) -> str | None:
         ),
         "chunks": isinstance(cal.get("chunks"), list)
         and all(
-            isinstance(c, list) and len(c) == 3 and _number(c[0]) and _number(c[1], 1)
+            isinstance(c, list)
+            and len(c) == 3
+            and _number(c[0])
+            and _number(c[1], 1)
             and _number(c[2])
             for c in cal["chunks"]
-        ),  # fmt: skip
+        ),
         "constant": isinstance(cal.get("constant"), bool),
         "slot_bytes": _number(cal.get("slot_bytes")),
         "raw_element_bytes": _number(cal.get("raw_element_bytes")),

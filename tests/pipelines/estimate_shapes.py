@@ -102,7 +102,9 @@ def cached_first(*, shuffle_buffer_size: int, records: int = 20000) -> tf.data.D
     """`cache()` (in memory) before the shuffle, repeated: the cache holds what it has read."""
 
     def make(index: tf.Tensor) -> tf.Tensor:
-        return tf.cast(tf.random.stateless_uniform([64], seed=_seeded(51, index), maxval=200), tf.uint8)
+        return tf.cast(
+            tf.random.stateless_uniform([64], seed=_seeded(51, index), maxval=200), tf.uint8
+        )
 
     dataset = tf.data.Dataset.range(records).map(make).cache().repeat()
     return dataset.shuffle(shuffle_buffer_size, seed=5).batch(8)
@@ -138,7 +140,9 @@ def shuffled_batches(*, shuffle_buffer_size: int) -> tf.data.Dataset:
     """Batches are formed first and the shuffle buffer holds whole batches of 4."""
 
     def make(index: tf.Tensor) -> tf.Tensor:
-        return tf.cast(tf.random.stateless_uniform([48], seed=_seeded(81, index), maxval=90), tf.uint8)
+        return tf.cast(
+            tf.random.stateless_uniform([48], seed=_seeded(81, index), maxval=90), tf.uint8
+        )
 
     dataset = tf.data.Dataset.range(10**9).map(make).batch(4, drop_remainder=True)
     return dataset.shuffle(shuffle_buffer_size, seed=8).prefetch(2)
@@ -185,20 +189,38 @@ def autotune_prefetch(*, shuffle_buffer_size: int) -> tf.data.Dataset:
     return dataset.batch(4).prefetch(AUTOTUNE)
 
 
-def index_shuffle(*, shuffle_buffer_size: int, records: int = 100000) -> tf.data.Dataset:
-    """No shuffle buffer: a stateless index permutation (shuffle_buffer_size is unused)."""
+def index_shuffle(*, shuffle_buffer_size: int, records: int = 100003) -> tf.data.Dataset:
+    """No shuffle buffer: each position maps to a record by a fixed permutation (an index
+    shuffle, as random-access loaders do), so shuffle_buffer_size changes nothing."""
 
     def make(index: tf.Tensor) -> tf.Tensor:
-        shuffled = tf.random.experimental.index_shuffle(
-            index, seed=tf.constant([1, 2, 3], tf.int64), max_index=tf.constant(records - 1, tf.int64)
-        )
+        shuffled = (index * 7919 + 13) % records  # 7919 is prime to `records`: a permutation
         return tf.random.stateless_normal([16], seed=_seeded(111, shuffled))
 
     return tf.data.Dataset.range(records).repeat().map(make).batch(8).prefetch(2)
 
 
-SHAPES = {
-    name: f"estimate_shapes.{name}"
+def file_cached(
+    *, shuffle_buffer_size: int, cache_file: str, records: int = 3000
+) -> tf.data.Dataset:
+    """Dataset.cache(filename) before the shuffle: a second live iterator hits its lock file."""
+
+    def make(index: tf.Tensor) -> dict[str, tf.Tensor]:
+        return {"i": index, "x": tf.random.stateless_uniform([16], seed=_seeded(121, index))}
+
+    dataset = tf.data.Dataset.range(records).map(make).cache(cache_file)
+    return dataset.shuffle(shuffle_buffer_size, seed=13).repeat().batch(4)
+
+
+def never_yields(*, shuffle_buffer_size: int) -> tf.data.Dataset:
+    """A filter that drops every element: the pipeline never yields (nor ends)."""
+    dataset = tf.data.Dataset.range(10**15).filter(lambda i: i < 0)
+    return dataset.shuffle(shuffle_buffer_size).batch(2)
+
+
+# The test family: shape -> extra dataloader settings (beyond shuffle_buffer_size).
+FAMILY: dict[str, dict[str, object]] = {
+    name: {}
     for name in (
         "encoded_frames", "episode_sizes", "interleaved_shards", "parallel_map_first",
         "cached_first", "tiny_elements", "ragged_sparse", "shuffled_batches", "two_shuffles",
