@@ -24,6 +24,7 @@ under a stall limit (estimate.calibration_timeout_seconds).
 from __future__ import annotations
 
 import itertools
+import itertools
 import math
 import shutil
 import statistics
@@ -68,7 +69,7 @@ class Calibration:
     # Whole-pipeline saves at the calibration buffers: [buffer, checkpoint bytes].
     anchors: list[list[int]]
     # Isolated shuffle-buffer saves, one per sampled chunk: [stream offset, elements, bytes
-    # per buffered element].
+    # per buffered element of its own (its slot's cost is slot_bytes, apart)].
     chunks: list[list[float]]
     # The checkpoint does not grow with the buffer (no shuffle node, a symbolic checkpoint).
     constant: bool
@@ -88,6 +89,9 @@ class Calibration:
     # (e.g. an in-memory cache() before the shuffle keeps every element read), and its error.
     extra_per_element: float = 0.0
     extra_error: float = 0.0
+    # In-memory bytes of every sampled element, per chunk: a buffer that ends inside a chunk
+    # holds its first elements, whose share of the chunk's bytes follows their sizes.
+    element_sizes: list[list[int]] = field(default_factory=list)
 
     @property
     def largest_buffer(self) -> int:
@@ -100,31 +104,35 @@ class Calibration:
         return buffer_size
 
     def per_element(self, buffer_size: int) -> tuple[float, float]:
-        """(bytes per buffered element, relative 95% uncertainty of that mean).
+        """(bytes per buffered element, slot included; relative 95% uncertainty of that mean).
 
         A buffer of B elements holds the first ~B elements of the stream, so the figure is
         the mean over [0, B) of the sampled chunks, each weighted by the stretch of stream
-        up to the next chunk (stratified); past the sampled range, over all of it. The
-        uncertainty is Student's t times that mean's standard error, from the spread of the
-        chunks; with a stretch sampled whole it is the unsampled stretches' share of it.
+        up to the next chunk (stratified); a chunk that B cuts counts its first elements,
+        by their sizes; past the sampled range, all of it. The uncertainty is Student's t
+        times that mean's standard error from the chunks' spread, for the stretches not
+        sampled; plus, past the sampled range, the error of assuming the rest is alike.
         """
         if self.constant or not self.chunks:
             return 0.0, 0.0
         end = self.chunks[-1][0] + self.chunks[-1][1]
         horizon = min(buffer_size, end)
-        weights = []
-        for index, (start, _size, _) in enumerate(self.chunks):
+        weights: list[float] = []
+        values: list[float] = []
+        sampled = 0.0
+        for index, (start, count, _) in enumerate(self.chunks):
             if start >= horizon and index:
                 break
             following = self.chunks[index + 1][0] if index + 1 < len(self.chunks) else end
+            inside = max(min(start + count, horizon) - start, 1)
             weights.append(max(min(following, horizon) - start, 1.0))
-        values = [c[2] for c in self.chunks[: len(weights)]]
+            values.append(self._chunk_value(index, int(inside)))
+            sampled += inside
         mean = sum(w * v for w, v in zip(weights, values, strict=True)) / sum(weights)
         if mean <= 0:
             return 0.0, 0.0
-        sampled = sum(min(c[1], w) for c, w in zip(self.chunks, weights, strict=False))
         unsampled = max(1.0 - sampled / sum(weights), 0.0)
-        spread = values if len(values) >= 2 else [c[2] for c in self.chunks]
+        spread = [c[2] + self.slot_bytes for c in self.chunks]
         if len(spread) < 2:
             return mean, 0.05  # one chunk: no spread to measure, say so with a wide margin
         stdev = statistics.stdev(spread)
@@ -133,13 +141,27 @@ class Calibration:
         relative = t95 * stdev * share * math.sqrt(unsampled) / mean
         if buffer_size > end:  # the stream past the sample is assumed like the sample
             relative = math.hypot(relative, t95 * stdev / math.sqrt(len(spread)) / mean)
+        last_start, last_count, _ = self.chunks[len(weights) - 1]
+        if horizon < last_start + last_count:  # the buffer ends inside a chunk: its first
+            cut = (horizon - last_start) / sum(weights)  # elements may differ from its mean
+            relative = math.hypot(relative, stdev * cut / mean)
         return mean, relative
+
+    def _chunk_value(self, index: int, inside: int) -> float:
+        """Bytes per element (slot included) of the first `inside` elements of chunk `index`."""
+        _, count, content = self.chunks[index]
+        sizes = self.element_sizes[index] if index < len(self.element_sizes) else []
+        if inside >= count or len(sizes) != count or sum(sizes) <= 0:
+            return content + self.slot_bytes
+        ratio = (sum(sizes[:inside]) / inside) / (sum(sizes) / count)
+        return content * ratio + self.slot_bytes
 
     @property
     def fixed(self) -> float:
-        """Bytes outside the shuffle buffer: each anchor minus its buffer's part, averaged."""
+        """Bytes outside the shuffle buffer: each anchor minus its buffer's part, the median
+        (one anchor caught while an autotuned buffer grew does not move it)."""
         parts = self._anchor_fixed_parts()
-        return statistics.fmean(parts) if parts else 0.0
+        return statistics.median(parts) if parts else 0.0
 
     def _anchor_fixed_parts(self) -> list[float]:
         return [size - self._buffer_part(buffer) for buffer, size in self.anchors]
@@ -163,7 +185,8 @@ class Calibration:
         held = self.held_elements(buffer_size)
         buffer_error = relative * per_element * held
         extra_error = self.extra_error * held
-        combined = math.hypot(buffer_error, extra_error, self.anchor_spread) / total
+        # The fixed part is the anchors' median: its error is within half their range.
+        combined = math.hypot(buffer_error, extra_error, self.anchor_spread / 2) / total
         return combined + RELATIVE_FLOOR
 
     def largest_buffer_within(self, budget_bytes: int) -> int:
@@ -292,11 +315,12 @@ def _save_bytes(iterator: Any, folder: Path, scratch: Path) -> int:
 def steady_save_bytes(
     iterator: Any, folder: Path, scratch: Path, attempts: int = 8, pause: float = 0.05
 ) -> int:
-    """The largest of repeated saves, stopping once two in a row agree.
+    """The bytes two saves in a row agree on (else the median of `attempts` saves).
 
-    With nothing read in between, background buffers only grow until full, so the largest
-    save is the fullest state seen, the state a training job saves in (training is the slow
-    side). This decides only the fixed part; the per-element figure never comes from here.
+    With nothing read in between, fixed-size background buffers fill and stop, the state a
+    training job saves in (training is the slow side); autotuned buffers may keep changing,
+    so no extreme is taken. This decides only the fixed part: the per-element figure never
+    comes from here, and the anchors' disagreement is part of the stated ±.
     """
     sizes: list[int] = []
     for attempt in range(attempts):
@@ -304,8 +328,8 @@ def steady_save_bytes(
             time.sleep(pause)
         sizes.append(_save_bytes(iterator, folder / str(attempt), scratch))
         if len(sizes) >= 2 and sizes[-1] == sizes[-2]:
-            break
-    return max(sizes)
+            return sizes[-1]
+    return round(statistics.median(sizes))
 
 
 def _mean_bytes(elements: list[Any]) -> int:
@@ -317,27 +341,31 @@ def _chunk_layout(
 ) -> list[tuple[int, int]]:
     """[(start, length)] of the sampled chunks, in stream order, none overlapping.
 
-    Within SAMPLE_BUDGET_BYTES the stream up to the last offset is tiled whole, in as many
-    chunks as there are offsets; otherwise one chunk starts at each offset
-    (READ_BUDGET_BYTES cuts the offsets too far in).
+    Within SAMPLE_BUDGET_BYTES the stream up to the last offset (plus one chunk) is tiled
+    whole, cut at the offsets and into pieces of at most CHUNK_ELEMENTS[1]: the
+    geometric default offsets give small buffers fine detail. Otherwise one chunk starts at
+    each offset (READ_BUDGET_BYTES cuts the offsets too far in).
     """
     low, high = CHUNK_ELEMENTS
     size = max(element_bytes_, 1)
     length = min(max(math.ceil(CHUNK_TARGET_BYTES / size), low), high)
     reach = max(READ_BUDGET_BYTES // size, length)
-    offsets = sorted({o for o in offsets if o < reach}) or [0]
-    last = offsets[-1] + length
-    if stream is not None:
-        last = min(last, stream)
+    offsets = sorted({o for o in offsets if o < reach} | {0})
+    last = offsets[-1] + length if stream is None else min(offsets[-1] + length, stream)
     if last * size <= SAMPLE_BUDGET_BYTES:
-        length = min(max(length, math.ceil(last / len(offsets))), high)
-        offsets = list(range(0, last, length))
+        bounds = sorted({o for o in offsets if o < last} | {last})
+        pieces = []
+        for start, stop in itertools.pairwise(bounds):
+            parts = math.ceil((stop - start) / high)
+            step = math.ceil((stop - start) / parts)
+            pieces += [(a, min(a + step, stop) - a) for a in range(start, stop, step)]
+        return [(start, count) for start, count in pieces if count >= 3]
     chunks: list[tuple[int, int]] = []
     end = 0
     for offset in offsets:
         start = max(offset, end)
         count = length if stream is None else min(length, stream - start)
-        if count >= 2:
+        if count >= 3:
             chunks.append((start, count))
             end = start + count
     return chunks
@@ -358,6 +386,7 @@ class _Run:
         self.notes: list[str] = []
         self.options: Any = None
         self.empty_slot_bytes = 0.0
+        self.element_sizes: list[list[int]] = []
 
     def dataset(self, buffer: int) -> Any:
         from _config import with_buffer_size
@@ -521,8 +550,11 @@ class _Run:
             chunk = loaded.skip(position).take(count)
             if count < 3:
                 break
-            # The RAM row's element size, from the start of every chunk.
-            raw.extend(element_bytes(e) for e in chunk.take(16))
+            # Every element's own size (the RAM row; and, within a chunk, each element's
+            # share of the chunk's checkpoint bytes, for a buffer that ends inside it).
+            sizes = [element_bytes(e) for e in chunk]
+            raw.extend(sizes)
+            self.element_sizes.append(sizes)
             holding = held_save(chunk, count)
             empty = held_save(chunk.take(2), count)
             results.append([start, count, (holding - empty) / (count - 2)])
@@ -584,7 +616,7 @@ def _calibrate(run: _Run, stage: _Stage, started: float) -> Calibration:
         # pipeline's iterator prefix (Iterator::Root::...::Shuffle), so its cost comes from
         # the user's pipeline: saves before it starts, where every slot is empty.
         slot_bytes = run.empty_slot_bytes
-        measured = [[start, count, value + slot_bytes] for start, count, value in contents]
+        measured = contents
         if stream is None:
             stream = _short_stream(chunks, measured)
     if stream is not None:
@@ -605,6 +637,7 @@ def _calibrate(run: _Run, stage: _Stage, started: float) -> Calibration:
         seconds=0.0,
         anchor_spread=0.0,
         notes=notes,
+        element_sizes=run.element_sizes[: len(measured)],
     )
     calibration.constant = _grows_less_than_its_buffer(calibration)
     _fit_extra_growth(calibration)

@@ -153,6 +153,11 @@ def entry_problem(data: Any) -> str | None:
         "stream_elements": cal.get("stream_elements") is None
         or _number(cal.get("stream_elements"), 1),
         "notes": isinstance(cal.get("notes"), list),
+        "element_sizes": isinstance(cal.get("element_sizes", []), list)
+        and all(
+            isinstance(sizes, list) and all(_number(n) for n in sizes)
+            for sizes in cal.get("element_sizes", [])
+        ),
     }
     bad = [name for name, ok in checks.items() if not ok]
     if bad:

@@ -227,3 +227,12 @@ FAMILY: dict[str, dict[str, object]] = {
         "short_stream", "autotune_prefetch", "index_shuffle",
     )
 }  # fmt: skip
+
+
+def zero_frames(*, shuffle_buffer_size: int, frame_bytes: int = 256 * 1024) -> tf.data.Dataset:
+    """Frames of zeros: large in memory, tiny in the (compressed) checkpoint, so RAM binds."""
+
+    def make(index: tf.Tensor) -> dict[str, tf.Tensor]:
+        return {"frame": tf.zeros([frame_bytes], tf.uint8), "i": index}
+
+    return tf.data.Dataset.range(10**9).map(make).shuffle(shuffle_buffer_size).batch(2)
