@@ -14,6 +14,7 @@ else is kept: every save goes to a scratch folder that is removed.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import shutil
 import sys
@@ -53,7 +54,7 @@ def shape_config(name: str, folder: Path, overrides: Sequence[str] = ()) -> Any:
         return load_config(config_name, [*preset_overrides, *overrides])
     folder.mkdir(parents=True, exist_ok=True)
     lines = [f"  _target_: estimate_shapes.{name}", "  shuffle_buffer_size: 1000"]
-    lines += [f"  {key}: {json.dumps(value)}" for key, value in FAMILY[name].items()]
+    lines += [f"  {key}: {json.dumps(value)}" for key, value in FAMILY.get(name, {}).items()]
     (folder / f"{name}.yaml").write_text("dataloader:\n" + "\n".join(lines) + "\n")
     return load_config(name, list(overrides), folder)
 
@@ -81,6 +82,7 @@ def real_checkpoint_bytes(cfg: Any, buffer: int, scratch: Path) -> int:
             break
         time.sleep(0.2)
     del iterator
+    gc.collect()  # the iterator is gone before the caller makes another (a cache lock file)
     return max(sizes)
 
 

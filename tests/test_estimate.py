@@ -25,7 +25,6 @@ SENSOR = "estimate_pipelines.sensor_log_dataset"
 # presets keep the defaults.
 FAMILY_OVERRIDES = [
     "estimate.cache=false",
-    "estimate.calibration_buffer_sizes=[8,64]",
     "estimate.calibration_offsets=[0,256,1024,3072,6400]",
 ]
 MULTIPLES = (20, 100)
@@ -242,7 +241,7 @@ def test_estimate_only_prints_the_measured_headline_and_writes_the_report(tmp_pa
     assert "cached measurement" in again.stdout
     assert headline in again.stdout
     fit = next(line for line in again.stdout.splitlines() if line.startswith("FIT BUDGET"))
-    assert "fits in 0.0010 GB (your budget) is " in fit
+    assert "fits in 1.0 MB (your budget) is " in fit  # not "0.0010 GB"
 
 
 def test_fit_budget_answer_is_the_largest_buffer_that_fits(tmp_path):

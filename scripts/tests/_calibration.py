@@ -23,7 +23,7 @@ under a stall limit (estimate.calibration_timeout_seconds).
 
 from __future__ import annotations
 
-import itertools
+import contextlib
 import itertools
 import math
 import shutil
@@ -176,7 +176,21 @@ class Calibration:
         """The checkpoint of a `buffer_size`-element shuffle buffer, in bytes."""
         if self.constant:
             return round(statistics.fmean(size for _, size in self.anchors))
+        beyond = self._anchor_beyond_stream(buffer_size)
+        if beyond is not None:
+            # The stream ran out in that anchor too: any larger buffer holds the same
+            # elements (the same ones already read), only more empty slots.
+            buffer, size = beyond
+            return round(size + self.slot_bytes * (buffer_size - buffer))
         return round(max(self.fixed, 0.0) + self._buffer_part(buffer_size))
+
+    def _anchor_beyond_stream(self, buffer_size: int) -> list[int] | None:
+        """The largest anchor whose buffer a finite stream could not fill, if B is past it too."""
+        stream = self.stream_elements
+        if stream is None or buffer_size < stream:
+            return None
+        beyond = [anchor for anchor in self.anchors if anchor[0] >= stream]
+        return max(beyond) if beyond else None
 
     def uncertainty_for(self, buffer_size: int) -> float:
         """Relative 95% uncertainty: the per-element mean's, the anchors' spread, and a floor."""
@@ -332,6 +346,68 @@ def steady_save_bytes(
     return round(statistics.median(sizes))
 
 
+def _collect() -> None:
+    """Destroy dropped iterators over the user's pipeline now, before the next one is made.
+
+    An eager iterator is deleted when its last reference goes; one caught in a reference
+    cycle waits for the garbage collector, and meanwhile a Dataset.cache(filename) it
+    writes keeps its lock and partial files, so the next iterator collides with them.
+    """
+    import gc
+
+    gc.collect()
+
+
+def cache_file_prefixes(dataset: Any) -> list[str]:
+    """The filenames of every Dataset.cache(filename) in the pipeline's graph."""
+    prefixes: list[str] = []
+    stack, seen = [dataset], set()
+    while stack:
+        node = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        filename = getattr(node, "_filename", None)
+        if type(node).__name__ == "CacheDataset" and filename is not None:
+            name = filename.numpy().decode() if hasattr(filename, "numpy") else str(filename)
+            if name:
+                prefixes.append(name)
+        with contextlib.suppress(AttributeError, TypeError):
+            stack.extend(node._inputs())
+    return prefixes
+
+
+class OwnCacheFiles:
+    """Removes the cache files a stage wrote and nothing else (a context manager).
+
+    Saving an iterator whose Dataset.cache(filename) has not finished its first pass
+    finalizes a partial cache shard, and TensorFlow keeps it for a restore; the next
+    iterator then refuses to start ("Existing cache files found"). Files that match a
+    cache filename and did not exist before the stage are the calibration's own.
+    """
+
+    def __init__(self, prefixes: list[str]) -> None:
+        self.prefixes = prefixes
+        self.before: set[str] = set()
+
+    def _matching(self) -> set[str]:
+        import glob
+
+        return {path for prefix in self.prefixes for path in glob.glob(glob.escape(prefix) + "*")}
+
+    def __enter__(self) -> OwnCacheFiles:
+        self.before = self._matching()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        import os
+
+        _collect()
+        for path in sorted(self._matching() - self.before):
+            with contextlib.suppress(OSError):
+                os.remove(path)
+
+
 def _mean_bytes(elements: list[Any]) -> int:
     return round(sum(element_bytes(e) for e in elements) / len(elements)) if elements else 0
 
@@ -387,6 +463,7 @@ class _Run:
         self.options: Any = None
         self.empty_slot_bytes = 0.0
         self.element_sizes: list[list[int]] = []
+        self.cache_prefixes: list[str] = []
 
     def dataset(self, buffer: int) -> Any:
         from _config import with_buffer_size
@@ -402,17 +479,19 @@ class _Run:
         stage.beat("reading the first elements")
         dataset = self.dataset(self.sizes[0])
         self.options = dataset.options()
+        self.cache_prefixes = cache_file_prefixes(dataset)
         node = find_shuffle_node(dataset)
         if node is None:
             return None, [], None
         source = node._input_dataset
         cardinality = int(source.cardinality().numpy())
         elements = []
-        iterator = iter(source.take(FIRST_LOOK_ELEMENTS))
-        for element in iterator:
-            elements.append(element)
-            stage.beat()
-        del iterator  # finished before any other iterator over the pipeline is made
+        with OwnCacheFiles(self.cache_prefixes):
+            iterator = iter(source.take(FIRST_LOOK_ELEMENTS))
+            for element in iterator:
+                elements.append(element)
+                stage.beat()
+            del iterator  # finished before any other iterator over the pipeline is made
         return node, elements, cardinality if cardinality >= 0 else None
 
     def check_own_needs(self, element_bytes_: int, chunks: list[tuple[int, int]]) -> None:
@@ -452,33 +531,41 @@ class _Run:
         not_started: list[tuple[int, int]] = []
         for buffer in self.sizes:
             stage.beat(f"filling the whole pipeline at buffer {buffer:,}")
-            iterator = iter(self.dataset(buffer))
-            if buffer in (self.sizes[0], self.sizes[-1]):
-                saved = _save_bytes(iterator, self.scratch / "not-started", self.scratch)
-                not_started.append((buffer, saved))
-            read = 0
-            for _ in range(self.batches):
-                try:
-                    batch = next(iterator)
-                except StopIteration:
-                    ended_after = read
-                    break
-                stage.beat()
-                if not sample_bytes:
-                    sample_bytes = round(element_bytes(batch) / leading_dimension(batch))
-                read += 1
-            if read == 0:
-                raise UsageError(
-                    f"estimate: the pipeline yielded no batch at calibration buffer {buffer:,}; "
-                    "check that it produces data (or set estimate.bytes_per_sample for the formula)"
-                )
-            anchors.append(
-                [buffer, steady_save_bytes(iterator, self.scratch / "anchor", self.scratch)]
-            )
-            stage.beat()
-            del iterator
+            with OwnCacheFiles(self.cache_prefixes):
+                size, ended, batch_bytes = self._anchor(buffer, stage, not_started)
+            sample_bytes = sample_bytes or batch_bytes
+            ended_after = ended if ended is not None else ended_after
+            anchors.append([buffer, size])
         self.empty_slot_bytes = _slope(not_started)
         return anchors, sample_bytes, ended_after
+
+    def _anchor(
+        self, buffer: int, stage: _Stage, not_started: list[tuple[int, int]]
+    ) -> tuple[int, int | None, int]:
+        """(steady bytes, batches read if the stream ended, bytes of one output sample)."""
+        iterator = iter(self.dataset(buffer))
+        if buffer in (self.sizes[0], self.sizes[-1]):
+            saved = _save_bytes(iterator, self.scratch / "not-started", self.scratch)
+            not_started.append((buffer, saved))
+        read, ended, sample_bytes = 0, None, 0
+        for _ in range(self.batches):
+            try:
+                batch = next(iterator)
+            except StopIteration:
+                ended = read
+                break
+            stage.beat()
+            if not sample_bytes:
+                sample_bytes = round(element_bytes(batch) / leading_dimension(batch))
+            read += 1
+        if read == 0:
+            raise UsageError(
+                f"estimate: the pipeline yielded no batch at calibration buffer {buffer:,}; "
+                "check that it produces data (or set estimate.bytes_per_sample for the formula)"
+            )
+        size = steady_save_bytes(iterator, self.scratch / "anchor", self.scratch)
+        del iterator  # finished before any other iterator over the pipeline is made
+        return size, ended, sample_bytes
 
     def sample(self, stage: _Stage, chunks: list[tuple[int, int]]) -> Path:
         """Write the chunks' elements (the shuffle node's input) with Dataset.save, in order."""
@@ -499,7 +586,8 @@ class _Run:
         stage.beat(f"sampling {sum(n for _, n in chunks):,} elements from the first {total:,}")
         stage.watched = path
         try:
-            picked.save(str(path), shard_func=lambda *_: tf.constant(0, tf.int64))
+            with OwnCacheFiles(self.cache_prefixes):
+                picked.save(str(path), shard_func=lambda *_: tf.constant(0, tf.int64))
         except Exception as error:
             if is_disk_full(error):
                 raise _refuse_disk_full(self.scratch, error) from None

@@ -17,7 +17,7 @@ from typing import Any
 
 from _config import load_config
 from _errors import PreflightRefusal, UsageError
-from _report import check_report_path, format_gb, write_report
+from _report import check_report_path, write_report
 from omegaconf import DictConfig
 
 EXIT_PASSED, EXIT_FAILED, EXIT_USAGE, EXIT_PREFLIGHT, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
@@ -114,7 +114,7 @@ def estimate_and_preflight(
     whose `.locations` and `.fit_budget` hold the report's `locations` and `fit_budget`.
     """
     import _locations
-    from _estimate import estimate
+    from _estimate import estimate, format_size
 
     budget = None
     fit_budget = getattr(args, "fit_budget", None)
@@ -156,11 +156,11 @@ def estimate_and_preflight(
         if largest:
             say(
                 "FIT BUDGET: the largest shuffle_buffer_size whose checkpoint fits in "
-                f"{format_gb(budget)} ({source}) is {largest:,} "
-                f"(~{format_gb(result.bytes_for(largest))} + uncertainty)"
+                f"{format_size(budget)} ({source}) is {largest:,} "
+                f"(~{format_size(result.bytes_for(largest))} + uncertainty)"
             )
         else:
-            say(f"FIT BUDGET: no shuffle_buffer_size fits in {format_gb(budget)} ({source})")
+            say(f"FIT BUDGET: no shuffle_buffer_size fits in {format_size(budget)} ({source})")
     try:
         warnings = _locations.preflight(rows, result, force=getattr(args, "force", False))
     except PreflightRefusal as refusal:

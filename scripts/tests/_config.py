@@ -35,7 +35,7 @@ class EstimateSettings:
     # Where the calibration samples the stream: one chunk of elements from each offset, so
     # the per-element figure holds data from across the stream (see _calibration.py).
     calibration_offsets: list[int] = field(
-        default_factory=lambda: [0, 64, 128, 256, 512, 1024, 2048, 4096, 8192]
+        default_factory=lambda: [0, 64, 128, 256, 512, 1024, 2048, 4096]
     )
     # Reuse a measurement keyed by a hash of the resolved config and the pipeline's source.
     cache: bool = True
