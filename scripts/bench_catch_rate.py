@@ -20,6 +20,7 @@ import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "scripts" / "tests"), str(ROOT / "tests" / "pipelines")]
@@ -35,7 +36,7 @@ VARIANTS = [
 ]
 
 
-def catch_once(target: str, buffer: int, batch: int) -> dict[str, object]:
+def catch_once(target: str, buffer: int, batch: int) -> dict[str, Any]:
     """One round trip: whether it failed, and at which compared batch."""
     from _config import Settings
     from _scenario import run_round_trip
