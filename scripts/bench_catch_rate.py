@@ -54,7 +54,8 @@ def catch_once(target: str, buffer: int, batch: int) -> dict[str, Any]:
     )
     with tempfile.TemporaryDirectory(prefix="dlckpt-catch-") as scratch:
         outcome = run_round_trip(
-            cfg, scratch_root=Path(scratch), destination=None, run_prefix="dlckpt-catch",
+            cfg,  # type: ignore[arg-type]
+            scratch_root=Path(scratch), destination=None, run_prefix="dlckpt-catch",
             keep=False, say=lambda _: None,
         )  # fmt: skip
     mismatch = outcome.first_mismatch or {}
