@@ -148,7 +148,17 @@ def _name_risks(run: _RoundTrip, dataset: Any) -> None:
     from _risks import analyze
     from _window import plan_window
 
-    run.analysis = analyze(dataset)
+    try:
+        run.analysis = analyze(dataset)
+    except Exception as error:  # a graph TensorFlow cannot serialize: plan without it
+        from _risks import PipelineAnalysis
+
+        buffer = int(run.dataloader_cfg.get("shuffle_buffer_size") or 0)
+        run.analysis = PipelineAnalysis(buffered_batches=float(buffer))
+        run.say(
+            f"⚠ Could not read the pipeline's graph ({type(error).__name__}): no risks named; "
+            f"the window assumes one element a batch ({buffer:,} buffered)"
+        )
     run.window = plan_window(run.analysis, run.cfg.roundtrip)
     run.outcome.risks = [risk.report() for risk in run.analysis.risks]
     run.outcome.risks_checked = list(run.analysis.checked)
