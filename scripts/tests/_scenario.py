@@ -310,7 +310,7 @@ def _say_risks_checked(run: _RoundTrip) -> None:
                 "⚠ Matched this time, but the risks above can still break a resume "
                 "(thread timing, skipped state); fix them to make it certain"
             )
-        else:
+        elif run.analysis.checked:  # only when the graph was actually read
             run.say(f"✓ No risk to an exact resume found ({'; '.join(run.analysis.checked)})")
 
 
