@@ -51,6 +51,8 @@ class RoundTripSettings:
     # Batches compared beyond the buffers' volume at save time, so elements drawn fresh from
     # upstream after the restore reach the comparison (see _window.py).
     fresh_batches: int = 10
+    # ...and at least this many elements' worth of batches (matters for small batches).
+    fresh_elements: int = 100
     # Time budget (seconds) for reading the comparison window from the original iterator;
     # when it runs out the window is cut and the run says so.
     window_seconds: float = 300.0
