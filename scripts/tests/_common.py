@@ -18,7 +18,7 @@ from typing import Any
 
 from _config import load_config
 from _errors import PreflightRefusal, UsageError
-from _report import check_report_path, format_bytes, format_gb, write_report
+from _report import check_report_path, format_gb, write_report
 from omegaconf import DictConfig
 
 EXIT_PASSED, EXIT_FAILED, EXIT_USAGE, EXIT_PREFLIGHT, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
@@ -176,15 +176,8 @@ def estimate_and_preflight(
         say(tested_line)
     if result.tested_buffer != result.original_buffer:
         say(f"NEW CONFIG CHECKPOINT SIZE ESTIMATE: {result.headline('tested')}")
-    if result.calibration is not None:
-        cal = result.calibration
-        per_element, _ = cal.per_element(result.original_buffer)
-        say(
-            f"  measured: {format_bytes(per_element)} per buffered element + "
-            f"{format_bytes(cal.fixed_bytes(result.original_buffer))} fixed "
-            f"(prefetch/map buffers, ~{cal.extra_elements(result.original_buffer):.0f} elements); "
-            + ("cached measurement" if result.cached else f"calibration took {cal.seconds:.1f} s")
-        )
+    for line in result.describe():
+        say(line)
     for note in result.notes:
         say(f"  note: {note}")
     if locations is not None:
@@ -201,6 +194,8 @@ def estimate_and_preflight(
         source = "your budget" if budget is not None else "the tightest location"
         budget = budget if budget is not None else _locations.tightest_budget(rows)
         largest = result.largest_buffer_within(budget)
+        ram_limit = _locations.ram_buffer_limit(rows, result)
+        largest = largest if ram_limit is None else min(largest, ram_limit)
         result.fit_budget = {
             "budget_bytes": budget,
             "shuffle_buffer_size": largest,

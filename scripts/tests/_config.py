@@ -32,13 +32,15 @@ class EstimateSettings:
     num_hosts: int = 1
     # Buffer sizes the measured estimate fills, saves and fits a line through.
     calibration_buffer_sizes: list[int] = field(default_factory=lambda: [8, 32, 64])
-    # Elements read before each save of the largest calibration buffer, so its saves hold
-    # data from across the stream and not only its first elements (see _estimate.py).
+    # Where the calibration samples the stream: one chunk of elements from each offset, so
+    # the per-element figure holds data from across the stream (see _calibration.py).
     calibration_offsets: list[int] = field(
-        default_factory=lambda: [0, 128, 256, 384, 512, 640, 768]
+        default_factory=lambda: [0, 64, 128, 256, 512, 1024, 2048, 4096, 8192]
     )
     # Reuse a measurement keyed by a hash of the resolved config and the pipeline's source.
     cache: bool = True
+    # The calibration stops (exit 2, one line) when the pipeline shows no progress this long.
+    calibration_timeout_seconds: float = 300.0
 
 
 @dataclass

@@ -205,15 +205,61 @@ def locations_table(rows: Sequence[Location]) -> str:
     return tabulate(table, headers=["role", "path", "free", "required", "fits"], tablefmt="simple")
 
 
-def tightest_budget(rows: Sequence[Location]) -> int:
-    """The checkpoint size the tightest disk can take, given its share with the other rows on it."""
-    budgets = []
+# The share of each location's free space the advice leaves unused: other writes, the
+# estimate's own error beyond its stated ±, filesystem overhead.
+ADVICE_MARGIN = 0.10
+
+
+def _disk_groups(rows: Sequence[Location]) -> list[list[Location]]:
+    """Rows that share a disk, grouped (rows without a folder are left out)."""
+    groups: dict[int, list[Location]] = {}
     for row in rows:
         if row.path == RAM or row.path.startswith("gs://") or row.free_bytes is None:
             continue
-        same_disk = [r for r in rows if r.free_bytes == row.free_bytes and r.path not in (RAM,)]
-        budgets.append(row.free_bytes // max(len(same_disk), 1))
+        groups.setdefault(_existing(row.path).stat().st_dev, []).append(row)
+    return list(groups.values())
+
+
+def tightest_budget(rows: Sequence[Location], margin: float = ADVICE_MARGIN) -> int:
+    """The checkpoint size every disk can take with `margin` to spare, given its rows' share.
+
+    Each disk holds one copy of the checkpoint per row on it, so its budget is its free
+    space (less the margin) divided by those rows. 0 when no row names a folder.
+    """
+    budgets = [
+        int((group[0].free_bytes or 0) * (1 - margin)) // len(group) for group in _disk_groups(rows)
+    ]
     return min(budgets) if budgets else 0
+
+
+def ram_buffer_limit(
+    rows: Sequence[Location], estimate: EstimateResult, margin: float = ADVICE_MARGIN
+) -> int | None:
+    """The largest buffer whose elements fit in available RAM with `margin` (None: no RAM row)."""
+    ram = [row for row in rows if row.path == RAM and row.free_bytes is not None]
+    if not ram:
+        return None
+    per_element = estimate.ram_bytes_for(estimate.tested_buffer) / max(estimate.tested_buffer, 1)
+    allowed = (ram[0].free_bytes or 0) * (1 - margin)
+    return int(allowed // per_element) if per_element > 0 else None
+
+
+def advised_buffer(
+    rows: Sequence[Location], estimate: EstimateResult, margin: float = ADVICE_MARGIN
+) -> int:
+    """The largest shuffle buffer that fits EVERY row: each disk (with its rows' share), RAM.
+
+    The GCS total per `num_hosts` has no free space to check, so it sets no limit. Every
+    location keeps `margin` of its free space unused; the checkpoint side also carries the
+    estimate's stated ± (see EstimateResult.largest_buffer_within). 0: no buffer fits.
+    """
+    limits = []
+    if _disk_groups(rows):
+        limits.append(estimate.largest_buffer_within(tightest_budget(rows, margin)))
+    ram = ram_buffer_limit(rows, estimate, margin)
+    if ram is not None:
+        limits.append(ram)
+    return max(min(limits), 0) if limits else estimate.tested_buffer
 
 
 def roomy_folder(needed: int, exclude: str) -> tuple[str, int] | None:
@@ -246,34 +292,29 @@ def roomy_folder(needed: int, exclude: str) -> tuple[str, int] | None:
 
 
 def refusal_message(row: Location, rows: Sequence[Location], estimate: EstimateResult) -> str:
-    """Names the location, required vs free, and each fix that applies with its numbers."""
+    """Names the location, required vs free, and each fix that applies with its numbers.
+
+    The suggested buffer fits every location at once (advised_buffer), not only this one.
+    """
     free = row.free_bytes or 0
     fixes = []
-    if row.path == RAM:
-        per_element = estimate.ram_bytes_for(estimate.tested_buffer) / max(
-            estimate.tested_buffer, 1
-        )
-        largest = int(free // per_element) if per_element else 0
+    largest = advised_buffer(rows, estimate)
+    percent = f"{ADVICE_MARGIN:.0%}"
+    if largest >= 1:
         fixes.append(
-            f"set dataloader.shuffle_buffer_size={largest:,} or less (its buffer fits in RAM)"
+            f"set dataloader.shuffle_buffer_size={largest:,} or less (fits every location "
+            f"with {percent} to spare; checkpoint ~{format_bytes(estimate.bytes_for(largest))}, "
+            f"RAM ~{format_bytes(estimate.ram_bytes_for(largest))})"
         )
+    else:
+        fixes.append("no buffer size fits every location")
+    if row.path == RAM:
         what = (
             f"{row.role}: needs {format_bytes(row.required_bytes)}, {format_bytes(free)} available"
         )
     else:
-        same_disk = [
-            r for r in rows if r.free_bytes == row.free_bytes and r.path != RAM and r.ok is False
-        ]
-        total = sum(r.required_bytes for r in same_disk) or row.required_bytes
-        share = free * row.required_bytes // max(total, 1)
-        largest = estimate.largest_buffer_within(share)
-        if largest >= 1:
-            fixes.append(
-                f"set dataloader.shuffle_buffer_size={largest:,} or less "
-                f"(checkpoint ~{format_bytes(estimate.bytes_for(largest))})"
-            )
-        else:
-            fixes.append("no buffer size fits there")
+        same_disk = next((g for g in _disk_groups(rows) if row in g), [row])
+        total = sum(r.required_bytes for r in same_disk)
         roomy = roomy_folder(total, row.path)
         if roomy is not None and row.variable:
             fixes.append(f"export {row.variable}={roomy[0]} ({format_bytes(roomy[1])} free)")
