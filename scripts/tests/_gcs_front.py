@@ -20,7 +20,7 @@ fake-gcs-server is this process's child and keeps objects on disk under <workdir
 The process dies with its parent (PR_SET_PDEATHSIG, plus a watcher of the parent's PID
 where prctl is missing), taking the server with it; it removes the objects when it stops,
 and the whole workdir when its parent is gone. When ready it prints one
-JSON line: {"port", "server_pid", "ca_file"}. Run by _gcs_server.embedded_gcs.
+JSON line: {"port", "server_pid", "server_port", "ca_file"}. Run by _gcs_server.embedded_gcs.
 """
 
 from __future__ import annotations
@@ -207,7 +207,8 @@ class _Forwarder:
         target = request.target
         if target.startswith((b"http://", b"https://")):  # absolute form, through http_proxy
             parts = urlsplit(target.decode("ascii"))
-            target = (parts.path or "/").encode() + (b"?" + parts.query.encode() if parts.query else b"")
+            query = f"?{parts.query}" if parts.query else ""
+            target = f"{parts.path or '/'}{query}".encode("ascii")
         headers = [
             (name, value)
             for name, value in request.headers
@@ -328,9 +329,7 @@ def main(argv: list[str] | None = None) -> int:
     tls = _tls_context(ca_file)
     listener = socket.create_server(("127.0.0.1", 0), backlog=64)
     port = int(listener.getsockname()[1])
-    server, upstream_port = _start_fake_gcs_server(
-        data_dir, f"http://127.0.0.1:{port}", sys.stderr
-    )
+    server, upstream_port = _start_fake_gcs_server(data_dir, f"http://127.0.0.1:{port}", sys.stderr)
     stopping, orphaned = threading.Event(), threading.Event()
 
     def shut_down(*_: Any) -> None:
@@ -350,7 +349,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     watcher.daemon = True
     watcher.start()
-    print(json.dumps({"port": port, "server_pid": server.pid, "ca_file": str(ca_file)}))
+    ready = {"port": port, "server_pid": server.pid, "server_port": upstream_port}
+    print(json.dumps({**ready, "ca_file": str(ca_file)}))
     sys.stdout.flush()
     try:
         while not stopping.is_set():

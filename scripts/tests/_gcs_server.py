@@ -1,4 +1,4 @@
-"""The embedded GCS server: started and stopped with the run, reached by TensorFlow and google-cloud-storage.
+"""The embedded GCS server that TensorFlow's gs:// filesystem and google-cloud-storage share.
 
 `embedded_gcs()` starts one process (_gcs_front.py: fake-gcs-server behind an HTTPS front,
 objects on disk under the run's scratch) and yields an EmbeddedGcs with the variables each
@@ -53,6 +53,7 @@ class EmbeddedGcs:
     ca_file: Path
     front_pid: int
     server_pid: int
+    server_port: int  # fake-gcs-server itself, behind the front (for benchmarks)
     env: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -156,6 +157,7 @@ def embedded_gcs(
             ca_file=ca_file,
             front_pid=process.pid,
             server_pid=int(str(ready["server_pid"])),
+            server_port=int(str(ready["server_port"])),
             env=tensorflow_env(endpoint, ca_file),
         )
         if bucket:
@@ -197,4 +199,3 @@ def process_gone(pid: int) -> bool:
             return handle.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
     except OSError:
         return True
-

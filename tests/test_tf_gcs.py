@@ -1,0 +1,185 @@
+"""TensorFlow's own gs:// filesystem against the embedded GCS server, end to end, no mocks.
+
+TensorFlow runs in fresh processes (tests/tf_gcs_job.py) with only the embedded server's
+variables (_gcs_server.tensorflow_env); google-cloud-storage checks what landed. The
+production failure is reproduced on a real small tmpfs, and the server's processes are
+checked by PID after a stop and after its parent is SIGKILLed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import TESTS_DIR, script_env
+
+JOB = TESTS_DIR / "tf_gcs_job.py"
+SMALL_BUFFER = 40  # ~2.6 MB checkpoint (64 KiB elements)
+BIG_BUFFER = 400  # ~26 MB checkpoint: more than the 20 MB small_disk holds
+TF_ERROR = "Could not append to the internal temporary file"
+
+
+def run_job(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(JOB), *args],
+        env=env, cwd=TESTS_DIR, capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+
+
+def object_names(gcs_client, bucket, prefix: str) -> list[str]:
+    return sorted(blob.name for blob in gcs_client.list_blobs(bucket, prefix=prefix))
+
+
+@pytest.mark.slow
+def test_checkpoint_to_gs_restores_exactly_in_a_new_process(
+    gcs_server, gcs_client, gcs_bucket, tmp_path
+):
+    """Save in one process, restore in another, straight from gs://; tf.io.gfile on the way.
+
+    The gfile part writes an empty file (TensorFlow's `Transfer-Encoding: identity` POST)
+    and a body holding an HTTP head's text, which must land unchanged: google-cloud-storage
+    reads the same bytes through the same server.
+    """
+    import hashlib
+
+    env = script_env(**gcs_server.env)
+    uri = f"gs://{gcs_bucket.name}/run/iterator"
+    folder = f"gs://{gcs_bucket.name}/files"
+
+    saved = run_job("save", uri, str(SMALL_BUFFER), str(tmp_path / "saved.json"), folder, env=env)
+    assert saved.returncode == 0, saved.stderr[-2000:]
+    restored = run_job("restore", uri, str(SMALL_BUFFER), str(tmp_path / "restored.json"), env=env)
+    assert restored.returncode == 0, restored.stderr[-2000:]
+
+    expected = json.loads((tmp_path / "saved.json").read_text())
+    assert expected["path"] == uri
+    assert json.loads((tmp_path / "restored.json").read_text())["digests"] == expected["digests"]
+    names = object_names(gcs_client, gcs_bucket, "run/")
+    assert names == ["run/iterator.data-00000-of-00001", "run/iterator.index"]
+    shard = gcs_bucket.get_blob("run/iterator.data-00000-of-00001")
+    assert shard.size > SMALL_BUFFER * 64 * 1024  # the shuffle buffer's frames are in it
+
+    files = expected["gfile"]
+    assert files["read"] == files["written"]
+    assert files["listed"] == ["empty.bin", "large.bin", "small.txt"]
+    for name, digest in files["written"].items():
+        data = gcs_bucket.blob(f"files/{name}").download_as_bytes()
+        assert hashlib.sha256(data).hexdigest() == digest, name
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variable", ["TMPDIR", "TEST_TMPDIR"])
+def test_small_tmpfs_reproduces_the_production_error_and_leaves_nothing(
+    variable, gcs_server, gcs_client, gcs_bucket, small_disk, tmp_path
+):
+    """TensorFlow stages the whole file in its temp folder; 20 MB cannot take ~26 MB.
+
+    With TEST_TMPDIR small, TMPDIR points at a big folder and still does not help: the
+    trap that _locations.tf_temp_dir names.
+    """
+    from _locations import tf_temp_dir
+
+    big = tmp_path / "big-tmp"
+    big.mkdir()
+    temp = {"TMPDIR": str(small_disk)} if variable == "TMPDIR" else {
+        "TEST_TMPDIR": str(small_disk), "TMPDIR": str(big),
+    }  # fmt: skip
+    env = script_env(**gcs_server.env, **temp)
+    if variable == "TMPDIR":
+        env.pop("TEST_TMPDIR", None)
+    folder, chosen_by, warning = tf_temp_dir(env)
+    assert (folder, chosen_by) == (str(small_disk), variable)
+    assert (warning is not None) == (variable == "TEST_TMPDIR")
+
+    uri = f"gs://{gcs_bucket.name}/run/iterator"
+    result = run_job("save", uri, str(BIG_BUFFER), str(tmp_path / "saved.json"), env=env)
+
+    assert result.returncode == 1
+    assert TF_ERROR in result.stderr
+    assert "[Op:SaveV2]" in result.stderr
+    assert object_names(gcs_client, gcs_bucket, "run") == []  # no partial object
+    assert os.listdir(small_disk) == []  # the temp file went with the failure
+    assert os.listdir(big) == []
+
+
+def test_server_processes_and_storage_are_gone_after_stop(tmp_path):
+    from _gcs_server import embedded_gcs, process_gone
+
+    with embedded_gcs(tmp_path, bucket="stop-check") as server:
+        assert not process_gone(server.front_pid)
+        assert not process_gone(server.server_pid)
+        assert server.data_dir.is_dir()
+        assert server.workdir.parent == tmp_path
+    assert process_gone(server.front_pid)
+    assert process_gone(server.server_pid)
+    assert not server.workdir.exists()
+
+
+_PARENT = """
+import json, sys, time
+sys.path.insert(0, sys.argv[1])
+from _gcs_server import embedded_gcs
+with embedded_gcs(sys.argv[2], bucket="orphan-check") as server:
+    print(json.dumps({"pids": server.pids, "workdir": str(server.workdir)}), flush=True)
+    time.sleep(600)
+"""
+
+
+def test_server_dies_with_a_sigkilled_parent(tmp_path):
+    from _gcs_server import process_gone
+    from conftest import SCRIPTS_DIR
+
+    parent = subprocess.Popen(
+        [sys.executable, "-c", _PARENT, str(SCRIPTS_DIR), str(tmp_path)],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert parent.stdout is not None
+        started = json.loads(parent.stdout.readline())
+        assert not any(process_gone(pid) for pid in started["pids"])
+    finally:
+        parent.send_signal(signal.SIGKILL)
+        parent.wait()
+    deadline = time.monotonic() + 60  # generous: a busy machine, not a timing claim
+    while time.monotonic() < deadline and not all(process_gone(p) for p in started["pids"]):
+        time.sleep(0.2)
+    assert all(process_gone(pid) for pid in started["pids"]), started
+    while time.monotonic() < deadline and Path(started["workdir"]).exists():
+        time.sleep(0.2)
+    assert not Path(started["workdir"]).exists()
+
+
+def test_front_serves_concurrent_uploads_and_keeps_connections_alive(gcs_server, gcs_bucket):
+    """Eight google-cloud-storage uploads at once, then three requests on one connection."""
+    import hashlib
+    import http.client
+    from concurrent.futures import ThreadPoolExecutor
+
+    payloads = {f"c/{i}": os.urandom(1024 * 1024 + i) for i in range(8)}
+    with ThreadPoolExecutor(8) as pool:
+        list(
+            pool.map(lambda kv: gcs_bucket.blob(kv[0]).upload_from_string(kv[1]), payloads.items())
+        )
+    for name, data in payloads.items():
+        assert (
+            hashlib.sha256(gcs_bucket.blob(name).download_as_bytes()).digest()
+            == hashlib.sha256(data).digest()
+        )
+
+    host, port = gcs_server.endpoint.removeprefix("http://").split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=30)
+    sockets = set()
+    for _ in range(3):
+        connection.request("GET", f"/storage/v1/b/{gcs_bucket.name}/o?prefix=c/")
+        response = connection.getresponse()
+        assert response.status == 200
+        assert len(json.loads(response.read())["items"]) == 8
+        sockets.add(id(connection.sock))
+    connection.close()
+    assert len(sockets) == 1  # the same connection served all three
