@@ -26,6 +26,11 @@ from pathlib import Path
 FRONT = Path(__file__).resolve().parent / "_gcs_front.py"
 START_SECONDS = 60.0
 STOP_SECONDS = 10.0
+# fake-gcs-server reads each upload whole into memory: its resident memory peaked at
+# 6.4-7.1 bytes per uploaded byte over a 76 MB baseline (scripts/bench_tf_gcs.py
+# --megabytes 64 and 128, GOGC=50); the preflight reserves this much.
+SERVER_RAM_BASE_BYTES = 200 * 10**6
+SERVER_RAM_BYTES_PER_BYTE = 8.0
 # TensorFlow sends this as its bearer token; the emulator accepts any.
 TEST_TOKEN = "dlckpt-embedded-server"
 # What the embedded mode sets for the processes it runs; cleared for a real bucket.
