@@ -183,3 +183,136 @@ def test_front_serves_concurrent_uploads_and_keeps_connections_alive(gcs_server,
         sockets.add(id(connection.sock))
     connection.close()
     assert len(sockets) == 1  # the same connection served all three
+
+
+# --- the scripts' gs:// write path ------------------------------------------------------
+
+SMALL_BUFFER_SCRIPT = "test_dataloader_checkpoint_small_buffer.py"
+# 64x64 + 16x16 frames, window 2: ~26 KB a sample; 5,000 elements need ~130 MB, far more
+# than the 20 MB tmpfs holds, while 100 elements (~3 MB) fit it with room to spare.
+SMALL_CONFIG = ["--config-name", "small", "dataloader.image_size=64",
+                "estimate.calibration_offsets=[0,64]"]  # fmt: skip
+
+
+def _failure_line(result: subprocess.CompletedProcess[str]) -> str:
+    assert "Traceback" not in result.stdout + result.stderr
+    [line] = [line for line in (result.stdout + result.stderr).splitlines() if line.startswith("✗")]
+    return line
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variable", ["TMPDIR", "TEST_TMPDIR"])
+def test_script_on_a_small_tmpfs_refuses_then_fails_with_one_line_and_leaves_nothing(
+    variable, gcs_server, gcs_client, gcs_bucket, small_disk, tmp_path
+):
+    """Without --force the preflight refuses (3); with it TensorFlow's save fails (1), explained."""
+    from conftest import run_script
+
+    big = tmp_path / "big-tmp"
+    big.mkdir()
+    temp = {"TMPDIR": str(small_disk)} if variable == "TMPDIR" else {
+        "TEST_TMPDIR": str(small_disk), "TMPDIR": str(big),
+    }  # fmt: skip
+    env = script_env(
+        **gcs_server.env, **temp, GCS_TEST_BUCKET=f"gs://{gcs_bucket.name}/p",
+        XDG_CACHE_HOME=str(tmp_path / "cache"),
+    )  # fmt: skip
+    if variable == "TMPDIR":
+        env.pop("TEST_TMPDIR", None)
+    report = tmp_path / "r.json"
+    args = [*SMALL_CONFIG, "--buffer-size", "5000", "--report", str(report)]
+
+    refused = run_script(SMALL_BUFFER_SCRIPT, *args, env=env)
+    assert refused.returncode == 3, refused.stdout + refused.stderr
+    assert _failure_line(refused).startswith("✗ PREFLIGHT REFUSED: TensorFlow temp folder")
+
+    forced = run_script(SMALL_BUFFER_SCRIPT, *args, "--force", env=env)
+    assert forced.returncode == 1, forced.stdout + forced.stderr
+    line = _failure_line(forced)
+    assert line.startswith(
+        "✗ CHECKPOINT DID NOT FIT: TensorFlow's gs:// writer stages each checkpoint file in "
+        f"{variable}={small_disk} and ran out of room ({TF_ERROR}): needs ~"
+    ), line
+    assert " free there. Fixes: " in line
+    if variable == "TEST_TMPDIR":
+        assert f"unset TEST_TMPDIR: TensorFlow reads it before TMPDIR (TMPDIR={big})" in line
+    data = json.loads(report.read_text())
+    assert data["exit_code"] == 1
+    checkpoint = data["checkpoint"]
+    assert checkpoint["writer"] == "tensorflow-gcs"
+    assert (checkpoint["tf_temp_dir"], checkpoint["tf_temp_dir_source"]) == (
+        str(small_disk),
+        variable,
+    )
+    # Nothing is left: no object under the prefix, nothing in either temp folder.
+    assert object_names(gcs_client, gcs_bucket, "p/") == []
+    assert os.listdir(small_disk) == []
+    assert os.listdir(big) == []
+
+
+@pytest.mark.slow
+def test_preflight_fits_exactly_when_tensorflows_gs_save_succeeds(
+    gcs_server, gcs_client, gcs_bucket, small_disk, tmp_path
+):
+    """On one 20 MB tmpfs: 100 elements fit and the save passes; 5,000 do not and it fails."""
+    from conftest import run_script
+
+    env = script_env(
+        **gcs_server.env, TMPDIR=str(small_disk), GCS_TEST_BUCKET=f"gs://{gcs_bucket.name}/p",
+        XDG_CACHE_HOME=str(tmp_path / "cache"), GCS_WRITE_REQUEST_TIMEOUT_SECS="600",
+    )  # fmt: skip
+    env.pop("TEST_TMPDIR", None)
+    outcomes = {}
+    for buffer in (100, 5000):
+        report = tmp_path / f"r{buffer}.json"
+        result = run_script(
+            SMALL_BUFFER_SCRIPT, *SMALL_CONFIG, "--buffer-size", str(buffer), "--force",
+            "--report", str(report), env=env,
+        )  # fmt: skip
+        data = json.loads(report.read_text())
+        [tf_row] = [row for row in data["locations"] if row["path"] == str(small_disk)]
+        outcomes[buffer] = (tf_row["ok"], result.returncode)
+        if buffer == 100:
+            assert result.returncode == 0, result.stdout + result.stderr
+            checkpoint = data["checkpoint"]
+            assert checkpoint["writer"] == "tensorflow-gcs"
+            assert checkpoint["uri"].startswith(f"gs://{gcs_bucket.name}/p/dlckpt-small-buffer-")
+            # TensorFlow staged the data file whole: the polled peak is at least its size.
+            assert (
+                checkpoint["bytes"] // 2 < checkpoint["tf_temp_peak_bytes"] <= checkpoint["bytes"]
+            )
+            assert checkpoint["tf_gcs_settings"] == {"GCS_WRITE_REQUEST_TIMEOUT_SECS": "600"}
+            assert "TensorFlow GCS setting: GCS_WRITE_REQUEST_TIMEOUT_SECS=600" in result.stdout
+            sources = [c["source"] for c in data["verification"]["comparisons"]]
+            assert sources == ["bucket (gs://, TensorFlow's filesystem)"]
+    assert outcomes == {100: (True, 0), 5000: (False, 1)}
+    assert object_names(gcs_client, gcs_bucket, "p/") == []  # the pass removed its prefix
+    assert os.listdir(small_disk) == []
+
+
+def test_disk_check_shows_tensorflows_gcs_settings_only_when_set():
+    from conftest import ROOT, SCRIPTS_DIR
+
+    def disk_check(**extra: str) -> str:
+        env = script_env(**extra)
+        for name in [name for name in env if name.startswith("GCS_")]:
+            if name not in extra:
+                env.pop(name)
+        result = subprocess.run(
+            ["bash", str(SCRIPTS_DIR / "check_disk_space.sh"), "--small", "1KB", "--for", "small"],
+            env=env, cwd=ROOT, capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+        return result.stdout
+
+    shown = disk_check(GCS_WRITE_REQUEST_TIMEOUT_SECS="900", GCS_TEST_BUCKET="gs://b/p")
+    assert "TensorFlow GCS settings:\n  GCS_WRITE_REQUEST_TIMEOUT_SECS=900\n" in shown
+    assert "GCS_TEST_BUCKET" not in shown  # the project's own setting, not TensorFlow's
+    assert "TensorFlow GCS settings" not in disk_check()
+
+
+def test_tf_gcs_settings_lists_the_variables_tensorflow_reads():
+    from _tf_gcs import tf_gcs_settings
+
+    env = {"GCS_WRITE_REQUEST_TIMEOUT_SECS": "900", "GCS_TEST_BUCKET": "gs://b", "PATH": "/bin"}
+    assert tf_gcs_settings(env) == {"GCS_WRITE_REQUEST_TIMEOUT_SECS": "900"}
+    assert tf_gcs_settings({}) == {}
