@@ -74,28 +74,15 @@ def test_checkpoint_to_gs_restores_exactly_in_a_new_process(
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("variable", ["TMPDIR", "TEST_TMPDIR"])
 def test_small_tmpfs_reproduces_the_production_error_and_leaves_nothing(
-    variable, gcs_server, gcs_client, gcs_bucket, small_disk, tmp_path
+    gcs_server, gcs_client, gcs_bucket, small_disk, tmp_path
 ):
-    """TensorFlow stages the whole file in its temp folder; 20 MB cannot take ~26 MB.
-
-    With TEST_TMPDIR small, TMPDIR points at a big folder and still does not help: the
-    trap that _locations.tf_temp_dir names.
-    """
+    """TensorFlow stages the whole file in TMPDIR; 20 MB cannot take ~26 MB: the raw error."""
     from _locations import tf_temp_dir
 
-    big = tmp_path / "big-tmp"
-    big.mkdir()
-    temp = {"TMPDIR": str(small_disk)} if variable == "TMPDIR" else {
-        "TEST_TMPDIR": str(small_disk), "TMPDIR": str(big),
-    }  # fmt: skip
-    env = script_env(**gcs_server.env, **temp)
-    if variable == "TMPDIR":
-        env.pop("TEST_TMPDIR", None)
-    folder, chosen_by, warning = tf_temp_dir(env)
-    assert (folder, chosen_by) == (str(small_disk), variable)
-    assert (warning is not None) == (variable == "TEST_TMPDIR")
+    env = script_env(**gcs_server.env, TMPDIR=str(small_disk))
+    env.pop("TEST_TMPDIR", None)
+    assert tf_temp_dir(env)[:2] == (str(small_disk), "TMPDIR")
 
     uri = f"gs://{gcs_bucket.name}/run/iterator"
     result = run_job("save", uri, str(BIG_BUFFER), str(tmp_path / "saved.json"), env=env)
@@ -105,7 +92,6 @@ def test_small_tmpfs_reproduces_the_production_error_and_leaves_nothing(
     assert "[Op:SaveV2]" in result.stderr
     assert object_names(gcs_client, gcs_bucket, "run") == []  # no partial object
     assert os.listdir(small_disk) == []  # the temp file went with the failure
-    assert os.listdir(big) == []
 
 
 def test_server_processes_and_storage_are_gone_after_stop(tmp_path):
@@ -188,8 +174,10 @@ def test_front_serves_concurrent_uploads_and_keeps_connections_alive(gcs_server,
 # --- the scripts' gs:// write path ------------------------------------------------------
 
 SMALL_BUFFER_SCRIPT = "test_dataloader_checkpoint_small_buffer.py"
-# 64x64 + 16x16 frames, window 2: ~26 KB a sample; 5,000 elements need ~130 MB, far more
-# than the 20 MB tmpfs holds, while 100 elements (~3 MB) fit it with room to spare.
+# 64x64 + 16x16 frames, window 2: ~26 KB a sample; 1,000 elements need ~26 MB, more than
+# the 20 MB tmpfs holds, while 100 elements (~3 MB) fit it with room to spare.
+TOO_BIG = "1000"
+SCRIPT_SECONDS = 900  # generous: a busy 2-core machine, not a timing claim
 SMALL_CONFIG = ["--config-name", "small", "dataloader.image_size=64",
                 "estimate.calibration_offsets=[0,64]"]  # fmt: skip
 
@@ -200,94 +188,112 @@ def _failure_line(result: subprocess.CompletedProcess[str]) -> str:
     return line
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("variable", ["TMPDIR", "TEST_TMPDIR"])
-def test_script_on_a_small_tmpfs_refuses_then_fails_with_one_line_and_leaves_nothing(
-    variable, gcs_server, gcs_client, gcs_bucket, small_disk, tmp_path
-):
-    """Without --force the preflight refuses (3); with it TensorFlow's save fails (1), explained."""
-    from conftest import run_script
+@pytest.fixture(scope="module")
+def estimate_cache(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """One estimate cache for the script runs here: the calibration is measured once."""
+    return str(tmp_path_factory.mktemp("estimate-cache"))
 
-    big = tmp_path / "big-tmp"
-    big.mkdir()
-    temp = {"TMPDIR": str(small_disk)} if variable == "TMPDIR" else {
-        "TEST_TMPDIR": str(small_disk), "TMPDIR": str(big),
-    }  # fmt: skip
+
+def _small_tmpfs_env(gcs_server, gcs_bucket, temp: dict[str, str], cache: str) -> dict[str, str]:
     env = script_env(
-        **gcs_server.env, **temp, GCS_TEST_BUCKET=f"gs://{gcs_bucket.name}/p",
-        XDG_CACHE_HOME=str(tmp_path / "cache"),
-    )  # fmt: skip
-    if variable == "TMPDIR":
+        **gcs_server.env, **temp, GCS_TEST_BUCKET=f"gs://{gcs_bucket.name}/p", XDG_CACHE_HOME=cache
+    )
+    if "TEST_TMPDIR" not in temp:
         env.pop("TEST_TMPDIR", None)
-    report = tmp_path / "r.json"
-    args = [*SMALL_CONFIG, "--buffer-size", "5000", "--report", str(report)]
+    return env
 
-    refused = run_script(SMALL_BUFFER_SCRIPT, *args, env=env)
-    assert refused.returncode == 3, refused.stdout + refused.stderr
-    assert _failure_line(refused).startswith("✗ PREFLIGHT REFUSED: TensorFlow temp folder")
 
-    forced = run_script(SMALL_BUFFER_SCRIPT, *args, "--force", env=env)
-    assert forced.returncode == 1, forced.stdout + forced.stderr
-    line = _failure_line(forced)
+def _assert_staging_line(line: str, variable: str, folder: Path) -> None:
     assert line.startswith(
         "✗ CHECKPOINT DID NOT FIT: TensorFlow's gs:// writer stages each checkpoint file in "
-        f"{variable}={small_disk} and ran out of room ({TF_ERROR}): needs ~"
+        f"{variable}={folder} and ran out of room ({TF_ERROR}): needs ~"
     ), line
-    assert " free there. Fixes: " in line
-    if variable == "TEST_TMPDIR":
-        assert f"unset TEST_TMPDIR: TensorFlow reads it before TMPDIR (TMPDIR={big})" in line
-    data = json.loads(report.read_text())
-    assert data["exit_code"] == 1
-    checkpoint = data["checkpoint"]
-    assert checkpoint["writer"] == "tensorflow-gcs"
-    assert (checkpoint["tf_temp_dir"], checkpoint["tf_temp_dir_source"]) == (
-        str(small_disk),
-        variable,
-    )
-    # Nothing is left: no object under the prefix, nothing in either temp folder.
-    assert object_names(gcs_client, gcs_bucket, "p/") == []
-    assert os.listdir(small_disk) == []
-    assert os.listdir(big) == []
+    assert " free there. Fixes: " in line and "export " in line
 
 
 @pytest.mark.slow
 def test_preflight_fits_exactly_when_tensorflows_gs_save_succeeds(
-    gcs_server, gcs_client, gcs_bucket, small_disk, tmp_path
+    gcs_server, gcs_client, gcs_bucket, small_disk, tmp_path, estimate_cache
 ):
-    """On one 20 MB tmpfs: 100 elements fit and the save passes; 5,000 do not and it fails."""
+    """One 20 MB tmpfs as TMPDIR, two buffers on either side of what it holds.
+
+    100 elements (~3 MB): the preflight says it fits and TensorFlow's gs:// save passes.
+    1,000 (~26 MB): the preflight refuses (exit 3); with --force TensorFlow's save fails
+    and the run ends in one line (exit 1) leaving nothing in the bucket or the tmpfs.
+    """
     from conftest import run_script
 
-    env = script_env(
-        **gcs_server.env, TMPDIR=str(small_disk), GCS_TEST_BUCKET=f"gs://{gcs_bucket.name}/p",
-        XDG_CACHE_HOME=str(tmp_path / "cache"), GCS_WRITE_REQUEST_TIMEOUT_SECS="600",
-    )  # fmt: skip
-    env.pop("TEST_TMPDIR", None)
-    outcomes = {}
-    for buffer in (100, 5000):
-        report = tmp_path / f"r{buffer}.json"
+    env = _small_tmpfs_env(gcs_server, gcs_bucket, {"TMPDIR": str(small_disk)}, estimate_cache)
+    env["GCS_WRITE_REQUEST_TIMEOUT_SECS"] = "600"
+
+    def run(buffer: int, *extra: str) -> tuple[subprocess.CompletedProcess[str], dict]:
+        report = tmp_path / f"r{buffer}{''.join(extra)}.json"
         result = run_script(
-            SMALL_BUFFER_SCRIPT, *SMALL_CONFIG, "--buffer-size", str(buffer), "--force",
-            "--report", str(report), env=env,
+            SMALL_BUFFER_SCRIPT, *SMALL_CONFIG, "--buffer-size", str(buffer), "--report",
+            str(report), *extra, env=env, timeout=SCRIPT_SECONDS,
         )  # fmt: skip
-        data = json.loads(report.read_text())
-        [tf_row] = [row for row in data["locations"] if row["path"] == str(small_disk)]
-        outcomes[buffer] = (tf_row["ok"], result.returncode)
-        if buffer == 100:
-            assert result.returncode == 0, result.stdout + result.stderr
-            checkpoint = data["checkpoint"]
-            assert checkpoint["writer"] == "tensorflow-gcs"
-            assert checkpoint["uri"].startswith(f"gs://{gcs_bucket.name}/p/dlckpt-small-buffer-")
-            # TensorFlow staged the data file whole: the polled peak is at least its size.
-            assert (
-                checkpoint["bytes"] // 2 < checkpoint["tf_temp_peak_bytes"] <= checkpoint["bytes"]
-            )
-            assert checkpoint["tf_gcs_settings"] == {"GCS_WRITE_REQUEST_TIMEOUT_SECS": "600"}
-            assert "TensorFlow GCS setting: GCS_WRITE_REQUEST_TIMEOUT_SECS=600" in result.stdout
-            sources = [c["source"] for c in data["verification"]["comparisons"]]
-            assert sources == ["bucket (gs://, TensorFlow's filesystem)"]
-    assert outcomes == {100: (True, 0), 5000: (False, 1)}
-    assert object_names(gcs_client, gcs_bucket, "p/") == []  # the pass removed its prefix
+        return result, json.loads(report.read_text())
+
+    def fits(data: dict) -> bool:
+        [row] = [row for row in data["locations"] if row["path"] == str(small_disk)]
+        return bool(row["ok"])
+
+    passed, data = run(100)
+    assert passed.returncode == 0, passed.stdout + passed.stderr
+    assert fits(data)
+    checkpoint = data["checkpoint"]
+    assert checkpoint["writer"] == "tensorflow-gcs"
+    assert (checkpoint["tf_temp_dir"], checkpoint["tf_temp_dir_source"]) == (
+        str(small_disk),
+        "TMPDIR",
+    )
+    assert checkpoint["uri"].startswith(f"gs://{gcs_bucket.name}/p/dlckpt-small-buffer-")
+    # TensorFlow staged the data file whole: the polled peak is of the checkpoint's size.
+    assert checkpoint["bytes"] // 2 < checkpoint["tf_temp_peak_bytes"] <= checkpoint["bytes"]
+    assert checkpoint["tf_gcs_settings"] == {"GCS_WRITE_REQUEST_TIMEOUT_SECS": "600"}
+    assert "TensorFlow GCS setting: GCS_WRITE_REQUEST_TIMEOUT_SECS=600" in passed.stdout
+    sources = [c["source"] for c in data["verification"]["comparisons"]]
+    assert sources == ["bucket (gs://, TensorFlow's filesystem)"]
+
+    refused, data = run(int(TOO_BIG))
+    assert refused.returncode == 3, refused.stdout + refused.stderr
+    assert not fits(data)
+    assert _failure_line(refused).startswith("✗ PREFLIGHT REFUSED: TensorFlow temp folder")
+
+    failed, data = run(int(TOO_BIG), "--force")
+    assert failed.returncode == 1, failed.stdout + failed.stderr
+    _assert_staging_line(_failure_line(failed), "TMPDIR", small_disk)
+    assert (data["exit_code"], data["checkpoint"]["writer"]) == (1, "tensorflow-gcs")
+    assert object_names(gcs_client, gcs_bucket, "p/") == []  # no partial object, no pass left
     assert os.listdir(small_disk) == []
+
+
+@pytest.mark.slow
+def test_small_test_tmpdir_over_a_big_tmpdir_is_named_as_the_trap(
+    gcs_server, gcs_client, gcs_bucket, small_disk, tmp_path, estimate_cache
+):
+    from conftest import run_script
+
+    big = tmp_path / "big-tmp"
+    big.mkdir()
+    temp = {"TEST_TMPDIR": str(small_disk), "TMPDIR": str(big)}
+    env = _small_tmpfs_env(gcs_server, gcs_bucket, temp, estimate_cache)
+    result = run_script(
+        SMALL_BUFFER_SCRIPT,
+        *SMALL_CONFIG,
+        "--buffer-size",
+        TOO_BIG,
+        "--force",
+        env=env,
+        timeout=SCRIPT_SECONDS,
+    )
+    assert result.returncode == 1, result.stdout + result.stderr
+    line = _failure_line(result)
+    _assert_staging_line(line, "TEST_TMPDIR", small_disk)
+    assert f"unset TEST_TMPDIR: TensorFlow reads it before TMPDIR (TMPDIR={big})" in line
+    assert "silently overrides TMPDIR" in result.stdout  # the table's warning said so first
+    assert object_names(gcs_client, gcs_bucket, "p/") == []
+    assert os.listdir(small_disk) == [] and os.listdir(big) == []
 
 
 def test_disk_check_shows_tensorflows_gcs_settings_only_when_set():

@@ -307,15 +307,23 @@ def tensorflow_gcs_locations(destination: Destination | None) -> Callable[[Any],
     """The preflight's rows when TensorFlow saves straight to `destination`; None unless GCS."""
     if not isinstance(destination, GcsDestination):
         return None
-    import _locations
+    embedded = bool(getattr(destination, "ephemeral", False))
+    return _tensorflow_gcs_rows(embedded, destination.location.uri())
 
-    embedded = getattr(destination, "ephemeral", False)
+
+def tensorflow_gcs_locations_for(setting: str | None) -> Callable[[Any], list[Any]] | None:
+    """The same rows for GCS_TEST_BUCKET=`setting` without opening it (--estimate-only)."""
+    if setting and not setting.startswith("gs://"):
+        return None  # a local folder: the run saves locally
+    return _tensorflow_gcs_rows(not setting, setting or f"gs://{EMBEDDED_BUCKET}")
+
+
+def _tensorflow_gcs_rows(embedded: bool, uri: str) -> Callable[[Any], list[Any]]:
+    import _locations
 
     def rows(estimate: Any) -> list[Any]:
         return _locations.tensorflow_gcs_locations(
-            estimate,
-            embedded_dir=tempfile.gettempdir() if embedded else None,
-            gcs_uri=destination.location.uri(),
+            estimate, embedded_dir=tempfile.gettempdir() if embedded else None, gcs_uri=uri
         )
 
     return rows

@@ -38,7 +38,13 @@ from _common import (
 from _config import shuffle_buffer_size
 from _errors import UsageError
 from _report import format_gb
-from _scenario import finish, open_destination, run_round_trip, tensorflow_gcs_locations
+from _scenario import (
+    finish,
+    open_destination,
+    run_round_trip,
+    tensorflow_gcs_locations,
+    tensorflow_gcs_locations_for,
+)
 from _storage import new_run_prefix
 
 SCRIPT = "original"
@@ -113,7 +119,12 @@ def _preflight(
         cfg,
         args,
         scenario="full",
-        locations=tensorflow_gcs_locations(destination) or _locations(temp_dir),
+        locations=(
+            tensorflow_gcs_locations(destination)
+            if destination is not None
+            else tensorflow_gcs_locations_for(os.environ.get("GCS_TEST_BUCKET"))
+        )
+        or _locations(temp_dir),
         scratch_root=temp_dir,
         report=report,
     )

@@ -33,7 +33,13 @@ from _common import (
     run_main,
 )
 from _config import parse_positive_int, shuffle_buffer_size, with_buffer_size
-from _scenario import finish, open_destination, run_round_trip, tensorflow_gcs_locations
+from _scenario import (
+    finish,
+    open_destination,
+    run_round_trip,
+    tensorflow_gcs_locations,
+    tensorflow_gcs_locations_for,
+)
 from _storage import new_run_prefix
 from _strategies import strategies_pointer_line
 
@@ -93,6 +99,7 @@ def _run(parser: Any, argv: Sequence[str] | None, report: dict[str, Any]) -> int
             tested_buffer=tested_buffer,
             report=report,
             tested_line=buffer_line,
+            locations=tensorflow_gcs_locations_for(os.environ.get("GCS_TEST_BUCKET")),
         )
         return finish_estimate_only(args, report)
 
