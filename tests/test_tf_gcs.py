@@ -179,7 +179,7 @@ SMALL_BUFFER_SCRIPT = "test_dataloader_checkpoint_small_buffer.py"
 TOO_BIG = "1000"
 SCRIPT_SECONDS = 900  # generous: a busy 2-core machine, not a timing claim
 SMALL_CONFIG = ["--config-name", "small", "dataloader.image_size=64",
-                "estimate.calibration_offsets=[0,64]"]  # fmt: skip
+                "estimate.calibration_buffer_sizes=[4,16]", "estimate.calibration_offsets=[0]"]  # fmt: skip
 
 
 def _failure_line(result: subprocess.CompletedProcess[str]) -> str:
@@ -219,7 +219,9 @@ def test_preflight_fits_exactly_when_tensorflows_gs_save_succeeds(
 
     100 elements (~3 MB): the preflight says it fits and TensorFlow's gs:// save passes.
     1,000 (~26 MB): the preflight refuses (exit 3); with --force TensorFlow's save fails
-    and the run ends in one line (exit 1) leaving nothing in the bucket or the tmpfs.
+    and the run ends in one line (exit 1) leaving nothing in the bucket or the tmpfs. Then
+    the same with the tmpfs as TEST_TMPDIR over a big TMPDIR: the trap is named. One test,
+    so the four runs share one measured estimate.
     """
     from conftest import run_script
 
@@ -227,7 +229,7 @@ def test_preflight_fits_exactly_when_tensorflows_gs_save_succeeds(
     env["GCS_WRITE_REQUEST_TIMEOUT_SECS"] = "600"
 
     def run(buffer: int, *extra: str) -> tuple[subprocess.CompletedProcess[str], dict]:
-        report = tmp_path / f"r{buffer}{''.join(extra)}.json"
+        report = tmp_path / f"report-{len(list(tmp_path.glob('report-*.json')))}.json"
         result = run_script(
             SMALL_BUFFER_SCRIPT, *SMALL_CONFIG, "--buffer-size", str(buffer), "--report",
             str(report), *extra, env=env, timeout=SCRIPT_SECONDS,
@@ -267,31 +269,18 @@ def test_preflight_fits_exactly_when_tensorflows_gs_save_succeeds(
     assert object_names(gcs_client, gcs_bucket, "p/") == []  # no partial object, no pass left
     assert os.listdir(small_disk) == []
 
-
-@pytest.mark.slow
-def test_small_test_tmpdir_over_a_big_tmpdir_is_named_as_the_trap(
-    gcs_server, gcs_client, gcs_bucket, small_disk, tmp_path, estimate_cache
-):
-    from conftest import run_script
-
+    # The trap: a small TEST_TMPDIR wins over a big TMPDIR, and the line says so.
     big = tmp_path / "big-tmp"
     big.mkdir()
     temp = {"TEST_TMPDIR": str(small_disk), "TMPDIR": str(big)}
     env = _small_tmpfs_env(gcs_server, gcs_bucket, temp, estimate_cache)
-    result = run_script(
-        SMALL_BUFFER_SCRIPT,
-        *SMALL_CONFIG,
-        "--buffer-size",
-        TOO_BIG,
-        "--force",
-        env=env,
-        timeout=SCRIPT_SECONDS,
-    )
-    assert result.returncode == 1, result.stdout + result.stderr
-    line = _failure_line(result)
+    trapped, data = run(int(TOO_BIG), "--force")
+    assert trapped.returncode == 1, trapped.stdout + trapped.stderr
+    line = _failure_line(trapped)
     _assert_staging_line(line, "TEST_TMPDIR", small_disk)
     assert f"unset TEST_TMPDIR: TensorFlow reads it before TMPDIR (TMPDIR={big})" in line
-    assert "silently overrides TMPDIR" in result.stdout  # the table's warning said so first
+    assert "silently overrides TMPDIR" in trapped.stdout  # the table's warning said so first
+    assert data["checkpoint"]["tf_temp_dir_source"] == "TEST_TMPDIR"
     assert object_names(gcs_client, gcs_bucket, "p/") == []
     assert os.listdir(small_disk) == [] and os.listdir(big) == []
 
