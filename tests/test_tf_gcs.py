@@ -311,3 +311,38 @@ def test_tf_gcs_settings_lists_the_variables_tensorflow_reads():
     env = {"GCS_WRITE_REQUEST_TIMEOUT_SECS": "900", "GCS_TEST_BUCKET": "gs://b", "PATH": "/bin"}
     assert tf_gcs_settings(env) == {"GCS_WRITE_REQUEST_TIMEOUT_SECS": "900"}
     assert tf_gcs_settings({}) == {}
+
+
+def test_embedded_servers_storage_and_memory_are_preflight_rows(small_disk, monkeypatch):
+    """The server holds an upload whole: its RAM row counts with the buffer's against RAM."""
+    import psutil
+    from _estimate import EstimateResult
+    from _gcs_server import SERVER_RAM_BASE_BYTES, SERVER_RAM_BYTES_PER_BYTE
+    from _locations import RAM, check_locations, tensorflow_gcs_locations
+
+    monkeypatch.setenv("TMPDIR", str(small_disk))
+    monkeypatch.delenv("TEST_TMPDIR", raising=False)
+
+    def rows_for(checkpoint: int) -> list:
+        estimate = EstimateResult(
+            method="formula", original_buffer=10, tested_buffer=10, original_bytes=checkpoint,
+            tested_bytes=checkpoint, formula_original_bytes=checkpoint,
+            formula_tested_bytes=checkpoint, bytes_per_sample=checkpoint // 10,
+            bytes_per_sample_source="test",
+        )  # fmt: skip
+        return check_locations(tensorflow_gcs_locations(estimate, embedded_dir=str(small_disk)))
+
+    rows = rows_for(8 * 10**6)  # two 8 MB rows on the 20 MB disk fit
+    by_role = {row.role: row for row in rows}
+    assert set(by_role) == {
+        "TensorFlow temp folder for gs:// writes (TMPDIR)", "host RAM (the buffer, uncompressed)",
+        "embedded GCS server storage", "embedded GCS server RAM (holds an upload whole)",
+    }  # fmt: skip
+    server_ram = by_role["embedded GCS server RAM (holds an upload whole)"]
+    assert server_ram.path == RAM
+    assert server_ram.required_bytes == SERVER_RAM_BASE_BYTES + SERVER_RAM_BYTES_PER_BYTE * 8e6
+    assert all(row.ok for row in rows)
+    assert not any(row.ok for row in rows_for(12 * 10**6) if row.path == str(small_disk))
+    # A checkpoint whose server copy alone exceeds the RAM there is refused on RAM.
+    huge = int(psutil.virtual_memory().available / SERVER_RAM_BYTES_PER_BYTE)
+    assert not any(row.ok for row in rows_for(huge) if row.path == RAM)

@@ -192,7 +192,14 @@ def tensorflow_gcs_locations(
         ),
     ]
     if embedded_dir is None:
-        rows.append(Location("GCS (your bucket)", gcs_uri or "gs://", checkpoint))
+        hosts = estimate.num_hosts
+        rows.append(
+            Location(
+                f"GCS total ({hosts} host{'s' if hosts != 1 else ''})",
+                gcs_uri or "gs://",
+                checkpoint * hosts,
+            )
+        )
         return rows
     rows.append(
         Location("embedded GCS server storage", embedded_dir, checkpoint, variable="TMPDIR")
