@@ -26,9 +26,9 @@ from pathlib import Path
 FRONT = Path(__file__).resolve().parent / "_gcs_front.py"
 START_SECONDS = 60.0
 STOP_SECONDS = 10.0
-# fake-gcs-server reads each upload whole into memory: its resident memory peaked at
-# 6.4-7.1 bytes per uploaded byte over a 76 MB baseline (scripts/bench_tf_gcs.py
-# --megabytes 64 and 128, GOGC=50); the preflight reserves this much.
+# fake-gcs-server reads each upload whole into memory: its resident memory (with the
+# front's) peaked at 6.4-7.2 bytes per uploaded byte over a 75 MB baseline
+# (scripts/bench_tf_gcs.py --megabytes 64, 128 and 256; GOGC=50); the preflight reserves this.
 SERVER_RAM_BASE_BYTES = 200 * 10**6
 SERVER_RAM_BYTES_PER_BYTE = 8.0
 # TensorFlow sends this as its bearer token; the emulator accepts any.
