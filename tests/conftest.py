@@ -7,8 +7,12 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from _gcs_server import EmbeddedGcs
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS_DIR = ROOT / "scripts" / "tests"
@@ -18,12 +22,22 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
 @pytest.fixture(scope="session")
-def gcs_endpoint() -> Iterator[str]:
-    """A real GCS server (gcp-storage-emulator) on 127.0.0.1 for the whole session."""
-    from _storage import embedded_gcs_server
+def gcs_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedGcs]:
+    """The embedded GCS server (fake-gcs-server behind its HTTPS front) for the whole session.
 
-    with embedded_gcs_server() as endpoint:
-        yield endpoint
+    Its variables are not applied to the test process: each test passes `gcs_server.env`
+    to what it starts.
+    """
+    from _gcs_server import embedded_gcs
+
+    with embedded_gcs(tmp_path_factory.mktemp("gcs-server")) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def gcs_endpoint(gcs_server: EmbeddedGcs) -> str:
+    """The embedded server's endpoint, for STORAGE_EMULATOR_HOST."""
+    return gcs_server.endpoint
 
 
 @pytest.fixture
@@ -49,9 +63,11 @@ def gcs_bucket(gcs_client, request: pytest.FixtureRequest):
 
 def script_env(**extra: str) -> dict[str, str]:
     """The environment a script runs with: ours, with tests/pipelines importable."""
+    from _gcs_server import VARIABLES
+
     env = dict(os.environ)
-    env.pop("GCS_TEST_BUCKET", None)
-    env.pop("STORAGE_EMULATOR_HOST", None)
+    for name in ("GCS_TEST_BUCKET", *VARIABLES):
+        env.pop(name, None)
     env["PYTHONPATH"] = os.pathsep.join(
         [str(TESTS_DIR / "pipelines"), env.get("PYTHONPATH", "")]
     ).strip(os.pathsep)

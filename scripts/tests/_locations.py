@@ -162,15 +162,67 @@ def scenario_locations(
     return rows
 
 
+def tensorflow_gcs_locations(
+    estimate: EstimateResult, *, embedded_dir: str | None, gcs_uri: str | None = None
+) -> list[Location]:
+    """The rows when TensorFlow saves straight to gs:// and the restore reads from there.
+
+    TensorFlow stages each checkpoint file whole in its temp folder; nothing else is
+    written locally. With the embedded server (`embedded_dir`: where its objects go on
+    disk) its storage and its memory are rows too: fake-gcs-server holds an upload whole
+    while it reads it (_gcs_server.SERVER_RAM_BYTES_PER_BYTE, measured by
+    scripts/bench_tf_gcs.py).
+    """
+    from _gcs_server import SERVER_RAM_BASE_BYTES, SERVER_RAM_BYTES_PER_BYTE
+
+    checkpoint = estimate.tested_bytes
+    tf_temp, tf_variable, _ = tf_temp_dir()
+    variable = "TMPDIR" if tf_variable in ("TMPDIR", "default") else tf_variable
+    rows = [
+        Location(
+            f"TensorFlow temp folder for gs:// writes ({tf_variable})",
+            tf_temp,
+            checkpoint,
+            variable=variable,
+        ),
+        Location(
+            "host RAM (the buffer, uncompressed)",
+            RAM,
+            estimate.ram_bytes_for(estimate.tested_buffer),
+        ),
+    ]
+    if embedded_dir is None:
+        hosts = estimate.num_hosts
+        rows.append(
+            Location(
+                f"GCS total ({hosts} host{'s' if hosts != 1 else ''})",
+                gcs_uri or "gs://",
+                checkpoint * hosts,
+            )
+        )
+        return rows
+    rows.append(
+        Location("embedded GCS server storage", embedded_dir, checkpoint, variable="TMPDIR")
+    )
+    rows.append(
+        Location(
+            "embedded GCS server RAM (holds an upload whole)",
+            RAM,
+            SERVER_RAM_BASE_BYTES + int(SERVER_RAM_BYTES_PER_BYTE * checkpoint),
+        )
+    )
+    return rows
+
+
 def check_locations(rows: Sequence[Location]) -> list[Location]:
     """Fill in free space and OK: folders on one disk are checked against their sum."""
     import psutil
 
     by_device: dict[int, list[Location]] = {}
     for row in rows:
-        if row.path == RAM:
+        if row.path == RAM:  # every RAM row counts against the same memory
             row.free_bytes = int(psutil.virtual_memory().available)
-            row.ok = row.required_bytes <= row.free_bytes
+            row.ok = sum(r.required_bytes for r in rows if r.path == RAM) <= row.free_bytes
         elif row.path.startswith("gs://"):
             row.free_bytes, row.ok = None, True
         else:

@@ -164,6 +164,15 @@ printf '%-36s %-34s %10s  %-14s %-14s\n' "RAM (available)" "-" "$(human "${ram}"
 if [[ -n "${TEST_TMPDIR:-}" && -n "${TMPDIR:-}" && "${TEST_TMPDIR}" != "${TMPDIR}" ]]; then
   echo "⚠ TEST_TMPDIR=${TEST_TMPDIR} silently overrides TMPDIR=${TMPDIR} for TensorFlow's temporary files"
 fi
+# TensorFlow's GCS filesystem reads GCS_* variables (timeouts, retries, caches); a large
+# checkpoint's upload is bounded by GCS_WRITE_REQUEST_TIMEOUT_SECS, so show what is set.
+gcs_settings="$(compgen -e | grep -E '^GCS_' | grep -vx 'GCS_TEST_BUCKET' || true)"
+if [[ -n "${gcs_settings}" ]]; then
+  echo "TensorFlow GCS settings:"
+  while read -r var; do
+    echo "  ${var}=${!var}"
+  done <<<"${gcs_settings}"
+fi
 if ((status != 0)); then
   echo "✗ a location does not fit: free space there, or point TMPDIR / LOCAL_STAGING_DIR at a bigger disk"
 fi
