@@ -17,7 +17,8 @@ from typing import Any
 
 from _config import load_config
 from _errors import PreflightRefusal, UsageError
-from _report import check_report_path, format_bytes, format_gb, write_report
+from _report import format_bytes, format_gb, start_report, write_exit_report, write_report
+from _signals import exit_code, interrupts_raise, signal_name
 from omegaconf import DictConfig
 
 EXIT_PASSED, EXIT_FAILED, EXIT_USAGE, EXIT_PREFLIGHT, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
@@ -47,8 +48,9 @@ def common_parser(prog: str, description: str) -> argparse.ArgumentParser:
 
 
 def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """Parse the command line; check --report is writable and clear a stale report there."""
     args = parser.parse_intermixed_args(list(sys.argv[1:] if argv is None else argv))
-    check_report_path(args.report)
+    start_report(args.report, script=parser.prog)
     return args
 
 
@@ -57,18 +59,44 @@ def load_from_args(args: argparse.Namespace) -> DictConfig:
 
 
 def run_main(body: Callable[[], int]) -> int:
-    """Run a script body, turning the project's exceptions into its exit codes and one line."""
-    try:
-        return body()
-    except UsageError as error:
-        print(f"✗ {error}", file=sys.stderr)
-        return EXIT_USAGE
-    except PreflightRefusal as error:
-        print(f"✗ PREFLIGHT REFUSED: {error}", file=sys.stderr)
-        return EXIT_PREFLIGHT
-    except KeyboardInterrupt:
-        print("✗ interrupted; the run's own files were removed", file=sys.stderr)
-        return EXIT_INTERRUPTED
+    """Run a script body, turning the project's exceptions into its exit codes and one line.
+
+    SIGINT, SIGTERM and SIGHUP end the body as an interrupt (see _signals): its cleanup
+    runs, and the exit code is 130, 143 or 129. Whatever the exit, a --report path gets a
+    report (see _report.write_exit_report); an unexpected crash keeps its traceback.
+    """
+    import _cleanup
+
+    _cleanup.reset()
+    with interrupts_raise():
+        try:
+            code, line = body(), ""
+        except UsageError as error:
+            code, line = EXIT_USAGE, f"✗ {error}"
+        except PreflightRefusal as error:
+            code, line = EXIT_PREFLIGHT, f"✗ PREFLIGHT REFUSED: {error}"
+        except KeyboardInterrupt as interrupt:
+            code = exit_code(interrupt)
+            left = _cleanup.summary()
+            line = f"✗ interrupted by {signal_name(interrupt)}; " + (
+                f"could not remove all the run's own files{left}"
+                if left
+                else "the run's own files were removed"
+            )
+        except Exception as error:
+            problem = write_exit_report(
+                EXIT_FAILED, f"crash: {type(error).__name__}: {' '.join(str(error).split())}"
+            )
+            if problem:
+                print(f"✗ {problem}", file=sys.stderr)
+            raise
+        problem = write_exit_report(code, line.removeprefix("✗ "))
+    if line:
+        print(line, file=sys.stderr)
+    if problem:
+        print(f"✗ {problem}", file=sys.stderr)
+        return code or EXIT_USAGE
+    return code
 
 
 # --- measured estimate, locations and preflight (issue 3) ---------------------------------

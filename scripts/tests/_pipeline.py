@@ -166,7 +166,12 @@ def instantiate_dataset(dataloader_cfg: Any) -> Any:
                 f"dataloader: {target} does not accept these settings "
                 f"(expected its keyword arguments): {' '.join(str(cause).split())[:300]}"
             ) from None
-        raise
+        # The builder itself refused its settings (e.g. a ValueError on batch_size=0):
+        # the user's input, so one line with the builder's own words.
+        raise UsageError(
+            f"dataloader: {target} raised {type(cause).__name__}: "
+            f"{' '.join(str(cause).split())[:300]} (check the dataloader settings)"
+        ) from None
     if not isinstance(dataset, tf.data.Dataset):
         raise UsageError(
             f"dataloader._target_={target!r} returned {type(dataset).__name__}, "

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _signals import die_with_parent
 from _tensors import element_leaves
 from _tf import import_tensorflow
 
@@ -169,7 +170,7 @@ def restore_in_new_process(
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(SCRIPTS_DIR), env.get("PYTHONPATH")) if p)
     completed = subprocess.run(
-        [sys.executable, str(Path(__file__)), str(request), str(result_path)],
+        die_with_parent([sys.executable, str(Path(__file__)), str(request), str(result_path)]),
         env=env,
         capture_output=True,
         text=True,

@@ -1,0 +1,393 @@
+"""Reliability under signals, storage outages, full disks and bad settings (issue 11).
+
+Real parts only: real signals sent to real processes (alone and as a process group),
+a real GCS server process killed (SIGKILL) or frozen (SIGSTOP) mid-transfer, real tmpfs
+mounts. Each case asserts the exit code, the one line (no traceback), a generous bound on
+the time to exit, that nothing the run wrote is left (scratch, run prefix, child PIDs)
+and that the user's own files and objects are untouched.
+
+The counts in README.md's Reliability section are these tests: every `bad_input` case is a
+bad input tried, every `fault` case a fault tried (see the section for the command).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+from conftest import SCRIPTS_DIR, run_script, script_env
+
+EXIT_BOUND_SECONDS = 60  # generous: a bound that catches a hang, not a speed target
+SMALL_BUFFER = "test_dataloader_checkpoint_small_buffer.py"
+
+
+def _one_line(stderr: str) -> str:
+    assert "Traceback" not in stderr, stderr
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, stderr
+    return lines[0]
+
+
+def _gone(pids: list[int], within: float = 30) -> list[int]:
+    """The PIDs of `pids` still alive (zombies count as gone) after waiting up to `within` s."""
+    deadline = time.monotonic() + within
+    alive = list(pids)
+    while alive and time.monotonic() < deadline:
+        alive = [pid for pid in alive if _alive(pid)]
+        time.sleep(0.1)
+    return alive
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+# --- signals: the mechanism, in a small script that uses run_main ----------------------
+
+PROBE = textwrap.dedent(
+    """
+    import sys, time
+    from pathlib import Path
+    sys.path.insert(0, {scripts!r})
+    from _common import common_parser, parse_args, run_main
+
+    parser = common_parser("probe", "a run that holds a folder until it is interrupted")
+
+    def body():
+        args = parse_args(parser, None)
+        scratch = Path(args.overrides[0])
+        scratch.mkdir()
+        try:
+            print("ready", flush=True)
+            time.sleep(120)
+        finally:
+            time.sleep(1.0)  # a slow cleanup: a second signal must not cut it short
+            scratch.rmdir()
+        return 0
+
+    sys.exit(run_main(body))
+    """
+)
+
+
+@pytest.fixture
+def probe(tmp_path: Path) -> Path:
+    path = tmp_path / "probe.py"
+    path.write_text(PROBE.format(scripts=str(SCRIPTS_DIR)))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("sig", "code", "group"),
+    [
+        (signal.SIGINT, 130, False),
+        (signal.SIGTERM, 143, False),
+        (signal.SIGHUP, 129, False),
+        (signal.SIGINT, 130, True),
+        (signal.SIGTERM, 143, True),
+        (signal.SIGHUP, 129, True),
+    ],
+    ids=["fault-INT", "fault-TERM", "fault-HUP", "fault-INT-group", "fault-TERM-group",
+         "fault-HUP-group"],
+)  # fmt: skip
+def test_termination_signals_clean_up_and_exit_128_plus_n(probe, tmp_path, sig, code, group):
+    scratch, report = tmp_path / "scratch", tmp_path / "r.json"
+    report.write_text('{"passed": true, "exit_code": 0}')  # a previous run's report
+    process = subprocess.Popen(
+        [sys.executable, str(probe), "--report", str(report), str(scratch)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=group,
+    )  # fmt: skip
+    assert process.stdout is not None
+    assert process.stdout.readline().strip() == "ready"
+    assert scratch.is_dir() and not report.exists()  # the stale report is gone at start
+    started = time.monotonic()
+    send = (lambda s: os.killpg(process.pid, s)) if group else process.send_signal
+    send(sig)
+    time.sleep(0.3)
+    send(sig)  # a second signal (an impatient user) lands inside the cleanup
+    _, stderr = process.communicate(timeout=EXIT_BOUND_SECONDS)
+    assert time.monotonic() - started < EXIT_BOUND_SECONDS
+    assert process.returncode == code, stderr
+    name = signal.Signals(sig).name
+    assert _one_line(stderr) == f"✗ interrupted by {name}; the run's own files were removed"
+    assert not scratch.exists()
+    data = json.loads(report.read_text())
+    assert data["exit_code"] == code and data["passed"] is False
+    assert data["error"].startswith(f"interrupted by {name}")
+
+
+LAUNCHER = textwrap.dedent(
+    """
+    import subprocess, sys, time
+    sys.path.insert(0, {scripts!r})
+    from _signals import die_with_parent
+
+    wrap = die_with_parent if sys.argv[1] == "wrapped" else list
+    child = subprocess.Popen(wrap([sys.executable, "-c", "import time; time.sleep(300)"]))
+    print(child.pid, flush=True)
+    time.sleep(300)
+    """
+)
+
+
+@pytest.mark.parametrize("wrapped", [True, False], ids=["fault-KILL-parent", "control"])
+def test_a_child_dies_with_its_parent_even_on_sigkill(tmp_path, wrapped):
+    """The control (no wrapper) shows the child would outlive a SIGKILLed parent."""
+    launcher = tmp_path / "launcher.py"
+    launcher.write_text(LAUNCHER.format(scripts=str(SCRIPTS_DIR)))
+    parent = subprocess.Popen(
+        [sys.executable, str(launcher), "wrapped" if wrapped else "bare"],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert parent.stdout is not None
+    child = int(parent.stdout.readline())
+    try:
+        assert _alive(child)
+        parent.kill()
+        parent.wait(timeout=EXIT_BOUND_SECONDS)
+        survivors = _gone([child], within=10 if wrapped else 2)
+        assert survivors == ([] if wrapped else [child])
+    finally:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            psutil.Process(child).kill()
+
+
+# --- settings: every numeric setting validated where the config is read -----------------
+
+BAD_SETTINGS = [
+    ("roundtrip.batches_to_compare=0", "roundtrip.batches_to_compare=0: expected an integer >= 1"),
+    ("roundtrip.batches_to_compare=-2", "roundtrip.batches_to_compare=-2: expected an integer >= 1"),
+    ("roundtrip.batches_before_save=-1", "roundtrip.batches_before_save=-1: expected an integer >= 0"),
+    ("roundtrip.small_buffer_size=0", "roundtrip.small_buffer_size=0: expected an integer >= 1"),
+    ("estimate.formula_overhead=-1", "estimate.formula_overhead=-1.0: expected a number above 0"),
+    ("estimate.formula_overhead=0", "estimate.formula_overhead=0.0: expected a number above 0"),
+    ("estimate.formula_overhead=nan", "estimate.formula_overhead=nan: expected a number above 0"),
+    ("estimate.bytes_per_sample=0", "estimate.bytes_per_sample=0: expected an integer >= 1"),
+    ("dataloader.batch_size=0", "dataloader.batch_size=0: expected an integer >= 1"),
+    ("dataloader.batch_size=-4", "dataloader.batch_size=-4: expected an integer >= 1"),
+    ("dataloader.image_size=0", "dataloader.image_size=0: expected an integer >= 1"),
+    ("dataloader.window_size=0", "dataloader.window_size=0: expected an integer >= 1"),
+    ("+dataloader.jpeg_quality=101", "dataloader.jpeg_quality=101: expected an integer from 1 to 100"),
+    ("dataloader.num_episodes=0", "dataloader.num_episodes=0: expected an integer >= 1"),
+    ("dataloader.wrist_image_size=-1", "dataloader.wrist_image_size=-1: expected an integer >= 0"),
+    ("dataloader.batch_size=true", "dataloader.batch_size=True: expected an integer >= 1"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("override", "expected"), BAD_SETTINGS, ids=[o for o, _ in BAD_SETTINGS])
+def test_bad_input_setting_is_one_line(override, expected):
+    from _config import load_config
+    from _errors import UsageError
+
+    with pytest.raises(UsageError) as caught:
+        load_config("small", [override])
+    assert str(caught.value).startswith(expected), caught.value
+    assert "\n" not in str(caught.value)
+
+
+def test_good_settings_still_load():
+    from _config import load_config
+
+    cfg = load_config(
+        "openvla",
+        ["roundtrip.batches_before_save=0", "roundtrip.batches_to_compare=1",
+         "estimate.formula_overhead=0.5", "+dataloader.num_parallel_calls=-1",
+         "+dataloader.prefetch_batches=0"],
+    )  # fmt: skip
+    assert cfg.roundtrip.batches_before_save == 0 and cfg.dataloader.num_parallel_calls == -1
+
+
+def test_bad_input_empty_comparison_never_passes(tmp_path):
+    """batches_to_compare=0 used to print ✓ ALL TESTS PASSED; now exit 2 before any work."""
+    report = tmp_path / "r.json"
+    result = run_script(
+        SMALL_BUFFER, "--config-name", "small", "--report", str(report),
+        "roundtrip.batches_to_compare=0", env=script_env(GCS_TEST_BUCKET=str(tmp_path)),
+        timeout=EXIT_BOUND_SECONDS,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "roundtrip.batches_to_compare=0" in _one_line(result.stderr)
+    assert "PASSED" not in result.stdout
+    data = json.loads(report.read_text())  # written on exit 2 as well
+    assert (data["exit_code"], data["passed"]) == (2, False)
+    assert data["error"].startswith("roundtrip.batches_to_compare=0")
+
+
+@pytest.mark.parametrize(
+    ("exception", "message"),
+    [("ValueError", "batch_size must be positive"), ("KeyError", "'camera'"),
+     ("RuntimeError", "no shards under /data/rlds")],
+    ids=["ValueError", "KeyError", "RuntimeError"],
+)  # fmt: skip
+def test_bad_input_builder_that_raises_is_one_line_with_its_type(
+    tmp_path, monkeypatch, exception, message
+):
+    from _errors import UsageError
+    from _pipeline import instantiate_dataset
+    from omegaconf import OmegaConf
+
+    name = f"raising_{exception.lower()}"  # one module per case: imports are cached
+    raised = message.strip("'")
+    (tmp_path / f"{name}.py").write_text(
+        f"def build(*, shuffle_buffer_size):\n    raise {exception}({raised!r})\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    cfg = OmegaConf.create({"_target_": f"{name}.build", "shuffle_buffer_size": 8})
+    with pytest.raises(UsageError) as caught:
+        instantiate_dataset(cfg)
+    assert str(caught.value).startswith(f"dataloader: {name}.build raised {exception}: {message}")
+
+
+# --- --report: writable up front, written on every exit --------------------------------
+
+
+@contextlib.contextmanager
+def _read_only_mount(folder: Path) -> Iterator[Path]:
+    folder.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(folder)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a read-only tmpfs: {mounted.stderr.strip()}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], check=False)
+
+
+@pytest.mark.parametrize(
+    ("where", "expected"),
+    [
+        ("/dev/full", "is not a regular file"),
+        ("/proc/dlckpt-report.json", "cannot write there"),
+        ("{read_only}/r.json", "cannot write there (Read-only file system)"),
+        ("{tmp}", "is a folder"),
+        ("{tmp}/absent/r.json", "its folder does not exist"),
+    ],
+    ids=["dev-full", "proc", "read-only-mount", "folder", "missing-folder"],
+)
+def test_bad_input_report_path_refused_up_front(tmp_path, where, expected):
+    from _errors import UsageError
+    from _report import check_report_path
+
+    with _read_only_mount(tmp_path / "ro") as read_only:
+        path = Path(where.format(tmp=tmp_path, read_only=read_only))
+        with pytest.raises(UsageError) as caught:
+            check_report_path(path)
+    assert str(caught.value).startswith(f"--report {path}: {expected}")
+
+
+def test_bad_input_unwritable_report_stops_the_script_before_it_runs(tmp_path):
+    result = run_script(
+        SMALL_BUFFER, "--config-name", "small", "--report", "/dev/full",
+        env=script_env(GCS_TEST_BUCKET=str(tmp_path)), timeout=EXIT_BOUND_SECONDS,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert _one_line(result.stderr).startswith("✗ --report /dev/full: is not a regular file")
+    assert result.stdout == ""
+
+
+def test_a_crash_still_writes_the_report_and_keeps_its_traceback(tmp_path, monkeypatch):
+    import _report
+    from _common import run_main
+
+    report = tmp_path / "r.json"
+
+    def body() -> int:
+        _report.start_report(report, script="probe")
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(_report._ReportState, "path", None)
+    with pytest.raises(RuntimeError, match="a bug"):
+        run_main(body)
+    data = json.loads(report.read_text())
+    assert data == {"script": "probe", "passed": False, "exit_code": 1,
+                    "error": "crash: RuntimeError: a bug"}  # fmt: skip
+
+
+# --- messages that used to mislead -------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (None, "no such file"),
+        ("folder", "is a folder"),
+        ("not json {", "is not JSON"),
+        ('{"client_email": "x"}', 'has no "type" field'),
+        ('{"type": "service_account"}', "not usable credentials"),
+    ],
+    ids=["missing", "folder", "not-json", "no-type", "incomplete-key"],
+)
+def test_bad_input_credentials_file_names_the_variable(tmp_path, monkeypatch, content, expected):
+    from _errors import UsageError
+    from _storage import make_client
+
+    key = tmp_path / "key.json"
+    if content == "folder":
+        key.mkdir()
+    elif content is not None:
+        key.write_text(content)
+    monkeypatch.delenv("STORAGE_EMULATOR_HOST", raising=False)
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(key))
+    with pytest.raises(UsageError) as caught:
+        make_client()
+    assert str(caught.value).startswith(f"GOOGLE_APPLICATION_CREDENTIALS={key}: {expected}")
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("1,5GB", "commas are ambiguous"),
+        ("1,500GB", "commas are ambiguous"),
+        ("15 XB", "expected a size such as"),
+        ("0GB", "expected a size above zero"),
+        ("-3GB", "expected a size such as"),
+    ],
+)
+def test_bad_input_fit_budget(text, expected):
+    from _errors import UsageError
+    from _locations import parse_size
+
+    with pytest.raises(UsageError, match=expected):
+        parse_size(text)
+
+
+def test_huge_sizes_are_exact():
+    from _locations import parse_size
+
+    assert parse_size("99999999999999999999TB") == 99999999999999999999 * 10**12
+    assert parse_size("1.000000001GB") == 1_000_000_001
+
+
+def test_bad_input_fit_budget_with_a_comma_exits_2(tmp_path):
+    result = run_script(
+        SMALL_BUFFER, "--config-name", "small", "--estimate-only", "--fit-budget", "1,5GB",
+        timeout=EXIT_BOUND_SECONDS,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "--fit-budget '1,5GB': commas are ambiguous" in _one_line(result.stderr)
+
+
+def test_bad_input_a_file_as_the_destination_is_called_a_file(tmp_path):
+    from _errors import UsageError
+    from _storage import LocalDestination
+
+    (tmp_path / "a-file").write_text("mine")
+    with pytest.raises(UsageError, match="is a file, not a folder"):
+        LocalDestination.from_setting(str(tmp_path / "a-file"))
+    assert (tmp_path / "a-file").read_text() == "mine"
