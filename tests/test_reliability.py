@@ -13,14 +13,16 @@ bad input tried, every `fault` case a fault tried (see the section for the comma
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psutil
@@ -391,3 +393,375 @@ def test_bad_input_a_file_as_the_destination_is_called_a_file(tmp_path):
     with pytest.raises(UsageError, match="is a file, not a folder"):
         LocalDestination.from_setting(str(tmp_path / "a-file"))
     assert (tmp_path / "a-file").read_text() == "mine"
+
+
+# --- storage outages: a real GCS server killed or frozen mid-transfer --------------------
+
+RUN = "run-1"
+
+
+@contextlib.contextmanager
+def _own_server() -> Iterator[tuple[object, list[psutil.Process]]]:
+    """A GCS server process of this test's own (the session's stays healthy), and a client."""
+    from _storage import embedded_gcs_server, make_client
+
+    me = psutil.Process()
+    before = {child.pid for child in me.children(recursive=True)}
+    with embedded_gcs_server() as _endpoint:
+        servers = [child for child in me.children(recursive=True) if child.pid not in before]
+        assert servers, "the server process was not found"
+        try:
+            yield make_client(), servers
+        finally:
+            for server in servers:  # thaw a frozen one, so it can stop
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    server.resume()
+
+
+class _FaultAt(io.RawIOBase):
+    """A file that calls `fault()` once, when the upload first reads past `at` bytes."""
+
+    def __init__(self, path: Path, at: int, fault: Callable[[], None]) -> None:
+        self._handle = path.open("rb")
+        self._at, self._fault, self._fired = at, fault, False
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:  # type: ignore[no-untyped-def]
+        if not self._fired and self._handle.tell() >= self._at:
+            self._fired = True
+            self._fault()
+        data = self._handle.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._handle.tell()
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self._handle.seek(offset, whence)
+
+    def close(self) -> None:
+        self._handle.close()
+        super().close()
+
+
+@pytest.fixture
+def staged_files(tmp_path: Path) -> list[Path]:
+    """A checkpoint's files: a small index and a shard that goes up in two chunks."""
+    from _storage import RESUMABLE_CHUNK_BYTES
+
+    folder = tmp_path / "staged"
+    folder.mkdir()
+    (folder / "iterator.index").write_bytes(os.urandom(2_000))
+    (folder / "iterator.data-00000-of-00001").write_bytes(
+        os.urandom(RESUMABLE_CHUNK_BYTES + 2 * 1024 * 1024)
+    )
+    return sorted(folder.iterdir())
+
+
+def _faulty_destination(client, servers, files, fault_name):  # type: ignore[no-untyped-def]
+    """A destination with short transfer bounds, and an opener that breaks the server."""
+    from _storage import RESUMABLE_CHUNK_BYTES, GcsDestination, GcsLocation
+
+    client.create_bucket("fault-bkt")
+    client.bucket("fault-bkt").blob("user/keep.txt").upload_from_string(b"the user's object")
+    destination = GcsDestination(
+        client, GcsLocation("fault-bkt", "p"), request_timeout=4, retry_deadline=8
+    )
+
+    def fault() -> None:
+        for server in servers:
+            if fault_name == "kill":
+                server.kill()
+                server.wait(10)
+            elif fault_name == "freeze":
+                server.suspend()
+            else:  # freeze, then the run is told to stop, as `timeout` does
+                server.suspend()
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    shard = next(path for path in files if path.name.startswith("iterator.data"))
+
+    def opener(path: Path):  # type: ignore[no-untyped-def]
+        if path == shard:
+            return io.BufferedReader(_FaultAt(path, RESUMABLE_CHUNK_BYTES, fault))
+        return path.open("rb")
+
+    return destination, opener
+
+
+@pytest.mark.parametrize("fault", ["kill", "freeze"], ids=["fault-killed", "fault-frozen"])
+def test_server_lost_mid_upload_reports_the_first_error_and_what_is_left(staged_files, fault):
+    from _storage import MARKER_NAME, TransferError
+
+    with _own_server() as (client, servers):
+        destination, opener = _faulty_destination(client, servers, staged_files, fault)
+        started = time.monotonic()
+        with pytest.raises(TransferError) as caught:
+            destination.put(staged_files, RUN, opener=opener)
+        elapsed = time.monotonic() - started
+        message = str(caught.value)
+        for server in servers:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                server.resume()
+        remaining = (
+            sorted(blob.name for blob in client.list_blobs("fault-bkt"))
+            if fault == "freeze"
+            else None
+        )
+    assert elapsed < EXIT_BOUND_SECONDS
+    assert "\n" not in message
+    # The first error is the upload's; the cleanup's failure only adds where things may be.
+    assert message.startswith(
+        "gs://fault-bkt/p/run-1/iterator.data-00000-of-00001: upload of "
+    ), message
+    assert f"no {MARKER_NAME} marker was written; gs://fault-bkt/p/run-1/ may still hold" in message
+    assert "remove it with `gcloud storage rm -r gs://fault-bkt/p/run-1/`" in message
+    if remaining is not None:  # the frozen server came back: the user's object is untouched
+        assert "user/keep.txt" in remaining
+        assert f"p/run-1/{MARKER_NAME}" not in remaining  # a partial run never looks whole
+
+
+def test_interrupt_during_a_frozen_upload_is_bounded(staged_files):
+    import _cleanup
+    from _signals import Interrupted, interrupts_raise
+
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("signal handlers can only be set in the main thread")
+    _cleanup.reset()
+    with _own_server() as (client, servers):
+        destination, opener = _faulty_destination(client, servers, staged_files, "interrupt")
+        started = time.monotonic()
+        with interrupts_raise(), pytest.raises(Interrupted) as caught:
+            destination.put(staged_files, RUN, opener=opener)
+        elapsed = time.monotonic() - started
+    assert caught.value.exit_code == 143
+    assert elapsed < EXIT_BOUND_SECONDS
+    left = " | ".join(_cleanup.left_behind())
+    assert "gs://fault-bkt/p/run-1/ may still hold any object the run wrote" in left
+    _cleanup.reset()
+
+
+def test_cleanup_against_a_dead_server_is_bounded_and_quiet(staged_files):
+    import _cleanup
+    from _storage import GcsDestination, GcsLocation
+
+    _cleanup.reset()
+    with _own_server() as (client, servers):
+        client.create_bucket("dead-bkt")
+        destination = GcsDestination(client, GcsLocation("dead-bkt", ""))
+        destination.put(staged_files, RUN)
+        for server in servers:
+            server.kill()
+            server.wait(10)
+        started = time.monotonic()
+        destination.remove(RUN)  # never raises
+        first = time.monotonic() - started
+        started = time.monotonic()
+        destination.remove(RUN)  # the endpoint did not answer: not waited for again
+        second = time.monotonic() - started
+        ephemeral = GcsDestination(client, GcsLocation("dead-bkt", ""), ephemeral=True)
+        ephemeral.remove("run-2")  # the embedded server's objects went with it
+    assert first < EXIT_BOUND_SECONDS and second < first + 1
+    assert _cleanup.left_behind() == [
+        _cleanup.left_behind()[0]
+    ] and _cleanup.left_behind()[0].startswith("gs://dead-bkt/run-1/ may still hold")
+    _cleanup.reset()
+
+
+# --- local folder destination: full disk, or the staging folder itself -------------------
+
+
+def test_full_local_destination_is_one_line_and_keeps_the_source(small_disk, tmp_path):
+    from _storage import LocalDestination, TransferError
+
+    source = tmp_path / "staged"
+    source.mkdir()
+    (source / "iterator.index").write_bytes(os.urandom(1_000))
+    (source / "iterator.data-00000-of-00001").write_bytes(os.urandom(30 * 1024 * 1024))
+    before = {p.name: p.read_bytes() for p in source.iterdir()}
+    (small_disk / "keep.txt").write_text("the user's file")
+    destination = LocalDestination(small_disk)
+    with pytest.raises(TransferError) as caught:
+        destination.put(sorted(source.iterdir()), RUN)
+    message = str(caught.value)
+    assert message.startswith(f"{small_disk / RUN}: copy failed (No space left on device, ")
+    assert "the partial copy was removed" in message and "\n" not in message
+    assert sorted(p.name for p in small_disk.iterdir()) == ["keep.txt"]
+    assert {p.name: p.read_bytes() for p in source.iterdir()} == before
+
+
+def test_destination_that_is_the_staging_folder_never_loses_the_checkpoint(tmp_path):
+    from _storage import LocalDestination, TransferError
+
+    staged = tmp_path / RUN  # LOCAL_STAGING_DIR/<run prefix>, where the checkpoint was saved
+    staged.mkdir()
+    (staged / "iterator.index").write_bytes(b"index")
+    (staged / "iterator.data-00000-of-00001").write_bytes(b"data")
+    destination = LocalDestination(tmp_path)  # GCS_TEST_BUCKET=LOCAL_STAGING_DIR
+    with pytest.raises(TransferError, match="is the folder the checkpoint was saved in"):
+        destination.put(sorted(staged.iterdir()), RUN)
+    destination.remove(RUN)  # what the round trip does after a failed transfer
+    assert (staged / "iterator.index").read_bytes() == b"index"
+    assert (staged / "iterator.data-00000-of-00001").read_bytes() == b"data"
+
+    other = tmp_path / "elsewhere"
+    other.mkdir()
+    (other / RUN).mkdir()
+    (other / RUN / "theirs.txt").write_text("not this run's")
+    elsewhere = LocalDestination(other)
+    with pytest.raises(TransferError, match="already exists"):
+        elsewhere.put(sorted(staged.iterdir()), RUN)
+    elsewhere.remove(RUN)
+    assert (other / RUN / "theirs.txt").read_text() == "not this run's"
+
+
+# --- real signals to the script, alone and as a process group, at each phase ------------
+
+
+class _Script:
+    """The small-buffer script in the background, its output and every descendant it had."""
+
+    def __init__(self, args: list[str], env: dict[str, str], *, group: bool) -> None:
+        self.group = group
+        self.process = subprocess.Popen(
+            [sys.executable, str(SCRIPTS_DIR / SMALL_BUFFER), *args],
+            env={**env, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True, start_new_session=group,
+        )  # fmt: skip
+        self.out: list[str] = []
+        self.err: list[str] = []
+        self.seen: dict[int, str] = {}  # pid -> command line, of every descendant seen
+        self._readers = [
+            threading.Thread(target=self._read, args=(stream, into), daemon=True)
+            for stream, into in ((self.process.stdout, self.out), (self.process.stderr, self.err))
+        ]
+        for reader in self._readers:
+            reader.start()
+
+    @staticmethod
+    def _read(stream, into: list[str]) -> None:  # type: ignore[no-untyped-def]
+        for line in stream:
+            into.append(line.rstrip("\n"))
+
+    def _look(self) -> None:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            for child in psutil.Process(self.process.pid).children(recursive=True):
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    self.seen.setdefault(child.pid, " ".join(child.cmdline()))
+
+    def wait_for(self, condition: Callable[[], bool], what: str, timeout: float = 400) -> None:
+        deadline = time.monotonic() + timeout
+        while not condition():
+            self._look()
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.process.kill()
+                pytest.fail(f"never reached {what}:\n" + "\n".join(self.out + self.err))
+            time.sleep(0.02)
+        self._look()
+
+    def send(self, sig: int) -> None:
+        if self.group:
+            os.killpg(self.process.pid, sig)
+        else:
+            self.process.send_signal(sig)
+
+    def finish(self) -> tuple[int, str, float]:
+        started = time.monotonic()
+        try:
+            code = self.process.wait(timeout=EXIT_BOUND_SECONDS)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            pytest.fail("no exit within the bound:\n" + "\n".join(self.out + self.err))
+        for reader in self._readers:
+            reader.join(10)
+        return code, "\n".join(self.err), time.monotonic() - started
+
+    def restore_started(self) -> bool:
+        self._look()
+        return any("_roundtrip.py" in command for command in self.seen.values())
+
+    def line_starts(self, prefix: str) -> Callable[[], bool]:
+        return lambda: any(line.startswith(prefix) for line in self.out)
+
+
+def _exists(pattern: str, folder: Path) -> Callable[[], bool]:
+    return lambda: any(folder.glob(pattern))
+
+
+# phase, signal, to the whole process group, destination ("folder" or the embedded server)
+PHASES = [
+    ("estimate", signal.SIGTERM, False, "folder"),
+    ("fill", signal.SIGHUP, False, "folder"),
+    ("save", signal.SIGTERM, True, "folder"),
+    ("upload", signal.SIGINT, True, "embedded"),
+    ("restore", signal.SIGTERM, False, "folder"),
+    ("restore", signal.SIGHUP, True, "embedded"),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("phase", "sig", "group", "destination"),
+    PHASES,
+    ids=[f"fault-{p}-{signal.Signals(s).name}{'-group' if g else ''}" for p, s, g, _ in PHASES],
+)
+def test_signal_at_each_phase_cleans_up_and_exits_128_plus_n(
+    tmp_path, phase, sig, group, destination
+):
+    scratch, dest, report = tmp_path / "tmp", tmp_path / "dest", tmp_path / "r.json"
+    scratch.mkdir()
+    dest.mkdir()
+    (dest / "keep.txt").write_text("the user's file")
+    env = script_env(TMPDIR=str(scratch))
+    for name in ("TEST_TMPDIR", "TMP"):
+        env.pop(name, None)
+    if destination == "folder":
+        env["GCS_TEST_BUCKET"] = str(dest)
+    args = ["--config-name", "small", "--report", str(report)]
+    args += ["estimate.cache=false"] if phase == "estimate" else []
+    run = _Script(args, env, group=group)
+    triggers = {
+        "estimate": _exists("dlckpt-estimate-*", scratch),
+        "fill": run.line_starts("GCS total"),
+        "save": _exists("dlckpt-small-buffer-*/checkpoint", scratch),
+        "upload": run.line_starts("✓ Saved"),
+        "restore": run.restore_started,
+    }
+    run.wait_for(triggers[phase], phase)
+    run.send(sig)
+    code, stderr, elapsed = run.finish()
+
+    name = signal.Signals(sig).name
+    assert code == 128 + sig, stderr
+    assert _one_line(stderr) == f"✗ interrupted by {name}; the run's own files were removed"
+    assert elapsed < EXIT_BOUND_SECONDS
+    assert list(scratch.iterdir()) == []  # scratch, estimate folders, downloads: all gone
+    assert [p.name for p in dest.iterdir()] == ["keep.txt"]  # nothing under the run prefix
+    assert (dest / "keep.txt").read_text() == "the user's file"
+    assert _gone(list(run.seen)) == [], run.seen  # the restore process, the embedded server
+    data = json.loads(report.read_text())
+    assert (data["exit_code"], data["passed"]) == (128 + sig, False)
+    if phase == "restore":
+        assert any("_roundtrip.py" in command for command in run.seen.values())
+    if destination == "embedded":
+        assert any("gcp_storage_emulator" in command for command in run.seen.values())
+
+
+@pytest.mark.slow
+def test_sigkill_of_the_script_takes_the_restore_process_with_it(tmp_path):
+    scratch, dest = tmp_path / "tmp", tmp_path / "dest"
+    scratch.mkdir()
+    dest.mkdir()
+    env = script_env(TMPDIR=str(scratch), GCS_TEST_BUCKET=str(dest))
+    run = _Script(["--config-name", "small"], env, group=False)
+    run.wait_for(run.restore_started, "the restore")
+    restore = [pid for pid, command in run.seen.items() if "_roundtrip.py" in command]
+    run.send(signal.SIGKILL)
+    run.finish()
+    assert restore and _gone(restore) == []  # no handler runs on SIGKILL: the kernel did it
