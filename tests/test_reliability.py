@@ -496,7 +496,7 @@ def _faulty_destination(client, servers, files, fault_name):  # type: ignore[no-
 
 
 @pytest.mark.parametrize("fault", ["kill", "freeze"], ids=["fault-killed", "fault-frozen"])
-def test_server_lost_mid_upload_reports_the_first_error_and_what_is_left(staged_files, fault):
+def test_fault_server_lost_mid_upload_reports_the_first_error_and_what_is_left(staged_files, fault):
     from _storage import MARKER_NAME, TransferError
 
     with _own_server() as (client, servers):
@@ -517,9 +517,9 @@ def test_server_lost_mid_upload_reports_the_first_error_and_what_is_left(staged_
     assert elapsed < EXIT_BOUND_SECONDS
     assert "\n" not in message
     # The first error is the upload's; the cleanup's failure only adds where things may be.
-    assert message.startswith(
-        "gs://fault-bkt/p/run-1/iterator.data-00000-of-00001: upload of "
-    ), message
+    assert message.startswith("gs://fault-bkt/p/run-1/iterator.data-00000-of-00001: upload of "), (
+        message
+    )
     assert f"no {MARKER_NAME} marker was written; gs://fault-bkt/p/run-1/ may still hold" in message
     assert "remove it with `gcloud storage rm -r gs://fault-bkt/p/run-1/`" in message
     if remaining is not None:  # the frozen server came back: the user's object is untouched
@@ -527,7 +527,7 @@ def test_server_lost_mid_upload_reports_the_first_error_and_what_is_left(staged_
         assert f"p/run-1/{MARKER_NAME}" not in remaining  # a partial run never looks whole
 
 
-def test_interrupt_during_a_frozen_upload_is_bounded(staged_files):
+def test_fault_interrupt_during_a_frozen_upload_is_bounded(staged_files):
     import _cleanup
     from _signals import Interrupted, interrupts_raise
 
@@ -547,7 +547,7 @@ def test_interrupt_during_a_frozen_upload_is_bounded(staged_files):
     _cleanup.reset()
 
 
-def test_cleanup_against_a_dead_server_is_bounded_and_quiet(staged_files):
+def test_fault_cleanup_against_a_dead_server_is_bounded_and_quiet(staged_files):
     import _cleanup
     from _storage import GcsDestination, GcsLocation
 
@@ -568,16 +568,16 @@ def test_cleanup_against_a_dead_server_is_bounded_and_quiet(staged_files):
         ephemeral = GcsDestination(client, GcsLocation("dead-bkt", ""), ephemeral=True)
         ephemeral.remove("run-2")  # the embedded server's objects went with it
     assert first < EXIT_BOUND_SECONDS and second < first + 1
-    assert _cleanup.left_behind() == [
-        _cleanup.left_behind()[0]
-    ] and _cleanup.left_behind()[0].startswith("gs://dead-bkt/run-1/ may still hold")
+    assert _cleanup.left_behind() == [_cleanup.left_behind()[0]] and _cleanup.left_behind()[
+        0
+    ].startswith("gs://dead-bkt/run-1/ may still hold")
     _cleanup.reset()
 
 
 # --- local folder destination: full disk, or the staging folder itself -------------------
 
 
-def test_full_local_destination_is_one_line_and_keeps_the_source(small_disk, tmp_path):
+def test_fault_full_local_destination_is_one_line_and_keeps_the_source(small_disk, tmp_path):
     from _storage import LocalDestination, TransferError
 
     source = tmp_path / "staged"
@@ -596,7 +596,7 @@ def test_full_local_destination_is_one_line_and_keeps_the_source(small_disk, tmp
     assert {p.name: p.read_bytes() for p in source.iterdir()} == before
 
 
-def test_destination_that_is_the_staging_folder_never_loses_the_checkpoint(tmp_path):
+def test_fault_destination_that_is_the_staging_folder_never_loses_the_checkpoint(tmp_path):
     from _storage import LocalDestination, TransferError
 
     staged = tmp_path / RUN  # LOCAL_STAGING_DIR/<run prefix>, where the checkpoint was saved
@@ -754,7 +754,7 @@ def test_signal_at_each_phase_cleans_up_and_exits_128_plus_n(
 
 
 @pytest.mark.slow
-def test_sigkill_of_the_script_takes_the_restore_process_with_it(tmp_path):
+def test_fault_sigkill_of_the_script_takes_the_restore_process_with_it(tmp_path):
     scratch, dest = tmp_path / "tmp", tmp_path / "dest"
     scratch.mkdir()
     dest.mkdir()
@@ -765,3 +765,23 @@ def test_sigkill_of_the_script_takes_the_restore_process_with_it(tmp_path):
     run.send(signal.SIGKILL)
     run.finish()
     assert restore and _gone(restore) == []  # no handler runs on SIGKILL: the kernel did it
+
+
+@pytest.mark.slow
+def test_fault_staging_folder_as_destination_keeps_the_staged_checkpoint(tmp_path):
+    """GCS_TEST_BUCKET=LOCAL_STAGING_DIR was a traceback, then the staged copy was deleted."""
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    (staging / "keep.txt").write_text("the user's file")
+    result = run_script(
+        "test_dataloader_checkpoint_local_staging.py", "--config-name", "small",
+        env=script_env(LOCAL_STAGING_DIR=str(staging), GCS_TEST_BUCKET=str(staging)),
+    )  # fmt: skip
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+    failure = [line for line in result.stdout.splitlines() if line.startswith("✗ ")]
+    assert len(failure) == 1 and "is the folder the checkpoint was saved in" in failure[0]
+    staged = [p for p in staging.iterdir() if p.name.startswith("dlckpt-local-staging-")]
+    assert len(staged) == 1 and (staged[0] / "iterator.index").is_file()
+    assert f"Staged copy kept in {staged[0]}" in result.stdout
+    assert (staging / "keep.txt").read_text() == "the user's file"

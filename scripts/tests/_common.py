@@ -68,7 +68,7 @@ def run_main(body: Callable[[], int]) -> int:
     import _cleanup
 
     _cleanup.reset()
-    with interrupts_raise():
+    with interrupts_raise():  # the last lines too: a second signal must not cut them off
         try:
             code, line = body(), ""
         except UsageError as error:
@@ -91,12 +91,14 @@ def run_main(body: Callable[[], int]) -> int:
                 print(f"✗ {problem}", file=sys.stderr)
             raise
         problem = write_exit_report(code, line.removeprefix("✗ "))
-    if line:
-        print(line, file=sys.stderr)
-    if problem:
-        print(f"✗ {problem}", file=sys.stderr)
-        return code or EXIT_USAGE
-    return code
+        if line:
+            print(line, file=sys.stderr)
+        elif _cleanup.left_behind():  # a pass or a failed check whose cleanup fell short
+            print(f"⚠ {_cleanup.summary().removeprefix('; ')}", file=sys.stderr)
+        if problem:
+            print(f"✗ {problem}", file=sys.stderr)
+            return code or EXIT_USAGE
+        return code
 
 
 # --- measured estimate, locations and preflight (issue 3) ---------------------------------

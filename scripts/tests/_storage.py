@@ -422,6 +422,7 @@ class GcsDestination:
         self.request_timeout = request_timeout
         self.retry_deadline = retry_deadline
         self._unanswered: str | None = None  # why the endpoint failed a cleanup call
+        self._told: set[str] = set()  # what-is-left texts already given in a TransferError
 
     def _retry(self) -> Any:
         from google.cloud.storage.retry import DEFAULT_RETRY
@@ -505,6 +506,7 @@ class GcsDestination:
                 f"no {MARKER_NAME} marker was written"
             )  # fmt: skip
             left = self._discard(run_prefix)
+            self._told.add(left)  # said in this error: a later remove() need not repeat it
             raise TransferError(first + (f"; {left}" if left else "")) from None
         except BaseException:  # an interrupt: remove what it wrote, then let it propagate
             left = self._discard(run_prefix)
@@ -682,7 +684,7 @@ class GcsDestination:
         it could not delete is noted for the run's last line (see _cleanup).
         """
         left = self._discard(run_prefix)
-        if left:
+        if left and left not in self._told:
             note_left_behind(left)
 
     def _discard(self, run_prefix: str) -> str:
