@@ -250,7 +250,9 @@ def test_bad_input_builder_that_raises_is_one_line_with_its_type(
     cfg = OmegaConf.create({"_target_": f"{name}.build", "shuffle_buffer_size": 8})
     with pytest.raises(UsageError) as caught:
         instantiate_dataset(cfg)
-    assert str(caught.value).startswith(f"dataloader: {name}.build raised {exception}: {message}")
+    assert str(caught.value).startswith(
+        f"dataloader: {name}.build raised {exception} while building the dataset: {message}"
+    )
 
 
 # --- --report: writable up front, written on every exit --------------------------------
@@ -303,7 +305,7 @@ def test_bad_input_unwritable_report_stops_the_script_before_it_runs(tmp_path):
     assert result.stdout == ""
 
 
-def test_a_crash_still_writes_the_report_and_keeps_its_traceback(tmp_path, monkeypatch):
+def test_an_unexpected_error_still_writes_the_report(tmp_path):
     import _report
     from _common import run_main
 
@@ -313,12 +315,11 @@ def test_a_crash_still_writes_the_report_and_keeps_its_traceback(tmp_path, monke
         _report.start_report(report, script="probe")
         raise RuntimeError("a bug")
 
-    monkeypatch.setattr(_report._ReportState, "path", None)
-    with pytest.raises(RuntimeError, match="a bug"):
-        run_main(body)
+    assert run_main(body, argv=[], report={"config_name": "small"}) == 4
     data = json.loads(report.read_text())
-    assert data == {"script": "probe", "passed": False, "exit_code": 1,
-                    "error": "crash: RuntimeError: a bug"}  # fmt: skip
+    assert (data["script"], data["config_name"]) == ("probe", "small")
+    assert (data["passed"], data["exit_code"]) == (False, 4)
+    assert data["error"].startswith("ERROR: the run stopped before a verdict: RuntimeError: a bug")
 
 
 # --- messages that used to mislead -------------------------------------------------------

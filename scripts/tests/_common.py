@@ -11,17 +11,27 @@ from __future__ import annotations
 
 import argparse
 import sys
+import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from _config import load_config
 from _errors import PreflightRefusal, UsageError
-from _report import format_bytes, format_gb, start_report, write_exit_report, write_report
+from _report import (
+    format_bytes,
+    format_gb,
+    reset_report,
+    start_report,
+    write_exit_report,
+    write_report,
+)
 from _signals import exit_code, interrupts_raise, signal_name
 from omegaconf import DictConfig
 
 EXIT_PASSED, EXIT_FAILED, EXIT_USAGE, EXIT_PREFLIGHT, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+# Something unexpected stopped the run before it reached a verdict (not a failed check).
+EXIT_ERROR = 4
 
 
 class _Parser(argparse.ArgumentParser):
@@ -43,6 +53,9 @@ def common_parser(prog: str, description: str) -> argparse.ArgumentParser:
     parser.add_argument(
         "--keep", action="store_true", help="keep the run's checkpoint after a pass"
     )
+    parser.add_argument(
+        "--debug", action="store_true", help="show the traceback of an unexpected error"
+    )
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="Hydra overrides")
     return parser
 
@@ -58,16 +71,35 @@ def load_from_args(args: argparse.Namespace) -> DictConfig:
     return load_config(args.config_name, args.overrides, args.config_dir)
 
 
-def run_main(body: Callable[[], int]) -> int:
-    """Run a script body, turning the project's exceptions into its exit codes and one line.
+def _report_path(argv: Sequence[str] | None) -> Path | None:
+    """--report's value from the raw arguments (the parser may be what failed)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    for index, arg in enumerate(args):
+        if arg == "--report" and index + 1 < len(args):
+            return Path(args[index + 1])
+        if arg.startswith("--report="):
+            return Path(arg.split("=", 1)[1])
+    return None
 
-    SIGINT, SIGTERM and SIGHUP end the body as an interrupt (see _signals): its cleanup
-    runs, and the exit code is 130, 143 or 129. Whatever the exit, a --report path gets a
-    report (see _report.write_exit_report); an unexpected crash keeps its traceback.
+
+def run_main(
+    body: Callable[[], int],
+    argv: Sequence[str] | None = None,
+    report: dict[str, Any] | None = None,
+) -> int:
+    """Run a script body, turning every exception into an exit code, one line and the report.
+
+    `report` is the dict the body fills as it goes; unless the body wrote the report
+    itself, it is written to --report with `exit_code` (and `error`) on every exit.
+    Exit codes: 2 bad input, 3 preflight refused, 4 an unexpected error (--debug prints
+    its traceback), 130 / 143 / 129 interrupted by SIGINT / SIGTERM / SIGHUP (see
+    _signals: the same cleanup runs for each). What a cleanup could not remove is named.
     """
     import _cleanup
 
+    report = report if report is not None else {}
     _cleanup.reset()
+    reset_report()
     with interrupts_raise():  # the last lines too: a second signal must not cut them off
         try:
             code, line = body(), ""
@@ -76,21 +108,19 @@ def run_main(body: Callable[[], int]) -> int:
         except PreflightRefusal as error:
             code, line = EXIT_PREFLIGHT, f"✗ PREFLIGHT REFUSED: {error}"
         except KeyboardInterrupt as interrupt:
-            code = exit_code(interrupt)
-            left = _cleanup.summary()
-            line = f"✗ interrupted by {signal_name(interrupt)}; " + (
-                f"could not remove all the run's own files{left}"
-                if left
-                else "the run's own files were removed"
-            )
+            code, line = exit_code(interrupt), _interrupted_line(interrupt)
         except Exception as error:
-            problem = write_exit_report(
-                EXIT_FAILED, f"crash: {type(error).__name__}: {' '.join(str(error).split())}"
+            if "--debug" in (sys.argv[1:] if argv is None else argv):
+                traceback.print_exc()
+            detail = " ".join(str(error).split())[:300]
+            code = EXIT_ERROR
+            line = (
+                f"✗ ERROR: the run stopped before a verdict: {type(error).__name__}: {detail} "
+                "(not a checkpoint failure; --debug shows the traceback)"
             )
-            if problem:
-                print(f"✗ {problem}", file=sys.stderr)
-            raise
-        problem = write_exit_report(code, line.removeprefix("✗ "))
+        problem = write_exit_report(
+            code, line.removeprefix("✗ "), report, fallback=_report_path(argv)
+        )
         if line:
             print(line, file=sys.stderr)
         elif _cleanup.left_behind():  # a pass or a failed check whose cleanup fell short
@@ -99,6 +129,17 @@ def run_main(body: Callable[[], int]) -> int:
             print(f"✗ {problem}", file=sys.stderr)
             return code or EXIT_USAGE
         return code
+
+
+def _interrupted_line(interrupt: KeyboardInterrupt) -> str:
+    import _cleanup
+
+    left = _cleanup.summary()
+    return f"✗ interrupted by {signal_name(interrupt)}; " + (
+        f"could not remove all the run's own files{left}"
+        if left
+        else "the run's own files were removed"
+    )
 
 
 # --- measured estimate, locations and preflight (issue 3) ---------------------------------
@@ -130,6 +171,7 @@ def estimate_and_preflight(
     scratch_root: Path | None = None,
     report: dict[str, Any] | None = None,
     say: Callable[[str], None] = print,
+    tested_line: str | None = None,
 ) -> Any:
     """Estimate the checkpoint (measured, cached or formula), show where its bytes go, refuse.
 
@@ -138,7 +180,8 @@ def estimate_and_preflight(
 
     `scenario` is "small_buffer", "local_staging" or "full" (see _locations.scenario_locations);
     `tested_buffer` is the buffer the run will fill (default: the configured one);
-    `locations(estimate) -> [Location]` replaces the scenario's default rows.
+    `locations(estimate) -> [Location]` replaces the scenario's default rows;
+    `tested_line` (how the tested buffer was chosen) is printed after the first headline.
     Prints the headline lines, the locations table and the --fit-budget answer; raises
     PreflightRefusal (exit 3) naming the path unless --force. Returns an EstimateResult
     whose `.locations` and `.fit_budget` hold the report's `locations` and `fit_budget`.
@@ -152,11 +195,9 @@ def estimate_and_preflight(
         budget = _locations.parse_size(fit_budget)
     result = estimate(cfg, tested_buffer=tested_buffer, scratch_root=scratch_root, say=say)
     say(f"ORIGINAL CONFIG CHECKPOINT SIZE ESTIMATE: {result.headline('original')}")
+    if tested_line:
+        say(tested_line)
     if result.tested_buffer != result.original_buffer:
-        say(
-            f"Reducing dataloader.shuffle_buffer_size {result.original_buffer:,} → "
-            f"{result.tested_buffer:,} for the test"
-        )
         say(f"NEW CONFIG CHECKPOINT SIZE ESTIMATE: {result.headline('tested')}")
     if result.calibration is not None:
         cal = result.calibration

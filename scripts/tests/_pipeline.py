@@ -166,11 +166,10 @@ def instantiate_dataset(dataloader_cfg: Any) -> Any:
                 f"dataloader: {target} does not accept these settings "
                 f"(expected its keyword arguments): {' '.join(str(cause).split())[:300]}"
             ) from None
-        # The builder itself refused its settings (e.g. a ValueError on batch_size=0):
-        # the user's input, so one line with the builder's own words.
+        # The builder itself raised: the user's code, so bad input rather than our failure.
         raise UsageError(
-            f"dataloader: {target} raised {type(cause).__name__}: "
-            f"{' '.join(str(cause).split())[:300]} (check the dataloader settings)"
+            f"dataloader: {target} raised {type(cause).__name__} while building the dataset: "
+            f"{' '.join(str(cause).split())[:300]}"
         ) from None
     if not isinstance(dataset, tf.data.Dataset):
         raise UsageError(

@@ -106,22 +106,35 @@ def write_report(path: Path | None, report: dict[str, Any]) -> None:
         _ReportState.written = True
 
 
-def write_exit_report(exit_code: int, error: str) -> str:
-    """On an exit that wrote no report (bad input, interrupt, crash): write a minimal one.
+def write_exit_report(
+    exit_code: int, error: str, report: dict[str, Any] | None = None, *, fallback: Path | None
+) -> str:
+    """On an exit whose report the run did not write itself: `report` + exit_code + error.
 
-    Returns '' or the one line to print when even that could not be written.
+    The path is the one start_report checked; before that (the parser failed) `fallback`,
+    when it passes check_report_path. Returns '' or the one line to print when the
+    report could not be written.
     """
     path = _ReportState.path
+    if path is None and fallback is not None:
+        try:
+            check_report_path(fallback)
+        except UsageError:
+            return ""  # the report path itself is the bad input; the one line says so
+        path = fallback
     if path is None or _ReportState.written:
         return ""
-    report = {
-        "script": _ReportState.script,
-        "passed": exit_code == 0,
-        "exit_code": exit_code,
-        "error": error,
-    }
+    data = {"script": _ReportState.script, **(report or {})}
+    data.update({"passed": exit_code == 0, "exit_code": exit_code})
+    if error:
+        data["error"] = error
     try:
-        write_report(path, report)
+        write_report(path, data)
     except UsageError as failure:
         return str(failure)
     return ""
+
+
+def reset_report() -> None:
+    """Forget the previous run's --report (a new run in the same process)."""
+    _ReportState.path, _ReportState.script, _ReportState.written = None, "", False
