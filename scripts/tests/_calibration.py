@@ -24,7 +24,6 @@ under a stall limit (estimate.calibration_timeout_seconds).
 from __future__ import annotations
 
 import itertools
-import itertools
 import math
 import shutil
 import statistics

@@ -18,7 +18,14 @@ from typing import Any
 
 from _config import load_config
 from _errors import PreflightRefusal, UsageError
-from _report import check_report_path, format_gb, write_report
+from _report import (
+    format_gb,
+    reset_report,
+    start_report,
+    write_exit_report,
+    write_report,
+)
+from _signals import exit_code, interrupts_raise, signal_name
 from omegaconf import DictConfig
 
 EXIT_PASSED, EXIT_FAILED, EXIT_USAGE, EXIT_PREFLIGHT, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
@@ -53,8 +60,9 @@ def common_parser(prog: str, description: str) -> argparse.ArgumentParser:
 
 
 def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """Parse the command line; check --report is writable and clear a stale report there."""
     args = parser.parse_intermixed_args(list(sys.argv[1:] if argv is None else argv))
-    check_report_path(args.report)
+    start_report(args.report, script=parser.prog)
     return args
 
 
@@ -73,17 +81,6 @@ def _report_path(argv: Sequence[str] | None) -> Path | None:
     return None
 
 
-def _write_exit_report(
-    argv: Sequence[str] | None, report: dict[str, Any], code: int, error: str
-) -> None:
-    path = _report_path(argv)
-    try:
-        check_report_path(path)
-        write_report(path, {**report, "passed": False, "exit_code": code, "error": error})
-    except (UsageError, OSError):
-        pass  # the report path itself is the bad input; the one line already says so
-
-
 def run_main(
     body: Callable[[], int],
     argv: Sequence[str] | None = None,
@@ -91,32 +88,57 @@ def run_main(
 ) -> int:
     """Run a script body, turning every exception into an exit code, one line and the report.
 
-    `report` is the dict the body fills as it goes; on an exception it is written to
-    --report with `exit_code` and `error`. Exit codes: 2 bad input, 3 preflight refused,
-    4 an unexpected error (--debug prints its traceback), 130 interrupted.
+    `report` is the dict the body fills as it goes; unless the body wrote the report
+    itself, it is written to --report with `exit_code` (and `error`) on every exit.
+    Exit codes: 2 bad input, 3 preflight refused, 4 an unexpected error (--debug prints
+    its traceback), 130 / 143 / 129 interrupted by SIGINT / SIGTERM / SIGHUP (see
+    _signals: the same cleanup runs for each). What a cleanup could not remove is named.
     """
+    import _cleanup
+
     report = report if report is not None else {}
-    try:
-        return body()
-    except UsageError as error:
-        code, line = EXIT_USAGE, f"✗ {error}"
-    except PreflightRefusal as error:
-        code, line = EXIT_PREFLIGHT, f"✗ PREFLIGHT REFUSED: {error}"
-    except KeyboardInterrupt:
-        code, line = EXIT_INTERRUPTED, "✗ interrupted; the run's own files were removed"
-    except Exception as error:
-        if "--debug" in (sys.argv[1:] if argv is None else argv):
-            traceback.print_exc()
-        detail = " ".join(str(error).split())[:300]
-        code = EXIT_ERROR
-        line = (
-            f"✗ ERROR: the run stopped before a verdict: {type(error).__name__}: {detail} "
-            "(not a checkpoint failure; --debug shows the traceback)"
+    _cleanup.reset()
+    reset_report()
+    with interrupts_raise():  # the last lines too: a second signal must not cut them off
+        try:
+            code, line = body(), ""
+        except UsageError as error:
+            code, line = EXIT_USAGE, f"✗ {error}"
+        except PreflightRefusal as error:
+            code, line = EXIT_PREFLIGHT, f"✗ PREFLIGHT REFUSED: {error}"
+        except KeyboardInterrupt as interrupt:
+            code, line = exit_code(interrupt), _interrupted_line(interrupt)
+        except Exception as error:
+            if "--debug" in (sys.argv[1:] if argv is None else argv):
+                traceback.print_exc()
+            detail = " ".join(str(error).split())[:300]
+            code = EXIT_ERROR
+            line = (
+                f"✗ ERROR: the run stopped before a verdict: {type(error).__name__}: {detail} "
+                "(not a checkpoint failure; --debug shows the traceback)"
+            )
+        problem = write_exit_report(
+            code, line.removeprefix("✗ "), report, fallback=_report_path(argv)
         )
-    print(line, file=sys.stderr)
-    if code != EXIT_PREFLIGHT:  # a refusal writes its own, fuller report
-        _write_exit_report(argv, report, code, line.removeprefix("✗ "))
-    return code
+        if line:
+            print(line, file=sys.stderr)
+        elif _cleanup.left_behind():  # a pass or a failed check whose cleanup fell short
+            print(f"⚠ {_cleanup.summary().removeprefix('; ')}", file=sys.stderr)
+        if problem:
+            print(f"✗ {problem}", file=sys.stderr)
+            return code or EXIT_USAGE
+        return code
+
+
+def _interrupted_line(interrupt: KeyboardInterrupt) -> str:
+    import _cleanup
+
+    left = _cleanup.summary()
+    return f"✗ interrupted by {signal_name(interrupt)}; " + (
+        f"could not remove all the run's own files{left}"
+        if left
+        else "the run's own files were removed"
+    )
 
 
 # --- measured estimate, locations and preflight (issue 3) ---------------------------------

@@ -13,12 +13,15 @@ import re
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from _errors import PreflightRefusal, UsageError
-from _estimate import EstimateResult
 from _report import format_bytes
+
+if TYPE_CHECKING:  # at run time nothing here needs NumPy: check_disk_space.sh imports it
+    from _estimate import EstimateResult
 
 RAM = "RAM"
 SCENARIOS = ("small_buffer", "local_staging", "full")
@@ -32,17 +35,31 @@ _UNITS = {
 
 
 def parse_size(text: str, name: str = "--fit-budget") -> int:
-    """`15GB`, `15 GB`, `1.5TB`, `500MiB` or a byte count -> bytes (GB = 10^9, as disks bill)."""
-    match = re.fullmatch(r"\s*([0-9][0-9_,]*(?:\.[0-9]+)?)\s*([A-Za-z]*)\s*", str(text))
+    """`15GB`, `15 GB`, `1.5TB`, `500MiB` or a byte count -> bytes (GB = 10^9, as disks bill).
+
+    A comma is refused, not guessed: `1,5GB` is 1.5 GB in much of Europe and would read
+    as 15 GB here. UsageError (one line) for anything else that is not a size above zero.
+    """
+    if "," in str(text):
+        raise UsageError(
+            f"{name} {text!r}: commas are ambiguous (1,5GB: 1.5 or 15?); "
+            "write 1.5GB, 15GB or a byte count"
+        )
+    match = re.fullmatch(r"\s*([0-9][0-9_]*(?:\.[0-9]+)?)\s*([A-Za-z]*)\s*", str(text))
     unit = match.group(2).lower() if match else ""
     if not match or unit not in _UNITS:
         raise UsageError(
             f"{name} {text!r}: expected a size such as 15GB, 500MB, 1.5TB or a byte count"
         )
-    value = float(match.group(1).replace("_", "").replace(",", "")) * _UNITS[unit]
+    number = match.group(1).replace("_", "")
+    # Exact for integers of any size; a decimal is scaled in Decimal, not float, so a
+    # huge size never rounds or overflows.
+    whole, _, fraction = number.partition(".")
+    scale = _UNITS[unit]
+    value = int(whole) * scale + int(Decimal(f"0.{fraction or 0}") * scale)
     if value < 1:
         raise UsageError(f"{name} {text!r}: expected a size above zero, e.g. 15GB")
-    return int(value)
+    return value
 
 
 def tf_temp_dir(environ: dict[str, str] | None = None) -> tuple[str, str, str | None]:
