@@ -7,7 +7,6 @@ estimate of the `small` config, measured once per session and cached.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import json
 import os
@@ -19,36 +18,18 @@ from pathlib import Path
 
 import pytest
 from _report import format_bytes
-from conftest import ROOT, run_script, script_env
+from conftest import ROOT, SMALL_CHEAP, run_script, script_env, tmpfs_mount
 
 sys.path.insert(0, str(ROOT / "scripts"))  # `from diagnose import main` for in-process runs
 SCRIPT = "./diagnose.py"  # run_script: a "/" means relative to scripts/
-# A cheap calibration: two buffers, one offset (the estimate is still measured, not a formula).
-SMALL = [
-    "--config-name", "small",
-    "estimate.calibration_buffer_sizes=[8,32]", "estimate.calibration_offsets=[0]",
-]  # fmt: skip
+SMALL = ["--config-name", "small", *SMALL_CHEAP]
 NO_TEMP_VARIABLES = ["TEST_TMPDIR=", "TMPDIR=", "TMP="]
 
 
-@pytest.fixture(scope="session")
-def estimate_cache(tmp_path_factory: pytest.TempPathFactory):
-    """(XDG_CACHE_HOME with the `small` estimate, the estimate): measured once per session."""
-    from _config import load_config
-    from _estimate import estimate
-
-    cache = tmp_path_factory.mktemp("cache")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("XDG_CACHE_HOME", str(cache))
-        result = estimate(load_config("small", SMALL[2:]), say=lambda _: None)
-    assert result.calibration is not None
-    return cache, result
-
-
 @pytest.fixture
-def cached(estimate_cache, monkeypatch: pytest.MonkeyPatch):
+def cached(small_estimate_cache, monkeypatch: pytest.MonkeyPatch):
     """The session's estimate, with its cache in effect for in-process runs."""
-    cache, result = estimate_cache
+    cache, result = small_estimate_cache
     monkeypatch.setenv("XDG_CACHE_HOME", str(cache))
     return result
 
@@ -59,25 +40,10 @@ def _buffer_needing(result, at_most: int) -> int:
     return buffer
 
 
-@contextlib.contextmanager
-def _tmpfs(folder: Path, options: str) -> Iterator[Path]:
-    folder.mkdir(parents=True, exist_ok=True)
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)],
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs ({options}): {mounted.stderr.strip()}")
-    try:
-        yield folder
-    finally:
-        subprocess.run(["umount", "-l", str(folder)], check=False)
-
-
 @pytest.fixture
 def tmpfs_4m(tmp_path: Path) -> Iterator[Path]:
     """A real 4 MiB tmpfs."""
-    with _tmpfs(tmp_path / "small-tmpfs", "size=4m") as folder:
+    with tmpfs_mount(tmp_path / "small-tmpfs", "size=4m") as folder:
         yield folder
 
 
@@ -98,9 +64,9 @@ def _most_likely(lines: list[str]) -> str:
     return lines[-1]
 
 
-def test_a_pipeline_that_fits_everywhere_is_not_explained(estimate_cache, tmp_path):
+def test_a_pipeline_that_fits_everywhere_is_not_explained(small_estimate_cache, tmp_path):
     """A real process whose TMPDIR has room: exit 0, 'nothing here explains it', next steps."""
-    cache, result = estimate_cache
+    cache, result = small_estimate_cache
     big = tmp_path / "big"
     big.mkdir()
     env = script_env(XDG_CACHE_HOME=str(cache), TMPDIR=str(big))
@@ -152,7 +118,7 @@ def test_test_tmpdir_over_a_big_tmpdir_from_the_jobs_env_file(cached, tmpfs_4m, 
     assert "unset TEST_TMPDIR" in "\n".join(lines)
 
 
-def test_leftover_staging_files_filling_a_small_tmpfs(cached, tmpfs_4m, capsys):
+def test_leftover_staging_files_filling_a_smalltmpfs_mount(cached, tmpfs_4m, capsys):
     leftovers = [tmpfs_4m / f"tmp_file_tensorflow_{i}_1764460000" for i in (1, 2, 3)]
     for path in leftovers:
         path.write_bytes(os.urandom(1_000_000))  # 3 MB of killed saves' staging files
@@ -196,8 +162,8 @@ def test_eight_processes_per_host_against_a_folder_that_holds_one(cached, tmpfs_
     assert code == 0 and "nothing here explains it" in lines[-1]
 
 
-def test_an_inode_exhausted_tmpfs(cached, tmp_path, capsys):
-    with _tmpfs(tmp_path / "no-inodes", "size=4m,nr_inodes=16") as folder:
+def test_an_inode_exhaustedtmpfs_mount(cached, tmp_path, capsys):
+    with tmpfs_mount(tmp_path / "no-inodes", "size=4m,nr_inodes=16") as folder:
         for index in range(64):
             try:
                 (folder / f"f{index}").touch()
@@ -213,9 +179,9 @@ def test_an_inode_exhausted_tmpfs(cached, tmp_path, capsys):
     assert line.startswith(f"MOST LIKELY CAUSE: TMPDIR={folder} (tmpfs) has 0 free inodes of 16")
 
 
-def test_a_file_size_limit_in_the_process(estimate_cache, tmp_path):
+def test_a_file_size_limit_in_the_process(small_estimate_cache, tmp_path):
     """A real `ulimit -f` (RLIMIT_FSIZE) in the diagnosing process, below the checkpoint."""
-    cache, result = estimate_cache
+    cache, result = small_estimate_cache
     limit = 1_000_000
     assert result.bytes_for(1000) > limit
     env = script_env(XDG_CACHE_HOME=str(cache), TMPDIR=str(tmp_path))
