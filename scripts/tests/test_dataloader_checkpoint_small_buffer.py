@@ -81,7 +81,12 @@ def _run(parser: Any, argv: Sequence[str] | None) -> int:
             run_prefix=new_run_prefix("small-buffer"),
             keep=args.keep,
         )
-    return finish(args, report, outcome, closing_lines=(strategies_pointer_line(),))
+    return finish(
+        args,
+        report,
+        outcome,
+        closing_lines=(strategies_pointer_line(pipeline=str(cfg.dataloader._target_)),),
+    )
 
 
 if __name__ == "__main__":
