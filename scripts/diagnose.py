@@ -26,14 +26,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent / "tests"))
 
 from _common import EXIT_FAILED, EXIT_PASSED, common_parser, parse_args, run_main
 from _config import PROJECT_ROOT, load_config, shuffle_buffer_size
-from _diagnose import (
-    Job,
+from _diagnose import Job, diagnose, findings_table, most_likely_line, next_steps
+from _diagnose_env import (
+    TEMP_VARIABLES,
     detect_processes,
-    diagnose,
-    findings_table,
     job_environment,
-    most_likely_line,
-    next_steps,
     split_env_assignments,
 )
 from _errors import UsageError
@@ -62,7 +59,7 @@ def _run(parser: Any, argv: Sequence[str] | None) -> int:
     env, env_source = job_environment(args.env_file, assignments, os.environ)
     cfg = load_config(args.config_name, args.overrides, args.config_dir)
     print(f"Config: {args.config_name} · dataloader: {cfg.dataloader._target_}")
-    shown = ", ".join(f"{k}={env[k]}" if env.get(k) else f"{k} unset" for k in _TEMP_NAMES)
+    shown = ", ".join(f"{k}={env[k]}" if env.get(k) else f"{k} unset" for k in TEMP_VARIABLES)
     print(f"Job environment ({env_source}): {shown}")
     job = _job(cfg, args, env, env_source)
     print(f"Processes per host saving at once: {job.processes} ({job.processes_source})")
@@ -86,9 +83,6 @@ def _run(parser: Any, argv: Sequence[str] | None) -> int:
     )  # fmt: skip
     print(line)
     return exit_code
-
-
-_TEMP_NAMES = ("TEST_TMPDIR", "TMPDIR", "TMP")
 
 
 def _job(cfg: Any, args: Any, env: dict[str, str], env_source: str) -> Job:
@@ -128,7 +122,7 @@ def _job(cfg: Any, args: Any, env: dict[str, str], env_source: str) -> Job:
     checkpoint_source = f"{how}, buffer {buffer:,}"
     return Job(
         env, env_source, result.original_bytes, checkpoint_source, processes, source, detected,
-        result.largest_buffer_within,
+        result.largest_buffer_within, result.bytes_for,
     )  # fmt: skip
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import resource
 import subprocess
 import sys
@@ -98,7 +99,14 @@ def test_a_small_tmpfs_as_tmpdir(cached, tmpfs_4m, capsys):
     line = _most_likely(lines)
     assert line.startswith(f"MOST LIKELY CAUSE: TMPDIR={tmpfs_4m} (a 4.2 MB tmpfs")
     assert line.endswith(f"the checkpoint needs {format_bytes(need)} there")
-    assert "export TMPDIR=" in "\n".join(lines)  # a folder with room is proposed
+    # The fixes: a folder with room, and a buffer whose measured checkpoint fits this one.
+    fix = report["findings"][0]["fix"]
+    assert "export TMPDIR=" in fix
+    found = re.search(r"dataloader\.shuffle_buffer_size=(\d+) \(a (.+?) checkpoint, fits ", fix)
+    assert found, fix
+    smaller = int(found.group(1))
+    assert found.group(2) == format_bytes(cached.bytes_for(smaller))
+    assert cached.bytes_for(smaller) <= report["temp_folder"]["free_bytes"]
 
 
 def test_test_tmpdir_over_a_big_tmpdir_from_the_jobs_env_file(cached, tmpfs_4m, tmp_path, capsys):
@@ -223,7 +231,7 @@ def test_bad_input_exits_2_with_one_line(args, message, tmp_path):
 
 
 def test_env_file_formats(tmp_path):
-    from _diagnose import job_environment, parse_env_file
+    from _diagnose_env import job_environment, parse_env_file
     from _errors import UsageError
 
     shell = tmp_path / "job.env"
