@@ -85,21 +85,26 @@ def _run(parser: Any, argv: Sequence[str] | None) -> int:
     return exit_code
 
 
+def _processes(cfg: Any, env: dict[str, str]) -> tuple[int, str, bool]:
+    """(processes per host, where the figure comes from, whether it was only detected)."""
+    configured = cfg.estimate.get("processes_per_host")
+    if configured is None:
+        processes, found = detect_processes(env)
+        source = f"detected: {found}"
+        if processes == 1:
+            source += "; set estimate.processes_per_host=N if N processes save"
+        return processes, source, processes > 1
+    if isinstance(configured, bool) or not isinstance(configured, int) or configured < 1:
+        raise UsageError(
+            f"estimate.processes_per_host={configured!r}: expected an integer >= 1 "
+            "(the processes on one host that each save an iterator)"
+        )
+    return configured, "estimate.processes_per_host", False
+
+
 def _job(cfg: Any, args: Any, env: dict[str, str], env_source: str) -> Job:
     """The checkpoint per process (measured, or --checkpoint-size) and the processes per host."""
-    configured = cfg.estimate.get("processes_per_host")
-    if configured is not None:
-        if isinstance(configured, bool) or not isinstance(configured, int) or configured < 1:
-            raise UsageError(
-                f"estimate.processes_per_host={configured!r}: expected an integer >= 1 "
-                "(the processes on one host that each save an iterator)"
-            )
-        processes, source, detected = configured, "estimate.processes_per_host", False
-    else:
-        processes, found = detect_processes(env)
-        source, detected = f"detected: {found}", processes > 1
-        if not detected:
-            source += "; set estimate.processes_per_host=N if N processes save"
+    processes, source, detected = _processes(cfg, env)
     buffer = shuffle_buffer_size(cfg)
     if args.checkpoint_size is not None:
         size = parse_size(args.checkpoint_size, "--checkpoint-size")

@@ -212,6 +212,21 @@ def test_a_file_size_limit_in_the_process(small_estimate_cache, tmp_path):
     )
 
 
+def test_a_given_checkpoint_size_skips_the_measurement(tmpfs_4m, capsys, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmpfs_4m.parent / "no-cache"))
+    code, lines, report = _diagnose(
+        capsys, "--checkpoint-size", "91MB", *NO_TEMP_VARIABLES, f"TEST_TMPDIR={tmpfs_4m}"
+    )
+    assert code == 1
+    assert report["checkpoint_bytes"] == 91_000_000
+    assert report["checkpoint_source"] == "--checkpoint-size"
+    assert not any("Measuring the checkpoint size" in line for line in lines)
+    assert _most_likely(lines) == (
+        f"MOST LIKELY CAUSE: TEST_TMPDIR={tmpfs_4m} (a 4.2 MB tmpfs, 4.2 MB free) is too small; "
+        "the checkpoint needs 91.0 MB there"
+    )
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
