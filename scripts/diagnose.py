@@ -50,11 +50,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--checkpoint-size", metavar="SIZE",
         help="use this checkpoint size per process (e.g. 91MB) instead of measuring the config",
     )  # fmt: skip
-    return run_main(lambda: _run(parser, argv))
+    report: dict[str, Any] = {"script": "diagnose"}
+    return run_main(lambda: _run(parser, argv, report), argv, report)
 
 
-def _run(parser: Any, argv: Sequence[str] | None) -> int:
+def _run(parser: Any, argv: Sequence[str] | None, report: dict[str, Any]) -> int:
     args = parse_args(parser, argv)
+    report["config_name"] = args.config_name
     assignments, args.overrides = split_env_assignments(args.overrides)
     env, env_source = job_environment(args.env_file, assignments, os.environ)
     cfg = load_config(args.config_name, args.overrides, args.config_dir)
@@ -76,11 +78,8 @@ def _run(parser: Any, argv: Sequence[str] | None) -> int:
             print(f"  - {step}")
     line = most_likely_line(result)
     exit_code = EXIT_FAILED if best is not None else EXIT_PASSED
-    write_report(
-        args.report,
-        {"script": "diagnose", "config_name": args.config_name, **result.report(),
-         "cause_found": best is not None, "exit_code": exit_code},
-    )  # fmt: skip
+    report.update(result.report(), cause_found=best is not None, exit_code=exit_code)
+    write_report(args.report, report)
     print(line)
     return exit_code
 

@@ -239,10 +239,14 @@ def test_a_given_checkpoint_size_skips_the_measurement(tmpfs_4m, capsys, monkeyp
     ],
 )
 def test_bad_input_exits_2_with_one_line(args, message, tmp_path):
-    completed = run_script(SCRIPT, *SMALL, *args, env=script_env(), timeout=120)
+    report = tmp_path / "r.json"
+    completed = run_script(
+        SCRIPT, *SMALL, "--report", str(report), *args, env=script_env(), timeout=120
+    )
     assert completed.returncode == 2, completed.stdout + completed.stderr
     assert message in completed.stderr
     assert len(completed.stderr.strip().splitlines()) == 1
+    assert json.loads(report.read_text())["exit_code"] == 2  # the report is written on every exit
 
 
 def test_env_file_formats(tmp_path):

@@ -73,7 +73,11 @@ def test_user_pipeline_and_bucket_with_report(tmp_path: Path, gcs_endpoint: str,
     assert data["checkpoint"]["uri"].startswith(f"gs://{gcs_bucket.name}/team/dlckpt-small-buffer-")
     assert data["checkpoint"]["bytes"] > 100 * 16 * 16 * 3 and data["checkpoint"]["files"] == 2
     verification = data["verification"]
-    assert (verification["batches_compared"], verification["passed"]) == (4, True)
+    # 100 buffered elements in batches of 4, then 10 batches more: never only the 4 asked.
+    assert verification["batches_compared"] == verification["window_batches"] >= 100 // 4 + 10
+    assert verification["elements_compared"] == 4 * verification["batches_compared"]
+    assert verification["window_covers_buffers"] is True and verification["passed"] is True
+    assert verification["risks"] == [] and verification["risks_checked"]
     assert verification["first_mismatch"] is None and verification["failure"] is None
     assert [c["source"] for c in verification["comparisons"]] == ["downloaded copy"]
     assert data["passed"] is True and data["exit_code"] == 0

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,8 @@ from _report import check_report_path, format_bytes, format_gb, write_report
 from omegaconf import DictConfig
 
 EXIT_PASSED, EXIT_FAILED, EXIT_USAGE, EXIT_PREFLIGHT, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+# Something unexpected stopped the run before it reached a verdict (not a failed check).
+EXIT_ERROR = 4
 
 
 class _Parser(argparse.ArgumentParser):
@@ -42,6 +45,9 @@ def common_parser(prog: str, description: str) -> argparse.ArgumentParser:
     parser.add_argument(
         "--keep", action="store_true", help="keep the run's checkpoint after a pass"
     )
+    parser.add_argument(
+        "--debug", action="store_true", help="show the traceback of an unexpected error"
+    )
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="Hydra overrides")
     return parser
 
@@ -56,19 +62,61 @@ def load_from_args(args: argparse.Namespace) -> DictConfig:
     return load_config(args.config_name, args.overrides, args.config_dir)
 
 
-def run_main(body: Callable[[], int]) -> int:
-    """Run a script body, turning the project's exceptions into its exit codes and one line."""
+def _report_path(argv: Sequence[str] | None) -> Path | None:
+    """--report's value from the raw arguments (the parser may be what failed)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    for index, arg in enumerate(args):
+        if arg == "--report" and index + 1 < len(args):
+            return Path(args[index + 1])
+        if arg.startswith("--report="):
+            return Path(arg.split("=", 1)[1])
+    return None
+
+
+def _write_exit_report(
+    argv: Sequence[str] | None, report: dict[str, Any], code: int, error: str
+) -> None:
+    path = _report_path(argv)
+    try:
+        check_report_path(path)
+        write_report(path, {**report, "passed": False, "exit_code": code, "error": error})
+    except (UsageError, OSError):
+        pass  # the report path itself is the bad input; the one line already says so
+
+
+def run_main(
+    body: Callable[[], int],
+    argv: Sequence[str] | None = None,
+    report: dict[str, Any] | None = None,
+) -> int:
+    """Run a script body, turning every exception into an exit code, one line and the report.
+
+    `report` is the dict the body fills as it goes; on an exception it is written to
+    --report with `exit_code` and `error`. Exit codes: 2 bad input, 3 preflight refused,
+    4 an unexpected error (--debug prints its traceback), 130 interrupted.
+    """
+    report = report if report is not None else {}
     try:
         return body()
     except UsageError as error:
-        print(f"✗ {error}", file=sys.stderr)
-        return EXIT_USAGE
+        code, line = EXIT_USAGE, f"✗ {error}"
     except PreflightRefusal as error:
-        print(f"✗ PREFLIGHT REFUSED: {error}", file=sys.stderr)
-        return EXIT_PREFLIGHT
+        code, line = EXIT_PREFLIGHT, f"✗ PREFLIGHT REFUSED: {error}"
     except KeyboardInterrupt:
-        print("✗ interrupted; the run's own files were removed", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        code, line = EXIT_INTERRUPTED, "✗ interrupted; the run's own files were removed"
+    except Exception as error:
+        if "--debug" in (sys.argv[1:] if argv is None else argv):
+            traceback.print_exc()
+        detail = " ".join(str(error).split())[:300]
+        code = EXIT_ERROR
+        line = (
+            f"✗ ERROR: the run stopped before a verdict: {type(error).__name__}: {detail} "
+            "(not a checkpoint failure; --debug shows the traceback)"
+        )
+    print(line, file=sys.stderr)
+    if code != EXIT_PREFLIGHT:  # a refusal writes its own, fuller report
+        _write_exit_report(argv, report, code, line.removeprefix("✗ "))
+    return code
 
 
 # --- measured estimate, locations and preflight (issue 3) ---------------------------------
@@ -100,6 +148,7 @@ def estimate_and_preflight(
     scratch_root: Path | None = None,
     report: dict[str, Any] | None = None,
     say: Callable[[str], None] = print,
+    tested_line: str | None = None,
 ) -> Any:
     """Estimate the checkpoint (measured, cached or formula), show where its bytes go, refuse.
 
@@ -112,7 +161,8 @@ def estimate_and_preflight(
 
     `scenario` is "small_buffer", "local_staging" or "full" (see _locations.scenario_locations);
     `tested_buffer` is the buffer the run will fill (default: the configured one);
-    `locations(estimate) -> [Location]` replaces the scenario's default rows.
+    `locations(estimate) -> [Location]` replaces the scenario's default rows;
+    `tested_line` (how the tested buffer was chosen) is printed after the first headline.
     Prints the headline lines, the locations tables and the --fit-budget answer; raises
     PreflightRefusal (exit 3) naming the path unless --force. Returns an EstimateResult
     whose `.locations` and `.fit_budget` hold the report's `locations` and `fit_budget`;
@@ -123,7 +173,7 @@ def estimate_and_preflight(
 
     budget = _budget_arg(args)
     result = estimate(cfg, tested_buffer=tested_buffer, scratch_root=scratch_root, say=say)
-    _say_headlines(result, say)
+    _say_headlines(result, say, tested_line)
     processes = int(cfg.estimate.get("processes_per_host") or 1)
     configured = _locations.check_locations(_locations.configured_locations(result, processes))
     separate = scenario != "full" or result.tested_buffer != result.original_buffer
@@ -178,13 +228,11 @@ def _budget_arg(args: argparse.Namespace) -> int | None:
     return _locations.parse_size(fit_budget)
 
 
-def _say_headlines(result: Any, say: Callable[[str], None]) -> None:
+def _say_headlines(result: Any, say: Callable[[str], None], tested_line: str | None) -> None:
     say(f"ORIGINAL CONFIG CHECKPOINT SIZE ESTIMATE: {result.headline('original')}")
+    if tested_line:
+        say(tested_line)
     if result.tested_buffer != result.original_buffer:
-        say(
-            f"Reducing dataloader.shuffle_buffer_size {result.original_buffer:,} → "
-            f"{result.tested_buffer:,} for the test"
-        )
         say(f"NEW CONFIG CHECKPOINT SIZE ESTIMATE: {result.headline('tested')}")
     if result.calibration is not None:
         cal = result.calibration

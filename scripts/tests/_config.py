@@ -49,7 +49,18 @@ class RoundTripSettings:
     # The buffer the small-buffer test runs with (the production value stays in the config).
     small_buffer_size: int = 100
     batches_before_save: int = 3
+    # The fewest batches compared after the restore; the window usually needs more (_window).
     batches_to_compare: int = 5
+    # Batches compared beyond the buffers' volume at save time, so elements drawn fresh from
+    # upstream after the restore reach the comparison (see _window.py).
+    fresh_batches: int = 10
+    # ...and at least this many elements' worth of batches (matters for small batches).
+    fresh_elements: int = 100
+    # Time budget (seconds) for reading the comparison window from the original iterator;
+    # when it runs out the window is cut and the run says so.
+    window_seconds: float = 300.0
+    # The restore process is stopped after this many seconds (a hung restore is a failure).
+    restore_timeout_seconds: float = 1800.0
 
 
 @dataclass

@@ -117,7 +117,7 @@ class PendingRestore:
     strategy: Strategy
     dataloader_cfg: dict[str, Any]
     checkpoint: Path  # the tf.train.Checkpoint prefix, or Grain's JSON state file
-    expected: list[Any]
+    expected: Any  # _roundtrip.DigestStream
     workdir: Path
 
 
@@ -189,20 +189,22 @@ def finish_restore(result: StrategyResult, pending: PendingRestore) -> StrategyR
     """Restore in a new process (Grain: from its JSON state) and compare bit for bit."""
     from _roundtrip import first_mismatch, restore_in_new_process
 
-    batches = len(pending.expected)
     if pending.strategy.framework == "grain":
         restored = _grain_restore_in_new_process(
-            pending.dataloader_cfg, pending.checkpoint, batches, pending.workdir
+            pending.dataloader_cfg,
+            pending.checkpoint,
+            len(pending.expected.digests),
+            pending.workdir,
         )
     else:
         restored = restore_in_new_process(
-            pending.dataloader_cfg, pending.checkpoint, batches, pending.workdir
+            pending.dataloader_cfg, pending.checkpoint, pending.expected, pending.workdir
         )
     result.restore_seconds = restored.restore_seconds
     if restored.error:
         result.error = restored.error
         return result
-    mismatch = first_mismatch(pending.expected, restored.digests)
+    mismatch = first_mismatch(pending.expected, restored.stream)
     result.resumes_exactly = mismatch is None
     if mismatch is not None:
         result.error = f"does not resume exactly: {mismatch.describe()}"
@@ -218,7 +220,7 @@ def _grain_restore_main(argv: list[str]) -> int:
     from hydra.utils import instantiate
 
     request = json.loads(Path(argv[0]).read_text())
-    result: dict[str, Any] = {"digests": [], "restore_seconds": 0.0}
+    result: dict[str, Any] = {"digests": [], "elements": 0, "ended": False, "restore_seconds": 0.0}
     try:
         with quiet_absl():
             dataset = instantiate(request["dataloader"], _convert_="all")
@@ -226,7 +228,8 @@ def _grain_restore_main(argv: list[str]) -> int:
         iterator = iter(dataset)
         iterator.set_state(json.loads(Path(request["state"]).read_text()))
         result["restore_seconds"] = time.perf_counter() - started
-        result["digests"] = take_digests(iterator, request["batches"])
+        stream = take_digests(iterator, request["batches"])
+        result.update(digests=stream.digests, elements=stream.elements, ended=stream.ended)
     except Exception as error:
         detail = " ".join(str(error).split())[:300]
         result["error"] = f"restore failed: {type(error).__name__}: {detail}"
@@ -241,7 +244,7 @@ def _grain_restore_in_new_process(
     import subprocess
     import sys
 
-    from _roundtrip import RestoreResult
+    from _roundtrip import DigestStream, RestoreResult, stream_from_json
 
     request, result_path = workdir / "grain_request.json", workdir / "grain_result.json"
     request.write_text(
@@ -256,9 +259,13 @@ def _grain_restore_in_new_process(
     )  # fmt: skip
     if not result_path.exists():
         tail = " | ".join(completed.stderr.strip().splitlines()[-3:])
-        return RestoreResult([], 0.0, f"restore process exited {completed.returncode}: {tail}")
+        return RestoreResult(
+            DigestStream([], 0, False),
+            0.0,
+            f"restore process exited {completed.returncode}: {tail}",
+        )
     data = json.loads(result_path.read_text())
-    return RestoreResult(data["digests"], data["restore_seconds"], data.get("error"))
+    return RestoreResult(stream_from_json(data), data["restore_seconds"], data.get("error"))
 
 
 # --- the pointer the small-buffer script prints ---------------------------------------------

@@ -84,7 +84,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="TensorFlow's temp folder for this run (default: TEST_TMPDIR, TMPDIR, TMP, /tmp)",
     )
     add_estimate_args(parser)
-    return run_main(lambda: _run(parser, argv))
+    report: dict[str, Any] = {"script": SCRIPT}
+    return run_main(lambda: _run(parser, argv, report), argv, report)
 
 
 def _locations(temp_dir: Path) -> Any:
@@ -115,7 +116,7 @@ def _preflight(cfg: Any, args: Any, temp_dir: Path, report: dict[str, Any]) -> A
     )
 
 
-def _run(parser: Any, argv: Sequence[str] | None) -> int:
+def _run(parser: Any, argv: Sequence[str] | None, report: dict[str, Any]) -> int:
     args = parse_args(parser, argv)
     temp_dir, temp_source = tensorflow_temp_dir(args.tmpdir)
     cfg = load_from_args(args)
@@ -124,12 +125,13 @@ def _run(parser: Any, argv: Sequence[str] | None) -> int:
         f"Config: {args.config_name} · dataloader: {cfg.dataloader._target_} · buffer {buffer:,}",
         f"TensorFlow temp folder: {temp_dir} (from {temp_source})",
     )
-    report: dict[str, Any] = {
-        "script": SCRIPT,
-        "config_name": args.config_name,
-        "shuffle_buffer_size": {"original": buffer, "tested": buffer},
-        "tensorflow_temp_dir": {"path": str(temp_dir), "source": temp_source},
-    }
+    report.update(
+        {
+            "config_name": args.config_name,
+            "shuffle_buffer_size": {"original": buffer, "tested": buffer},
+            "tensorflow_temp_dir": {"path": str(temp_dir), "source": temp_source},
+        }
+    )
     if args.estimate_only:
         print(*header, sep="\n")
         _preflight(cfg, args, temp_dir, report)
