@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -110,3 +111,42 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
         yield mount_point
     finally:
         subprocess.run(["umount", str(mount_point)], check=False)
+
+
+# A cheap calibration of the `small` config (two buffers, one offset): still measured.
+SMALL_CHEAP = [
+    "estimate.calibration_buffer_sizes=[8,32]",
+    "estimate.calibration_offsets=[0]",
+]
+
+
+@pytest.fixture(scope="session")
+def small_estimate_cache(tmp_path_factory: pytest.TempPathFactory):
+    """(XDG_CACHE_HOME holding the `small` config's estimate under SMALL_CHEAP, the estimate),
+    measured once per session; runs with these overrides and that cache reuse it."""
+    from _config import load_config
+    from _estimate import estimate
+
+    cache = tmp_path_factory.mktemp("estimate-cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("XDG_CACHE_HOME", str(cache))
+        result = estimate(load_config("small", SMALL_CHEAP), say=lambda _: None)
+    assert result.calibration is not None
+    return cache, result
+
+
+@contextlib.contextmanager
+def tmpfs_mount(folder: Path, options: str) -> Iterator[Path]:
+    """A real tmpfs mounted on `folder` with `options` (e.g. "size=4m,nr_inodes=16"),
+    unmounted afterwards; skips the test where mounting is not allowed."""
+    folder.mkdir(parents=True, exist_ok=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs ({options}): {mounted.stderr.strip()}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False)

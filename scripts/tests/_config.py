@@ -30,6 +30,9 @@ class EstimateSettings:
     formula_overhead: float = 1.5
     # Each host of a multi-host job saves its own iterator checkpoint.
     num_hosts: int = 1
+    # Processes on one host that each save their own iterator at once (one per accelerator);
+    # None: `make diagnose` counts the accelerators it finds (the estimate tables assume 1).
+    processes_per_host: int | None = None
     # Buffer sizes the measured estimate fills, saves and fits a line through.
     calibration_buffer_sizes: list[int] = field(default_factory=lambda: [8, 32, 64])
     # Where the calibration samples the stream: one chunk of elements from each offset, so

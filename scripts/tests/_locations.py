@@ -231,6 +231,58 @@ def tensorflow_gcs_locations(
     return rows
 
 
+def configured_locations(estimate: EstimateResult, processes: int = 1) -> list[Location]:
+    """Where training's own save of the configured buffer goes: TensorFlow's temp folder for
+    gs:// writes (one whole checkpoint per process on the host), RAM, the bucket."""
+    checkpoint = estimate.original_bytes
+    tf_temp, tf_variable, _ = tf_temp_dir()
+    each = f", {processes} processes" if processes > 1 else ""
+    return [
+        Location(
+            f"TensorFlow temp folder for gs:// writes ({tf_variable}{each})",
+            tf_temp,
+            checkpoint * processes,
+            variable="TMPDIR" if tf_variable in ("TMPDIR", "default") else tf_variable,
+        ),
+        Location(
+            "host RAM (the buffer, uncompressed)",
+            RAM,
+            estimate.ram_bytes_for(estimate.original_buffer) * processes,
+        ),
+        Location(
+            f"GCS total ({estimate.num_hosts} host{'s' if estimate.num_hosts != 1 else ''})",
+            os.environ.get("GCS_TEST_BUCKET") or "gs://",
+            checkpoint * estimate.num_hosts * processes,
+        ),
+    ]
+
+
+def configured_fit_line(rows: Sequence[Location], estimate: EstimateResult) -> str:
+    """One line: does the configured buffer's checkpoint fit every location, and where."""
+    buffer = f"shuffle_buffer_size {estimate.original_buffer:,}"
+    failing = [row for row in rows if not row.ok]
+    if not failing:
+        room = " and ".join(
+            f"RAM ({format_bytes(row.free_bytes)} available)"
+            if row.path == RAM
+            else f"{row.path} ({format_bytes(row.free_bytes)} free)"
+            for row in rows
+            if row.free_bytes is not None
+        )
+        return (
+            f"✓ THE CONFIGURED BUFFER FITS: {buffer} writes a "
+            f"{format_bytes(estimate.original_bytes)} checkpoint, which fits {room}. If a save "
+            "still fails with `Could not append to the internal temporary file`, the cause is "
+            "elsewhere: make diagnose"
+        )
+    row = failing[0]
+    return (
+        f"⚠ THE CONFIGURED BUFFER DOES NOT FIT: {buffer}: {row.role} {row.path} needs "
+        f"{format_bytes(row.required_bytes)}, {format_bytes(row.free_bytes or 0)} free "
+        "(--fit-budget gives the largest buffer that fits; make diagnose checks the other causes)"
+    )
+
+
 def check_locations(rows: Sequence[Location]) -> list[Location]:
     """Fill in free space and OK: folders on one disk are checked against their sum."""
     import psutil

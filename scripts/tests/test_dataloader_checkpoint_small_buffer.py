@@ -124,7 +124,12 @@ def _run(parser: Any, argv: Sequence[str] | None, report: dict[str, Any]) -> int
             tensorflow_gcs=True,  # straight to gs:// as training saves (a folder: locally)
             expected_bytes=estimate.tested_bytes,
         )
-    return finish(args, report, outcome, closing_lines=(strategies_pointer_line(),))
+    return finish(
+        args,
+        report,
+        outcome,
+        closing_lines=(strategies_pointer_line(pipeline=str(cfg.dataloader._target_)),),
+    )
 
 
 if __name__ == "__main__":
