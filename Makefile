@@ -46,7 +46,7 @@ estimate: $(NOX)
 disk-check: $(NOX)
 	$(NOX) -s disk_check -- $(ARGS)
 
-.PHONY: bench  ## Benchmark the estimate: accuracy and calibration time vs real saves (slow)
+.PHONY: bench  ## Benchmarks: save/transfer vs raw limits, scaling plot, estimator, catch rate (slow)
 bench: $(NOX)
 	$(NOX) -s bench -- $(ARGS)
 
