@@ -302,18 +302,37 @@ def plot(results: dict[str, Any], path: Path) -> None:
     ):
         fit = data["fits"][key]
         axes.plot(buffers, [r[key] for r in rows], "o", color=color, label=f"{label} (measured)")
-        axes.plot(
-            xs, fit["intercept"] + fit["slope"] * xs, "-", color=color, alpha=0.6,
-            label=f"fit: {fit['slope']:,.0f} B/element + {fit['intercept'] / 1e6:,.0f} MB",
-        )  # fmt: skip
+        inside = xs <= buffers.max()
+        for part, style in ((inside, "-"), (xs >= buffers.max(), ":")):
+            axes.plot(
+                xs[part],
+                fit["intercept"] + fit["slope"] * xs[part],
+                style,
+                color=color,
+                alpha=0.6,
+                label=(
+                    f"fit: {fit['slope']:,.0f} B/element + {fit['intercept'] / 1e6:,.0f} MB"
+                    if style == "-"
+                    else None
+                ),
+            )
     where = data["tightest_location"]
     axes.axhline(
         free, color="black", linestyle="--",
         label=f"free space, tightest folder ({where['path']}): {free / 1e9:,.1f} GB",
     )  # fmt: skip
+    available = results["machine"].get("ram_available_bytes")
+    if available:
+        axes.axhline(
+            available,
+            color="tab:red",
+            linestyle="-.",
+            alpha=0.5,
+            label=f"RAM available at the start: {available / 1e9:,.1f} GB",
+        )
     axes.set_xscale("log")
+    axes.set_xlabel("shuffle buffer (elements); dotted: the fitted lines extrapolated")
     axes.set_yscale("log")
-    axes.set_xlabel("shuffle buffer (elements)")
     axes.set_ylabel("bytes")
     machine = results["machine"]
     axes.set_title(
