@@ -234,7 +234,13 @@ def suite_section(data: dict[str, Any] | None) -> list[str]:
 
 def steps_section(steps: dict[str, Any] | None) -> list[str]:
     if not steps:
-        return []
+        return [
+            "## Other benchmarks run by `make bench`",
+            "",
+            "Not in this results file: the run recorded no steps "
+            "(--no-steps, --quick, or it was stopped before them).",
+            "",
+        ]
     lines = ["## Other benchmarks run by `make bench`", ""]
     for name, step in steps.items():
         if "skipped" in step:

@@ -29,6 +29,7 @@ class Options:
     io_buffer: int = 300
     scaling_config: str = "small"
     sizes: list[int] = field(default_factory=lambda: list(FULL_SIZES))
+    estimate_overrides: list[str] = field(default_factory=list)  # part 3's preflight estimate
     presets: list[str] | None = None  # None: every conf/*.yaml
     fill_buffer: int = 200
     fill_repeats: int = 3
@@ -45,6 +46,7 @@ class Options:
         options = cls(
             quick=True, repeats=1, io_config="small", io_buffer=64, sizes=list(QUICK_SIZES),
             presets=["small"], fill_buffer=32, fill_repeats=1, steps=False, catch_runs=1,
+            estimate_overrides=["estimate.calibration_offsets=[0,128]"],
             estimate_args=["--cases", "small", "--multiplier", "2"],
             tf_gcs_args=["--megabytes", "8", "--repeats", "1"],
         )  # fmt: skip
@@ -124,9 +126,10 @@ def measure(
             part("limits", lambda: measure_limits(options, scratch, say))
         if "scaling" in options.parts:
             say(f"3. Scaling: preset {options.scaling_config}, buffers {options.sizes}")
-            part("scaling", lambda: {
-                "scaling": scaling(options.scaling_config, [], options.sizes, scratch, say)
-            })  # fmt: skip
+            part("scaling", lambda: {"scaling": scaling(
+                options.scaling_config, [], options.sizes, scratch, say,
+                estimate_overrides=options.estimate_overrides,
+            )})  # fmt: skip
         if "answer" in options.parts:
             say(f"4. Time to an answer: presets {presets}")
             part("answer", lambda: {"time_to_answer": time_to_answer(

@@ -126,8 +126,12 @@ def scaling(
     buffers: Sequence[int],
     workdir: Path,
     say: Callable[[str], None],
+    estimate_overrides: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """Every buffer size measured, the fitted lines, the RAM check and the tightest folder."""
+    """Every buffer size measured, the fitted lines, the RAM check and the tightest folder.
+
+    `estimate_overrides` go to the preflight's estimate only (--quick calibrates less).
+    """
     from _locations import RAM
 
     rows = []
@@ -140,13 +144,14 @@ def scaling(
             f"server RSS {row.get('server_rss_bytes')}"
         )
     lines = fits(rows)
-    estimate, locations = preflight_rows(config, overrides, max(buffers))
+    estimate, locations = preflight_rows(config, [*overrides, *estimate_overrides], max(buffers))
     ram_row = next(row for row in locations if row.path == RAM)
     folders = [row for row in locations if row.free_bytes is not None and row.path != RAM]
     tightest = min(folders, key=lambda row: row.free_bytes or 0)
     return {
         "config": config,
         "overrides": overrides,
+        "estimate_overrides": list(estimate_overrides),
         "rows": rows,
         "fits": lines,
         "ram": ram_check(rows, lines, estimate, ram_row.required_bytes),
