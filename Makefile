@@ -50,7 +50,7 @@ diagnose: $(NOX)
 disk-check: $(NOX)
 	$(NOX) -s disk_check -- $(ARGS)
 
-.PHONY: bench  ## Benchmark the estimate: accuracy and calibration time vs real saves (slow)
+.PHONY: bench  ## Benchmarks: save/transfer vs raw limits, scaling plot, estimator, catch rate (slow)
 bench: $(NOX)
 	$(NOX) -s bench -- $(ARGS)
 

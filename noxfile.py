@@ -100,8 +100,9 @@ def disk_check(session: nox.Session) -> None:
 
 @nox.session(default=False)
 def bench(session: nox.Session) -> None:
-    """Estimate accuracy and calibration time against real saves, as ratios (slow)."""
-    _run_top_script(session, "bench_estimate.py")
+    """Benchmarks vs raw limits, scaling, estimator accuracy, catch rate -> bench/, docs/ (slow)."""
+    _install_locked(session, "bench")
+    session.run("python", str(ROOT / "scripts" / "bench.py"), *session.posargs)
 
 
 @nox.session
