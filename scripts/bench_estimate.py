@@ -174,6 +174,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="real buffers = these x the largest calibration buffer (default: 20 100)",
     )  # fmt: skip
     parser.add_argument(
+        "--multiplier", type=int, action="append",
+        help="one multiplier (repeatable); the same as --multipliers",
+    )  # fmt: skip
+    parser.add_argument(
         "--output", type=Path, default=ROOT / "bench" / "estimate.json",
         help="where the JSON results go (default: bench/estimate.json)",
     )  # fmt: skip
@@ -182,6 +186,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="print checkpoint bytes per buffered frame / decoded bytes, by kind of frame; exit",
     )  # fmt: skip
     args = parser.parse_args(argv)
+    args.multipliers = args.multiplier or args.multipliers
     if any(m < 1 for m in args.multipliers):
         print("✗ --multipliers: expected positive integers, e.g. 20 100", file=sys.stderr)
         return 2

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from _config import load_config, with_buffer_size
-from _roundtrip import digest_element, first_mismatch
+from _config import Settings, load_config, with_buffer_size
+from _roundtrip import DigestStream, digest_element, first_mismatch
 from _scenario import run_round_trip
 from _storage import LocalDestination
 from conftest import TESTS_DIR
@@ -23,11 +23,12 @@ def _user_pipelines_importable(monkeypatch: pytest.MonkeyPatch):
 
 
 def _user_cfg(target: str):
-    return OmegaConf.create(
+    return OmegaConf.merge(
+        OmegaConf.structured(Settings),
         {
             "dataloader": {"_target_": f"user_pipelines.{target}", "shuffle_buffer_size": 10},
             "roundtrip": {"batches_before_save": 2, "batches_to_compare": 3},
-        }
+        },
     )
 
 
@@ -45,7 +46,12 @@ def test_small_preset_round_trip_through_a_local_folder(tmp_path: Path):
         say=lines.append,
     )
     assert outcome.failure is None
-    assert outcome.batches_compared == cfg.roundtrip.batches_to_compare
+    # The window covers the 16 buffered elements (4 batches of 4) plus prefetch and map
+    # buffers, then 10 batches more: never only the 5 the old default compared.
+    assert outcome.batches_compared == outcome.window_batches >= 16 // 4 + 10
+    assert outcome.elements_compared == 4 * outcome.batches_compared
+    assert outcome.window_covers_buffers
+    assert 0 < outcome.fresh_elements_compared < outcome.elements_compared
     assert outcome.checkpoint_bytes > 16 * 32 * 32 * 3  # at least the buffered frames
     assert any("match the original bit for bit" in line for line in lines)
     # After a pass only the run's own prefix and scratch are gone; the user's file stays.
@@ -99,11 +105,17 @@ def test_digests_see_every_byte_dtype_and_shape():
     assert digest_element(base)["a/b"] != digest_element(reshaped)["a/b"]
     one_bit = {"a": {"b": np.zeros((2, 3), np.uint8)}, "s": base["s"]}
     one_bit["a"]["b"][1, 2] = 1
-    mismatch = first_mismatch(
-        [digest_element(base)] * 2, [digest_element(base), digest_element(one_bit)]
-    )
+
+    def stream(*elements, ended=False):
+        return DigestStream([digest_element(e) for e in elements], len(elements), ended)
+
+    mismatch = first_mismatch(stream(base, base), stream(base, one_bit))
     assert (mismatch.batch, mismatch.key) == (1, "a/b")
-    assert first_mismatch([digest_element(base)], [digest_element(same)]) is None
+    assert first_mismatch(stream(base), stream(same)) is None
+    # An original that ended must end after the restore too, and the other way round.
+    assert first_mismatch(stream(base, ended=True), stream(base, same)).key == "<end of data>"
+    assert first_mismatch(stream(base, same), stream(base, ended=True)).key == "<end of data>"
+    assert first_mismatch(stream(base, ended=True), stream(same, ended=True)) is None
 
 
 def test_reference_pipeline_is_deterministic_and_photo_like():

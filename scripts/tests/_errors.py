@@ -7,3 +7,11 @@ class UsageError(Exception):
 
 class PreflightRefusal(Exception):
     """A save that cannot fit: exit 3, refused before the buffer is filled."""
+
+
+class PipelineTooShort(UsageError):
+    """The dataloader ends before the test can save and compare: exit 2, one line."""
+
+
+class RunError(Exception):
+    """Something unexpected stopped the run (not a failed check): exit 4, one line."""

@@ -166,7 +166,11 @@ def instantiate_dataset(dataloader_cfg: Any) -> Any:
                 f"dataloader: {target} does not accept these settings "
                 f"(expected its keyword arguments): {' '.join(str(cause).split())[:300]}"
             ) from None
-        raise
+        # The builder itself raised: the user's code, so bad input rather than our failure.
+        raise UsageError(
+            f"dataloader: {target} raised {type(cause).__name__} while building the dataset: "
+            f"{' '.join(str(cause).split())[:300]}"
+        ) from None
     if not isinstance(dataset, tf.data.Dataset):
         raise UsageError(
             f"dataloader._target_={target!r} returned {type(dataset).__name__}, "

@@ -20,26 +20,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _tensors import element_leaves
+from _signals import die_with_parent
+from _tensors import element_leaves, leading_dimension
 from _tf import import_tensorflow
 
 CHECKPOINT_NAME = "iterator"
 SCRIPTS_DIR = Path(__file__).resolve().parent
-
-# What to do instead, by the stateful op TensorFlow names when it refuses to save.
-_STATEFUL_OP_ADVICE = {
-    "PyFunc": (
-        "Dataset.from_generator / tf.numpy_function run Python whose state TensorFlow cannot "
-        "save; read from files (TFRecord, ArrayRecord) or generate with Dataset.range + map"
-    ),
-    "EagerPyFunc": (
-        "tf.py_function runs Python whose state TensorFlow cannot save; rewrite it with TF ops"
-    ),
-}
-_RANDOM_OP_ADVICE = (
-    "an unseeded tf.random op keeps hidden generator state; use tf.random.stateless_* with a "
-    "seed derived from the element (e.g. its index, or zip in tf.data.Dataset.random(seed=...))"
-)
 
 Digest = dict[str, str]  # key path -> "dtype shape sha256"
 
@@ -57,13 +43,15 @@ class UnsaveablePipeline(Exception):
 
     @classmethod
     def from_tf_error(cls, error: Exception) -> UnsaveablePipeline:
+        from _risks import ADVICE, generic_advice, stateful_kind
+
         match = re.search(r"(\w+) is stateful", str(error))
-        op = match.group(1) if match else "unknown"
-        if op in _STATEFUL_OP_ADVICE:
-            return cls(op, _STATEFUL_OP_ADVICE[op])
-        if "Random" in op or op in {"TruncatedNormal", "Multinomial"}:
-            return cls(op, _RANDOM_OP_ADVICE)
-        return cls(op, f"TensorFlow said: {' '.join(str(error).split())[:200]}")
+        if match is None:
+            said = " ".join(str(error).split())[:200]
+            return cls("unknown", f"TensorFlow said: {said}; {generic_advice('the stateful op')}")
+        op = match.group(1)
+        kind = stateful_kind(op)
+        return cls(op, ADVICE[kind] if kind else generic_advice(op))
 
 
 @dataclass
@@ -106,17 +94,46 @@ def digest_element(element: Any) -> Digest:
     return digests
 
 
-def take_digests(iterator: Any, count: int) -> list[Digest]:
-    return [digest_element(next(iterator)) for _ in range(count)]
+@dataclass
+class DigestStream:
+    """Digests of consecutive batches, and whether the stream ended right after them."""
+
+    digests: list[Digest]
+    elements: int  # elements in those batches (the leading dimension of each)
+    ended: bool  # the iterator raised StopIteration after the last digest
+    cut: bool = False  # the time budget stopped the reading before `count` batches
 
 
-def first_mismatch(expected: list[Digest], actual: list[Digest]) -> Mismatch | None:
-    for batch, (want, got) in enumerate(zip(expected, actual, strict=False)):
+def take_digests(iterator: Any, count: int, deadline: float | None = None) -> DigestStream:
+    """Digest up to `count` batches; stops early at the end of data or at `deadline`.
+
+    `deadline` is a time.monotonic() value; reaching it sets `cut` (the caller says so).
+    """
+    stream = DigestStream([], 0, ended=False)
+    while len(stream.digests) < count:
+        if deadline is not None and time.monotonic() > deadline:
+            stream.cut = True
+            break
+        try:
+            batch = next(iterator)
+        except StopIteration:
+            stream.ended = True
+            break
+        stream.digests.append(digest_element(batch))
+        stream.elements += leading_dimension(batch)
+    return stream
+
+
+def first_mismatch(expected: DigestStream, actual: DigestStream) -> Mismatch | None:
+    """The first batch and key that differ, an early end, or an end where the original had none."""
+    for batch, (want, got) in enumerate(zip(expected.digests, actual.digests, strict=False)):
         for key in sorted(set(want) | set(got)):
             if want.get(key) != got.get(key):
                 return Mismatch(batch, key, want.get(key, "<missing>"), got.get(key, "<missing>"))
-    if len(actual) < len(expected):
-        return Mismatch(len(actual), "<end of data>", "more batches", "end of data")
+    if len(actual.digests) < len(expected.digests):
+        return Mismatch(len(actual.digests), "<end of data>", "more batches", "end of data")
+    if expected.ended and len(actual.digests) > len(expected.digests):
+        return Mismatch(len(expected.digests), "<end of data>", "end of data", "another batch")
     return None
 
 
@@ -140,46 +157,79 @@ def save_iterator(iterator: Any, directory: Path) -> SavedCheckpoint:
     )
 
 
-def restore_iterator(dataset: Any, prefix: Path) -> Any:
+def restore_iterator(dataset: Any, prefix: str) -> Any:
+    """A new iterator over `dataset` set to the state saved at `prefix` (a path or URI)."""
     tf = import_tensorflow()
     iterator = iter(dataset)
-    tf.train.Checkpoint(iterator=iterator).read(str(prefix)).assert_consumed()
+    tf.train.Checkpoint(iterator=iterator).read(prefix).assert_consumed()
     return iterator
 
 
 @dataclass
 class RestoreResult:
-    digests: list[Digest]
+    stream: DigestStream
     restore_seconds: float
     error: str | None = None
 
 
+def stream_from_json(data: dict[str, Any]) -> DigestStream:
+    return DigestStream(data["digests"], data["elements"], data["ended"])
+
+
 def restore_in_new_process(
-    dataloader_cfg: dict[str, Any], prefix: Path, batches: int, workdir: Path
+    dataloader_cfg: dict[str, Any],
+    prefix: str | Path,
+    expected: DigestStream,
+    workdir: Path,
+    *,
+    timeout_seconds: float | None = None,
+    env: dict[str, str] | None = None,
 ) -> RestoreResult:
-    """Run `python _roundtrip.py` in a fresh process: build, restore, take `batches`, digest."""
+    """Run `python _roundtrip.py` in a fresh process: build, restore, digest as many batches.
+
+    The new process reads one batch more than `expected` holds when the original stream
+    ended there, so a restored stream that goes on is caught. `env` adds variables to the
+    child's environment. A child still running after `timeout_seconds` is killed and the
+    result says so.
+    """
     request = workdir / "restore_request.json"
     result_path = workdir / "restore_result.json"
+    batches = len(expected.digests) + (1 if expected.ended else 0)
     request.write_text(
         json.dumps({"dataloader": dataloader_cfg, "prefix": str(prefix), "batches": batches})
     )
     # Each restore writes its own result: a process that dies must not leave an earlier
     # restore's result to be read as its own.
     result_path.unlink(missing_ok=True)
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(SCRIPTS_DIR), env.get("PYTHONPATH")) if p)
-    completed = subprocess.run(
-        [sys.executable, str(Path(__file__)), str(request), str(result_path)],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
+    child_env = {**os.environ, **(env or {})}
+    child_env["PYTHONPATH"] = os.pathsep.join(
+        p for p in (str(SCRIPTS_DIR), child_env.get("PYTHONPATH")) if p
     )
+    try:
+        completed = subprocess.run(
+            die_with_parent([sys.executable, str(Path(__file__)), str(request), str(result_path)]),
+            env=child_env,
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=timeout_seconds,
+        )
+    except subprocess.TimeoutExpired:  # run() has killed the child
+        return RestoreResult(
+            DigestStream([], 0, False),
+            0.0,
+            f"the restore process did not finish within {timeout_seconds:.0f} s "
+            "(roundtrip.restore_timeout_seconds) and was stopped",
+        )
     if not result_path.exists():
         tail = " | ".join(completed.stderr.strip().splitlines()[-3:])
-        return RestoreResult([], 0.0, f"restore process exited {completed.returncode}: {tail}")
+        return RestoreResult(
+            DigestStream([], 0, False),
+            0.0,
+            f"restore process exited {completed.returncode}: {tail}",
+        )
     data = json.loads(result_path.read_text())
-    return RestoreResult(data["digests"], data["restore_seconds"], data.get("error"))
+    return RestoreResult(stream_from_json(data), data["restore_seconds"], data.get("error"))
 
 
 def _restore_main(argv: list[str]) -> int:
@@ -192,15 +242,14 @@ def _restore_main(argv: list[str]) -> int:
     from omegaconf import OmegaConf
 
     request = json.loads(Path(args.request).read_text())
-    result: dict[str, Any] = {"digests": [], "restore_seconds": 0.0}
+    result: dict[str, Any] = {"digests": [], "elements": 0, "ended": False, "restore_seconds": 0.0}
     try:
         dataset = instantiate_dataset(OmegaConf.create(request["dataloader"]))
         started = time.perf_counter()
-        iterator = restore_iterator(dataset, Path(request["prefix"]))
+        iterator = restore_iterator(dataset, request["prefix"])
         result["restore_seconds"] = time.perf_counter() - started
-        result["digests"] = take_digests(iterator, request["batches"])
-    except StopIteration:
-        result["error"] = "the restored iterator ended early"
+        stream = take_digests(iterator, request["batches"])
+        result.update(digests=stream.digests, elements=stream.elements, ended=stream.ended)
     except Exception as error:
         result["error"] = (
             f"restore failed: {type(error).__name__}: {' '.join(str(error).split())[:300]}"

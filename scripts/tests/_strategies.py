@@ -97,6 +97,8 @@ class StrategyResult:
     resumes_exactly: bool = False
     quality: dict[str, float] = field(default_factory=dict)
     error: str | None = None
+    # "your pipeline" (the config's own loader) or "synthetic episodes" (_strategy_user).
+    measured_on: str = "synthetic episodes"
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
@@ -115,7 +117,7 @@ class PendingRestore:
     strategy: Strategy
     dataloader_cfg: dict[str, Any]
     checkpoint: Path  # the tf.train.Checkpoint prefix, or Grain's JSON state file
-    expected: list[Any]
+    expected: Any  # _roundtrip.DigestStream
     workdir: Path
 
 
@@ -187,20 +189,22 @@ def finish_restore(result: StrategyResult, pending: PendingRestore) -> StrategyR
     """Restore in a new process (Grain: from its JSON state) and compare bit for bit."""
     from _roundtrip import first_mismatch, restore_in_new_process
 
-    batches = len(pending.expected)
     if pending.strategy.framework == "grain":
         restored = _grain_restore_in_new_process(
-            pending.dataloader_cfg, pending.checkpoint, batches, pending.workdir
+            pending.dataloader_cfg,
+            pending.checkpoint,
+            len(pending.expected.digests),
+            pending.workdir,
         )
     else:
         restored = restore_in_new_process(
-            pending.dataloader_cfg, pending.checkpoint, batches, pending.workdir
+            pending.dataloader_cfg, pending.checkpoint, pending.expected, pending.workdir
         )
     result.restore_seconds = restored.restore_seconds
     if restored.error:
         result.error = restored.error
         return result
-    mismatch = first_mismatch(pending.expected, restored.digests)
+    mismatch = first_mismatch(pending.expected, restored.stream)
     result.resumes_exactly = mismatch is None
     if mismatch is not None:
         result.error = f"does not resume exactly: {mismatch.describe()}"
@@ -216,7 +220,7 @@ def _grain_restore_main(argv: list[str]) -> int:
     from hydra.utils import instantiate
 
     request = json.loads(Path(argv[0]).read_text())
-    result: dict[str, Any] = {"digests": [], "restore_seconds": 0.0}
+    result: dict[str, Any] = {"digests": [], "elements": 0, "ended": False, "restore_seconds": 0.0}
     try:
         with quiet_absl():
             dataset = instantiate(request["dataloader"], _convert_="all")
@@ -224,7 +228,8 @@ def _grain_restore_main(argv: list[str]) -> int:
         iterator = iter(dataset)
         iterator.set_state(json.loads(Path(request["state"]).read_text()))
         result["restore_seconds"] = time.perf_counter() - started
-        result["digests"] = take_digests(iterator, request["batches"])
+        stream = take_digests(iterator, request["batches"])
+        result.update(digests=stream.digests, elements=stream.elements, ended=stream.ended)
     except Exception as error:
         detail = " ".join(str(error).split())[:300]
         result["error"] = f"restore failed: {type(error).__name__}: {detail}"
@@ -239,7 +244,7 @@ def _grain_restore_in_new_process(
     import subprocess
     import sys
 
-    from _roundtrip import RestoreResult
+    from _roundtrip import DigestStream, RestoreResult, stream_from_json
 
     request, result_path = workdir / "grain_request.json", workdir / "grain_result.json"
     request.write_text(
@@ -254,33 +259,45 @@ def _grain_restore_in_new_process(
     )  # fmt: skip
     if not result_path.exists():
         tail = " | ".join(completed.stderr.strip().splitlines()[-3:])
-        return RestoreResult([], 0.0, f"restore process exited {completed.returncode}: {tail}")
+        return RestoreResult(
+            DigestStream([], 0, False),
+            0.0,
+            f"restore process exited {completed.returncode}: {tail}",
+        )
     data = json.loads(result_path.read_text())
-    return RestoreResult(data["digests"], data["restore_seconds"], data.get("error"))
+    return RestoreResult(stream_from_json(data), data["restore_seconds"], data.get("error"))
 
 
 # --- the pointer the small-buffer script prints ---------------------------------------------
 
 
+def _last_report(report: Path | dict[str, Any] | None) -> dict[str, Any] | None:
+    if isinstance(report, dict):
+        return report
+    path = Path(report) if report is not None else LAST_REPORT_CACHE
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
 def smallest_resuming_strategy(
-    report: Path | dict[str, Any] | None = None,
+    report: Path | dict[str, Any] | None = None, measured_on: str | None = None
 ) -> tuple[str, int] | None:
     """(name, checkpoint bytes) of the smallest strategy that resumed exactly in the last
-    strategies report (default: the cache the strategies script writes), or None if there
-    is no report yet or none resumed.
+    strategies report (default: the cache the strategies script writes), only among those
+    `measured_on` that data when given; None if there is no report or none resumed.
     """
-    if isinstance(report, dict):
-        data = report
-    else:
-        path = Path(report) if report is not None else LAST_REPORT_CACHE
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, ValueError):
-            return None
+    data = _last_report(report)
+    if data is None:
+        return None
     candidates = [
         (int(s["checkpoint_bytes"]), str(s["name"]))
         for s in data.get("strategies", [])
-        if s.get("resumes_exactly") and s.get("checkpoint_bytes")
+        if s.get("resumes_exactly")
+        and s.get("checkpoint_bytes")
+        and (measured_on is None or s.get("measured_on", "synthetic episodes") == measured_on)
     ]
     if not candidates:
         return None
@@ -288,21 +305,39 @@ def smallest_resuming_strategy(
     return name, size
 
 
-def strategies_pointer_line(report: Path | dict[str, Any] | None = None) -> str:
-    """The line the small-buffer script ends with: the smallest checkpoint that resumed
-    exactly in the last `make strategies` run, or how to measure it."""
+def strategies_pointer_line(
+    report: Path | dict[str, Any] | None = None, pipeline: str | None = None
+) -> str:
+    """The line the small-buffer script ends with. It names a strategy as the smallest only
+    when the last `make strategies` measured it on the same loader (`pipeline`, the
+    `dataloader._target_`); otherwise it says the figures come from synthetic episodes."""
     from _report import format_bytes
 
-    best = smallest_resuming_strategy(report)
-    if best is None:
+    data = _last_report(report)
+    same_loader = (
+        data is not None and pipeline is not None and data.get("dataloader_target") == pipeline
+    )
+    if same_loader:
+        best = smallest_resuming_strategy(data, measured_on="your pipeline")
+        if best is not None:
+            return (
+                "SMALLEST CHECKPOINT THAT RESUMES EXACTLY ON YOUR PIPELINE (last `make "
+                f"strategies`): {best[0]}, {format_bytes(best[1])}; its code is in "
+                "DISK_SPACE_SOLUTIONS.md"
+            )
+    synthetic = smallest_resuming_strategy(data, measured_on="synthetic episodes") if data else None
+    if synthetic is not None:
+        buffer = data.get("buffer_size") if data else None
+        at = f" at buffer {buffer:,}" if isinstance(buffer, int) else ""
         return (
-            "Smaller checkpoints: `make strategies` measures shuffle strategies whose checkpoint "
-            "is kilobytes (DISK_SPACE_SOLUTIONS.md)"
+            "Smaller checkpoints, measured on synthetic episodes and not on your pipeline "
+            f"(last `make strategies`): {synthetic[0]}, {format_bytes(synthetic[1])}{at}; "
+            '`make strategies ARGS="--config-name=YOURS"` runs those your loader allows on it '
+            "(DISK_SPACE_SOLUTIONS.md)"
         )
-    name, size = best
     return (
-        f"SMALLEST CHECKPOINT THAT RESUMES EXACTLY (last `make strategies`): {name}, "
-        f"{format_bytes(size)}; its code is in DISK_SPACE_SOLUTIONS.md"
+        "Smaller checkpoints: `make strategies` measures shuffle strategies whose checkpoint "
+        "is kilobytes (DISK_SPACE_SOLUTIONS.md)"
     )
 
 

@@ -79,7 +79,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="remove the staged copy in LOCAL_STAGING_DIR after a pass (default: keep it)",
     )
     add_estimate_args(parser)
-    return run_main(lambda: _run(parser, argv))
+    report: dict[str, Any] = {"script": SCRIPT}
+    return run_main(lambda: _run(parser, argv, report), argv, report)
 
 
 def _preflight(
@@ -114,7 +115,7 @@ def _preflight(
     )
 
 
-def _run(parser: Any, argv: Sequence[str] | None) -> int:
+def _run(parser: Any, argv: Sequence[str] | None, report: dict[str, Any]) -> int:
     args = parse_args(parser, argv)
     staging_root = staging_folder(os.environ.get(STAGING_VARIABLE))
     cfg = load_from_args(args)
@@ -123,11 +124,12 @@ def _run(parser: Any, argv: Sequence[str] | None) -> int:
     header = (
         f"Config: {args.config_name} · dataloader: {cfg.dataloader._target_} · buffer {buffer:,}"
     )
-    report: dict[str, Any] = {
-        "script": SCRIPT,
-        "config_name": args.config_name,
-        "shuffle_buffer_size": {"original": buffer, "tested": buffer},
-    }
+    report.update(
+        {
+            "config_name": args.config_name,
+            "shuffle_buffer_size": {"original": buffer, "tested": buffer},
+        }
+    )
     if args.estimate_only:
         print(header)
         _preflight(cfg, args, staging_root, bucket, report)
@@ -155,7 +157,9 @@ def _run(parser: Any, argv: Sequence[str] | None) -> int:
                 ),
             )
         except BaseException:
-            shutil.rmtree(staged, ignore_errors=True)
+            # A save cut short is of no use; a saved checkpoint is the user's: kept.
+            if not (staged / "iterator.index").exists():
+                shutil.rmtree(staged, ignore_errors=True)
             raise
     if not outcome.checkpoint_files:  # the save itself failed: a partial copy is of no use
         shutil.rmtree(staged, ignore_errors=True)

@@ -1,0 +1,90 @@
+"""The pipelines from public bug reports (tests/cases), each run as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+import pytest
+from conftest import TESTS_DIR, run_script, script_env
+
+SCRIPT = "test_dataloader_checkpoint_small_buffer.py"
+CASES = TESTS_DIR / "cases"
+
+
+def _run_case(name: str, tmp_path: Path, *overrides: str):
+    report = tmp_path / f"{name}.json"
+    env = script_env(CASES_DATA=str(tmp_path / "data"), GCS_TEST_BUCKET=str(tmp_path))
+    env["PYTHONPATH"] = os.pathsep.join([str(CASES), env["PYTHONPATH"]])
+    result = run_script(
+        SCRIPT, "--config-dir", str(CASES / "conf"), "--config-name", name,
+        "--report", str(report), *overrides, env=env,
+    )  # fmt: skip
+    data = json.loads(report.read_text())
+    assert "Traceback" not in result.stdout + result.stderr
+    assert data["exit_code"] == result.returncode
+    return result, data
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["c08", "c13", "c14"])
+def test_cache_ragged_and_sparse_pipelines_resume_and_pass(name: str, tmp_path: Path):
+    result, data = _run_case(name, tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.rstrip().splitlines()[-1] == "✓ ALL TESTS PASSED"
+    verification = data["verification"]
+    assert verification["passed"] and verification["window_covers_buffers"]
+    assert verification["batches_compared"] >= 10
+    # The user's own folder is untouched apart from the report itself.
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name != "data") == [f"{name}.json"]
+
+
+@pytest.mark.slow
+def test_a_small_configured_buffer_is_tested_as_it_is_not_raised(tmp_path: Path):
+    result, data = _run_case("c02", tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert data["shuffle_buffer_size"] == {"original": 12, "tested": 12}
+    assert "Testing the configured dataloader.shuffle_buffer_size 12 as it is" in result.stdout
+    assert "→ 100" not in result.stdout
+    # 12 items in batches of 2: the window runs past the epoch boundary, where a reshuffle
+    # without a saved seed would show.
+    assert data["verification"]["batches_compared"] > 6
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("name", "op", "advice"),
+    [
+        ("c06", "RngReadAndSkip", "tf.random.Generator keeps its state"),
+        ("c07", "ResourceGather", "capture it as a constant"),
+    ],
+)
+def test_stateful_pipelines_fail_with_the_op_and_advice_for_its_kind(
+    name: str, op: str, advice: str, tmp_path: Path
+):
+    result, data = _run_case(name, tmp_path)
+    assert result.returncode == 1, result.stdout + result.stderr
+    last = result.stdout.rstrip().splitlines()[-1]
+    assert last.startswith("✗ CHECKPOINT CANNOT BE SAVED") and f"op {op} is stateful" in last
+    assert advice in last
+    assert "TensorFlow said" not in last  # advice, not TensorFlow's raw text
+    assert data["passed"] is False
+    # The risk was named before the save was tried.
+    assert re.search(rf"^⚠ Risk to an exact resume: Map\(\w+\) uses {op}", result.stdout, re.M)
+
+
+@pytest.mark.slow
+def test_a_pipeline_shorter_than_the_test_is_exit_2_with_the_counts(tmp_path: Path):
+    result, data = _run_case("c15", tmp_path)
+    assert result.returncode == 2, result.stdout + result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert "yields 1 batch and ends" in lines[0]
+    assert "the test needs 4" in lines[0] and "roundtrip.batches_before_save=0" in lines[0]
+    assert data["passed"] is False and data["exit_code"] == 2
+    # Following the advice works: the one batch is compared, then the end of data.
+    result, data = _run_case("c15", tmp_path, "roundtrip.batches_before_save=0")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert data["verification"]["batches_compared"] == 1
