@@ -42,11 +42,15 @@ strategies: $(NOX)
 estimate: $(NOX)
 	$(NOX) -s estimate -- $(ARGS)
 
+.PHONY: diagnose  ## Why "Could not append to the internal temporary file" on this host (ARGS="TMPDIR=/x")
+diagnose: $(NOX)
+	$(NOX) -s diagnose -- $(ARGS)
+
 .PHONY: disk-check  ## Free space of TF's temp folder, /tmp, LOCAL_STAGING_DIR, home, cwd and RAM
 disk-check: $(NOX)
 	$(NOX) -s disk_check -- $(ARGS)
 
-.PHONY: bench  ## Benchmark the estimate: accuracy and calibration time vs real saves (slow)
+.PHONY: bench  ## Benchmarks: save/transfer vs raw limits, scaling plot, estimator, catch rate (slow)
 bench: $(NOX)
 	$(NOX) -s bench -- $(ARGS)
 

@@ -83,6 +83,12 @@ def estimate(session: nox.Session) -> None:
     session.run("python", str(script), "--estimate-only", *session.posargs)
 
 
+@nox.session(default=False)
+def diagnose(session: nox.Session) -> None:
+    """Why a gs:// save failed on this host: every cause checked, the most likely named."""
+    _run_top_script(session, "diagnose.py")
+
+
 @nox.session
 def disk_check(session: nox.Session) -> None:
     """Free space of every folder a checkpoint passes through, and RAM, vs what a test needs."""
@@ -94,8 +100,9 @@ def disk_check(session: nox.Session) -> None:
 
 @nox.session(default=False)
 def bench(session: nox.Session) -> None:
-    """Estimate accuracy and calibration time against real saves, as ratios (slow)."""
-    _run_top_script(session, "bench_estimate.py")
+    """Benchmarks vs raw limits, scaling, estimator accuracy, catch rate -> bench/, docs/ (slow)."""
+    _install_locked(session, "bench")
+    session.run("python", str(ROOT / "scripts" / "bench.py"), *session.posargs)
 
 
 @nox.session

@@ -21,7 +21,6 @@ from typing import Any
 from _config import load_config
 from _errors import PreflightRefusal, UsageError
 from _report import (
-    format_bytes,
     format_gb,
     reset_report,
     start_report,
@@ -177,6 +176,10 @@ def estimate_and_preflight(
 ) -> Any:
     """Estimate the checkpoint (measured, cached or formula), show where its bytes go, refuse.
 
+    Production answers first: the line saying whether the configured buffer's checkpoint
+    (what training saves) fits TensorFlow's temp folder, RAM and the bucket, and with
+    --estimate-only its own table; then the table of the folders this run will fill.
+
     On a refusal the JSON report (`report` plus the estimate and locations, exit_code 3)
     is written before PreflightRefusal propagates, so a refused run still says why.
 
@@ -184,75 +187,125 @@ def estimate_and_preflight(
     `tested_buffer` is the buffer the run will fill (default: the configured one);
     `locations(estimate) -> [Location]` replaces the scenario's default rows;
     `tested_line` (how the tested buffer was chosen) is printed after the first headline.
-    Prints the headline lines, the locations table and the --fit-budget answer; raises
+    Prints the headline lines, the locations tables and the --fit-budget answer; raises
     PreflightRefusal (exit 3) naming the path unless --force. Returns an EstimateResult
-    whose `.locations` and `.fit_budget` hold the report's `locations` and `fit_budget`.
+    whose `.locations` and `.fit_budget` hold the report's `locations` and `fit_budget`;
+    the report also gets `configured_locations` and `configured_fits`.
     """
     import _locations
     from _estimate import estimate
 
-    budget = None
-    fit_budget = getattr(args, "fit_budget", None)
-    if fit_budget not in (None, "tightest"):
-        budget = _locations.parse_size(fit_budget)
+    budget = _budget_arg(args)
     result = estimate(cfg, tested_buffer=tested_buffer, scratch_root=scratch_root, say=say)
-    say(f"ORIGINAL CONFIG CHECKPOINT SIZE ESTIMATE: {result.headline('original')}")
-    if tested_line:
-        say(tested_line)
-    if result.tested_buffer != result.original_buffer:
-        say(f"NEW CONFIG CHECKPOINT SIZE ESTIMATE: {result.headline('tested')}")
-    if result.calibration is not None:
-        cal = result.calibration
-        per_element, _ = cal.per_element(result.original_buffer)
+    _say_headlines(result, say, tested_line)
+    processes = int(cfg.estimate.get("processes_per_host") or 1)
+    configured = _locations.check_locations(_locations.configured_locations(result, processes))
+    separate = scenario != "full" or result.tested_buffer != result.original_buffer
+    if getattr(args, "estimate_only", False) and separate:
         say(
-            f"  measured: {format_bytes(per_element)} per buffered element + "
-            f"{format_bytes(cal.fixed_bytes(result.original_buffer))} fixed "
-            f"(prefetch/map buffers, ~{cal.extra_elements(result.original_buffer):.0f} elements); "
-            + ("cached measurement" if result.cached else f"calibration took {cal.seconds:.1f} s")
+            f"Where the configured buffer's checkpoint goes ({result.original_buffer:,} "
+            "elements, what training saves):"
         )
-    for note in result.notes:
-        say(f"  note: {note}")
-    if locations is not None:
-        rows = locations(result)
-    else:
-        rows = _locations.scenario_locations(scenario, result)
-    rows = _locations.check_locations(rows)
-    _, _, tmp_warning = _locations.tf_temp_dir()
+        say(_locations.locations_table(configured))
+    say(_locations.configured_fit_line(configured, result))
+    production = {
+        "configured_locations": [row.report() for row in configured],
+        "configured_fits": all(row.ok for row in configured),
+    }
+    rows = locations(result) if locations is not None else None
+    rows = _locations.check_locations(
+        rows if rows is not None else _locations.scenario_locations(scenario, result)
+    )
+    if separate:
+        say(f"The folders this run fills (buffer {result.tested_buffer:,}):")
     say(_locations.locations_table(rows))
+    _, _, tmp_warning = _locations.tf_temp_dir()
     if tmp_warning:
         say(f"⚠ {tmp_warning}")
     result.locations = [row.report() for row in rows]
-    if fit_budget is not None:
-        source = "your budget" if budget is not None else "the tightest location"
-        budget = budget if budget is not None else _locations.tightest_budget(rows)
-        largest = result.largest_buffer_within(budget)
-        result.fit_budget = {
-            "budget_bytes": budget,
-            "shuffle_buffer_size": largest,
-            "estimated_bytes": result.bytes_for(largest) if largest else 0,
-        }
-        if largest:
-            say(
-                "FIT BUDGET: the largest shuffle_buffer_size whose checkpoint fits in "
-                f"{format_gb(budget)} ({source}) is {largest:,} "
-                f"(~{format_gb(result.bytes_for(largest))} + uncertainty)"
-            )
-        else:
-            say(f"FIT BUDGET: no shuffle_buffer_size fits in {format_gb(budget)} ({source})")
+    if getattr(args, "fit_budget", None) is not None:
+        tightest = _locations.tightest_budget(configured) // processes
+        ram_limit = _locations.ram_buffer_limit(configured, result)
+        ram_limit = None if ram_limit is None else ram_limit // processes
+        result.fit_budget = _fit_budget(result, budget, tightest, say, ram_limit)
     try:
         warnings = _locations.preflight(rows, result, force=getattr(args, "force", False))
     except PreflightRefusal as refusal:
         write_report(
             args.report,
-            {**(report or {}), **estimate_report(result), "refusal": str(refusal),
-             "passed": False, "exit_code": EXIT_PREFLIGHT},
+            {**(report or {}), **estimate_report(result), **production,
+             "refusal": str(refusal), "passed": False, "exit_code": EXIT_PREFLIGHT},
         )  # fmt: skip
         raise
     for warning in warnings:
         say(f"⚠ PREFLIGHT WOULD REFUSE (--force): {warning}")
     if report is not None:
-        report.update(estimate_report(result))
+        report.update({**estimate_report(result), **production})
     return result
+
+
+def _budget_arg(args: argparse.Namespace) -> int | None:
+    """--fit-budget SIZE in bytes; None for no budget or the tightest location."""
+    import _locations
+
+    fit_budget = getattr(args, "fit_budget", None)
+    if fit_budget in (None, "tightest"):
+        return None
+    return _locations.parse_size(fit_budget)
+
+
+def _say_headlines(result: Any, say: Callable[[str], None], tested_line: str | None) -> None:
+    say(f"ORIGINAL CONFIG CHECKPOINT SIZE ESTIMATE: {result.headline('original')}")
+    if tested_line:
+        say(tested_line)
+    if result.tested_buffer != result.original_buffer:
+        say(f"NEW CONFIG CHECKPOINT SIZE ESTIMATE: {result.headline('tested')}")
+    for line in result.describe():
+        say(line)
+    for note in result.notes:
+        say(f"  note: {note}")
+
+
+def _fit_budget(
+    result: Any,
+    budget: int | None,
+    tightest: int,
+    say: Callable[[str], None],
+    ram_limit: int | None = None,
+) -> dict[str, Any]:
+    """--fit-budget: whether the configured buffer fits, then the largest buffer that does.
+
+    `ram_limit` (the largest buffer host RAM holds) caps the answer, so following it passes
+    the preflight's RAM row too.
+    """
+    source = "your budget" if budget is not None else "the tightest location"
+    budget = budget if budget is not None else tightest
+    original = result.original_buffer
+    configured_need = result.bytes_for(original) * (1 + (result.uncertainty or 0.0))
+    configured_fits = configured_need <= budget
+    largest = result.largest_buffer_within(budget)
+    largest = largest if ram_limit is None else min(largest, ram_limit)
+    verdict = "fits" if configured_fits else "does NOT fit"
+    configured = (
+        f"the configured shuffle_buffer_size {original:,} "
+        f"(~{format_gb(result.bytes_for(original))} + uncertainty) {verdict} in "
+        f"{format_gb(budget)} ({source}); "
+    )
+    if largest:
+        say(
+            f"FIT BUDGET: {configured}the largest shuffle_buffer_size whose checkpoint fits in "
+            f"{format_gb(budget)} ({source}) is {largest:,} "
+            f"(~{format_gb(result.bytes_for(largest))} + uncertainty)"
+        )
+    else:
+        say(f"FIT BUDGET: {configured}no shuffle_buffer_size fits in {format_gb(budget)}")
+    return {
+        "budget_bytes": budget,
+        "shuffle_buffer_size": largest,
+        "estimated_bytes": result.bytes_for(largest) if largest else 0,
+        "configured_buffer": original,
+        "configured_fits": configured_fits,
+    }
 
 
 def finish_estimate_only(args: argparse.Namespace, report: dict[str, Any]) -> int:

@@ -30,15 +30,20 @@ class EstimateSettings:
     formula_overhead: float = 1.5
     # Each host of a multi-host job saves its own iterator checkpoint.
     num_hosts: int = 1
+    # Processes on one host that each save their own iterator at once (one per accelerator);
+    # None: `make diagnose` counts the accelerators it finds (the estimate tables assume 1).
+    processes_per_host: int | None = None
     # Buffer sizes the measured estimate fills, saves and fits a line through.
     calibration_buffer_sizes: list[int] = field(default_factory=lambda: [8, 32, 64])
-    # Elements read before each save of the largest calibration buffer, so its saves hold
-    # data from across the stream and not only its first elements (see _estimate.py).
+    # Where the calibration samples the stream: one chunk of elements from each offset, so
+    # the per-element figure holds data from across the stream (see _calibration.py).
     calibration_offsets: list[int] = field(
-        default_factory=lambda: [0, 128, 256, 384, 512, 640, 768]
+        default_factory=lambda: [0, 64, 128, 256, 512, 1024, 2048, 4096, 8192]
     )
     # Reuse a measurement keyed by a hash of the resolved config and the pipeline's source.
     cache: bool = True
+    # The calibration stops (exit 2, one line) when the pipeline shows no progress this long.
+    calibration_timeout_seconds: float = 300.0
 
 
 @dataclass
@@ -51,6 +56,8 @@ class RoundTripSettings:
     # Batches compared beyond the buffers' volume at save time, so elements drawn fresh from
     # upstream after the restore reach the comparison (see _window.py).
     fresh_batches: int = 10
+    # ...and at least this many elements' worth of batches (matters for small batches).
+    fresh_elements: int = 100
     # Time budget (seconds) for reading the comparison window from the original iterator;
     # when it runs out the window is cut and the run says so.
     window_seconds: float = 300.0

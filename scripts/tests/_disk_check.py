@@ -186,6 +186,14 @@ def run(argv: Sequence[str]) -> int:
     print("\n".join(lines))
     if warning:
         print(f"⚠ {warning}")
+    # TensorFlow's GCS filesystem reads GCS_* variables (timeouts, retries, caches); a large
+    # checkpoint's upload is bounded by GCS_WRITE_REQUEST_TIMEOUT_SECS, so show what is set.
+    from _tf_gcs import tf_gcs_settings
+
+    settings = tf_gcs_settings()
+    if settings:
+        print("TensorFlow GCS settings:")
+        print("\n".join(f"  {name}={value}" for name, value in settings.items()))
     for row in rows:
         if row.status == "missing":
             print(f"✗ {row.label}={row.path}: no such folder (create it, or point it elsewhere)")

@@ -14,8 +14,6 @@ import json
 import os
 import secrets
 import shutil
-import socket
-import subprocess
 import sys
 import threading
 import time
@@ -756,60 +754,17 @@ def _is_cancelled(error: BaseException | None) -> bool:
 # --- the embedded GCS server -----------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @contextlib.contextmanager
-def embedded_gcs_server(data_dir: Path | None = None) -> Iterator[str]:
-    """Start gcp-storage-emulator (a real HTTP server) on 127.0.0.1; yield its endpoint.
+def embedded_gcs_server(scratch_root: Path | None = None) -> Iterator[str]:
+    """Start the embedded GCS server (see _gcs_server) and yield its endpoint.
 
-    Sets STORAGE_EMULATOR_HOST for this process while it runs, so one client made
-    inside the block talks to it, and stops it on exit.
+    fake-gcs-server behind an HTTPS front on 127.0.0.1, objects on disk under a
+    `dlckpt-gcs-*` folder in `scratch_root` (default: the temp folder). While the block
+    runs, this process (and what it starts) has STORAGE_EMULATOR_HOST plus the variables
+    that send TensorFlow's own GCS filesystem there (_gcs_server.tensorflow_env); they are
+    restored on exit, and the server is stopped with its storage removed.
     """
-    port = _free_port()
-    command = [
-        sys.executable,
-        "-m",
-        "gcp_storage_emulator",
-        "start",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--quiet",
-    ]
-    command += ["--in-memory"] if data_dir is None else []
-    process = subprocess.Popen(
-        command,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        cwd=str(data_dir) if data_dir else None,
-    )
-    endpoint = f"http://127.0.0.1:{port}"
-    previous = os.environ.get("STORAGE_EMULATOR_HOST")
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            with (
-                contextlib.suppress(OSError),
-                socket.create_connection(("127.0.0.1", port), timeout=1),
-            ):
-                break
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the embedded GCS server did not start on {endpoint}")
-            time.sleep(0.1)
-        os.environ["STORAGE_EMULATOR_HOST"] = endpoint
-        yield endpoint
-    finally:
-        if previous is None:
-            os.environ.pop("STORAGE_EMULATOR_HOST", None)
-        else:
-            os.environ["STORAGE_EMULATOR_HOST"] = previous
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
+    from _gcs_server import applied, embedded_gcs
+
+    with embedded_gcs(scratch_root) as server, applied(server.env):
+        yield server.endpoint

@@ -1,0 +1,45 @@
+"""The test suite's wall time under `make test` and where it goes (pytest --durations)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from _bench.stats import timed
+
+DURATION_LINE = re.compile(r"^\s*([0-9.]+)s\s+(call|setup|teardown)\s+(\S+)\s*$")
+SUMMARY_LINE = re.compile(r"=+ (.*\b(passed|failed|error)\b.*) in ([0-9.]+)s")
+
+
+def parse_durations(output: str) -> list[dict[str, Any]]:
+    """The `--durations` table: [{"seconds", "phase", "test"}], slowest first."""
+    rows = []
+    for line in output.splitlines():
+        match = DURATION_LINE.match(line)
+        if match:
+            rows.append(
+                {"seconds": float(match.group(1)), "phase": match.group(2), "test": match.group(3)}
+            )
+    return sorted(rows, key=lambda row: -row["seconds"])
+
+
+def run_suite(root: Path, durations: int = 15) -> dict[str, Any]:
+    """Wall seconds of `make test` (pytest on 2 workers), its summary line, slowest steps."""
+    pytest_args = f"-q --numprocesses=2 --durations={durations}"
+    args = f"ARGS={pytest_args}"
+    seconds, completed = timed(
+        lambda: subprocess.run(
+            ["make", "test", args], cwd=root, capture_output=True, text=True, check=False
+        )
+    )
+    output = completed.stdout + completed.stderr
+    summary = SUMMARY_LINE.search(output)
+    return {
+        "command": f'make test ARGS="{pytest_args}"',
+        "seconds": seconds,
+        "exit_code": completed.returncode,
+        "summary": summary.group(1) if summary else None,
+        "slowest": parse_durations(output),
+    }
