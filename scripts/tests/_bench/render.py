@@ -55,6 +55,23 @@ def machine_section(results: dict[str, Any]) -> list[str]:
         for role, fs in machine["filesystems"].items()
     ]
     lines += [_table(["folder", "path", "filesystem", "mount", "free"], rows), ""]
+    for command, later in zip(
+        results.get("commands_merged", []), results.get("machine_merged", []), strict=False
+    ):
+        load = later["load_average"]
+        lines += [
+            f"Some parts were measured later by `{command}` ({later['taken_at_utc']}, load "
+            f"{load[0]} / {load[1]} / {load[2]} at its start).",
+            "",
+        ]
+    part_load = results.get("part_load_average") or {}
+    part_seconds = results.get("part_seconds") or {}
+    if part_seconds:
+        rows = [
+            [name, f"{seconds:.0f}", " / ".join(str(v) for v in part_load.get(name, []))]
+            for name, seconds in part_seconds.items()
+        ]
+        lines += [_table(["part", "wall seconds", "load average at its end"], rows), ""]
     return lines
 
 
