@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -54,6 +55,7 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
         "--merge", action="store_true",
         help="keep the parts of an existing --out file that this run does not measure",
     )  # fmt: skip
+    parser.add_argument("--note", help="add this sentence to results.json's notes (with --merge)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results.json")
     parser.add_argument("--docs", type=Path, default=ROOT / "docs")
     args = parser.parse_args(argv)
@@ -84,7 +86,12 @@ def options_from(args: argparse.Namespace, argv: Sequence[str]) -> Options:
     return Options(**changes)
 
 
+def _exit_on_sigterm(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)  # unwinds, so the scratch folders are removed
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse(argv)
     if args.render_only:
@@ -98,6 +105,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         results = measure(options, target, say=lambda line: print(line, flush=True))
         if earlier is not None:
             results = merged(earlier, results)
+            if args.note:
+                results["notes"] = [*results.get("notes", []), args.note]
             target.unlink(missing_ok=True)
         write_results(results, args.out)
         print(f"Wrote {args.out}")

@@ -55,6 +55,8 @@ def machine_section(results: dict[str, Any]) -> list[str]:
         for role, fs in machine["filesystems"].items()
     ]
     lines += [_table(["folder", "path", "filesystem", "mount", "free"], rows), ""]
+    lines += [f"Note: {note}" for note in results.get("notes", [])]
+    lines += [""] if results.get("notes") else []
     for command, later in zip(
         results.get("commands_merged", []), results.get("machine_merged", []), strict=False
     ):
@@ -181,8 +183,10 @@ def scaling_section(data: dict[str, Any] | None) -> list[str]:
         f"**Preflight RAM row vs measurement** at buffer {ram['buffer']:,}: the preflight's "
         f'"host RAM" row says {mb(ram["estimate_ram_bytes"])} '
         f"({ram['raw_bytes_per_element']} B per element, the buffer uncompressed). The saving "
-        f"process peaked at {mb(ram['measured_peak_rss_bytes'])} (kernel high-water mark "
-        f"{mb(ram['measured_peak_rss_kernel_bytes'])}), of which "
+        f"process peaked at {mb(ram['measured_peak_rss_bytes'])} (the kernel's high-water "
+        f"mark, {mb(ram['measured_peak_rss_kernel_bytes'])}, also counts start-up transients "
+        f"such as importing TensorFlow: it is {mb(data['rows'][0].get('peak_rss_kernel_bytes'))}"
+        f" at buffer {data['rows'][0]['buffer']:,}), of which "
         f"{mb(ram['process_baseline_bytes'])} is the process with an empty buffer (the "
         f"intercept) and {mb(ram['measured_buffer_bytes'])} the buffer "
         f"({ram['measured_bytes_per_element']:,.0f} B per element). The row {verdict} "
