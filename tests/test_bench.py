@@ -133,7 +133,7 @@ def test_render_writes_the_page_and_the_plot_from_results(tmp_path: Path, within
     assert "1.11 / 1.23 / 1.35 (n=3)" in text  # save / raw write
     assert "4.40 / 5.50 / 6.60 (n=3)" in text  # restore / raw read
     assert "1.77 / 1.88 / 1.88 (n=2)" in text  # verified put / plain upload
-    assert "94.1 / 117.6 / 117.6 (n=2)" in text  # fill / estimate-only
+    assert "94.100 / 117.600 / 117.600 (n=2)" in text  # fill / estimate-only
     assert "9.87 / 6.5 / 4.0 at the start, 3.21 / 3.0 / 3.0 at the end" in text
     assert "**The machine was busy**" in text
     assert "TensorFlow 9.99.9" in text and "ext4" in text

@@ -206,7 +206,7 @@ def answer_section(rows: list[dict[str, Any]] | None) -> list[str]:
             f"{r['estimate_only']['seconds']:.1f} (exit {r['estimate_only']['exit_code']})",
             f"{r['fill_measured_at_buffer']:,}",
             spread(r["fill_elements_per_second"], 1), spread(r["fill_seconds"], 0),
-            spread(r["fill/estimate_only"], 1),
+            spread(r["fill/estimate_only"], 3),
         ]
         for r in rows
     ]  # fmt: skip
