@@ -42,6 +42,10 @@ strategies: $(NOX)
 estimate: $(NOX)
 	$(NOX) -s estimate -- $(ARGS)
 
+.PHONY: diagnose  ## Why "Could not append to the internal temporary file" on this host (ARGS="TMPDIR=/x")
+diagnose: $(NOX)
+	$(NOX) -s diagnose -- $(ARGS)
+
 .PHONY: disk-check  ## Free space of TF's temp folder, /tmp, LOCAL_STAGING_DIR, home, cwd and RAM
 disk-check: $(NOX)
 	$(NOX) -s disk_check -- $(ARGS)

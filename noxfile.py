@@ -83,6 +83,12 @@ def estimate(session: nox.Session) -> None:
     session.run("python", str(script), "--estimate-only", *session.posargs)
 
 
+@nox.session(default=False)
+def diagnose(session: nox.Session) -> None:
+    """Why a gs:// save failed on this host: every cause checked, the most likely named."""
+    _run_top_script(session, "diagnose.py")
+
+
 @nox.session
 def disk_check(session: nox.Session) -> None:
     """Free space of every folder a checkpoint passes through, and RAM, vs what a test needs."""

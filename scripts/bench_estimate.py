@@ -1,83 +1,113 @@
 #!/usr/bin/env python3
-"""Benchmark the measured checkpoint-size estimate against real saves.
+"""Benchmark the measured checkpoint-size estimate against real saves, shape by shape.
 
-For each case it calibrates (cache off, timed), extrapolates to MULTIPLIER x the largest
-calibration buffer, then fills that buffer for real, saves the iterator once the
-prefetch buffers are full, and prints estimate/real and calibration-time/real-time as
-ratios. Nothing is kept: every save goes to a scratch folder that is removed.
+For each case it calibrates (cache off, timed), extrapolates to 20x and 100x the largest
+calibration buffer, then fills each buffer for real, saves the iterator once the
+prefetch buffers are full, and prints estimate/real, the stated ±, the README's rule of
+thumb beside it and the calibration seconds. Results go to bench/estimate.json. Nothing
+else is kept: every save goes to a scratch folder that is removed.
 
-    python scripts/bench_estimate.py                      # all cases, 20x
-    python scripts/bench_estimate.py --cases small sensor --multiplier 30
+    python scripts/bench_estimate.py                       # presets + the test family
+    python scripts/bench_estimate.py --cases small tiny_elements --multipliers 20 100
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import sys
 import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts" / "tests"))
-sys.path.insert(0, str(ROOT / "tests" / "pipelines"))  # the pipeline the estimator never saw
+sys.path.insert(0, str(ROOT / "tests" / "pipelines"))  # pipelines the estimator never saw
 
-# name -> (config name, overrides, config folder or None)
-CASES: dict[str, tuple[str, list[str]]] = {
+PRESETS: dict[str, tuple[str, list[str]]] = {
     "small": ("small", []),
-    "config": ("config", []),
-    "openvla": ("openvla", []),
-    "sensor": ("sensor", []),
-}
-SENSOR_YAML = (
-    "dataloader:\n"
-    "  _target_: estimate_pipelines.sensor_log_dataset\n"
-    "  shuffle_buffer_size: 100000\n"
-)
+    "openvla-40": (
+        "openvla",
+        ["dataloader.image_size=40", "+dataloader.num_episodes=40",
+         "+dataloader.steps_per_episode=12"],
+    ),
+}  # fmt: skip
 
 
-def bench_case(name: str, multiplier: int, scratch: Path) -> dict[str, float | int | str]:
-    from _config import load_config, with_buffer_size
-    from _estimate import _settle, estimate
+def _shape_names() -> list[str]:
+    from estimate_shapes import FAMILY
+
+    return list(FAMILY)
+
+
+def shape_config(name: str, folder: Path, overrides: Sequence[str] = ()) -> Any:
+    """The config of a preset or of a test-family shape (written into `folder`)."""
+    from _config import load_config
+    from estimate_shapes import FAMILY
+
+    if name in PRESETS:
+        config_name, preset_overrides = PRESETS[name]
+        return load_config(config_name, [*preset_overrides, *overrides])
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = [f"  _target_: estimate_shapes.{name}", "  shuffle_buffer_size: 1000"]
+    lines += [f"  {key}: {json.dumps(value)}" for key, value in FAMILY[name].items()]
+    (folder / f"{name}.yaml").write_text("dataloader:\n" + "\n".join(lines) + "\n")
+    return load_config(name, list(overrides), folder)
+
+
+def real_checkpoint_bytes(cfg: Any, buffer: int, scratch: Path) -> int:
+    """Bytes of a real iterator checkpoint at `buffer`, saved as a training job saves it.
+
+    Reads roundtrip.batches_before_save batches, waits, then saves until three saves in a
+    row agree (prefetch buffers full: training is the slow side) and keeps the largest.
+    """
+    from _config import with_buffer_size
     from _pipeline import instantiate_dataset
     from _roundtrip import save_iterator
 
-    config_name, overrides = CASES[name]
-    config_dir = None
-    if name == "sensor":
-        config_dir = scratch / "conf"
-        config_dir.mkdir(exist_ok=True)
-        (config_dir / "sensor.yaml").write_text(SENSOR_YAML)
-    cfg = load_config(config_name, [*overrides, "estimate.cache=false"], config_dir)
-    target = multiplier * max(cfg.estimate.calibration_buffer_sizes)
-    started = time.perf_counter()
-    result = estimate(cfg, tested_buffer=target, scratch_root=scratch, say=lambda _: None)
-    calibration_seconds = time.perf_counter() - started
-
-    started = time.perf_counter()
-    iterator = iter(instantiate_dataset(with_buffer_size(cfg, target).dataloader))
+    iterator = iter(instantiate_dataset(with_buffer_size(cfg, buffer).dataloader))
     for _ in range(cfg.roundtrip.batches_before_save):
         next(iterator)
-    _settle()
-    saved = save_iterator(iterator, scratch / f"{name}-real")
-    real_seconds = time.perf_counter() - started
+    time.sleep(0.5)
+    sizes: list[int] = []
+    for attempt in range(12):
+        folder = scratch / f"real-{buffer}-{attempt}"
+        sizes.append(save_iterator(iterator, folder).bytes)
+        shutil.rmtree(folder, ignore_errors=True)
+        if len(sizes) >= 3 and len(set(sizes[-3:])) == 1:
+            break
+        time.sleep(0.2)
     del iterator
-    shutil.rmtree(scratch / f"{name}-real", ignore_errors=True)
+    return max(sizes)
+
+
+def bench_case(name: str, multipliers: Sequence[int], scratch: Path) -> dict[str, Any]:
+    from _estimate import estimate
+
+    cfg = shape_config(name, scratch / "conf", ["estimate.cache=false"])
+    started = time.perf_counter()
+    result = estimate(cfg, scratch_root=scratch, say=lambda _: None)
+    calibration_seconds = time.perf_counter() - started
     assert result.calibration is not None
-    return {
-        "case": name,
-        "buffer": target,
-        "estimate_bytes": result.tested_bytes,
-        "real_bytes": saved.bytes,
-        "estimate/real": result.tested_bytes / saved.bytes,
-        "uncertainty": result.calibration.uncertainty_for(target),
-        "formula/real": result.formula_tested_bytes / saved.bytes,
-        "calibration_s": calibration_seconds,
-        "real_fill_save_s": real_seconds,
-        "calibration/real_time": calibration_seconds / real_seconds,
-    }
+    largest = max(cfg.estimate.calibration_buffer_sizes)
+    row: dict[str, Any] = {"case": name, "calibration_s": round(calibration_seconds, 1),
+                           "constant": result.calibration.constant}  # fmt: skip
+    for multiplier in multipliers:
+        buffer = multiplier * largest
+        real = real_checkpoint_bytes(cfg, buffer, scratch)
+        estimated = result.bytes_for(buffer)
+        formula = result.formula_tested_bytes * buffer // max(result.tested_buffer, 1)
+        row[f"est/real {multiplier}x"] = round(estimated / real, 4)
+        row[f"± {multiplier}x"] = round(result.uncertainty_for(buffer) or 0.0, 4)
+        row[f"covered {multiplier}x"] = abs(estimated / real - 1) <= (
+            result.uncertainty_for(buffer) or 0.0
+        )
+        row[f"formula/real {multiplier}x"] = round(formula / real, 3)
+        row[f"real bytes {multiplier}x"] = real
+    return row
 
 
 def compression_rows(
@@ -134,20 +164,32 @@ def compression_rows(
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cases", nargs="+", choices=sorted(CASES), default=list(CASES))
     parser.add_argument(
-        "--multiplier",
-        type=int,
-        default=20,
-        help="real buffer = this x the largest calibration buffer",
+        "--cases", nargs="+", help="presets and/or test-family shapes (default: all)"
     )
+    parser.add_argument(
+        "--multipliers", nargs="+", type=int, default=[20, 100],
+        help="real buffers = these x the largest calibration buffer (default: 20 100)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--output", type=Path, default=ROOT / "bench" / "estimate.json",
+        help="where the JSON results go (default: bench/estimate.json)",
+    )  # fmt: skip
     parser.add_argument(
         "--compression", action="store_true",
         help="print checkpoint bytes per buffered frame / decoded bytes, by kind of frame; exit",
     )  # fmt: skip
     args = parser.parse_args(argv)
-    if args.multiplier < 1:
-        print("✗ --multiplier: expected a positive integer, e.g. 20", file=sys.stderr)
+    if any(m < 1 for m in args.multipliers):
+        print("✗ --multipliers: expected positive integers, e.g. 20 100", file=sys.stderr)
+        return 2
+    known = [*PRESETS, *_shape_names()]
+    cases = args.cases or known
+    unknown = [c for c in cases if c not in known]
+    if unknown:
+        print(
+            f"✗ --cases {' '.join(unknown)}: expected some of {', '.join(known)}", file=sys.stderr
+        )
         return 2
     from _tf import import_tensorflow
     from tabulate import tabulate
@@ -159,20 +201,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows = []
     scratch = Path(tempfile.mkdtemp(prefix="dlckpt-bench-"))
     try:
-        for name in args.cases:
-            row = bench_case(name, args.multiplier, scratch)
-            rows.append(row)
-            print(
-                f"{name}: estimate/real {row['estimate/real']:.4f} (±{row['uncertainty']:.1%}), "
-                f"calibration {row['calibration_s']:.1f} s vs real fill+save "
-                f"{row['real_fill_save_s']:.1f} s",
-                flush=True,
-            )
+        for name in cases:
+            rows.append(bench_case(name, args.multipliers, scratch))
+            print(json.dumps(rows[-1]), flush=True)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    print(tabulate(rows, headers="keys", floatfmt=".3f", intfmt=","))
-    worst = max(abs(float(row["estimate/real"]) - 1) for row in rows)
-    print(f"worst |estimate/real - 1| = {worst:.2%}")
+    print(tabulate(rows, headers="keys", floatfmt=".4f", intfmt=","))
+    errors = [abs(v - 1) for row in rows for k, v in row.items() if k.startswith("est/real")]
+    covered = [v for row in rows for k, v in row.items() if k.startswith("covered")]
+    print(
+        f"worst |estimate/real - 1| = {max(errors):.2%}; the stated ± (95%) covered "
+        f"{sum(covered)}/{len(covered)} real saves"
+    )
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps({"multipliers": args.multipliers, "rows": rows}, indent=2))
+    print(f"wrote {args.output}")
     return 0
 
 

@@ -1,10 +1,14 @@
 #!/usr/bin/env python3
 """Compare shuffle strategies side by side: checkpoint size, speed, shuffle quality, exact resume.
 
-Writes the config's synthetic episodes to TFRecord shards (and a one-file-per-record
-folder for the strategies that read by index), builds every strategy over the same data
-at the same buffer size, saves each iterator, restores it in a new process and compares
-the batches bit for bit. See DISK_SPACE_SOLUTIONS.md for the code of each strategy.
+For the reference loader, writes the config's synthetic episodes to TFRecord shards (and a
+one-file-per-record folder for the strategies that read by index), builds every strategy
+over the same data at the same buffer size, saves each iterator, restores it in a new
+process and compares the batches bit for bit. For your own loader (`dataloader._target_`),
+the strategies that need no new data layout run on it (a smaller buffer, its
+encoded/decoded switch, symbolic checkpointing); those that read by index run on synthetic
+episodes of your sample size, and the table says which data each row was measured on.
+See DISK_SPACE_SOLUTIONS.md for the code of each strategy.
 
 Exit codes: 0 every strategy resumed exactly, 1 one did not, 2 bad input.
 """
@@ -14,8 +18,9 @@ from __future__ import annotations
 import shutil
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +48,17 @@ from _strategies import (
 )
 from _strategy_builders import grain_available
 from _strategy_episodes import DataSpec, write_episode_files
+from _strategy_user import (
+    ON_YOUR_PIPELINE,
+    RANDOM_ACCESS_NEEDS,
+    SYNTHETIC_FOR_USER,
+    is_reference_loader,
+    measure_variant,
+    measured_sample_bytes,
+    synthetic_spec_like,
+    user_variants,
+)
+from omegaconf import OmegaConf
 
 # The decoded-frame buffer is really filled; past this it would not fit a shared machine.
 MAX_DECODED_BUFFER_BYTES = 2_000_000_000
@@ -98,9 +114,63 @@ def _run(parser: Any, argv: Sequence[str] | None) -> int:
         "--buffer-size",
     )
     timed_batches = parse_positive_int(args.timed_batches, "--timed-batches")
-    dataloader = dict(cfg.dataloader)
-    spec = DataSpec.from_dataloader(dataloader)
-    decoded_sample = spec.window_size * sum(3 * s * s for s in spec.cameras.values())
+    dataloader: dict[str, Any] = OmegaConf.to_container(cfg.dataloader, resolve=True)  # type: ignore[assignment]
+    settings = _Settings(
+        work_dir=args.work_dir.expanduser().resolve(),
+        batch_size=int(dataloader.get("batch_size", 8)),
+        timed_batches=timed_batches,
+        compare_batches=int(cfg.roundtrip.batches_to_compare),
+        keep=args.keep,
+    )
+    report: dict[str, Any] = {
+        "config": args.config_name,
+        "dataloader_target": str(dataloader.get("_target_")),
+        "buffer_size": buffer,
+    }
+    if is_reference_loader(dataloader):
+        spec = DataSpec.from_dataloader(dataloader)
+        _check_synthetic(spec, buffer)
+        settings.work_dir.mkdir(parents=True, exist_ok=True)
+        frames = ", ".join(f"{s}×{s}" for s in spec.cameras.values())
+        print(
+            f"Config: {args.config_name} · {spec.num_records:,} steps ({spec.num_episodes} "
+            f"episodes × {spec.steps_per_episode}), frames {frames}, window {spec.window_size} "
+            f"· buffer {buffer:,} · {format_bytes(_decoded_sample(spec))} per decoded sample"
+        )
+        results = _run_synthetic(strategies, spec, buffer, settings, dataloader)
+        report.update(records=spec.num_records, decoded_sample_bytes=_decoded_sample(spec))
+    else:
+        results, user_report = _run_users_loader(strategies, dataloader, buffer, settings, args)
+        report.update(user_report)
+
+    print()
+    print(format_table(results))
+    report["strategies"] = [r.to_json() for r in results]
+    write_report(args.report, report)
+    if args.strategies is None:  # the small-buffer script's pointer needs every strategy
+        write_report(settings.work_dir / LAST_REPORT_NAME, report)
+    print()
+    for line in summary_lines(results):
+        print(line)
+    return EXIT_PASSED if all(r.resumes_exactly for r in results) else EXIT_FAILED
+
+
+@dataclass
+class _Settings:
+    work_dir: Path
+    batch_size: int
+    timed_batches: int
+    compare_batches: int
+    keep: bool
+
+
+def _decoded_sample(spec: DataSpec) -> int:
+    return spec.window_size * sum(3 * s * s for s in spec.cameras.values())
+
+
+def _check_synthetic(spec: DataSpec, buffer: int) -> None:
+    """UsageError (exit 2) before anything is written when the buffer cannot be compared."""
+    decoded_sample = _decoded_sample(spec)
     if buffer * decoded_sample > MAX_DECODED_BUFFER_BYTES:
         raise UsageError(
             f"--buffer-size {buffer:,}: the decoded-frame buffer would hold "
@@ -113,40 +183,93 @@ def _run(parser: Any, argv: Sequence[str] | None) -> int:
             "buffer; raise dataloader.num_episodes or pass a smaller --buffer-size"
         )
 
-    work_dir = args.work_dir.expanduser().resolve()
-    work_dir.mkdir(parents=True, exist_ok=True)
-    frames = ", ".join(f"{s}×{s}" for s in spec.cameras.values())
-    print(
-        f"Config: {args.config_name} · {spec.num_records:,} steps ({spec.num_episodes} episodes "
-        f"× {spec.steps_per_episode}), frames {frames}, window {spec.window_size} · buffer "
-        f"{buffer:,} · {format_bytes(decoded_sample)} per decoded sample"
-    )
-    data_dir = write_episode_files(spec, work_dir / "data")
+
+def _run_synthetic(
+    strategies: list[Any], spec: DataSpec, buffer: int, settings: _Settings,
+    dataloader: dict[str, Any],
+) -> list[StrategyResult]:  # fmt: skip
+    """The synthetic strategies over episode files written from `spec`."""
+    data_dir = write_episode_files(spec, settings.work_dir / "data")
     print(f"Episodes: {data_dir} (TFRecord shards + one file per record, reused on the next run)")
 
-    batch_size = int(dataloader.get("batch_size", 8))
+    def job(strategy: Any) -> Callable[[Path], tuple[StrategyResult, Any]]:
+        node = _dataloader_cfg(
+            strategy, data_dir, buffer, settings.batch_size, dataloader, spec.seed
+        )
+        return lambda scratch: measure_strategy(
+            strategy, node, spec=spec, workdir=scratch, warmup_batches=2,
+            timed_batches=settings.timed_batches, compare_batches=settings.compare_batches,
+        )  # fmt: skip
+
+    return _measure_then_restore([(s.name, job(s)) for s in strategies], settings)
+
+
+def _run_users_loader(
+    strategies: list[Any], dataloader: dict[str, Any], buffer: int, settings: _Settings,
+    args: Any,
+) -> tuple[list[StrategyResult], dict[str, Any]]:  # fmt: skip
+    """The strategies the user's loader can run, on it; the random-access ones on synthetic
+    episodes of the user's sample size, labelled as such."""
+    sample = measured_sample_bytes(dataloader)
+    if buffer * sample > MAX_DECODED_BUFFER_BYTES:
+        raise UsageError(
+            f"--buffer-size {buffer:,}: your loader's buffer would hold about "
+            f"{format_bytes(buffer * sample)} in memory ({format_bytes(sample)} per sample); "
+            "pass --buffer-size 1000 to compare the strategies at a size that fits"
+        )
+    settings.work_dir.mkdir(parents=True, exist_ok=True)
+    print(
+        f"Config: {args.config_name} · your loader {dataloader['_target_']} · buffer {buffer:,} "
+        f"· {format_bytes(sample)} per sample (measured)"
+    )
+    variants, notes = user_variants(dataloader, buffer)
+    for note in notes:
+        print(f"  not measured on your loader: {note}")
+
+    def job(variant: Any) -> Callable[[Path], tuple[StrategyResult, Any]]:
+        def run(scratch: Path) -> tuple[StrategyResult, Any]:
+            outcome = measure_variant(
+                variant, workdir=scratch, warmup_batches=2,
+                timed_batches=settings.timed_batches, compare_batches=settings.compare_batches,
+            )  # fmt: skip
+            outcome.result.measured_on = ON_YOUR_PIPELINE
+            return outcome.result, outcome.pending
+
+        return run
+
+    results = _measure_then_restore([(v.name, job(v)) for v in variants], settings)
+    synthetic = [s for s in strategies if s.name in SYNTHETIC_FOR_USER]
+    spec = synthetic_spec_like(sample, buffer)
+    if synthetic:
+        print(
+            f"The index strategies need your loader to {RANDOM_ACCESS_NEEDS}. Shown on "
+            f"SYNTHETIC episodes instead (not your data): {spec.image_size}×{spec.image_size} "
+            f"frames, {format_bytes(_decoded_sample(spec))} per sample like yours:"
+        )
+        results += _run_synthetic(synthetic, spec, buffer, settings, {"seed": 0})
+    return results, {
+        "decoded_sample_bytes": sample,
+        "user_loader_notes": notes,
+        "random_access_needs": RANDOM_ACCESS_NEEDS,
+        "synthetic_image_size": spec.image_size,
+    }
+
+
+def _measure_then_restore(
+    jobs: list[tuple[str, Callable[[Path], tuple[StrategyResult, Any]]]], settings: _Settings
+) -> list[StrategyResult]:
+    """Measure one strategy at a time (the timing must not compete with anything of ours),
+    then restore every checkpoint in its own new process, two at a time."""
     results: list[StrategyResult] = []
     scratches: list[Path] = []
     try:
-        # Measure one strategy at a time (the timing must not compete with anything of
-        # ours), then restore every checkpoint in its own new process, two at a time.
         measured = []
-        for strategy in strategies:
-            scratch = Path(tempfile.mkdtemp(prefix=f"{strategy.name}-", dir=work_dir))
+        for name, job in jobs:
+            scratch = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=settings.work_dir))
             scratches.append(scratch)
-            measured.append(
-                measure_strategy(
-                    strategy,
-                    _dataloader_cfg(strategy, data_dir, buffer, batch_size, dataloader, spec.seed),
-                    spec=spec,
-                    workdir=scratch,
-                    warmup_batches=2,
-                    timed_batches=timed_batches,
-                    compare_batches=int(cfg.roundtrip.batches_to_compare),
-                )
-            )
+            measured.append(job(scratch))
             saved = format_bytes(measured[-1][0].checkpoint_bytes)
-            print(f"· {strategy.name}: measured, checkpoint saved ({saved})")
+            print(f"· {name}: measured, checkpoint saved ({saved})")
         with ThreadPoolExecutor(max_workers=2) as pool:
             futures = [
                 pool.submit(finish_restore, result, pending) if pending else None
@@ -162,27 +285,11 @@ def _run(parser: Any, argv: Sequence[str] | None) -> int:
                 print(f"{mark} {result.name}: checkpoint {size}, {status}")
     finally:
         for scratch in scratches:
-            if args.keep:
+            if settings.keep:
                 print(f"  kept {scratch} (--keep)")
             else:
                 shutil.rmtree(scratch, ignore_errors=True)
-
-    print()
-    print(format_table(results, batch_size=batch_size))
-    report = {
-        "config": args.config_name,
-        "buffer_size": buffer,
-        "records": spec.num_records,
-        "decoded_sample_bytes": decoded_sample,
-        "strategies": [r.to_json() for r in results],
-    }
-    write_report(args.report, report)
-    if args.strategies is None:  # the small-buffer script's pointer needs every strategy
-        write_report(work_dir / LAST_REPORT_NAME, report)
-    print()
-    for line in summary_lines(results):
-        print(line)
-    return EXIT_PASSED if all(r.resumes_exactly for r in results) else EXIT_FAILED
+    return results
 
 
 def _dataloader_cfg(
@@ -212,43 +319,63 @@ def _ratio(baseline: int, size: int) -> str:
     return f"{factor:{digits}}× {'smaller' if baseline >= size else 'larger'}"
 
 
-def format_table(results: list[StrategyResult], *, batch_size: int) -> str:
+_BASELINES = {ON_YOUR_PIPELINE: "your_loader", "synthetic episodes": "decoded_buffer"}
+
+
+def _baseline(results: list[StrategyResult], measured_on: str) -> StrategyResult | None:
+    name = _BASELINES.get(measured_on)
+    return next((r for r in results if r.name == name and r.measured_on == measured_on), None)
+
+
+def format_table(results: list[StrategyResult], *, batch_size: int = 0) -> str:
+    """One row per strategy; sizes compared with the baseline measured on the same data."""
     from tabulate import tabulate
 
-    baseline = next((r.checkpoint_bytes for r in results if r.name == "decoded_buffer"), 0)
     rows = []
     for r in results:
-        ratio = "baseline" if r.name == "decoded_buffer" else ""
-        if baseline and r.checkpoint_bytes and r.name != "decoded_buffer":
-            ratio = _ratio(baseline, r.checkpoint_bytes)
+        baseline = _baseline(results, r.measured_on)
+        ratio = "baseline" if baseline is r else ""
+        if baseline is not None and baseline is not r and baseline.checkpoint_bytes:
+            ratio = (
+                _ratio(baseline.checkpoint_bytes, r.checkpoint_bytes) if r.checkpoint_bytes else ""
+            )
+        quality = r.quality
         rows.append([
-            r.name, format_bytes(r.checkpoint_bytes), ratio, f"{r.save_seconds:.2f}",
-            f"{r.restore_seconds:.2f}", f"{r.elements_per_second:,.0f}",
-            f"{r.quality.get('mean_displacement', 0):,.0f}",
-            f"{r.quality.get('same_episode_consecutive', 0):.3f}",
+            r.name, r.measured_on, format_bytes(r.checkpoint_bytes), ratio,
+            f"{r.save_seconds:.2f}", f"{r.restore_seconds:.2f}", f"{r.elements_per_second:,.0f}",
+            f"{quality['mean_displacement']:,.0f}" if quality else "n/a",
+            f"{quality['same_episode_consecutive']:.3f}" if quality else "n/a",
             "yes" if r.resumes_exactly else "NO",
         ])  # fmt: skip
     headers = [
-        "strategy", "checkpoint", "vs decoded", "save s", "restore s", "elements/s",
-        "mean displacement", "same-episode neighbours", "resumes exactly",
+        "strategy", "measured on", "checkpoint", "vs baseline", "save s", "restore s",
+        "elements/s", "mean displacement", "same-episode neighbours", "resumes exactly",
     ]  # fmt: skip
     return tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True)
 
 
 def summary_lines(results: list[StrategyResult]) -> list[str]:
-    baseline = next((r for r in results if r.name == "decoded_buffer"), None)
-    resuming = [r for r in results if r.resumes_exactly and r.checkpoint_bytes]
+    """The smallest checkpoint that resumed exactly, once per kind of data it was measured on."""
     lines = []
-    if resuming:
+    for measured_on in (ON_YOUR_PIPELINE, "synthetic episodes"):
+        resuming = [
+            r for r in results
+            if r.resumes_exactly and r.checkpoint_bytes and r.measured_on == measured_on
+        ]  # fmt: skip
+        if not resuming:
+            continue
         best = min(resuming, key=lambda r: r.checkpoint_bytes)
+        baseline = _baseline(results, measured_on)
         versus = ""
         if baseline is not None and baseline is not best and baseline.checkpoint_bytes:
+            same = "" if measured_on == ON_YOUR_PIPELINE else " at the same buffer"
             versus = (
                 f", {_ratio(baseline.checkpoint_bytes, best.checkpoint_bytes)} than "
-                f"decoded_buffer ({format_bytes(baseline.checkpoint_bytes)}) at the same buffer"
+                f"{baseline.name} ({format_bytes(baseline.checkpoint_bytes)}){same}"
             )
+        label = "ON YOUR PIPELINE" if measured_on == ON_YOUR_PIPELINE else "(synthetic episodes)"
         lines.append(
-            f"SMALLEST CHECKPOINT THAT RESUMES EXACTLY: {best.name}, "
+            f"SMALLEST CHECKPOINT THAT RESUMES EXACTLY {label}: {best.name}, "
             f"{format_bytes(best.checkpoint_bytes)}{versus}"
         )
     for r in results:

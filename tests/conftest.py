@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from _gcs_server import EmbeddedGcs
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS_DIR = ROOT / "scripts" / "tests"
@@ -18,12 +23,22 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
 @pytest.fixture(scope="session")
-def gcs_endpoint() -> Iterator[str]:
-    """A real GCS server (gcp-storage-emulator) on 127.0.0.1 for the whole session."""
-    from _storage import embedded_gcs_server
+def gcs_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedGcs]:
+    """The embedded GCS server (fake-gcs-server behind its HTTPS front) for the whole session.
 
-    with embedded_gcs_server() as endpoint:
-        yield endpoint
+    Its variables are not applied to the test process: each test passes `gcs_server.env`
+    to what it starts.
+    """
+    from _gcs_server import embedded_gcs
+
+    with embedded_gcs(tmp_path_factory.mktemp("gcs-server")) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def gcs_endpoint(gcs_server: EmbeddedGcs) -> str:
+    """The embedded server's endpoint, for STORAGE_EMULATOR_HOST."""
+    return gcs_server.endpoint
 
 
 @pytest.fixture
@@ -49,9 +64,11 @@ def gcs_bucket(gcs_client, request: pytest.FixtureRequest):
 
 def script_env(**extra: str) -> dict[str, str]:
     """The environment a script runs with: ours, with tests/pipelines importable."""
+    from _gcs_server import VARIABLES
+
     env = dict(os.environ)
-    env.pop("GCS_TEST_BUCKET", None)
-    env.pop("STORAGE_EMULATOR_HOST", None)
+    for name in ("GCS_TEST_BUCKET", *VARIABLES):
+        env.pop(name, None)
     env["PYTHONPATH"] = os.pathsep.join(
         [str(TESTS_DIR / "pipelines"), env.get("PYTHONPATH", "")]
     ).strip(os.pathsep)
@@ -94,3 +111,42 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
         yield mount_point
     finally:
         subprocess.run(["umount", str(mount_point)], check=False)
+
+
+# A cheap calibration of the `small` config (two buffers, one offset): still measured.
+SMALL_CHEAP = [
+    "estimate.calibration_buffer_sizes=[8,32]",
+    "estimate.calibration_offsets=[0]",
+]
+
+
+@pytest.fixture(scope="session")
+def small_estimate_cache(tmp_path_factory: pytest.TempPathFactory):
+    """(XDG_CACHE_HOME holding the `small` config's estimate under SMALL_CHEAP, the estimate),
+    measured once per session; runs with these overrides and that cache reuse it."""
+    from _config import load_config
+    from _estimate import estimate
+
+    cache = tmp_path_factory.mktemp("estimate-cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("XDG_CACHE_HOME", str(cache))
+        result = estimate(load_config("small", SMALL_CHEAP), say=lambda _: None)
+    assert result.calibration is not None
+    return cache, result
+
+
+@contextlib.contextmanager
+def tmpfs_mount(folder: Path, options: str) -> Iterator[Path]:
+    """A real tmpfs mounted on `folder` with `options` (e.g. "size=4m,nr_inodes=16"),
+    unmounted afterwards; skips the test where mounting is not allowed."""
+    folder.mkdir(parents=True, exist_ok=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs ({options}): {mounted.stderr.strip()}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False)

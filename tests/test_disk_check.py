@@ -31,7 +31,7 @@ def _row(out: str, label: str) -> list[str]:
 
 def test_help_exits_0():
     result = _run("-h")
-    assert result.returncode == 0
+    assert result.returncode == 0, result.stderr
     assert "Usage: check_disk_space.sh" in result.stdout and "--config-name NAME" in result.stdout
 
 
@@ -70,16 +70,50 @@ def test_test_tmpdir_overriding_tmpdir_is_named(tmp_path):
 @pytest.mark.parametrize(
     "args, expected",
     [
-        (["--small", "12XB"], "size '12XB'"),
-        (["--for", "never"], "--for never"),
-        (["--what"], "unknown argument"),
+        (["--small", "12XB"], "--small '12XB': expected a size such as"),
+        (["--small", "1,5GB"], "--small '1,5GB': commas are ambiguous"),
+        (["--small", "0"], "--small '0': expected a size above zero"),
+        (["--for", "never"], "argument --for: invalid choice: 'never'"),
+        (["--what"], "unrecognized arguments: --what"),
+        (["stray"], "unknown argument 'stray'"),
+        (["--small"], "argument --small: expected one argument"),
+        (["--full"], "argument --full: expected one argument"),
+        (["--for"], "argument --for: expected one argument"),
+        (["--config-name"], "argument --config-name: expected one argument"),
+        (["--config-dir"], "argument --config-dir: expected one argument"),
     ],
 )
 def test_bad_input_exits_2_with_one_line(args, expected):
     result = _run(*args)
-    assert result.returncode == 2
+    assert result.returncode == 2, result.stdout + result.stderr
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and expected in lines[0], result.stderr
+    assert result.stdout == ""
+
+
+def test_huge_sizes_do_not_overflow_into_ok(tmp_path):
+    """Past 2^63 bytes bash's arithmetic wrapped to a negative need, so every row was OK."""
+    for size in ("9223372036854775808", "18446744073709551617", "99999999TB"):
+        result = _run("--for", "small", "--small", size, TMPDIR=str(tmp_path))
+        assert result.returncode == 1, (size, result.stdout + result.stderr)
+        assert _row(result.stdout, "TensorFlow temp folder (TMPDIR)")[-4:-2] == ["NOT", "OK"]
+
+
+def test_a_missing_staging_folder_is_reported_missing_not_measured_at_its_parent(tmp_path):
+    missing = tmp_path / "no-such-staging"
+    result = _run("--small", "1KB", "--full", "1KB", LOCAL_STAGING_DIR=str(missing))
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert _row(result.stdout, "LOCAL_STAGING_DIR") == [
+        "LOCAL_STAGING_DIR",
+        str(missing),
+        "missing",
+        "NOT",
+        "OK",
+        "NOT",
+        "OK",
+    ]
+    assert f"✗ LOCAL_STAGING_DIR={missing}: no such folder" in result.stdout
+    assert not missing.exists()
 
 
 def test_thresholds_come_from_the_measured_estimate(tmp_path):

@@ -1,41 +1,40 @@
 """The measured checkpoint-size estimate against real checkpoints, its cache and its bad input.
 
-Accuracy is checked the way the issue states it: calibrate at small buffers, extrapolate
-to 20x the largest calibration buffer, then fill that buffer for real, save the iterator
-(once the prefetch buffers are full, as during training) and compare the bytes on disk.
+Accuracy is checked the way issue 9 states it: calibrate, extrapolate to 20x and 100x the
+largest calibration buffer, then fill that buffer for real, save the iterator once the
+prefetch buffers are full (as during training) and compare the bytes on disk. The test
+family (tests/pipelines/estimate_shapes.py) holds shapes unlike the presets.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from conftest import TESTS_DIR, run_script, script_env
+from conftest import ROOT, TESTS_DIR, run_script, script_env
 
 sys.path.insert(0, str(TESTS_DIR / "pipelines"))
+sys.path.insert(0, str(ROOT / "scripts"))
 
 SCRIPT = "test_dataloader_checkpoint_small_buffer.py"
 SENSOR = "estimate_pipelines.sensor_log_dataset"
+# Cheaper sampling for the family (a few chunks tiling the first ~6,400+ elements); the
+# presets keep the defaults.
+FAMILY_OVERRIDES = [
+    "estimate.cache=false",
+    "estimate.calibration_buffer_sizes=[8,64]",
+    "estimate.calibration_offsets=[0,256,1024,3072,6400]",
+]
+MULTIPLES = (20, 100)
 
 
 def _real_checkpoint_bytes(cfg, buffer: int, tmp_path: Path) -> int:
-    from _config import with_buffer_size
-    from _estimate import _settle
-    from _pipeline import instantiate_dataset
-    from _roundtrip import save_iterator
+    from bench_estimate import real_checkpoint_bytes
 
-    iterator = iter(instantiate_dataset(with_buffer_size(cfg, buffer).dataloader))
-    for _ in range(cfg.roundtrip.batches_before_save):
-        next(iterator)
-    # The moment a training job saves: its prefetch buffers full (no background work left).
-    _settle()
-    saved = save_iterator(iterator, tmp_path / f"real-{buffer}")
-    shutil.rmtree(tmp_path / f"real-{buffer}")
-    return saved.bytes
+    return real_checkpoint_bytes(cfg, buffer, tmp_path)
 
 
 def _sensor_config(tmp_path: Path, **dataloader: object) -> Path:
@@ -48,6 +47,66 @@ def _sensor_config(tmp_path: Path, **dataloader: object) -> Path:
 @pytest.fixture(autouse=True)
 def _own_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+
+
+@pytest.fixture(scope="module")
+def family(tmp_path_factory: pytest.TempPathFactory):
+    """shape -> (config, EstimateResult), measured once per shape for the whole module."""
+    from _estimate import estimate
+    from bench_estimate import shape_config
+
+    folder = tmp_path_factory.mktemp("family")
+    measured: dict[str, object] = {}
+
+    def get(name: str):
+        if name not in measured:
+            cfg = shape_config(name, folder / "conf", FAMILY_OVERRIDES)
+            measured[name] = (cfg, estimate(cfg, scratch_root=folder, say=lambda _: None))
+        return measured[name]
+
+    return get
+
+
+def _family_names() -> list[str]:
+    from estimate_shapes import FAMILY
+
+    return list(FAMILY)
+
+
+@pytest.mark.parametrize("multiple", MULTIPLES)
+@pytest.mark.parametrize("shape", _family_names())
+def test_estimate_within_3_percent_of_a_real_save_on_unseen_shapes(
+    shape, multiple, family, tmp_path
+):
+    cfg, result = family(shape)
+    target = multiple * max(cfg.estimate.calibration_buffer_sizes)
+    real = _real_checkpoint_bytes(cfg, target, tmp_path)
+    error = result.bytes_for(target) / real - 1
+    assert result.method == "measured"
+    assert abs(error) <= 0.03, (shape, target, error, result.report())
+    # The stated ± (95%) covers the truth, and it is not a blanket: under 10% here.
+    assert abs(error) <= result.uncertainty_for(target) < 0.10, (error, result.report())
+
+
+def test_a_pipeline_without_a_shuffle_buffer_is_reported_constant(family):
+    _cfg, result = family("index_shuffle")
+    assert result.calibration.constant
+    assert result.bytes_for(10) == result.bytes_for(10**9)
+    headline = result.headline("original")
+    assert "constant" in headline and "whatever the buffer" in headline
+    assert " GB" not in headline  # a few KB, shown as such
+    assert not any("elements" in line for line in result.describe()[:1])
+
+
+def test_two_estimates_of_one_pipeline_agree_within_1_percent(family, tmp_path):
+    """The decoded-prefetch shape is the one whose other buffers jitter with thread timing."""
+    from _estimate import estimate
+
+    cfg, first = family("encoded_frames")
+    again = estimate(cfg, scratch_root=tmp_path, say=lambda _: None)
+    for multiple in MULTIPLES:
+        buffer = multiple * 64
+        assert abs(again.bytes_for(buffer) / first.bytes_for(buffer) - 1) <= 0.01
 
 
 @pytest.mark.parametrize(
@@ -73,10 +132,9 @@ def test_estimate_within_3_percent_of_the_real_checkpoint_at_20x(config_name, ov
     real = _real_checkpoint_bytes(cfg, target, tmp_path)
 
     assert result.method == "measured"
-    assert abs(result.tested_bytes / real - 1) <= 0.03, (result.tested_bytes, real, result.report())
-    # The uncertainty it reports is a real spread, not a constant, and it is honest here.
-    assert 0 < result.calibration.uncertainty_for(target) < 0.2
-    assert len(result.calibration.per_element_by_offset) == len(cfg.estimate.calibration_offsets)
+    error = result.tested_bytes / real - 1
+    assert abs(error) <= 0.03, (result.tested_bytes, real, result.report())
+    assert abs(error) <= result.calibration.uncertainty_for(target) < 0.2
 
 
 def test_report_keys_and_model_are_consistent(tmp_path):
@@ -109,7 +167,7 @@ def test_second_run_is_cached_and_any_config_change_invalidates(tmp_path):
     again = estimate(cfg, say=lambda _: None)
     assert not first.cached and again.cached
     assert again.original_bytes == first.original_bytes
-    assert again.calibration.points == first.calibration.points
+    assert again.calibration.anchors == first.calibration.anchors
     changed = estimate(
         load_config(
             "small", ["estimate.calibration_offsets=[0,64]", "+dataloader.jpeg_quality=80"]
@@ -135,7 +193,7 @@ def test_a_pipeline_shorter_than_the_buffer_is_estimated_with_what_it_has(tmp_pa
     config_dir = _sensor_config(tmp_path, repeat=False, records_per_source=10)
     cfg = load_config("sensor", ["estimate.cache=false"], config_dir)
     result = estimate(cfg, tested_buffer=1000, say=lambda _: None)
-    assert any("fewer elements than the buffer" in note for note in result.notes), result.notes
+    assert any("elements in all" in note for note in result.notes), result.notes
     # 40 elements in all: larger buffers hold the same data, but every empty slot of the
     # shuffle buffer is still written (~160 bytes each), so the estimate grows with it.
     for buffer in (1000, 20_000):
@@ -158,7 +216,7 @@ def test_estimate_only_prints_the_measured_headline_and_writes_the_report(tmp_pa
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
     headline = next(line for line in out.splitlines() if line.startswith("ORIGINAL CONFIG"))
-    assert "(measured ±" in headline and "; formula " in headline
+    assert "(measured ±" in headline and "; README's rule of thumb " in headline
     assert "NEW CONFIG CHECKPOINT SIZE ESTIMATE:" in out
     assert "ESTIMATE ONLY" in out and "Saved the iterator" not in out
     data = json.loads(report.read_text())
@@ -252,3 +310,141 @@ def test_estimate_accepts_a_subprocess_free_python_call():
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout
     assert out.split() == ["187500000000", "False"]
+
+
+# --- reliability of the calibration itself (issue 11 items 4, 5, 8, 11; issue 8 item 5) ----
+
+
+def _shape_yaml(tmp_path: Path, name: str, **settings: object) -> Path:
+    lines = [f"  _target_: estimate_shapes.{name}", "  shuffle_buffer_size: 1000"]
+    lines += [f"  {key}: {json.dumps(value)}" for key, value in settings.items()]
+    (tmp_path / f"{name}.yaml").write_text("dataloader:\n" + "\n".join(lines) + "\n")
+    return tmp_path
+
+
+def test_a_pipeline_that_never_yields_stops_at_the_stated_limit_with_one_line(tmp_path):
+    config_dir = _shape_yaml(tmp_path, "never_yields")
+    result = run_script(
+        SCRIPT, "--config-dir", str(config_dir), "--config-name", "never_yields",
+        "--estimate-only", "estimate.calibration_timeout_seconds=3",
+        env=script_env(XDG_CACHE_HOME=str(tmp_path / "cache")), timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert "no progress for 3 s" in lines[0]
+    assert "estimate.calibration_timeout_seconds=3" in lines[0]
+
+
+@pytest.mark.parametrize("value", ["0", "-5", "abc"])
+def test_a_bad_calibration_limit_is_one_line_exit_2(value):
+    result = run_script(
+        SCRIPT, "--config-name", "small", "--estimate-only",
+        f"estimate.calibration_timeout_seconds={value}",
+    )  # fmt: skip
+    assert result.returncode == 2, result.stdout + result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "calibration_timeout_seconds" in lines[0], result.stderr
+
+
+def test_a_calibration_that_cannot_fit_its_scratch_folder_exits_3_naming_it(small_disk, tmp_path):
+    """256x256 decoded frames: the calibration's own saves need far more than a 20 MB disk."""
+    env = script_env(TMPDIR=str(small_disk), XDG_CACHE_HOME=str(tmp_path / "cache"))
+    report = tmp_path / "r.json"
+    result = run_script(
+        SCRIPT, "--config-name", "small", "--estimate-only", "dataloader.image_size=256",
+        "--report", str(report), env=env,
+    )  # fmt: skip
+    assert result.returncode == 3, result.stdout + result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert f"calibration scratch folder {small_disk}" in lines[0]
+    assert list(small_disk.iterdir()) == []  # its scratch folder is gone
+
+
+def test_a_save_that_fills_the_disk_mid_calibration_is_refused_naming_the_folder(small_disk):
+    """The needs check passes (tiny elements) but the disk is filled by someone else."""
+    from _calibration import _refuse_disk_full, _save_bytes
+    from _errors import PreflightRefusal
+    from _tf import import_tensorflow
+
+    tf = import_tensorflow()
+    ballast = small_disk / "ballast"
+    with ballast.open("wb") as handle:  # leave ~100 KB free
+        handle.write(b"\0" * (20 * 2**20 - 100_000))
+    try:
+        iterator = iter(tf.data.Dataset.range(10**6).map(
+            lambda i: tf.random.stateless_uniform([256], seed=tf.stack([i, i]))
+        ).shuffle(2000))  # fmt: skip
+        next(iterator)
+        with pytest.raises(PreflightRefusal) as refused:
+            _save_bytes(iterator, small_disk / "save", small_disk)
+        assert str(refused.value).startswith(f"calibration scratch folder {small_disk}:")
+        assert not (small_disk / "save").exists()
+        assert isinstance(_refuse_disk_full(small_disk, OSError("x")), PreflightRefusal)
+    finally:
+        ballast.unlink()
+
+
+def test_a_file_cache_before_the_shuffle_is_measured_with_one_iterator_at_a_time(tmp_path):
+    """Dataset.cache(filename): two live iterators collide on its lock file (case c08)."""
+    from _config import load_config
+    from _estimate import estimate
+
+    (tmp_path / "data").mkdir()
+    config_dir = _shape_yaml(tmp_path, "file_cached", cache_file=str(tmp_path / "data" / "t"))
+    cfg = load_config("file_cached", FAMILY_OVERRIDES, config_dir)
+    result = estimate(cfg, tested_buffer=640, say=lambda _: None)
+    assert result.method == "measured"
+    real = _real_checkpoint_bytes(cfg, 640, tmp_path)
+    assert abs(result.tested_bytes / real - 1) <= 0.03, (result.tested_bytes, real)
+    assert not list((tmp_path / "data").glob("*lockfile*"))
+
+
+def test_a_bad_cache_entry_is_dropped_and_measured_again(tmp_path):
+    from _config import load_config
+    from _estimate import estimate
+    from _estimate_cache import cache_dir, config_hash, entry_problem
+
+    overrides = ["estimate.calibration_offsets=[0,64]"]
+    cfg = load_config("small", overrides)
+    first = estimate(cfg, say=lambda _: None)
+    entry = cache_dir() / f"{config_hash(cfg)}.json"
+    good = json.loads(entry.read_text())
+    assert entry_problem(good) is None
+    bad_entries = {
+        "negative bytes": {**good, "calibration": {**good["calibration"], "anchors": [[8, -1]]}},
+        "old version": {**good, "estimator_version": good["estimator_version"] - 1},
+        "missing field": {**good, "calibration": {k: v for k, v in good["calibration"].items()
+                                                   if k != "chunks"}},
+        "not json": None,
+    }  # fmt: skip
+    for why, bad in bad_entries.items():
+        entry.write_text("{not json" if bad is None else json.dumps(bad))
+        again = estimate(cfg, say=lambda _: None)
+        assert not again.cached, why  # measured again, not read from the bad entry
+        assert again.original_bytes > 0
+        assert entry_problem(json.loads(entry.read_text())) is None, why  # replaced
+    assert estimate(cfg, say=lambda _: None).cached
+    assert first.original_bytes > 0
+
+
+def test_cross_check_states_the_miss_and_drops_the_cache_entry(tmp_path):
+    from _config import load_config
+    from _estimate import cross_check, estimate
+    from _estimate_cache import cache_dir
+
+    cfg = load_config("small", ["estimate.calibration_offsets=[0,64]"])
+    result = estimate(cfg, say=lambda _: None)
+    real = _real_checkpoint_bytes(cfg, 640, tmp_path)
+    hit = cross_check(result, 640, real)
+    assert hit.within, hit.message()
+    assert hit.message().startswith("✓ estimate cross-check at buffer 640: real checkpoint")
+    assert list(cache_dir().glob("*.json"))  # kept
+    miss = cross_check(result, 640, real * 2)
+    assert miss.within is False and miss.cache_dropped
+    assert miss.message().startswith("✗ ") and "outside the stated ±" in miss.message()
+    assert list(cache_dir().glob("*.json")) == []
+    assert [c["within"] for c in result.report()["cross_checks"]] == [True, False]
+    assert not estimate(cfg, say=lambda _: None).cached  # measured again

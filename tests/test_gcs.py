@@ -1,4 +1,4 @@
-"""GCS transfers against a real GCS server on loopback (gcp-storage-emulator), no mocks.
+"""GCS transfers against the embedded GCS server (fake-gcs-server on loopback), no mocks.
 
 Each test uploads real files with google-cloud-storage and checks the bytes that land,
 the crc32c checks, the completion marker and that deletion stays inside the run prefix.

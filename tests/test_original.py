@@ -1,4 +1,4 @@
-"""The original full-buffer script: saved under TensorFlow's temp folder, copied, restored."""
+"""The original full-buffer script: saved to gs:// by TensorFlow, staged in its temp folder."""
 
 from __future__ import annotations
 
@@ -33,12 +33,11 @@ def test_round_trip_under_the_tensorflow_temp_folder(tmp_path):
         line.startswith("Destination: embedded GCS server at http://127.0.0.1:") for line in lines
     )
     assert any(
-        line.startswith(f"✓ Saved the iterator after 3 batches into {temp.resolve()}/")
+        line.startswith("✓ Saved the iterator after 3 batches straight to gs://dlckpt-test/")
+        and f"(staged in {temp.resolve()} from TMPDIR, at most " in line
         for line in lines
     )
-    assert any(
-        line.startswith("✓ Restored in a new process from the downloaded copy") for line in lines
-    )
+    assert any(line.startswith("✓ Restored in a new process from the bucket") for line in lines)
     assert lines[-1] == "✓ ALL TESTS PASSED"
     assert list(temp.iterdir()) == []  # the run's scratch folder is gone
 
@@ -46,7 +45,11 @@ def test_round_trip_under_the_tensorflow_temp_folder(tmp_path):
     assert data["passed"] is True
     assert data["tensorflow_temp_dir"] == {"path": str(temp.resolve()), "source": "TMPDIR"}
     assert data["checkpoint"]["uri"].startswith("gs://dlckpt-test/dlckpt-original-")
-    assert [c["source"] for c in data["verification"]["comparisons"]] == ["downloaded copy"]
+    assert data["checkpoint"]["writer"] == "tensorflow-gcs"
+    assert data["checkpoint"]["tf_temp_dir"] == str(temp.resolve())
+    assert data["checkpoint"]["tf_temp_peak_bytes"] > 0
+    sources = [c["source"] for c in data["verification"]["comparisons"]]
+    assert sources == ["bucket (gs://, TensorFlow's filesystem)"]
 
 
 @pytest.mark.slow
@@ -85,10 +88,13 @@ def test_a_save_that_runs_out_of_room_ends_with_the_figure_and_the_fix(tmp_path)
 
     assert result.returncode == 1, result.stdout + result.stderr
     [failure] = [line for line in _lines(result.stdout + result.stderr) if line.startswith("✗")]
-    assert failure.startswith("✗ CHECKPOINT DID NOT FIT: saving the iterator into ")
-    assert "(File too large)" in failure
-    assert "this config's checkpoint needs ~0.0" in failure
-    assert "TMPDIR=/path/on/a/bigger/disk make original" in failure
+    # TensorFlow's gs:// writer stages the file in --tmpdir and cannot append past the limit.
+    assert failure.startswith(
+        f"✗ CHECKPOINT DID NOT FIT: TensorFlow's gs:// writer stages each checkpoint file in "
+        f"TMPDIR={temp.resolve()} and ran out of room "
+        "(Could not append to the internal temporary file): needs ~"
+    ), failure
+    assert "Fixes: export TMPDIR=" in failure
     assert "Traceback" not in result.stderr and "INTERNAL:" not in result.stdout + result.stderr
     assert list(temp.iterdir()) == []
 

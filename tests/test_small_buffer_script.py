@@ -47,7 +47,8 @@ def test_default_config_prints_both_estimates_and_passes():
     assert "make strategies" in lines[-2] and "DISK_SPACE_SOLUTIONS.md" in lines[-2]
 
 
-def test_user_pipeline_and_bucket_with_report(tmp_path: Path, gcs_endpoint: str, gcs_bucket):
+def test_user_pipeline_and_bucket_with_report(tmp_path: Path, gcs_server, gcs_bucket):
+    """A bucket of the user's own (the embedded server with its variables, as a real one)."""
     (tmp_path / "mine.yaml").write_text(
         "dataloader:\n  _target_: user_pipelines.plain_dataset\n  shuffle_buffer_size: 50000\n"
     )
@@ -58,7 +59,7 @@ def test_user_pipeline_and_bucket_with_report(tmp_path: Path, gcs_endpoint: str,
         SCRIPT,
         "--config-dir", str(tmp_path), "--config-name", "mine", "--report", str(report),
         "roundtrip.batches_to_compare=4",
-        env=script_env(GCS_TEST_BUCKET=f"gs://{gcs_bucket.name}/team", STORAGE_EMULATOR_HOST=gcs_endpoint),
+        env=script_env(GCS_TEST_BUCKET=f"gs://{gcs_bucket.name}/team", **gcs_server.env),
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"Destination: gs://{gcs_bucket.name}/team" in result.stdout
@@ -79,7 +80,10 @@ def test_user_pipeline_and_bucket_with_report(tmp_path: Path, gcs_endpoint: str,
     assert verification["window_covers_buffers"] is True and verification["passed"] is True
     assert verification["risks"] == [] and verification["risks_checked"]
     assert verification["first_mismatch"] is None and verification["failure"] is None
-    assert [c["source"] for c in verification["comparisons"]] == ["downloaded copy"]
+    assert [c["source"] for c in verification["comparisons"]] == [
+        "bucket (gs://, TensorFlow's filesystem)"
+    ]
+    assert data["checkpoint"]["writer"] == "tensorflow-gcs"
     assert data["passed"] is True and data["exit_code"] == 0
     # The run removed its own prefix after the pass and nothing else.
     names = [blob.name for blob in gcs_bucket.client.list_blobs(gcs_bucket.name)]

@@ -91,14 +91,20 @@ def test_table_summary_and_cache_name_the_smallest(small_run) -> None:
     name, size = best
     assert size == min(s["checkpoint_bytes"] for s in report["strategies"])
     assert (
-        f"SMALLEST CHECKPOINT THAT RESUMES EXACTLY: {name}, {format_bytes(size)}"
+        f"SMALLEST CHECKPOINT THAT RESUMES EXACTLY (synthetic episodes): {name}, {format_bytes(size)}"
         in completed.stdout
     )
     assert smallest_resuming_strategy(report) == best
-    pointer = strategies_pointer_line(work / LAST_REPORT_NAME)
-    assert pointer.startswith(
-        f"SMALLEST CHECKPOINT THAT RESUMES EXACTLY (last `make strategies`): {name}, "
-    )
+    assert report["dataloader_target"] == "_pipeline.build_robot_dataset"
+    assert {s["measured_on"] for s in report["strategies"]} == {"synthetic episodes"}
+    # The reference loader's strategies ran on synthetic episodes: the small-buffer run's
+    # pointer says so, whichever loader it tested.
+    for pipeline in ("_pipeline.build_robot_dataset", "user_pipelines.plain_dataset", None):
+        pointer = strategies_pointer_line(work / LAST_REPORT_NAME, pipeline=pipeline)
+        assert pointer.startswith(
+            "Smaller checkpoints, measured on synthetic episodes and not on your pipeline "
+            f"(last `make strategies`): {name}, {format_bytes(size)} at buffer 64; "
+        )
 
 
 def test_shuffle_quality_figures() -> None:
@@ -119,6 +125,85 @@ def test_smallest_resuming_strategy_without_a_report(tmp_path: Path) -> None:
     assert smallest_resuming_strategy(failed) is None
     assert strategies_pointer_line(tmp_path / "missing.json").startswith(
         "Smaller checkpoints: `make strategies`"
+    )
+
+
+def test_strategies_run_on_the_users_own_loader(tmp_path: Path) -> None:
+    """`make strategies` on a user's own loader (with an encoded/decoded switch), plus one
+    random-access strategy, which can only run on synthetic episodes; then the pointer line
+    the small-buffer run prints for that loader and for another one."""
+    (tmp_path / "mine.yaml").write_text(
+        "dataloader:\n  _target_: user_pipelines.robot_frames_dataset\n  shuffle_buffer_size: 40\n"
+    )
+    report_path = tmp_path / "report.json"
+    completed = run_script(
+        SCRIPT, "--config-dir", str(tmp_path), "--config-name", "mine", "--work-dir", str(tmp_path),
+        "--report", str(report_path), "--timed-batches", "2",
+        "--strategies", "index_permutation_symbolic", timeout=900,
+    )  # fmt: skip
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    report = json.loads(report_path.read_text())
+    on = {s["name"]: s["measured_on"] for s in report["strategies"]}
+    assert on == {
+        "your_loader": "your pipeline",
+        "your_loader_smaller_buffer": "your pipeline",
+        "your_loader_encoded": "your pipeline",  # the loader's own switch, flipped
+        "your_loader_symbolic": "your pipeline",
+        "index_permutation_symbolic": "synthetic episodes",
+    }
+    assert report["dataloader_target"] == "user_pipelines.robot_frames_dataset"
+    sizes = {s["name"]: s["checkpoint_bytes"] for s in report["strategies"]}
+    assert all(s["resumes_exactly"] for s in report["strategies"]), report["strategies"]
+    assert sizes["your_loader_smaller_buffer"] < sizes["your_loader"]
+    assert sizes["your_loader_encoded"] < sizes["your_loader"]
+    rows = {
+        line.split("|")[1].strip(): line
+        for line in completed.stdout.splitlines()
+        if line.startswith("| ")
+    }
+    assert "| your pipeline " in rows["your_loader"]
+    assert "| synthetic episodes " in rows["index_permutation_symbolic"]
+    # What the loader would need for the index strategies, and that they ran on other data.
+    assert (
+        "The index strategies need your loader to read any record by its index" in completed.stdout
+    )
+    assert "Shown on SYNTHETIC episodes instead (not your data)" in completed.stdout
+    yours = min(
+        (s for s in report["strategies"] if s["measured_on"] == "your pipeline"),
+        key=lambda s: s["checkpoint_bytes"],
+    )
+    assert (
+        f"SMALLEST CHECKPOINT THAT RESUMES EXACTLY ON YOUR PIPELINE: {yours['name']}, "
+        in completed.stdout
+    )
+    # The small-buffer run's pointer names only what was measured on its own loader.
+    same = strategies_pointer_line(report, pipeline="user_pipelines.robot_frames_dataset")
+    assert same == (
+        "SMALLEST CHECKPOINT THAT RESUMES EXACTLY ON YOUR PIPELINE (last `make strategies`): "
+        f"{yours['name']}, {format_bytes(yours['checkpoint_bytes'])}; its code is in "
+        "DISK_SPACE_SOLUTIONS.md"
+    )
+    other = strategies_pointer_line(report, pipeline="_pipeline.build_robot_dataset")
+    assert other.startswith(
+        "Smaller checkpoints, measured on synthetic episodes and not on your pipeline"
+    )
+    assert "index_permutation_symbolic" in other and "your_loader" not in other
+
+
+def test_a_loader_without_the_switch_is_told_what_it_would_need() -> None:
+    from _strategy_user import user_variants
+
+    variants, notes = user_variants(
+        {"_target_": "user_pipelines.plain_dataset", "batch_size": 4}, 100
+    )
+    assert [v.name for v in variants] == [
+        "your_loader",
+        "your_loader_smaller_buffer",
+        "your_loader_symbolic",
+    ]
+    assert variants[1].node["shuffle_buffer_size"] == 10
+    assert notes and notes[0].startswith(
+        "encoded frames in the buffer: your loader has no `buffer_encoded_frames` switch"
     )
 
 

@@ -102,11 +102,15 @@ def test_the_window_covers_every_buffer_and_the_epoch_boundary():
     assert analysis.shuffle_buffer == 100
     assert analysis.buffered_batches == pytest.approx(100 / 4 + 3 / 4 + 5)
     window = plan_window(analysis, settings)
-    assert window.batches == 31 + settings.fresh_batches
+    assert analysis.elements_per_batch == 4
+    assert window.batches == 31 + max(settings.fresh_batches, settings.fresh_elements // 4)
     # 40 items in batches of 4 is 10 batches an epoch; saved after 3, the boundary is the
     # 7th compared batch, and the window goes 10 batches past it.
     epoch = plan_window(analyze(reshuffled_epochs_no_seed(shuffle_buffer_size=10)), settings)
     assert epoch.epoch_boundary_batch == 7 and epoch.batches >= 7 + settings.fresh_batches
+    # Batches of 1: the fresh part is counted in elements, not only in batches.
+    single = analyze(data.Dataset.range(10**6).shuffle(10, seed=1))
+    assert plan_window(single, settings).batches == 10 + settings.fresh_elements
     # Fresh elements: none while the buffer's volume is drawn at first, most of a long window.
     assert expected_fresh_elements(10, 100) == 0
     assert 900 < expected_fresh_elements(1100, 100) < 1001

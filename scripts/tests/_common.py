@@ -18,7 +18,14 @@ from typing import Any
 
 from _config import load_config
 from _errors import PreflightRefusal, UsageError
-from _report import check_report_path, format_bytes, format_gb, write_report
+from _report import (
+    format_gb,
+    reset_report,
+    start_report,
+    write_exit_report,
+    write_report,
+)
+from _signals import exit_code, interrupts_raise, signal_name
 from omegaconf import DictConfig
 
 EXIT_PASSED, EXIT_FAILED, EXIT_USAGE, EXIT_PREFLIGHT, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
@@ -53,8 +60,9 @@ def common_parser(prog: str, description: str) -> argparse.ArgumentParser:
 
 
 def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """Parse the command line; check --report is writable and clear a stale report there."""
     args = parser.parse_intermixed_args(list(sys.argv[1:] if argv is None else argv))
-    check_report_path(args.report)
+    start_report(args.report, script=parser.prog)
     return args
 
 
@@ -73,17 +81,6 @@ def _report_path(argv: Sequence[str] | None) -> Path | None:
     return None
 
 
-def _write_exit_report(
-    argv: Sequence[str] | None, report: dict[str, Any], code: int, error: str
-) -> None:
-    path = _report_path(argv)
-    try:
-        check_report_path(path)
-        write_report(path, {**report, "passed": False, "exit_code": code, "error": error})
-    except (UsageError, OSError):
-        pass  # the report path itself is the bad input; the one line already says so
-
-
 def run_main(
     body: Callable[[], int],
     argv: Sequence[str] | None = None,
@@ -91,32 +88,57 @@ def run_main(
 ) -> int:
     """Run a script body, turning every exception into an exit code, one line and the report.
 
-    `report` is the dict the body fills as it goes; on an exception it is written to
-    --report with `exit_code` and `error`. Exit codes: 2 bad input, 3 preflight refused,
-    4 an unexpected error (--debug prints its traceback), 130 interrupted.
+    `report` is the dict the body fills as it goes; unless the body wrote the report
+    itself, it is written to --report with `exit_code` (and `error`) on every exit.
+    Exit codes: 2 bad input, 3 preflight refused, 4 an unexpected error (--debug prints
+    its traceback), 130 / 143 / 129 interrupted by SIGINT / SIGTERM / SIGHUP (see
+    _signals: the same cleanup runs for each). What a cleanup could not remove is named.
     """
+    import _cleanup
+
     report = report if report is not None else {}
-    try:
-        return body()
-    except UsageError as error:
-        code, line = EXIT_USAGE, f"✗ {error}"
-    except PreflightRefusal as error:
-        code, line = EXIT_PREFLIGHT, f"✗ PREFLIGHT REFUSED: {error}"
-    except KeyboardInterrupt:
-        code, line = EXIT_INTERRUPTED, "✗ interrupted; the run's own files were removed"
-    except Exception as error:
-        if "--debug" in (sys.argv[1:] if argv is None else argv):
-            traceback.print_exc()
-        detail = " ".join(str(error).split())[:300]
-        code = EXIT_ERROR
-        line = (
-            f"✗ ERROR: the run stopped before a verdict: {type(error).__name__}: {detail} "
-            "(not a checkpoint failure; --debug shows the traceback)"
+    _cleanup.reset()
+    reset_report()
+    with interrupts_raise():  # the last lines too: a second signal must not cut them off
+        try:
+            code, line = body(), ""
+        except UsageError as error:
+            code, line = EXIT_USAGE, f"✗ {error}"
+        except PreflightRefusal as error:
+            code, line = EXIT_PREFLIGHT, f"✗ PREFLIGHT REFUSED: {error}"
+        except KeyboardInterrupt as interrupt:
+            code, line = exit_code(interrupt), _interrupted_line(interrupt)
+        except Exception as error:
+            if "--debug" in (sys.argv[1:] if argv is None else argv):
+                traceback.print_exc()
+            detail = " ".join(str(error).split())[:300]
+            code = EXIT_ERROR
+            line = (
+                f"✗ ERROR: the run stopped before a verdict: {type(error).__name__}: {detail} "
+                "(not a checkpoint failure; --debug shows the traceback)"
+            )
+        problem = write_exit_report(
+            code, line.removeprefix("✗ "), report, fallback=_report_path(argv)
         )
-    print(line, file=sys.stderr)
-    if code != EXIT_PREFLIGHT:  # a refusal writes its own, fuller report
-        _write_exit_report(argv, report, code, line.removeprefix("✗ "))
-    return code
+        if line:
+            print(line, file=sys.stderr)
+        elif _cleanup.left_behind():  # a pass or a failed check whose cleanup fell short
+            print(f"⚠ {_cleanup.summary().removeprefix('; ')}", file=sys.stderr)
+        if problem:
+            print(f"✗ {problem}", file=sys.stderr)
+            return code or EXIT_USAGE
+        return code
+
+
+def _interrupted_line(interrupt: KeyboardInterrupt) -> str:
+    import _cleanup
+
+    left = _cleanup.summary()
+    return f"✗ interrupted by {signal_name(interrupt)}; " + (
+        f"could not remove all the run's own files{left}"
+        if left
+        else "the run's own files were removed"
+    )
 
 
 # --- measured estimate, locations and preflight (issue 3) ---------------------------------
@@ -152,6 +174,10 @@ def estimate_and_preflight(
 ) -> Any:
     """Estimate the checkpoint (measured, cached or formula), show where its bytes go, refuse.
 
+    Production answers first: the line saying whether the configured buffer's checkpoint
+    (what training saves) fits TensorFlow's temp folder, RAM and the bucket, and with
+    --estimate-only its own table; then the table of the folders this run will fill.
+
     On a refusal the JSON report (`report` plus the estimate and locations, exit_code 3)
     is written before PreflightRefusal propagates, so a refused run still says why.
 
@@ -159,75 +185,125 @@ def estimate_and_preflight(
     `tested_buffer` is the buffer the run will fill (default: the configured one);
     `locations(estimate) -> [Location]` replaces the scenario's default rows;
     `tested_line` (how the tested buffer was chosen) is printed after the first headline.
-    Prints the headline lines, the locations table and the --fit-budget answer; raises
+    Prints the headline lines, the locations tables and the --fit-budget answer; raises
     PreflightRefusal (exit 3) naming the path unless --force. Returns an EstimateResult
-    whose `.locations` and `.fit_budget` hold the report's `locations` and `fit_budget`.
+    whose `.locations` and `.fit_budget` hold the report's `locations` and `fit_budget`;
+    the report also gets `configured_locations` and `configured_fits`.
     """
     import _locations
     from _estimate import estimate
 
-    budget = None
-    fit_budget = getattr(args, "fit_budget", None)
-    if fit_budget not in (None, "tightest"):
-        budget = _locations.parse_size(fit_budget)
+    budget = _budget_arg(args)
     result = estimate(cfg, tested_buffer=tested_buffer, scratch_root=scratch_root, say=say)
-    say(f"ORIGINAL CONFIG CHECKPOINT SIZE ESTIMATE: {result.headline('original')}")
-    if tested_line:
-        say(tested_line)
-    if result.tested_buffer != result.original_buffer:
-        say(f"NEW CONFIG CHECKPOINT SIZE ESTIMATE: {result.headline('tested')}")
-    if result.calibration is not None:
-        cal = result.calibration
-        per_element, _ = cal.per_element(result.original_buffer)
+    _say_headlines(result, say, tested_line)
+    processes = int(cfg.estimate.get("processes_per_host") or 1)
+    configured = _locations.check_locations(_locations.configured_locations(result, processes))
+    separate = scenario != "full" or result.tested_buffer != result.original_buffer
+    if getattr(args, "estimate_only", False) and separate:
         say(
-            f"  measured: {format_bytes(per_element)} per buffered element + "
-            f"{format_bytes(cal.fixed_bytes(result.original_buffer))} fixed "
-            f"(prefetch/map buffers, ~{cal.extra_elements(result.original_buffer):.0f} elements); "
-            + ("cached measurement" if result.cached else f"calibration took {cal.seconds:.1f} s")
+            f"Where the configured buffer's checkpoint goes ({result.original_buffer:,} "
+            "elements, what training saves):"
         )
-    for note in result.notes:
-        say(f"  note: {note}")
-    if locations is not None:
-        rows = locations(result)
-    else:
-        rows = _locations.scenario_locations(scenario, result)
-    rows = _locations.check_locations(rows)
-    _, _, tmp_warning = _locations.tf_temp_dir()
+        say(_locations.locations_table(configured))
+    say(_locations.configured_fit_line(configured, result))
+    production = {
+        "configured_locations": [row.report() for row in configured],
+        "configured_fits": all(row.ok for row in configured),
+    }
+    rows = locations(result) if locations is not None else None
+    rows = _locations.check_locations(
+        rows if rows is not None else _locations.scenario_locations(scenario, result)
+    )
+    if separate:
+        say(f"The folders this run fills (buffer {result.tested_buffer:,}):")
     say(_locations.locations_table(rows))
+    _, _, tmp_warning = _locations.tf_temp_dir()
     if tmp_warning:
         say(f"⚠ {tmp_warning}")
     result.locations = [row.report() for row in rows]
-    if fit_budget is not None:
-        source = "your budget" if budget is not None else "the tightest location"
-        budget = budget if budget is not None else _locations.tightest_budget(rows)
-        largest = result.largest_buffer_within(budget)
-        result.fit_budget = {
-            "budget_bytes": budget,
-            "shuffle_buffer_size": largest,
-            "estimated_bytes": result.bytes_for(largest) if largest else 0,
-        }
-        if largest:
-            say(
-                "FIT BUDGET: the largest shuffle_buffer_size whose checkpoint fits in "
-                f"{format_gb(budget)} ({source}) is {largest:,} "
-                f"(~{format_gb(result.bytes_for(largest))} + uncertainty)"
-            )
-        else:
-            say(f"FIT BUDGET: no shuffle_buffer_size fits in {format_gb(budget)} ({source})")
+    if getattr(args, "fit_budget", None) is not None:
+        tightest = _locations.tightest_budget(configured) // processes
+        ram_limit = _locations.ram_buffer_limit(configured, result)
+        ram_limit = None if ram_limit is None else ram_limit // processes
+        result.fit_budget = _fit_budget(result, budget, tightest, say, ram_limit)
     try:
         warnings = _locations.preflight(rows, result, force=getattr(args, "force", False))
     except PreflightRefusal as refusal:
         write_report(
             args.report,
-            {**(report or {}), **estimate_report(result), "refusal": str(refusal),
-             "passed": False, "exit_code": EXIT_PREFLIGHT},
+            {**(report or {}), **estimate_report(result), **production,
+             "refusal": str(refusal), "passed": False, "exit_code": EXIT_PREFLIGHT},
         )  # fmt: skip
         raise
     for warning in warnings:
         say(f"⚠ PREFLIGHT WOULD REFUSE (--force): {warning}")
     if report is not None:
-        report.update(estimate_report(result))
+        report.update({**estimate_report(result), **production})
     return result
+
+
+def _budget_arg(args: argparse.Namespace) -> int | None:
+    """--fit-budget SIZE in bytes; None for no budget or the tightest location."""
+    import _locations
+
+    fit_budget = getattr(args, "fit_budget", None)
+    if fit_budget in (None, "tightest"):
+        return None
+    return _locations.parse_size(fit_budget)
+
+
+def _say_headlines(result: Any, say: Callable[[str], None], tested_line: str | None) -> None:
+    say(f"ORIGINAL CONFIG CHECKPOINT SIZE ESTIMATE: {result.headline('original')}")
+    if tested_line:
+        say(tested_line)
+    if result.tested_buffer != result.original_buffer:
+        say(f"NEW CONFIG CHECKPOINT SIZE ESTIMATE: {result.headline('tested')}")
+    for line in result.describe():
+        say(line)
+    for note in result.notes:
+        say(f"  note: {note}")
+
+
+def _fit_budget(
+    result: Any,
+    budget: int | None,
+    tightest: int,
+    say: Callable[[str], None],
+    ram_limit: int | None = None,
+) -> dict[str, Any]:
+    """--fit-budget: whether the configured buffer fits, then the largest buffer that does.
+
+    `ram_limit` (the largest buffer host RAM holds) caps the answer, so following it passes
+    the preflight's RAM row too.
+    """
+    source = "your budget" if budget is not None else "the tightest location"
+    budget = budget if budget is not None else tightest
+    original = result.original_buffer
+    configured_need = result.bytes_for(original) * (1 + (result.uncertainty or 0.0))
+    configured_fits = configured_need <= budget
+    largest = result.largest_buffer_within(budget)
+    largest = largest if ram_limit is None else min(largest, ram_limit)
+    verdict = "fits" if configured_fits else "does NOT fit"
+    configured = (
+        f"the configured shuffle_buffer_size {original:,} "
+        f"(~{format_gb(result.bytes_for(original))} + uncertainty) {verdict} in "
+        f"{format_gb(budget)} ({source}); "
+    )
+    if largest:
+        say(
+            f"FIT BUDGET: {configured}the largest shuffle_buffer_size whose checkpoint fits in "
+            f"{format_gb(budget)} ({source}) is {largest:,} "
+            f"(~{format_gb(result.bytes_for(largest))} + uncertainty)"
+        )
+    else:
+        say(f"FIT BUDGET: {configured}no shuffle_buffer_size fits in {format_gb(budget)}")
+    return {
+        "budget_bytes": budget,
+        "shuffle_buffer_size": largest,
+        "estimated_bytes": result.bytes_for(largest) if largest else 0,
+        "configured_buffer": original,
+        "configured_fits": configured_fits,
+    }
 
 
 def finish_estimate_only(args: argparse.Namespace, report: dict[str, Any]) -> int:

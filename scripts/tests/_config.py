@@ -30,15 +30,20 @@ class EstimateSettings:
     formula_overhead: float = 1.5
     # Each host of a multi-host job saves its own iterator checkpoint.
     num_hosts: int = 1
+    # Processes on one host that each save their own iterator at once (one per accelerator);
+    # None: `make diagnose` counts the accelerators it finds (the estimate tables assume 1).
+    processes_per_host: int | None = None
     # Buffer sizes the measured estimate fills, saves and fits a line through.
     calibration_buffer_sizes: list[int] = field(default_factory=lambda: [8, 32, 64])
-    # Elements read before each save of the largest calibration buffer, so its saves hold
-    # data from across the stream and not only its first elements (see _estimate.py).
+    # Where the calibration samples the stream: one chunk of elements from each offset, so
+    # the per-element figure holds data from across the stream (see _calibration.py).
     calibration_offsets: list[int] = field(
-        default_factory=lambda: [0, 128, 256, 384, 512, 640, 768]
+        default_factory=lambda: [0, 64, 128, 256, 512, 1024, 2048, 4096, 8192]
     )
     # Reuse a measurement keyed by a hash of the resolved config and the pipeline's source.
     cache: bool = True
+    # The calibration stops (exit 2, one line) when the pipeline shows no progress this long.
+    calibration_timeout_seconds: float = 300.0
 
 
 @dataclass
@@ -51,6 +56,8 @@ class RoundTripSettings:
     # Batches compared beyond the buffers' volume at save time, so elements drawn fresh from
     # upstream after the restore reach the comparison (see _window.py).
     fresh_batches: int = 10
+    # ...and at least this many elements' worth of batches (matters for small batches).
+    fresh_elements: int = 100
     # Time budget (seconds) for reading the comparison window from the original iterator;
     # when it runs out the window is cut and the run says so.
     window_seconds: float = 300.0
@@ -121,7 +128,77 @@ def load_config(
             f"config {config_name!r}: dataloader._target_ is missing "
             "(expected the import path of a function that returns a tf.data.Dataset)"
         )
+    validate_settings(cfg)
     return cfg
+
+
+# Numeric settings and their ranges: (minimum, maximum or None, what the number is).
+# The estimate's calibration lists and num_hosts are checked by _estimate.validate_settings.
+SETTING_RANGES: dict[str, tuple[float, float | None, str]] = {
+    "roundtrip.small_buffer_size": (1, None, "the shuffle buffer of the small-buffer test"),
+    "roundtrip.batches_before_save": (0, None, "batches read before the save"),
+    "roundtrip.batches_to_compare": (1, None, "batches compared after the restore"),
+}
+# The reference builder's numeric keyword arguments (_pipeline.build_robot_dataset); the
+# same names mean the same in most loaders, so they are checked whatever the builder.
+# -1 is tf.data.AUTOTUNE where a parallelism or prefetch depth is meant.
+DATALOADER_INT_RANGES: dict[str, tuple[int, int | None, tuple[int, ...]]] = {
+    "batch_size": (1, None, ()),
+    "image_size": (1, None, ()),
+    "wrist_image_size": (0, None, ()),
+    "window_size": (1, None, ()),
+    "jpeg_quality": (1, 100, ()),
+    "num_episodes": (1, None, ()),
+    "steps_per_episode": (1, None, ()),
+    "proprio_dim": (1, None, ()),
+    "action_dim": (1, None, ()),
+    "num_parallel_calls": (1, None, (-1,)),
+    "prefetch_batches": (0, None, (-1,)),
+}
+
+
+def validate_settings(cfg: DictConfig) -> None:
+    """Every numeric setting in range, checked once where the config is read: UsageError (exit 2).
+
+    roundtrip.* as SETTING_RANGES; estimate.formula_overhead > 0; estimate.bytes_per_sample
+    unset or >= 1; the dataloader's known numeric arguments as DATALOADER_INT_RANGES.
+    """
+    for name, (low, high, meaning) in SETTING_RANGES.items():
+        section, key = name.split(".")
+        _check_int(cfg[section].get(key), name, low, high, (), meaning)
+    overhead = cfg.estimate.get("formula_overhead")
+    if (
+        isinstance(overhead, bool)
+        or not isinstance(overhead, (int, float))
+        or not 0 < overhead < float("inf")
+    ):
+        raise UsageError(
+            f"estimate.formula_overhead={overhead!r}: expected a number above 0, e.g. 1.5 "
+            "(the README formula's multiplier)"
+        )
+    sample = cfg.estimate.get("bytes_per_sample")
+    if sample is not None:
+        _check_int(sample, "estimate.bytes_per_sample", 1, None, (), "bytes of one sample")
+    for key, (low, high, special) in DATALOADER_INT_RANGES.items():
+        if key in cfg.dataloader:
+            _check_int(cfg.dataloader[key], f"dataloader.{key}", low, high, special, "")
+
+
+def _check_int(
+    value: Any, name: str, low: float, high: float | None, special: tuple[int, ...], meaning: str
+) -> None:
+    in_range = (
+        not isinstance(value, bool)
+        and isinstance(value, int)
+        and (value in special or (value >= low and (high is None or value <= high)))
+    )
+    if in_range:
+        return
+    expected = f"an integer from {low} to {high}" if high is not None else f"an integer >= {low}"
+    if special:
+        expected += " or " + " or ".join(f"{s} (tf.data.AUTOTUNE)" for s in special)
+    suffix = f" ({meaning})" if meaning else ""
+    raise UsageError(f"{name}={value!r}: expected {expected}{suffix}")
 
 
 def shuffle_buffer_size(cfg: DictConfig) -> int:

@@ -13,12 +13,15 @@ import re
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from _errors import PreflightRefusal, UsageError
-from _estimate import EstimateResult
 from _report import format_bytes
+
+if TYPE_CHECKING:  # at run time nothing here needs NumPy: check_disk_space.sh imports it
+    from _estimate import EstimateResult
 
 RAM = "RAM"
 SCENARIOS = ("small_buffer", "local_staging", "full")
@@ -32,17 +35,31 @@ _UNITS = {
 
 
 def parse_size(text: str, name: str = "--fit-budget") -> int:
-    """`15GB`, `15 GB`, `1.5TB`, `500MiB` or a byte count -> bytes (GB = 10^9, as disks bill)."""
-    match = re.fullmatch(r"\s*([0-9][0-9_,]*(?:\.[0-9]+)?)\s*([A-Za-z]*)\s*", str(text))
+    """`15GB`, `15 GB`, `1.5TB`, `500MiB` or a byte count -> bytes (GB = 10^9, as disks bill).
+
+    A comma is refused, not guessed: `1,5GB` is 1.5 GB in much of Europe and would read
+    as 15 GB here. UsageError (one line) for anything else that is not a size above zero.
+    """
+    if "," in str(text):
+        raise UsageError(
+            f"{name} {text!r}: commas are ambiguous (1,5GB: 1.5 or 15?); "
+            "write 1.5GB, 15GB or a byte count"
+        )
+    match = re.fullmatch(r"\s*([0-9][0-9_]*(?:\.[0-9]+)?)\s*([A-Za-z]*)\s*", str(text))
     unit = match.group(2).lower() if match else ""
     if not match or unit not in _UNITS:
         raise UsageError(
             f"{name} {text!r}: expected a size such as 15GB, 500MB, 1.5TB or a byte count"
         )
-    value = float(match.group(1).replace("_", "").replace(",", "")) * _UNITS[unit]
+    number = match.group(1).replace("_", "")
+    # Exact for integers of any size; a decimal is scaled in Decimal, not float, so a
+    # huge size never rounds or overflows.
+    whole, _, fraction = number.partition(".")
+    scale = _UNITS[unit]
+    value = int(whole) * scale + int(Decimal(f"0.{fraction or 0}") * scale)
     if value < 1:
         raise UsageError(f"{name} {text!r}: expected a size above zero, e.g. 15GB")
-    return int(value)
+    return value
 
 
 def tf_temp_dir(environ: dict[str, str] | None = None) -> tuple[str, str, str | None]:
@@ -162,15 +179,119 @@ def scenario_locations(
     return rows
 
 
+def tensorflow_gcs_locations(
+    estimate: EstimateResult, *, embedded_dir: str | None, gcs_uri: str | None = None
+) -> list[Location]:
+    """The rows when TensorFlow saves straight to gs:// and the restore reads from there.
+
+    TensorFlow stages each checkpoint file whole in its temp folder; nothing else is
+    written locally. With the embedded server (`embedded_dir`: where its objects go on
+    disk) its storage and its memory are rows too: fake-gcs-server holds an upload whole
+    while it reads it (_gcs_server.SERVER_RAM_BYTES_PER_BYTE, measured by
+    scripts/bench_tf_gcs.py).
+    """
+    from _gcs_server import SERVER_RAM_BASE_BYTES, SERVER_RAM_BYTES_PER_BYTE
+
+    checkpoint = estimate.tested_bytes
+    tf_temp, tf_variable, _ = tf_temp_dir()
+    variable = "TMPDIR" if tf_variable in ("TMPDIR", "default") else tf_variable
+    rows = [
+        Location(
+            f"TensorFlow temp folder for gs:// writes ({tf_variable})",
+            tf_temp,
+            checkpoint,
+            variable=variable,
+        ),
+        Location(
+            "host RAM (the buffer, uncompressed)",
+            RAM,
+            estimate.ram_bytes_for(estimate.tested_buffer),
+        ),
+    ]
+    if embedded_dir is None:
+        hosts = estimate.num_hosts
+        rows.append(
+            Location(
+                f"GCS total ({hosts} host{'s' if hosts != 1 else ''})",
+                gcs_uri or "gs://",
+                checkpoint * hosts,
+            )
+        )
+        return rows
+    rows.append(
+        Location("embedded GCS server storage", embedded_dir, checkpoint, variable="TMPDIR")
+    )
+    rows.append(
+        Location(
+            "embedded GCS server RAM (holds an upload whole)",
+            RAM,
+            SERVER_RAM_BASE_BYTES + int(SERVER_RAM_BYTES_PER_BYTE * checkpoint),
+        )
+    )
+    return rows
+
+
+def configured_locations(estimate: EstimateResult, processes: int = 1) -> list[Location]:
+    """Where training's own save of the configured buffer goes: TensorFlow's temp folder for
+    gs:// writes (one whole checkpoint per process on the host), RAM, the bucket."""
+    checkpoint = estimate.original_bytes
+    tf_temp, tf_variable, _ = tf_temp_dir()
+    each = f", {processes} processes" if processes > 1 else ""
+    return [
+        Location(
+            f"TensorFlow temp folder for gs:// writes ({tf_variable}{each})",
+            tf_temp,
+            checkpoint * processes,
+            variable="TMPDIR" if tf_variable in ("TMPDIR", "default") else tf_variable,
+        ),
+        Location(
+            "host RAM (the buffer, uncompressed)",
+            RAM,
+            estimate.ram_bytes_for(estimate.original_buffer) * processes,
+        ),
+        Location(
+            f"GCS total ({estimate.num_hosts} host{'s' if estimate.num_hosts != 1 else ''})",
+            os.environ.get("GCS_TEST_BUCKET") or "gs://",
+            checkpoint * estimate.num_hosts * processes,
+        ),
+    ]
+
+
+def configured_fit_line(rows: Sequence[Location], estimate: EstimateResult) -> str:
+    """One line: does the configured buffer's checkpoint fit every location, and where."""
+    buffer = f"shuffle_buffer_size {estimate.original_buffer:,}"
+    failing = [row for row in rows if not row.ok]
+    if not failing:
+        room = " and ".join(
+            f"RAM ({format_bytes(row.free_bytes)} available)"
+            if row.path == RAM
+            else f"{row.path} ({format_bytes(row.free_bytes)} free)"
+            for row in rows
+            if row.free_bytes is not None
+        )
+        return (
+            f"✓ THE CONFIGURED BUFFER FITS: {buffer} writes a "
+            f"{format_bytes(estimate.original_bytes)} checkpoint, which fits {room}. If a save "
+            "still fails with `Could not append to the internal temporary file`, the cause is "
+            "elsewhere: make diagnose"
+        )
+    row = failing[0]
+    return (
+        f"⚠ THE CONFIGURED BUFFER DOES NOT FIT: {buffer}: {row.role} {row.path} needs "
+        f"{format_bytes(row.required_bytes)}, {format_bytes(row.free_bytes or 0)} free "
+        "(--fit-budget gives the largest buffer that fits; make diagnose checks the other causes)"
+    )
+
+
 def check_locations(rows: Sequence[Location]) -> list[Location]:
     """Fill in free space and OK: folders on one disk are checked against their sum."""
     import psutil
 
     by_device: dict[int, list[Location]] = {}
     for row in rows:
-        if row.path == RAM:
+        if row.path == RAM:  # every RAM row counts against the same memory
             row.free_bytes = int(psutil.virtual_memory().available)
-            row.ok = row.required_bytes <= row.free_bytes
+            row.ok = sum(r.required_bytes for r in rows if r.path == RAM) <= row.free_bytes
         elif row.path.startswith("gs://"):
             row.free_bytes, row.ok = None, True
         else:
@@ -205,15 +326,61 @@ def locations_table(rows: Sequence[Location]) -> str:
     return tabulate(table, headers=["role", "path", "free", "required", "fits"], tablefmt="simple")
 
 
-def tightest_budget(rows: Sequence[Location]) -> int:
-    """The checkpoint size the tightest disk can take, given its share with the other rows on it."""
-    budgets = []
+# The share of each location's free space the advice leaves unused: other writes, the
+# estimate's own error beyond its stated ±, filesystem overhead.
+ADVICE_MARGIN = 0.10
+
+
+def _disk_groups(rows: Sequence[Location]) -> list[list[Location]]:
+    """Rows that share a disk, grouped (rows without a folder are left out)."""
+    groups: dict[int, list[Location]] = {}
     for row in rows:
         if row.path == RAM or row.path.startswith("gs://") or row.free_bytes is None:
             continue
-        same_disk = [r for r in rows if r.free_bytes == row.free_bytes and r.path not in (RAM,)]
-        budgets.append(row.free_bytes // max(len(same_disk), 1))
+        groups.setdefault(_existing(row.path).stat().st_dev, []).append(row)
+    return list(groups.values())
+
+
+def tightest_budget(rows: Sequence[Location], margin: float = ADVICE_MARGIN) -> int:
+    """The checkpoint size every disk can take with `margin` to spare, given its rows' share.
+
+    Each disk holds one copy of the checkpoint per row on it, so its budget is its free
+    space (less the margin) divided by those rows. 0 when no row names a folder.
+    """
+    budgets = [
+        int((group[0].free_bytes or 0) * (1 - margin)) // len(group) for group in _disk_groups(rows)
+    ]
     return min(budgets) if budgets else 0
+
+
+def ram_buffer_limit(
+    rows: Sequence[Location], estimate: EstimateResult, margin: float = ADVICE_MARGIN
+) -> int | None:
+    """The largest buffer whose elements fit in available RAM with `margin` (None: no RAM row)."""
+    ram = [row for row in rows if row.path == RAM and row.free_bytes is not None]
+    if not ram:
+        return None
+    per_element = estimate.ram_bytes_for(estimate.tested_buffer) / max(estimate.tested_buffer, 1)
+    allowed = (ram[0].free_bytes or 0) * (1 - margin)
+    return int(allowed // per_element) if per_element > 0 else None
+
+
+def advised_buffer(
+    rows: Sequence[Location], estimate: EstimateResult, margin: float = ADVICE_MARGIN
+) -> int:
+    """The largest shuffle buffer that fits EVERY row: each disk (with its rows' share), RAM.
+
+    The GCS total per `num_hosts` has no free space to check, so it sets no limit. Every
+    location keeps `margin` of its free space unused; the checkpoint side also carries the
+    estimate's stated ± (see EstimateResult.largest_buffer_within). 0: no buffer fits.
+    """
+    limits = []
+    if _disk_groups(rows):
+        limits.append(estimate.largest_buffer_within(tightest_budget(rows, margin)))
+    ram = ram_buffer_limit(rows, estimate, margin)
+    if ram is not None:
+        limits.append(ram)
+    return max(min(limits), 0) if limits else estimate.tested_buffer
 
 
 def roomy_folder(needed: int, exclude: str) -> tuple[str, int] | None:
@@ -246,34 +413,29 @@ def roomy_folder(needed: int, exclude: str) -> tuple[str, int] | None:
 
 
 def refusal_message(row: Location, rows: Sequence[Location], estimate: EstimateResult) -> str:
-    """Names the location, required vs free, and each fix that applies with its numbers."""
+    """Names the location, required vs free, and each fix that applies with its numbers.
+
+    The suggested buffer fits every location at once (advised_buffer), not only this one.
+    """
     free = row.free_bytes or 0
     fixes = []
-    if row.path == RAM:
-        per_element = estimate.ram_bytes_for(estimate.tested_buffer) / max(
-            estimate.tested_buffer, 1
-        )
-        largest = int(free // per_element) if per_element else 0
+    largest = advised_buffer(rows, estimate)
+    percent = f"{ADVICE_MARGIN:.0%}"
+    if largest >= 1:
         fixes.append(
-            f"set dataloader.shuffle_buffer_size={largest:,} or less (its buffer fits in RAM)"
+            f"set dataloader.shuffle_buffer_size={largest:,} or less (fits every location "
+            f"with {percent} to spare; checkpoint ~{format_bytes(estimate.bytes_for(largest))}, "
+            f"RAM ~{format_bytes(estimate.ram_bytes_for(largest))})"
         )
+    else:
+        fixes.append("no buffer size fits every location")
+    if row.path == RAM:
         what = (
             f"{row.role}: needs {format_bytes(row.required_bytes)}, {format_bytes(free)} available"
         )
     else:
-        same_disk = [
-            r for r in rows if r.free_bytes == row.free_bytes and r.path != RAM and r.ok is False
-        ]
-        total = sum(r.required_bytes for r in same_disk) or row.required_bytes
-        share = free * row.required_bytes // max(total, 1)
-        largest = estimate.largest_buffer_within(share)
-        if largest >= 1:
-            fixes.append(
-                f"set dataloader.shuffle_buffer_size={largest:,} or less "
-                f"(checkpoint ~{format_bytes(estimate.bytes_for(largest))})"
-            )
-        else:
-            fixes.append("no buffer size fits there")
+        same_disk = next((g for g in _disk_groups(rows) if row in g), [row])
+        total = sum(r.required_bytes for r in same_disk)
         roomy = roomy_folder(total, row.path)
         if roomy is not None and row.variable:
             fixes.append(f"export {row.variable}={roomy[0]} ({format_bytes(roomy[1])} free)")

@@ -127,8 +127,9 @@ class PipelineAnalysis:
     risks: list[Risk] = field(default_factory=list)
     # Output batches' worth of elements the buffers hold at save time (shuffle + in flight).
     buffered_batches: float = 0.0
-    # Elements per output batch at the shuffle's level (1 when nothing batches after it).
+    # The shuffle buffer nearest the output, and how many of its elements make an output batch.
     shuffle_buffer: int | None = None
+    elements_per_batch: int = 1
     # Output batches per epoch when a repeat re-runs a reshuffling shuffle (else None).
     epoch_batches: int | None = None
     notes: list[str] = field(default_factory=list)
@@ -330,7 +331,9 @@ def _walk_buffers(
         if node.op.startswith("Shuffle"):
             buffer, seeded, reshuffle = _shuffle_facts(nodes, node)
             if buffer is not None and buffer > 0:
-                analysis.shuffle_buffer = analysis.shuffle_buffer or buffer
+                if analysis.shuffle_buffer is None:
+                    analysis.shuffle_buffer = buffer
+                    analysis.elements_per_batch = max(round(1 / scale), 1)
                 analysis.buffered_batches += buffer * scale
             if repeat_below and reshuffle and not seeded:
                 analysis.risks.append(

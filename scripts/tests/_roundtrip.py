@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _signals import die_with_parent
 from _tensors import element_leaves, leading_dimension
 from _tf import import_tensorflow
 
@@ -206,7 +207,7 @@ def restore_in_new_process(
     )
     try:
         completed = subprocess.run(
-            [sys.executable, str(Path(__file__)), str(request), str(result_path)],
+            die_with_parent([sys.executable, str(Path(__file__)), str(request), str(result_path)]),
             env=child_env,
             capture_output=True,
             text=True,

@@ -94,6 +94,13 @@ class RoundTripOutcome:
     # One entry per restore-and-compare: {"source", "path", "passed", "batches", "restore_seconds"}.
     comparisons: list[dict[str, Any]] = field(default_factory=list)
     staged_path: str = ""  # where the checkpoint was saved when the caller named the folder
+    # "tensorflow-gcs" when TensorFlow wrote straight to gs://, "local" for a local save;
+    # for the former, the folder it staged in, the variable that chose it, the most staged.
+    writer: str = "local"
+    tf_temp_dir: str | None = None
+    tf_temp_dir_source: str | None = None
+    tf_temp_peak_bytes: int | None = None
+    tf_gcs_settings: dict[str, str] = field(default_factory=dict)  # TensorFlow's GCS_* set
 
     @property
     def passed(self) -> bool:
@@ -148,7 +155,17 @@ def _name_risks(run: _RoundTrip, dataset: Any) -> None:
     from _risks import analyze
     from _window import plan_window
 
-    run.analysis = analyze(dataset)
+    try:
+        run.analysis = analyze(dataset)
+    except Exception as error:  # a graph TensorFlow cannot serialize: plan without it
+        from _risks import PipelineAnalysis
+
+        buffer = int(run.dataloader_cfg.get("shuffle_buffer_size") or 0)
+        run.analysis = PipelineAnalysis(buffered_batches=float(buffer))
+        run.say(
+            f"⚠ Could not read the pipeline's graph ({type(error).__name__}): no risks named; "
+            f"the window assumes one element a batch ({buffer:,} buffered)"
+        )
     run.window = plan_window(run.analysis, run.cfg.roundtrip)
     run.outcome.risks = [risk.report() for risk in run.analysis.risks]
     run.outcome.risks_checked = list(run.analysis.checked)
@@ -222,8 +239,8 @@ def _likely_cause(run: _RoundTrip) -> str:
     return f"; likely cause: {risks[0].line()}"
 
 
-def _restore_and_compare(run: _RoundTrip, source: str, prefix: Path) -> bool:
-    """Restore in a new process from `prefix`, compare with the expected stream."""
+def _restore_and_compare(run: _RoundTrip, source: str, prefix: Path | str) -> bool:
+    """Restore in a new process from `prefix` (path or gs:// URI); compare with the expected."""
     from _roundtrip import first_mismatch, restore_in_new_process
     from _window import expected_fresh_elements
 
@@ -239,7 +256,7 @@ def _restore_and_compare(run: _RoundTrip, source: str, prefix: Path) -> bool:
     outcome.batches_compared = len(result.stream.digests)
     record = {
         "source": source,
-        "path": str(prefix.parent),
+        "path": str(prefix.parent) if isinstance(prefix, Path) else prefix.rsplit("/", 1)[0],
         "passed": False,
         "batches": len(result.stream.digests),
         "restore_seconds": round(result.restore_seconds, 3),
@@ -293,6 +310,79 @@ def _upload_and_compare(
     _restore_and_compare(run, "downloaded copy", run.scratch / "downloaded" / saved.prefix.name)
 
 
+# --- TensorFlow's own gs:// writer (issue 13) --------------------------------------------
+
+
+def tensorflow_gcs_locations(destination: Destination | None) -> Callable[[Any], list[Any]] | None:
+    """The preflight's rows when TensorFlow saves straight to `destination`; None unless GCS."""
+    if not isinstance(destination, GcsDestination):
+        return None
+    embedded = bool(getattr(destination, "ephemeral", False))
+    return _tensorflow_gcs_rows(embedded, destination.location.uri())
+
+
+def tensorflow_gcs_locations_for(setting: str | None) -> Callable[[Any], list[Any]] | None:
+    """The same rows for GCS_TEST_BUCKET=`setting` without opening it (--estimate-only)."""
+    if setting and not setting.startswith("gs://"):
+        return None  # a local folder: the run saves locally
+    return _tensorflow_gcs_rows(not setting, setting or f"gs://{EMBEDDED_BUCKET}")
+
+
+def _tensorflow_gcs_rows(embedded: bool, uri: str) -> Callable[[Any], list[Any]]:
+    import _locations
+
+    def rows(estimate: Any) -> list[Any]:
+        return _locations.tensorflow_gcs_locations(
+            estimate, embedded_dir=tempfile.gettempdir() if embedded else None, gcs_uri=uri
+        )
+
+    return rows
+
+
+def _save_to_gcs(
+    run: _RoundTrip, iterator: Any, destination: GcsDestination, run_prefix: str, needed: int
+) -> Any:
+    """Save straight to gs://<run prefix>/iterator through TensorFlow, as a training job does.
+
+    None (and the ✗ line in the outcome) when it cannot be saved; a save that ran out of
+    room where TensorFlow stages it leaves nothing under the run prefix.
+    """
+    from _locations import tf_temp_dir
+    from _roundtrip import CHECKPOINT_NAME, UnsaveablePipeline
+    from _tf_gcs import save_iterator_to_gcs, staging_full_line, tf_gcs_settings
+
+    outcome = run.outcome
+    outcome.writer = "tensorflow-gcs"
+    outcome.tf_temp_dir, outcome.tf_temp_dir_source, _ = tf_temp_dir()
+    outcome.tf_gcs_settings = tf_gcs_settings()
+    for name, value in outcome.tf_gcs_settings.items():
+        run.say(f"TensorFlow GCS setting: {name}={value}")
+    try:
+        saved = save_iterator_to_gcs(
+            iterator, destination.location.uri(run_prefix, CHECKPOINT_NAME)
+        )
+    except UnsaveablePipeline as error:
+        outcome.failure = f"CHECKPOINT CANNOT BE SAVED: {error}"
+        return None
+    except Exception as error:
+        if not is_disk_full(error):
+            raise
+        destination.remove(run_prefix)  # TensorFlow uploads a file only once it is whole
+        outcome.failure = staging_full_line(_tf_message(error), needed)
+        return None
+    outcome.tf_temp_peak_bytes = saved.temp_peak_bytes
+    outcome.checkpoint_bytes, outcome.checkpoint_files = saved.bytes, saved.files
+    outcome.save_seconds = saved.save_seconds
+    outcome.checkpoint_uri = destination.uri(run_prefix)
+    run.say(
+        f"✓ Saved the iterator after {run.cfg.roundtrip.batches_before_save} batches straight "
+        f"to {outcome.checkpoint_uri} with TensorFlow's own gs:// filesystem: {saved.files} "
+        f"files, {format_bytes(saved.bytes)} in {saved.save_seconds:.1f} s (staged in "
+        f"{saved.temp_dir} from {saved.temp_source}, at most {format_bytes(saved.temp_peak_bytes)})"
+    )
+    return saved
+
+
 def _say_risks_checked(run: _RoundTrip) -> None:
     if run.outcome.passed and run.analysis is not None:
         if run.analysis.risks:
@@ -300,7 +390,7 @@ def _say_risks_checked(run: _RoundTrip) -> None:
                 "⚠ Matched this time, but the risks above can still break a resume "
                 "(thread timing, skipped state); fix them to make it certain"
             )
-        else:
+        elif run.analysis.checked:  # only when the graph was actually read
             run.say(f"✓ No risk to an exact resume found ({'; '.join(run.analysis.checked)})")
 
 
@@ -315,6 +405,8 @@ def run_round_trip(
     checkpoint_dir: Path | None = None,
     compare_before_upload: bool = False,
     disk_full_hint: str = "",
+    tensorflow_gcs: bool = False,
+    expected_bytes: int = 0,
 ) -> RoundTripOutcome:
     """Save after K batches, read a window on, restore in a new process, compare.
 
@@ -334,6 +426,11 @@ def run_round_trip(
     after an interrupt; the scratch folder always. A save that runs out of room becomes a
     failure naming the folder and its free space, followed by `disk_full_hint`.
     Raises PipelineTooShort (exit 2) when the data ends before the test can compare.
+
+    With `tensorflow_gcs` and a GCS destination, TensorFlow saves straight to
+    gs://<run prefix>/iterator and the new process restores straight from there, as a
+    resumed training job does (`expected_bytes`, the estimate, goes into the line for a
+    save that runs out of room where TensorFlow stages it).
     """
     from _pipeline import instantiate_dataset
 
@@ -348,6 +445,17 @@ def run_round_trip(
         _name_risks(run, dataset)
         iterator = iter(dataset)
         _fill(run, iterator)
+        if tensorflow_gcs and isinstance(destination, GcsDestination):
+            uploaded = True  # TensorFlow writes under the run prefix from here on
+            on_gcs = _save_to_gcs(run, iterator, destination, run_prefix, expected_bytes)
+            if on_gcs is None:
+                uploaded = False  # nothing is left under the run prefix
+                return outcome
+            _read_expected(run, iterator)
+            del iterator, dataset  # one live iterator at a time
+            _restore_and_compare(run, "bucket (gs://, TensorFlow's filesystem)", on_gcs.prefix)
+            _say_risks_checked(run)
+            return outcome
         saved = _save(run, iterator, save_dir, disk_full_hint)
         if saved is None:
             return outcome
@@ -416,6 +524,11 @@ def round_trip_report(outcome: RoundTripOutcome) -> dict[str, Any]:
             "files": outcome.checkpoint_files,
             "save_seconds": round(outcome.save_seconds, 3),
             "restore_seconds": round(outcome.restore_seconds, 3),
+            "writer": outcome.writer,
+            "tf_temp_dir": outcome.tf_temp_dir,
+            "tf_temp_dir_source": outcome.tf_temp_dir_source,
+            "tf_temp_peak_bytes": outcome.tf_temp_peak_bytes,
+            "tf_gcs_settings": outcome.tf_gcs_settings,
         },
         "verification": {
             "batches_compared": outcome.batches_compared,

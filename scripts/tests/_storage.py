@@ -14,17 +14,20 @@ import json
 import os
 import secrets
 import shutil
-import socket
-import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from _cleanup import (
+    FAILURE_PATH_BUDGET_SECONDS,
+    FAILURE_PATH_TIMEOUT_SECONDS,
+    note_left_behind,
+)
 from _errors import UsageError
 
 MARKER_NAME = "_COMPLETE.json"
@@ -59,22 +62,81 @@ def crc32c_of_file(path: Path) -> str:
     return base64.b64encode(checksum.digest()).decode("ascii")
 
 
-def _in_parallel(work: Callable[[Any], Any], items: list[Any]) -> list[Any]:
-    """work(item) on TRANSFER_WORKERS threads, results in order.
+class Cancelled(Exception):
+    """A transfer stopped because another one failed or the run was interrupted."""
 
-    On the first error or a Ctrl-C, transfers not yet started are cancelled and running
-    ones are waited for, so nothing is still writing under the run prefix once the
-    caller cleans it up.
+
+def _in_parallel(
+    work: Callable[[Any, threading.Event], Any],
+    items: list[Any],
+    *,
+    grace_seconds: float = FAILURE_PATH_TIMEOUT_SECONDS,
+) -> list[Any]:
+    """work(item, cancel) on TRANSFER_WORKERS threads, results in order; the FIRST error raised.
+
+    On the first error or an interrupt, `cancel` is set: transfers not yet started never
+    start, running ones stop at their next chunk (their progress callbacks raise
+    Cancelled). Running ones are waited for at most `grace_seconds` (one blocked on a
+    frozen endpoint may never return); any still running is named in `stragglers` of
+    _cleanup's notes and abandoned (the threads are daemons, so exit is not held).
     """
-    pool = ThreadPoolExecutor(TRANSFER_WORKERS)
+    cancel = threading.Event()
+    pending = list(enumerate(items))
+    results: list[Any] = [None] * len(items)
+    errors: list[BaseException] = []
+    running: dict[int, Any] = {}
+    lock = threading.Lock()
+
+    def worker() -> None:
+        while not cancel.is_set():
+            with lock:
+                if not pending:
+                    return
+                index, item = pending.pop(0)
+                running[index] = item
+            try:
+                results[index] = work(item, cancel)
+            except BaseException as error:
+                with lock:
+                    errors.append(error)
+                cancel.set()
+            finally:
+                with lock:
+                    running.pop(index, None)
+
+    threads = [threading.Thread(target=worker, daemon=True) for _ in range(TRANSFER_WORKERS)]
+    for thread in threads:
+        thread.start()
     try:
-        futures = [pool.submit(work, item) for item in items]
-        return [future.result() for future in futures]
+        # Short waits, so a signal is handled between them and the first error is seen.
+        while any(thread.is_alive() for thread in threads) and not cancel.wait(0.1):
+            pass
     except BaseException:
-        pool.shutdown(wait=True, cancel_futures=True)
+        cancel.set()
         raise
     finally:
-        pool.shutdown(wait=True)
+        if cancel.is_set():
+            _join_within(threads, grace_seconds)
+            _note_stragglers(running, lock)
+    if errors:
+        raise errors[0]
+    return results
+
+
+def _join_within(threads: list[threading.Thread], seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()))
+
+
+def _note_stragglers(running: dict[int, Any], lock: threading.Lock) -> None:
+    with lock:
+        stuck = [str(item) for item in running.values()]
+    if stuck:
+        note_left_behind(
+            f"{len(stuck)} transfer(s) still blocked on the endpoint when the run gave up "
+            f"on them ({', '.join(stuck)})"
+        )
 
 
 def _manifest(files: list[Path]) -> dict[str, dict[str, Any]]:
@@ -135,14 +197,25 @@ def parse_gcs_uri(uri: str, source: str = "GCS_TEST_BUCKET") -> GcsLocation:
 
 
 class LocalDestination:
-    """A folder the user named; the run writes only under <folder>/<run prefix>/."""
+    """A folder the user named; the run writes only under <folder>/<run prefix>/.
+
+    It removes only run folders it created itself, so a failure can never delete a
+    folder that was already there (such as the staged checkpoint, when GCS_TEST_BUCKET
+    names LOCAL_STAGING_DIR). I/O errors become one-line TransferErrors, as for GCS.
+    """
 
     def __init__(self, root: Path) -> None:
         self.root = root
+        self._created: set[str] = set()
 
     @classmethod
     def from_setting(cls, value: str, source: str = "GCS_TEST_BUCKET") -> LocalDestination:
         root = Path(value).expanduser().resolve()
+        if root.exists() and not root.is_dir():
+            raise UsageError(
+                f"{source}={value!r}: is a file, not a folder "
+                "(expected gs://bucket[/prefix] or an existing local folder)"
+            )
         if not root.is_dir():
             raise UsageError(
                 f"{source}={value!r}: no such folder "
@@ -158,14 +231,45 @@ class LocalDestination:
         return str(self.root / run_prefix)
 
     def put(self, files: list[Path], run_prefix: str) -> None:
-        """Copy, check each copy's size and crc32c, then write the marker (as for GCS)."""
+        """Copy, check each copy's size and crc32c, then write the marker (as for GCS).
+
+        TransferError when the run folder already exists (it is left as it is) or a copy
+        fails (the partial run folder is removed, and the error names the free space).
+        """
+        if not run_prefix:
+            raise ValueError("put() needs a run prefix")
         target = self.root / run_prefix
-        target.mkdir(parents=True, exist_ok=False)
-        manifest = _manifest(files)
-        for path in files:
-            shutil.copy2(path, target / path.name)
-        self._check(target, manifest)
-        (target / MARKER_NAME).write_text(json.dumps({"files": manifest}))
+        if any(path.resolve().parent == target.resolve() for path in files):
+            raise TransferError(
+                f"{target}: is the folder the checkpoint was saved in, so copying it there "
+                "would overwrite it; set GCS_TEST_BUCKET to another folder "
+                "(it is left as it is)"
+            )
+        try:
+            target.mkdir(parents=True, exist_ok=False)
+        except FileExistsError:
+            raise TransferError(
+                f"{target}: already exists; a run copies only into a new run folder "
+                "(it is left as it is)"
+            ) from None
+        except OSError as error:
+            raise TransferError(f"{target}: {_os_error(error, self.root)}") from None
+        self._created.add(run_prefix)
+        try:
+            manifest = _manifest(files)
+            for path in files:
+                shutil.copy2(path, target / path.name)
+            self._check(target, manifest)
+            (target / MARKER_NAME).write_text(json.dumps({"files": manifest}))
+        except OSError as error:
+            self.remove(run_prefix)
+            raise TransferError(
+                f"{target}: copy failed ({_os_error(error, self.root)}); "
+                f"the partial copy was removed, no {MARKER_NAME} marker was written"
+            ) from None
+        except TransferError:
+            self.remove(run_prefix)
+            raise
 
     def fetch(self, run_prefix: str, into: Path) -> list[Path]:
         """Copy a complete run (marker present) into `into`, checking every file."""
@@ -176,8 +280,13 @@ class LocalDestination:
             raise TransferError(
                 f"{source}: no readable {MARKER_NAME} marker, so the copy is incomplete ({error})"
             ) from None
-        into.mkdir(parents=True, exist_ok=True)
-        copies = [Path(shutil.copy2(source / name, into / name)) for name in sorted(manifest)]
+        try:
+            into.mkdir(parents=True, exist_ok=True)
+            copies = [Path(shutil.copy2(source / name, into / name)) for name in sorted(manifest)]
+        except OSError as error:
+            raise TransferError(
+                f"copying {source} back into {into} failed ({_os_error(error, into)})"
+            ) from None
         self._check(into, manifest)
         return copies
 
@@ -195,8 +304,25 @@ class LocalDestination:
                 )
 
     def remove(self, run_prefix: str) -> None:
-        if run_prefix and (self.root / run_prefix).is_dir():
-            shutil.rmtree(self.root / run_prefix)
+        """Remove the run folder if this destination created it; never raises."""
+        if not run_prefix or run_prefix not in self._created:
+            return
+        folder = self.root / run_prefix
+        shutil.rmtree(folder, ignore_errors=True)
+        if folder.exists():
+            note_left_behind(f"{folder} (could not be removed)")
+
+
+def _os_error(error: OSError, folder: Path) -> str:
+    """'No space left on device, 0 B free in /mnt/x' - the OS's reason and the free space."""
+    from _report import format_bytes
+
+    reason = error.strerror or type(error).__name__
+    try:
+        free = f", {format_bytes(shutil.disk_usage(folder).free)} free in {folder}"
+    except OSError:
+        free = ""
+    return f"{reason}{free}"
 
 
 # --- Google Cloud Storage -------------------------------------------------------------
@@ -215,14 +341,42 @@ def make_client() -> Any:
         from google.auth.credentials import AnonymousCredentials
 
         return storage.Client(project="dlckpt-test", credentials=AnonymousCredentials())
+    _check_credentials_file(os.environ.get("GOOGLE_APPLICATION_CREDENTIALS"))
     try:
         return storage.Client()
-    except DefaultCredentialsError:
+    except DefaultCredentialsError as error:
+        if os.environ.get("GOOGLE_APPLICATION_CREDENTIALS"):
+            raise UsageError(
+                f"GOOGLE_APPLICATION_CREDENTIALS={os.environ['GOOGLE_APPLICATION_CREDENTIALS']}: "
+                f"not usable credentials ({_one_line(error, 160)}); expected a service-account "
+                "or authorized-user JSON key file, or unset it to use "
+                "`gcloud auth application-default login`"
+            ) from None
         raise UsageError(
             "Google Cloud Storage: no Application Default Credentials found; run "
             "`gcloud auth application-default login` or set "
             "GOOGLE_APPLICATION_CREDENTIALS=/path/key.json"
         ) from None
+
+
+def _check_credentials_file(value: str | None) -> None:
+    """GOOGLE_APPLICATION_CREDENTIALS, when set, must name a readable JSON key file."""
+    if not value:
+        return
+    name = "GOOGLE_APPLICATION_CREDENTIALS"
+    expected = "expected the path of a service-account or authorized-user JSON key file"
+    path = Path(value).expanduser()
+    if not path.is_file():
+        what = "is a folder" if path.is_dir() else "no such file"
+        raise UsageError(f"{name}={value}: {what} ({expected})")
+    try:
+        data = json.loads(path.read_text())
+    except OSError as error:
+        raise UsageError(f"{name}={value}: cannot be read ({error.strerror}); {expected}") from None
+    except ValueError:
+        raise UsageError(f"{name}={value}: is not JSON ({expected})") from None
+    if not isinstance(data, dict) or "type" not in data:
+        raise UsageError(f'{name}={value}: has no "type" field ({expected})')
 
 
 def _progress(total: int, description: str) -> Any:
@@ -240,14 +394,38 @@ def _progress(total: int, description: str) -> Any:
 
 
 class GcsDestination:
-    """gs://bucket/prefix; the run writes only objects under <prefix>/<run prefix>/."""
+    """gs://bucket/prefix; the run writes only objects under <prefix>/<run prefix>/.
 
-    def __init__(self, client: Any, location: GcsLocation, *, ephemeral: bool = False) -> None:
+    Transfers use `request_timeout` seconds per request and google-cloud-storage's retry
+    on transient errors for up to `retry_deadline` seconds. Cleanup after a failure
+    (remove) is bounded instead: FAILURE_PATH_TIMEOUT_SECONDS a request, no retries,
+    FAILURE_PATH_BUDGET_SECONDS in all; once the endpoint has not answered, later
+    cleanup calls do not wait for it again.
+    """
+
+    def __init__(
+        self,
+        client: Any,
+        location: GcsLocation,
+        *,
+        ephemeral: bool = False,
+        request_timeout: float = 30.0,
+        retry_deadline: float = 60.0,
+    ) -> None:
         self.client = client
         self.location = location
         self.bucket = client.bucket(location.bucket)
         # The embedded server's objects vanish when it stops: nothing is kept for inspection.
         self.ephemeral = ephemeral
+        self.request_timeout = request_timeout
+        self.retry_deadline = retry_deadline
+        self._unanswered: str | None = None  # why the endpoint failed a cleanup call
+        self._told: set[str] = set()  # what-is-left texts already given in a TransferError
+
+    def _retry(self) -> Any:
+        from google.cloud.storage.retry import DEFAULT_RETRY
+
+        return DEFAULT_RETRY.with_timeout(self.retry_deadline)
 
     def check_bucket(self) -> None:
         from google.api_core import exceptions as api_exceptions
@@ -296,16 +474,43 @@ class GcsDestination:
         *,
         opener: Callable[[Path], BinaryIO] | None = None,
     ) -> None:
-        """Upload; any storage error becomes a TransferError naming the run (see _put)."""
+        """Upload; on any failure the run's objects are removed (bounded) before it propagates.
+
+        A storage error becomes a TransferError naming the first failure and what is left
+        (see _put and remove); an interrupt propagates as itself, with what is left noted
+        for the run's last line (_cleanup).
+        """
+        if not run_prefix:
+            raise ValueError("put() needs a run prefix")
         try:
-            self._put(files, run_prefix, opener=opener)
-        except (TransferError, ValueError):
-            raise
+            existing = self.list_run(run_prefix)
         except Exception as error:
             raise TransferError(
+                f"{self.uri(run_prefix)}: could not list the run prefix ({_one_line(error)}); "
+                "nothing was uploaded"
+            ) from None
+        if existing:  # not this run's objects: never touched
+            raise TransferError(
+                f"{self.uri(run_prefix)}: already holds {len(existing)} objects; "
+                "a run uploads only under a new run prefix"
+            )
+        try:
+            self._put(files, run_prefix, opener=opener)
+        except ValueError:
+            raise
+        except Exception as error:
+            first = str(error) if isinstance(error, TransferError) else (
                 f"{self.uri(run_prefix)}: upload failed ({_one_line(error)}); "
                 f"no {MARKER_NAME} marker was written"
-            ) from None
+            )  # fmt: skip
+            left = self._discard(run_prefix)
+            self._told.add(left)  # said in this error: a later remove() need not repeat it
+            raise TransferError(first + (f"; {left}" if left else "")) from None
+        except BaseException:  # an interrupt: remove what it wrote, then let it propagate
+            left = self._discard(run_prefix)
+            if left:
+                note_left_behind(left)
+            raise
 
     def _put(
         self,
@@ -323,22 +528,13 @@ class GcsDestination:
         after every object matched, so an upload cut short leaves no marker and `fetch`
         refuses it. `opener` opens a file for reading (fault injection in the tests).
         """
-        from google.cloud.storage.retry import DEFAULT_RETRY
         from tqdm.utils import CallbackIOWrapper
 
-        if not run_prefix:
-            raise ValueError("put() needs a run prefix")
-        existing = self.list_run(run_prefix)
-        if existing:
-            raise TransferError(
-                f"{self.uri(run_prefix)}: already holds {len(existing)} objects; "
-                "a run uploads only under a new run prefix"
-            )
         open_file = opener or (lambda path: path.open("rb"))
         manifest = _manifest(files)
         with _progress(sum(m["size"] for m in manifest.values()), "upload") as bar:
 
-            def upload(path: Path) -> None:
+            def upload(path: Path, cancel: threading.Event) -> None:
                 blob = self.bucket.blob(
                     self.location.key(run_prefix, path.name), chunk_size=RESUMABLE_CHUNK_BYTES
                 )
@@ -347,13 +543,16 @@ class GcsDestination:
                         # if_generation_match=0 (create only) makes the upload idempotent,
                         # so retrying a transient error cannot overwrite anything.
                         blob.upload_from_file(
-                            CallbackIOWrapper(bar.update, handle, "read"),
+                            CallbackIOWrapper(_cancellable(bar.update, cancel), handle, "read"),
                             size=manifest[path.name]["size"],
                             checksum="crc32c",
                             if_generation_match=0,
-                            retry=DEFAULT_RETRY,
+                            timeout=self.request_timeout,
+                            retry=self._retry(),
                         )
                 except Exception as error:
+                    if cancel.is_set() and _is_cancelled(error):
+                        raise Cancelled(path.name) from None
                     raise TransferError(
                         f"{self.uri(run_prefix)}/{path.name}: upload of {path} failed "
                         f"({_one_line(error)}); no {MARKER_NAME} marker was written"
@@ -366,12 +565,13 @@ class GcsDestination:
             json.dumps({"files": manifest}),
             content_type="application/json",
             if_generation_match=0,
-            retry=DEFAULT_RETRY,
+            timeout=self.request_timeout,
+            retry=self._retry(),
         )
 
     def _verify(self, blob: Any, expected: dict[str, Any]) -> None:
         """The stored object's size and crc32c (GCS's metadata) against the source file's."""
-        blob.reload()
+        blob.reload(timeout=self.request_timeout, retry=self._retry())
         if blob.size != expected["size"] or blob.crc32c != expected["crc32c"]:
             kind = "truncated" if (blob.size or 0) < expected["size"] else "corrupted"
             raise TransferError(
@@ -385,7 +585,8 @@ class GcsDestination:
 
         marker = self.bucket.blob(self.location.key(run_prefix, MARKER_NAME))
         try:
-            return dict(json.loads(marker.download_as_bytes())["files"])
+            data = marker.download_as_bytes(timeout=self.request_timeout, retry=self._retry())
+            return dict(json.loads(data)["files"])
         except api_exceptions.NotFound:
             raise TransferError(
                 f"{self.uri(run_prefix)}: no {MARKER_NAME} marker, so the upload is incomplete; "
@@ -421,14 +622,17 @@ class GcsDestination:
         into.mkdir(parents=True, exist_ok=True)
         with _progress(sum(m["size"] for m in manifest.values()), "download") as bar:
 
-            def download(name: str) -> Path:
+            def download(name: str, cancel: threading.Event) -> Path:
                 blob = self.bucket.blob(self.location.key(run_prefix, name))
                 target = into / name
                 try:
                     self._verify(blob, manifest[name])
                     with target.open("wb") as handle:
                         blob.download_to_file(
-                            CallbackIOWrapper(bar.update, handle, "write"), checksum="crc32c"
+                            CallbackIOWrapper(_cancellable(bar.update, cancel), handle, "write"),
+                            checksum="crc32c",
+                            timeout=self.request_timeout,
+                            retry=self._retry(),
                         )
                 except api_exceptions.NotFound:
                     raise TransferError(
@@ -437,6 +641,8 @@ class GcsDestination:
                 except TransferError:
                     raise
                 except Exception as error:
+                    if cancel.is_set() and _is_cancelled(error):
+                        raise Cancelled(name) from None
                     raise TransferError(
                         f"{self.uri(run_prefix)}/{name}: download failed ({_one_line(error)})"
                     ) from None
@@ -451,81 +657,114 @@ class GcsDestination:
 
             return _in_parallel(download, sorted(manifest))
 
-    def list_run(self, run_prefix: str) -> list[str]:
-        """Names of the objects under this run's prefix, and nothing beside it."""
+    def list_run(
+        self, run_prefix: str, *, timeout: float | None = None, retry: Any = ...
+    ) -> list[str]:
+        """Names of the objects under this run's prefix, and nothing beside it.
+
+        `timeout` and `retry` default to the transfer's (None: no retry).
+        """
         if not run_prefix or "/" in run_prefix.strip("/"):
             raise ValueError(f"not a run prefix: {run_prefix!r}")
         prefix = self.location.key(run_prefix) + "/"
-        return [blob.name for blob in self.client.list_blobs(self.bucket, prefix=prefix)]
+        listing = self.client.list_blobs(
+            self.bucket,
+            prefix=prefix,
+            timeout=self.request_timeout if timeout is None else timeout,
+            retry=self._retry() if retry is ... else retry,
+        )
+        return [blob.name for blob in listing]
 
     def remove(self, run_prefix: str) -> None:
-        """Delete the run's objects (the marker first, so a partial run never looks whole)."""
+        """Delete the run's objects (the marker first, so a partial run never looks whole).
+
+        Bounded and quiet, as cleanup after a failure must be: it never raises, and what
+        it could not delete is noted for the run's last line (see _cleanup).
+        """
+        left = self._discard(run_prefix)
+        if left and left not in self._told:
+            note_left_behind(left)
+
+    def _discard(self, run_prefix: str) -> str:
+        """Delete the run's objects within the failure-path bounds; '' or what may be left.
+
+        Each request waits FAILURE_PATH_TIMEOUT_SECONDS, without retries; the whole
+        removal stops after FAILURE_PATH_BUDGET_SECONDS. After a call the endpoint did not
+        answer, later calls do not wait for it again. The embedded server's objects go
+        with it, so nothing is reported left there.
+        """
         if not run_prefix:
-            return
-        names = self.list_run(run_prefix)
-        marker = self.location.key(run_prefix, MARKER_NAME)
-        for name in sorted(names, key=lambda n: n != marker):
-            with contextlib.suppress(Exception):  # already gone: nothing to do
-                self.bucket.blob(name).delete()
+            return ""
+        where = self.uri(run_prefix) + "/"
+        if self._unanswered is not None:
+            return self._left(where, None, self._unanswered)
+        deadline = time.monotonic() + FAILURE_PATH_BUDGET_SECONDS
+        names: list[str] | None = None
+        try:
+            names = self.list_run(run_prefix, timeout=FAILURE_PATH_TIMEOUT_SECONDS, retry=None)
+            marker = self.location.key(run_prefix, MARKER_NAME)
+            for name in sorted(names, key=lambda n: n != marker):
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"removal stopped after {FAILURE_PATH_BUDGET_SECONDS:.0f} s")
+                self._delete(name)
+        except Exception as error:
+            self._unanswered = _one_line(error, 120)
+            return self._left(where, names, self._unanswered)
+        return ""
+
+    def _delete(self, name: str) -> None:
+        from google.api_core import exceptions as api_exceptions
+
+        with contextlib.suppress(api_exceptions.NotFound):  # already gone: nothing to do
+            self.bucket.blob(name).delete(timeout=FAILURE_PATH_TIMEOUT_SECONDS, retry=None)
+
+    def _left(self, where: str, names: list[str] | None, reason: str) -> str:
+        if self.ephemeral:
+            return ""
+        if names is None:
+            what = "any object the run wrote"
+        else:
+            short = [name.rsplit("/", 1)[-1] for name in names]
+            what = f"up to {len(names)} objects ({', '.join(short)})"
+        return (
+            f"{where} may still hold {what}: cleanup could not reach the bucket ({reason}); "
+            f"remove it with `gcloud storage rm -r {where}`"
+        )
+
+
+def _cancellable(update: Callable[[int], Any], cancel: threading.Event) -> Callable[[int], Any]:
+    """A progress callback that stops its transfer at the next chunk once `cancel` is set."""
+
+    def callback(count: int) -> Any:
+        if cancel.is_set():
+            raise Cancelled("another transfer failed or the run was interrupted")
+        return update(count)
+
+    return callback
+
+
+def _is_cancelled(error: BaseException | None) -> bool:
+    while error is not None:
+        if isinstance(error, Cancelled):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
 
 
 # --- the embedded GCS server -----------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @contextlib.contextmanager
-def embedded_gcs_server(data_dir: Path | None = None) -> Iterator[str]:
-    """Start gcp-storage-emulator (a real HTTP server) on 127.0.0.1; yield its endpoint.
+def embedded_gcs_server(scratch_root: Path | None = None) -> Iterator[str]:
+    """Start the embedded GCS server (see _gcs_server) and yield its endpoint.
 
-    Sets STORAGE_EMULATOR_HOST for this process while it runs, so one client made
-    inside the block talks to it, and stops it on exit.
+    fake-gcs-server behind an HTTPS front on 127.0.0.1, objects on disk under a
+    `dlckpt-gcs-*` folder in `scratch_root` (default: the temp folder). While the block
+    runs, this process (and what it starts) has STORAGE_EMULATOR_HOST plus the variables
+    that send TensorFlow's own GCS filesystem there (_gcs_server.tensorflow_env); they are
+    restored on exit, and the server is stopped with its storage removed.
     """
-    port = _free_port()
-    command = [
-        sys.executable,
-        "-m",
-        "gcp_storage_emulator",
-        "start",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--quiet",
-    ]
-    command += ["--in-memory"] if data_dir is None else []
-    process = subprocess.Popen(
-        command,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        cwd=str(data_dir) if data_dir else None,
-    )
-    endpoint = f"http://127.0.0.1:{port}"
-    previous = os.environ.get("STORAGE_EMULATOR_HOST")
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            with (
-                contextlib.suppress(OSError),
-                socket.create_connection(("127.0.0.1", port), timeout=1),
-            ):
-                break
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the embedded GCS server did not start on {endpoint}")
-            time.sleep(0.1)
-        os.environ["STORAGE_EMULATOR_HOST"] = endpoint
-        yield endpoint
-    finally:
-        if previous is None:
-            os.environ.pop("STORAGE_EMULATOR_HOST", None)
-        else:
-            os.environ["STORAGE_EMULATOR_HOST"] = previous
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
+    from _gcs_server import applied, embedded_gcs
+
+    with embedded_gcs(scratch_root) as server, applied(server.env):
+        yield server.endpoint

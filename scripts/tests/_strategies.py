@@ -97,6 +97,8 @@ class StrategyResult:
     resumes_exactly: bool = False
     quality: dict[str, float] = field(default_factory=dict)
     error: str | None = None
+    # "your pipeline" (the config's own loader) or "synthetic episodes" (_strategy_user).
+    measured_on: str = "synthetic episodes"
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
@@ -269,25 +271,33 @@ def _grain_restore_in_new_process(
 # --- the pointer the small-buffer script prints ---------------------------------------------
 
 
+def _last_report(report: Path | dict[str, Any] | None) -> dict[str, Any] | None:
+    if isinstance(report, dict):
+        return report
+    path = Path(report) if report is not None else LAST_REPORT_CACHE
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
 def smallest_resuming_strategy(
-    report: Path | dict[str, Any] | None = None,
+    report: Path | dict[str, Any] | None = None, measured_on: str | None = None
 ) -> tuple[str, int] | None:
     """(name, checkpoint bytes) of the smallest strategy that resumed exactly in the last
-    strategies report (default: the cache the strategies script writes), or None if there
-    is no report yet or none resumed.
+    strategies report (default: the cache the strategies script writes), only among those
+    `measured_on` that data when given; None if there is no report or none resumed.
     """
-    if isinstance(report, dict):
-        data = report
-    else:
-        path = Path(report) if report is not None else LAST_REPORT_CACHE
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, ValueError):
-            return None
+    data = _last_report(report)
+    if data is None:
+        return None
     candidates = [
         (int(s["checkpoint_bytes"]), str(s["name"]))
         for s in data.get("strategies", [])
-        if s.get("resumes_exactly") and s.get("checkpoint_bytes")
+        if s.get("resumes_exactly")
+        and s.get("checkpoint_bytes")
+        and (measured_on is None or s.get("measured_on", "synthetic episodes") == measured_on)
     ]
     if not candidates:
         return None
@@ -295,21 +305,39 @@ def smallest_resuming_strategy(
     return name, size
 
 
-def strategies_pointer_line(report: Path | dict[str, Any] | None = None) -> str:
-    """The line the small-buffer script ends with: the smallest checkpoint that resumed
-    exactly in the last `make strategies` run, or how to measure it."""
+def strategies_pointer_line(
+    report: Path | dict[str, Any] | None = None, pipeline: str | None = None
+) -> str:
+    """The line the small-buffer script ends with. It names a strategy as the smallest only
+    when the last `make strategies` measured it on the same loader (`pipeline`, the
+    `dataloader._target_`); otherwise it says the figures come from synthetic episodes."""
     from _report import format_bytes
 
-    best = smallest_resuming_strategy(report)
-    if best is None:
+    data = _last_report(report)
+    same_loader = (
+        data is not None and pipeline is not None and data.get("dataloader_target") == pipeline
+    )
+    if same_loader:
+        best = smallest_resuming_strategy(data, measured_on="your pipeline")
+        if best is not None:
+            return (
+                "SMALLEST CHECKPOINT THAT RESUMES EXACTLY ON YOUR PIPELINE (last `make "
+                f"strategies`): {best[0]}, {format_bytes(best[1])}; its code is in "
+                "DISK_SPACE_SOLUTIONS.md"
+            )
+    synthetic = smallest_resuming_strategy(data, measured_on="synthetic episodes") if data else None
+    if synthetic is not None:
+        buffer = data.get("buffer_size") if data else None
+        at = f" at buffer {buffer:,}" if isinstance(buffer, int) else ""
         return (
-            "Smaller checkpoints: `make strategies` measures shuffle strategies whose checkpoint "
-            "is kilobytes (DISK_SPACE_SOLUTIONS.md)"
+            "Smaller checkpoints, measured on synthetic episodes and not on your pipeline "
+            f"(last `make strategies`): {synthetic[0]}, {format_bytes(synthetic[1])}{at}; "
+            '`make strategies ARGS="--config-name=YOURS"` runs those your loader allows on it '
+            "(DISK_SPACE_SOLUTIONS.md)"
         )
-    name, size = best
     return (
-        f"SMALLEST CHECKPOINT THAT RESUMES EXACTLY (last `make strategies`): {name}, "
-        f"{format_bytes(size)}; its code is in DISK_SPACE_SOLUTIONS.md"
+        "Smaller checkpoints: `make strategies` measures shuffle strategies whose checkpoint "
+        "is kilobytes (DISK_SPACE_SOLUTIONS.md)"
     )
 
 

@@ -5,7 +5,10 @@ are bit-identical by construction. Divergence that starts upstream of the shuffl
 (nondeterministic parallel ops, skipped random state, new epoch seeds) shows only once
 elements drawn from upstream after the restore reach the output. The window therefore
 covers the buffers' volume at save time (shuffle buffer plus the prefetch, parallel-map
-and interleave buffers, from _risks.analyze), then `fresh_batches` more, and extends past
+and interleave buffers, from _risks.analyze), then `fresh_batches` more (and at least
+`fresh_elements` elements' worth, so small batches still reach many fresh elements; one
+batch of 1 per fresh element caught 19 of 20 runs of a nondeterministic map with 10
+fresh elements in `scripts/bench_catch_rate.py`), and extends past
 the next epoch boundary when an unseeded shuffle reshuffles there.
 
 How many of the compared elements were drawn fresh from upstream is an expectation: the
@@ -47,7 +50,9 @@ def plan_window(analysis: Any, settings: Any) -> Window:
     """
     check_settings(settings)
     buffered = math.ceil(analysis.buffered_batches)
-    fresh = int(settings.fresh_batches)
+    # Small batches carry few elements: the fresh part is also at least `fresh_elements`.
+    per_batch = max(int(getattr(analysis, "elements_per_batch", 1)), 1)
+    fresh = max(int(settings.fresh_batches), math.ceil(int(settings.fresh_elements) / per_batch))
     batches = max(int(settings.batches_to_compare), buffered + fresh)
     boundary = None
     epoch = analysis.epoch_batches
@@ -66,6 +71,7 @@ def check_settings(settings: Any) -> None:
         "batches_before_save": (0, "an integer >= 0"),
         "batches_to_compare": (1, "an integer >= 1"),
         "fresh_batches": (0, "an integer >= 0"),
+        "fresh_elements": (0, "an integer >= 0"),
         "window_seconds": (1e-9, "a number of seconds > 0"),
         "restore_timeout_seconds": (1e-9, "a number of seconds > 0"),
     }

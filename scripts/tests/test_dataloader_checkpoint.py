@@ -2,11 +2,12 @@
 """Original full-buffer test: round-trip the production config's checkpoint as training saves it.
 
 The configured shuffle buffer is used as is (250,000 elements in conf/config.yaml). The
-iterator is saved into a scratch folder under TensorFlow's temp folder (TEST_TMPDIR, else
-TMPDIR, else TMP, else /tmp; --tmpdir sets it), the folder where TensorFlow's own gs://
-writer stages every checkpoint file before upload, so this run needs the same room a
-training job's save does. The checkpoint is then copied to GCS_TEST_BUCKET (or an
-embedded GCS server when unset), downloaded, restored in a new process and compared.
+iterator is saved straight to gs:// with TensorFlow's own GCS filesystem (GCS_TEST_BUCKET,
+or an embedded GCS server when unset), which stages every checkpoint file whole in its
+temp folder (TEST_TMPDIR, else TMPDIR, else TMP, else /tmp; --tmpdir sets it) before the
+upload, exactly as a training job's save does; a new process restores it straight from
+gs:// and compares. With GCS_TEST_BUCKET a local folder, the save goes into a scratch
+folder under the temp folder and is copied there.
 
 The preflight runs first: it measures the checkpoint size, shows every folder the bytes
 go through and refuses a save that cannot fit (exit 3; --estimate-only stops there,
@@ -37,7 +38,13 @@ from _common import (
 from _config import shuffle_buffer_size
 from _errors import UsageError
 from _report import format_gb
-from _scenario import finish, open_destination, run_round_trip
+from _scenario import (
+    finish,
+    open_destination,
+    run_round_trip,
+    tensorflow_gcs_locations,
+    tensorflow_gcs_locations_for,
+)
 from _storage import new_run_prefix
 
 SCRIPT = "original"
@@ -105,12 +112,19 @@ def _locations(temp_dir: Path) -> Any:
     return rows
 
 
-def _preflight(cfg: Any, args: Any, temp_dir: Path, report: dict[str, Any]) -> Any:
+def _preflight(
+    cfg: Any, args: Any, temp_dir: Path, report: dict[str, Any], destination: Any = None
+) -> Any:
     return estimate_and_preflight(
         cfg,
         args,
         scenario="full",
-        locations=_locations(temp_dir),
+        locations=(
+            tensorflow_gcs_locations(destination)
+            if destination is not None
+            else tensorflow_gcs_locations_for(os.environ.get("GCS_TEST_BUCKET"))
+        )
+        or _locations(temp_dir),
         scratch_root=temp_dir,
         report=report,
     )
@@ -141,13 +155,15 @@ def _run(parser: Any, argv: Sequence[str] | None, report: dict[str, Any]) -> int
         os.environ.get("GCS_TEST_BUCKET"), embedded_when_unset=True
     ) as destination:
         print(*header, sep="\n")
-        estimate = _preflight(cfg, args, temp_dir, report)
+        estimate = _preflight(cfg, args, temp_dir, report, destination)
         outcome = run_round_trip(
             cfg,
             scratch_root=temp_dir,
             destination=destination,
             run_prefix=new_run_prefix("original"),
             keep=args.keep,
+            tensorflow_gcs=True,  # straight to gs:// as training saves (a folder: locally)
+            expected_bytes=estimate.original_bytes,
             disk_full_hint=(
                 f"this config's checkpoint needs ~{format_gb(estimate.original_bytes)} there; fix: "
                 "TMPDIR=/path/on/a/bigger/disk make original (or --tmpdir), stage it on a "

@@ -157,7 +157,9 @@ def _run(parser: Any, argv: Sequence[str] | None, report: dict[str, Any]) -> int
                 ),
             )
         except BaseException:
-            shutil.rmtree(staged, ignore_errors=True)
+            # A save cut short is of no use; a saved checkpoint is the user's: kept.
+            if not (staged / "iterator.index").exists():
+                shutil.rmtree(staged, ignore_errors=True)
             raise
     if not outcome.checkpoint_files:  # the save itself failed: a partial copy is of no use
         shutil.rmtree(staged, ignore_errors=True)

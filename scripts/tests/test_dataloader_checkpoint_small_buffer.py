@@ -3,8 +3,10 @@
 
 Prints the checkpoint size the configured shuffle buffer would write, reduces the buffer
 (100 by default; the config on disk is never modified), then saves the iterator, copies
-it to the destination (GCS_TEST_BUCKET, or an embedded GCS server when unset), restores
-it in a new process and compares every batch bit for bit.
+it straight to gs:// with TensorFlow's own GCS filesystem, as a training job does
+(GCS_TEST_BUCKET, or an embedded GCS server when unset; a local folder is saved into
+directly), restores it in a new process straight from there and compares every batch bit
+for bit.
 
 Before the round trip it measures the real checkpoint size of your pipeline (saves at a
 few small buffers, extrapolated), shows every folder the bytes go through and refuses
@@ -31,7 +33,13 @@ from _common import (
     run_main,
 )
 from _config import parse_positive_int, shuffle_buffer_size, with_buffer_size
-from _scenario import finish, open_destination, run_round_trip
+from _scenario import (
+    finish,
+    open_destination,
+    run_round_trip,
+    tensorflow_gcs_locations,
+    tensorflow_gcs_locations_for,
+)
 from _storage import new_run_prefix
 from _strategies import strategies_pointer_line
 
@@ -91,19 +99,21 @@ def _run(parser: Any, argv: Sequence[str] | None, report: dict[str, Any]) -> int
             tested_buffer=tested_buffer,
             report=report,
             tested_line=buffer_line,
+            locations=tensorflow_gcs_locations_for(os.environ.get("GCS_TEST_BUCKET")),
         )
         return finish_estimate_only(args, report)
 
     # The destination is checked first: a bad bucket fails in a second, not after the estimate.
     bucket = os.environ.get("GCS_TEST_BUCKET")
     with open_destination(bucket, embedded_when_unset=True) as destination:
-        estimate_and_preflight(
+        estimate = estimate_and_preflight(
             cfg,
             args,
             scenario="small_buffer",
             tested_buffer=tested_buffer,
             report=report,
             tested_line=buffer_line,
+            locations=tensorflow_gcs_locations(destination),
         )
         outcome = run_round_trip(
             with_buffer_size(cfg, tested_buffer),
@@ -111,8 +121,15 @@ def _run(parser: Any, argv: Sequence[str] | None, report: dict[str, Any]) -> int
             destination=destination,
             run_prefix=new_run_prefix("small-buffer"),
             keep=args.keep,
+            tensorflow_gcs=True,  # straight to gs:// as training saves (a folder: locally)
+            expected_bytes=estimate.tested_bytes,
         )
-    return finish(args, report, outcome, closing_lines=(strategies_pointer_line(),))
+    return finish(
+        args,
+        report,
+        outcome,
+        closing_lines=(strategies_pointer_line(pipeline=str(cfg.dataloader._target_)),),
+    )
 
 
 if __name__ == "__main__":

@@ -24,6 +24,19 @@ def plain_dataset(
     return _images(size=image_size).shuffle(shuffle_buffer_size, seed=7).batch(batch_size)
 
 
+def robot_frames_dataset(
+    *, shuffle_buffer_size: int, buffer_encoded_frames: bool = False, batch_size: int = 4
+) -> tf.data.Dataset:
+    """A user's loader with an encoded/decoded switch: small robot frames (32x32 + 16x16)."""
+    from _pipeline import build_robot_dataset
+
+    return build_robot_dataset(
+        shuffle_buffer_size=shuffle_buffer_size, batch_size=batch_size, image_size=32,
+        wrist_image_size=16, buffer_encoded_frames=buffer_encoded_frames, num_episodes=20,
+        steps_per_episode=10,
+    )  # fmt: skip
+
+
 def stateful_augmentation_dataset(
     *, shuffle_buffer_size: int, batch_size: int = 4
 ) -> tf.data.Dataset:

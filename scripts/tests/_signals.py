@@ -1,0 +1,137 @@
+"""Termination signals as interrupts, and child processes that die with their parent.
+
+`interrupts_raise()` makes SIGINT, SIGTERM and SIGHUP raise `Interrupted` (a KeyboardInterrupt,
+so every existing `except KeyboardInterrupt` / `finally` cleanup runs) carrying the
+shell's exit code for that signal: 130, 143, 129. `timeout`, CI cancellation and batch
+schedulers send SIGTERM; a closed terminal sends SIGHUP.
+
+Only the first signal raises: later ones arrive while that cleanup runs and are
+ignored, so a terminal's Ctrl-C to the whole process group cannot cut a cleanup short.
+The cleanup is bounded (every storage call on the failure path has a deadline, see
+_storage); as a last guard a watchdog ends the process CLEANUP_LIMIT_SECONDS after the
+first signal, with the signal's exit code and a line saying so.
+
+`die_with_parent(command)` wraps a child's command line so that Linux kills the child
+(SIGKILL) when the process that started it ends, even by SIGKILL, which no handler sees.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sys
+import threading
+from collections.abc import Iterator, Sequence
+from types import FrameType
+
+# Exit code 128 + N, as a shell reports a process ended by signal N.
+EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143, signal.SIGHUP: 129}
+CLEANUP_LIMIT_SECONDS = 90.0
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+class Interrupted(KeyboardInterrupt):
+    """A termination signal arrived: `exit_code` is 128 + its number, `name` e.g. SIGTERM."""
+
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+        self.name = signal.Signals(signum).name
+        self.exit_code = EXIT_CODES.get(signal.Signals(signum), 128 + signum)
+        super().__init__(self.name)
+
+
+@contextlib.contextmanager
+def interrupts_raise(limit_seconds: float = CLEANUP_LIMIT_SECONDS) -> Iterator[None]:
+    """Inside the block SIGINT, SIGTERM and SIGHUP raise `Interrupted`; the old handlers after.
+
+    Outside the main thread (where Python cannot set handlers) the block runs unchanged.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    watchdog: list[threading.Timer] = []
+
+    def handler(signum: int, _frame: FrameType | None) -> None:
+        if watchdog:  # already cleaning up after the first signal: let that finish
+            return
+        interrupt = Interrupted(signum)
+        watchdog.append(_watchdog(interrupt, limit_seconds))
+        raise interrupt
+
+    previous = {signum: signal.signal(signum, handler) for signum in EXIT_CODES}
+    try:
+        yield
+    finally:
+        for timer in watchdog:
+            timer.cancel()
+        for signum, old in previous.items():
+            signal.signal(signum, old)
+
+
+def exit_code(interrupt: KeyboardInterrupt) -> int:
+    """130 for a plain Ctrl-C, else the code `Interrupted` carries."""
+    return getattr(interrupt, "exit_code", EXIT_CODES[signal.SIGINT])
+
+
+def signal_name(interrupt: KeyboardInterrupt) -> str:
+    return getattr(interrupt, "name", "SIGINT")
+
+
+def _watchdog(interrupt: Interrupted, limit_seconds: float) -> threading.Timer:
+    def expire() -> None:
+        sys.stderr.write(
+            f"✗ interrupted by {interrupt.name}; cleanup did not finish within "
+            f"{limit_seconds:.0f} s, so some of the run's own files may be left\n"
+        )
+        sys.stderr.flush()
+        os._exit(interrupt.exit_code)
+
+    timer = threading.Timer(limit_seconds, expire)
+    timer.daemon = True
+    timer.start()
+    return timer
+
+
+# --- children that die with their parent ----------------------------------------------
+
+
+def die_with_parent(command: Sequence[str]) -> list[str]:
+    """`command` prefixed so that the child is killed (SIGKILL) when this process ends.
+
+    The prefix is this file run as a launcher: it asks Linux for a parent-death signal
+    (prctl PR_SET_PDEATHSIG, kept across exec), checks the parent is still there, then
+    execs `command` in its place (same PID). Popen's preexec_fn could do the same, but it
+    is unsafe in a process with threads (TensorFlow starts many). The signal follows the
+    *thread* that started the child: start children from the main thread. Elsewhere than
+    Linux the command is returned unchanged. No maintained PyPI package wraps this one
+    call (python-prctl and pyprctl are unmaintained), hence ctypes.
+    """
+    if not sys.platform.startswith("linux"):
+        return list(command)
+    return [sys.executable, os.path.abspath(__file__), str(os.getpid()), "--", *command]
+
+
+def _set_parent_death_signal() -> None:
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+
+
+def _launch(argv: list[str]) -> int:
+    """Launcher entry: `_signals.py PARENT_PID -- command...`."""
+    parent, separator, *command = argv
+    if separator != "--" or not command:
+        sys.stderr.write("usage: _signals.py PARENT_PID -- command ...\n")
+        return 2
+    _set_parent_death_signal()
+    if os.getppid() != int(parent):  # the parent ended before the signal was armed
+        return 129
+    os.execvp(command[0], command)
+    return 127  # not reached: execvp replaces this process or raises
+
+
+if __name__ == "__main__":
+    sys.exit(_launch(sys.argv[1:]))

@@ -1,0 +1,238 @@
+"""Small tf.data pipelines unlike the presets, each built to break the checkpoint-size estimate.
+
+Every builder takes `shuffle_buffer_size` and returns batches; elements are small so a
+real save at 100x the largest calibration buffer stays cheap. SHAPES maps a short name to
+the builder's import path (the `dataloader._target_` of a config).
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+AUTOTUNE = tf.data.AUTOTUNE
+
+
+def _seeded(*parts: object) -> tf.Tensor:
+    return tf.stack([tf.cast(p, tf.int64) for p in parts])
+
+
+def _frame(index: tf.Tensor, size: int) -> tf.Tensor:
+    """A small photo-like uint8 frame: smooth per-episode shapes plus per-step noise."""
+    episode = index // 20
+    params = tf.random.stateless_uniform([4], seed=_seeded(11, episode))
+    coords = tf.linspace(0.0, 1.0, size)
+    y, x = tf.meshgrid(coords, coords, indexing="ij")
+    shift = tf.cast(index % 20, tf.float32) * 0.02
+    scene = tf.sin(6.0 * params[0] * (x + shift) + 6.0 * params[1] * y) * 90.0 + 128.0
+    noise = tf.random.stateless_normal([size, size], seed=_seeded(12, index)) * 6.0 * params[2]
+    gray = tf.clip_by_value(tf.round(scene + noise), 0.0, 255.0)
+    return tf.cast(tf.stack([gray, gray * 0.8, 255.0 - gray], axis=-1), tf.uint8)
+
+
+def encoded_frames(
+    *, shuffle_buffer_size: int, frame_size: int = 24, decoded_size: int = 48
+) -> tf.data.Dataset:
+    """JPEG frames in the buffer; decoded, resized to float32 and prefetched after the shuffle."""
+
+    def encode(index: tf.Tensor) -> dict[str, tf.Tensor]:
+        return {"jpeg": tf.io.encode_jpeg(_frame(index, frame_size), quality=90), "i": index}
+
+    def decode(element: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+        image = tf.io.decode_jpeg(element["jpeg"], channels=3)
+        image = tf.image.resize(image, [decoded_size, decoded_size]) / 255.0
+        return {"image": image, "i": element["i"]}
+
+    dataset = tf.data.Dataset.range(10**9).map(encode, num_parallel_calls=2)
+    dataset = dataset.shuffle(shuffle_buffer_size, seed=1)
+    dataset = dataset.map(decode, num_parallel_calls=2)
+    return dataset.batch(8, drop_remainder=True).prefetch(4)
+
+
+def episode_sizes(*, shuffle_buffer_size: int, episode_length: int = 50) -> tf.data.Dataset:
+    """Elements whose size changes by episode: a text log from 20 to 900 bytes, random digits."""
+
+    def make(index: tf.Tensor) -> dict[str, tf.Tensor]:
+        episode = index // episode_length
+        words = 4 + tf.random.stateless_uniform(
+            [], seed=_seeded(21, episode), maxval=180, dtype=tf.int32
+        )
+        digits = tf.random.stateless_uniform(
+            [words], seed=_seeded(22, index), maxval=99999, dtype=tf.int32
+        )
+        return {"log": tf.strings.reduce_join(tf.strings.as_string(digits), separator=" "),
+                "episode": episode}  # fmt: skip
+
+    dataset = tf.data.Dataset.range(10**9).map(make)
+    return dataset.shuffle(shuffle_buffer_size, seed=2).batch(4)
+
+
+def interleaved_shards(*, shuffle_buffer_size: int, shards: int = 4) -> tf.data.Dataset:
+    """Shards of different content (flat, noisy, text, ramp) interleaved in parallel."""
+
+    def shard(kind: tf.Tensor) -> tf.data.Dataset:
+        def make(index: tf.Tensor) -> tf.Tensor:
+            noisy = tf.random.stateless_uniform([96], seed=_seeded(31 + kind, index), maxval=256)
+            ramp = tf.cast(tf.range(96), tf.float32) + tf.cast(index, tf.float32)
+            flat = tf.fill([96], tf.cast(kind, tf.float32))
+            choice = tf.stack([flat, noisy, ramp, noisy * 0.0 + tf.cast(index % 7, tf.float32)])
+            return tf.cast(choice[kind % 4], tf.uint8)
+
+        return tf.data.Dataset.range(10**6).map(make)
+
+    dataset = tf.data.Dataset.range(shards).interleave(
+        shard, cycle_length=shards, block_length=2, num_parallel_calls=shards, deterministic=True
+    )
+    return dataset.shuffle(shuffle_buffer_size, seed=3).batch(4).prefetch(2)
+
+
+def parallel_map_first(*, shuffle_buffer_size: int) -> tf.data.Dataset:
+    """A non-deterministic parallel map (AUTOTUNE) before the shuffle: float features."""
+
+    def make(index: tf.Tensor) -> dict[str, tf.Tensor]:
+        features = tf.random.stateless_normal([40], seed=_seeded(41, index))
+        return {"x": features, "y": tf.cast(index % 10, tf.int32)}
+
+    dataset = tf.data.Dataset.range(10**9).map(
+        make, num_parallel_calls=AUTOTUNE, deterministic=False
+    )
+    return dataset.shuffle(shuffle_buffer_size, seed=4).batch(8).prefetch(1)
+
+
+def cached_first(*, shuffle_buffer_size: int, records: int = 20000) -> tf.data.Dataset:
+    """`cache()` (in memory) before the shuffle, repeated: the cache holds what it has read."""
+
+    def make(index: tf.Tensor) -> tf.Tensor:
+        return tf.cast(
+            tf.random.stateless_uniform([64], seed=_seeded(51, index), maxval=200), tf.uint8
+        )
+
+    dataset = tf.data.Dataset.range(records).map(make).cache().repeat()
+    return dataset.shuffle(shuffle_buffer_size, seed=5).batch(8)
+
+
+def tiny_elements(*, shuffle_buffer_size: int) -> tf.data.Dataset:
+    """Elements of a few dozen bytes: an id, a label and a short token string."""
+
+    def make(index: tf.Tensor) -> dict[str, tf.Tensor]:
+        return {"id": index, "label": tf.cast(index % 3, tf.int8),
+                "token": tf.strings.as_string(index * 7919 % 100003)}  # fmt: skip
+
+    dataset = tf.data.Dataset.range(10**9).map(make)
+    return dataset.shuffle(shuffle_buffer_size, seed=6).batch(16)
+
+
+def ragged_sparse(*, shuffle_buffer_size: int) -> tf.data.Dataset:
+    """Ragged token ids of varying length and a sparse one-hot feature, ragged-batched."""
+
+    def make(index: tf.Tensor) -> dict[str, object]:
+        length = 1 + tf.cast(index % 23, tf.int32)
+        tokens = tf.random.stateless_uniform(
+            [length], seed=_seeded(71, index), maxval=30000, dtype=tf.int32
+        )
+        sparse = tf.sparse.from_dense(tf.one_hot(index % 50, 50))
+        return {"tokens": tf.RaggedTensor.from_row_lengths(tokens, [length]), "tag": sparse}
+
+    dataset = tf.data.Dataset.range(10**9).map(make)
+    return dataset.shuffle(shuffle_buffer_size, seed=7).batch(4)
+
+
+def shuffled_batches(*, shuffle_buffer_size: int) -> tf.data.Dataset:
+    """Batches are formed first and the shuffle buffer holds whole batches of 4."""
+
+    def make(index: tf.Tensor) -> tf.Tensor:
+        return tf.cast(
+            tf.random.stateless_uniform([48], seed=_seeded(81, index), maxval=90), tf.uint8
+        )
+
+    dataset = tf.data.Dataset.range(10**9).map(make).batch(4, drop_remainder=True)
+    return dataset.shuffle(shuffle_buffer_size, seed=8).prefetch(2)
+
+
+def two_shuffles(*, shuffle_buffer_size: int, files: int = 32) -> tf.data.Dataset:
+    """Files shuffled first (a small buffer), interleaved, then elements shuffled."""
+
+    def records(file_id: tf.Tensor) -> tf.data.Dataset:
+        def make(index: tf.Tensor) -> tf.Tensor:
+            level = tf.cast(file_id % 5, tf.float32) * 20.0
+            values = tf.random.stateless_normal([60], seed=_seeded(91 + file_id, index)) * level
+            return tf.cast(tf.clip_by_value(values + 128.0, 0.0, 255.0), tf.uint8)
+
+        return tf.data.Dataset.range(10**6).map(make)
+
+    names = tf.data.Dataset.range(files).shuffle(files, seed=9).repeat()
+    dataset = names.interleave(records, cycle_length=4, block_length=4)
+    return dataset.shuffle(shuffle_buffer_size, seed=10).batch(4)
+
+
+def short_stream(*, shuffle_buffer_size: int, records: int = 700) -> tf.data.Dataset:
+    """A finite stream of 700 elements (no repeat): larger buffers only add empty slots."""
+
+    def make(index: tf.Tensor) -> tf.Tensor:
+        return tf.random.stateless_normal([30], seed=_seeded(101, index))
+
+    dataset = tf.data.Dataset.range(records).map(make)
+    return dataset.shuffle(shuffle_buffer_size, seed=11).batch(4)
+
+
+def autotune_prefetch(*, shuffle_buffer_size: int) -> tf.data.Dataset:
+    """AUTOTUNE parallel map and prefetch after the shuffle, decoded frames downstream."""
+
+    def make(index: tf.Tensor) -> dict[str, tf.Tensor]:
+        return {"jpeg": tf.io.encode_jpeg(_frame(index, 16), quality=80), "i": index}
+
+    def decode(element: dict[str, tf.Tensor]) -> tf.Tensor:
+        return tf.cast(tf.io.decode_jpeg(element["jpeg"], channels=3), tf.float32)
+
+    dataset = tf.data.Dataset.range(10**9).map(make)
+    dataset = dataset.shuffle(shuffle_buffer_size, seed=12)
+    dataset = dataset.map(decode, num_parallel_calls=AUTOTUNE)
+    return dataset.batch(4).prefetch(AUTOTUNE)
+
+
+def index_shuffle(*, shuffle_buffer_size: int, records: int = 100003) -> tf.data.Dataset:
+    """No shuffle buffer: each position maps to a record by a fixed permutation (an index
+    shuffle, as random-access loaders do), so shuffle_buffer_size changes nothing."""
+
+    def make(index: tf.Tensor) -> tf.Tensor:
+        shuffled = (index * 7919 + 13) % records  # 7919 is prime to `records`: a permutation
+        return tf.random.stateless_normal([16], seed=_seeded(111, shuffled))
+
+    return tf.data.Dataset.range(records).repeat().map(make).batch(8).prefetch(2)
+
+
+def file_cached(
+    *, shuffle_buffer_size: int, cache_file: str, records: int = 3000
+) -> tf.data.Dataset:
+    """Dataset.cache(filename) before the shuffle: a second live iterator hits its lock file."""
+
+    def make(index: tf.Tensor) -> dict[str, tf.Tensor]:
+        return {"i": index, "x": tf.random.stateless_uniform([16], seed=_seeded(121, index))}
+
+    dataset = tf.data.Dataset.range(records).map(make).cache(cache_file)
+    return dataset.shuffle(shuffle_buffer_size, seed=13).repeat().batch(4)
+
+
+def never_yields(*, shuffle_buffer_size: int) -> tf.data.Dataset:
+    """A filter that drops every element: the pipeline never yields (nor ends)."""
+    dataset = tf.data.Dataset.range(10**15).filter(lambda i: i < 0)
+    return dataset.shuffle(shuffle_buffer_size).batch(2)
+
+
+# The test family: shape -> extra dataloader settings (beyond shuffle_buffer_size).
+FAMILY: dict[str, dict[str, object]] = {
+    name: {}
+    for name in (
+        "encoded_frames", "episode_sizes", "interleaved_shards", "parallel_map_first",
+        "cached_first", "tiny_elements", "ragged_sparse", "shuffled_batches", "two_shuffles",
+        "short_stream", "autotune_prefetch", "index_shuffle",
+    )
+}  # fmt: skip
+
+
+def zero_frames(*, shuffle_buffer_size: int, frame_bytes: int = 256 * 1024) -> tf.data.Dataset:
+    """Frames of zeros: large in memory, tiny in the (compressed) checkpoint, so RAM binds."""
+
+    def make(index: tf.Tensor) -> dict[str, tf.Tensor]:
+        return {"frame": tf.zeros([frame_bytes], tf.uint8), "i": index}
+
+    return tf.data.Dataset.range(10**9).map(make).shuffle(shuffle_buffer_size).batch(2)

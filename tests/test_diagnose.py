@@ -1,0 +1,268 @@
+"""make diagnose: each cause of `Could not append to the internal temporary file` made real.
+
+Small tmpfs mounts stand in for the job's temp folder (we run as root; each test skips with
+the reason where mounting is refused). The checkpoint size is the project's measured
+estimate of the `small` config, measured once per session and cached.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import re
+import resource
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from _report import format_bytes
+from conftest import ROOT, SMALL_CHEAP, run_script, script_env, tmpfs_mount
+
+sys.path.insert(0, str(ROOT / "scripts"))  # `from diagnose import main` for in-process runs
+SCRIPT = "./diagnose.py"  # run_script: a "/" means relative to scripts/
+SMALL = ["--config-name", "small", *SMALL_CHEAP]
+NO_TEMP_VARIABLES = ["TEST_TMPDIR=", "TMPDIR=", "TMP="]
+
+
+@pytest.fixture
+def cached(small_estimate_cache, monkeypatch: pytest.MonkeyPatch):
+    """The session's estimate, with its cache in effect for in-process runs."""
+    cache, result = small_estimate_cache
+    monkeypatch.setenv("XDG_CACHE_HOME", str(cache))
+    return result
+
+
+def _buffer_needing(result, at_most: int) -> int:
+    buffer = result.largest_buffer_within(at_most)
+    assert buffer >= 8, at_most
+    return buffer
+
+
+@pytest.fixture
+def tmpfs_4m(tmp_path: Path) -> Iterator[Path]:
+    """A real 4 MiB tmpfs."""
+    with tmpfs_mount(tmp_path / "small-tmpfs", "size=4m") as folder:
+        yield folder
+
+
+def _diagnose(capsys, *args: str) -> tuple[int, list[str], dict]:
+    """Run diagnose.main in this process; (exit code, stdout lines, report)."""
+    from diagnose import main
+
+    report = Path(os.environ["XDG_CACHE_HOME"]).parent / f"report-{os.getpid()}.json"
+    report.unlink(missing_ok=True)
+    code = main([*SMALL, "--report", str(report), *args])
+    out = capsys.readouterr()
+    assert "Traceback" not in out.err
+    return code, out.out.splitlines(), json.loads(report.read_text())
+
+
+def _most_likely(lines: list[str]) -> str:
+    assert lines[-1].startswith("MOST LIKELY CAUSE: "), lines[-5:]
+    return lines[-1]
+
+
+def test_a_pipeline_that_fits_everywhere_is_not_explained(small_estimate_cache, tmp_path):
+    """A real process whose TMPDIR has room: exit 0, 'nothing here explains it', next steps."""
+    cache, result = small_estimate_cache
+    big = tmp_path / "big"
+    big.mkdir()
+    env = script_env(XDG_CACHE_HOME=str(cache), TMPDIR=str(big))
+    env.pop("TEST_TMPDIR", None)
+    env.pop("TMP", None)
+    report = tmp_path / "r.json"
+    completed = run_script(SCRIPT, *SMALL, "--report", str(report), env=env)
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    lines = completed.stdout.splitlines()
+    assert _most_likely(lines).startswith("MOST LIKELY CAUSE: nothing here explains it")
+    assert f"fits in TMPDIR={big}" in lines[-1]
+    assert "Next things to try:" in completed.stdout
+    data = json.loads(report.read_text())
+    assert data["exit_code"] == 0 and data["cause_found"] is False
+    assert data["checkpoint_bytes"] == result.original_bytes
+    assert data["temp_folder"]["path"] == str(big)
+    assert {f["verdict"] for f in data["findings"]} <= {"ruled out", "cannot tell"}
+
+
+def test_a_small_tmpfs_as_tmpdir(cached, tmpfs_4m, capsys):
+    buffer = 1000
+    code, lines, report = _diagnose(
+        capsys, f"dataloader.shuffle_buffer_size={buffer}", *NO_TEMP_VARIABLES,
+        f"TMPDIR={tmpfs_4m}",
+    )  # fmt: skip
+    need = cached.bytes_for(buffer)
+    assert need > 4 * 2**20 and report["checkpoint_bytes"] == need
+    assert code == 1
+    line = _most_likely(lines)
+    assert line.startswith(f"MOST LIKELY CAUSE: TMPDIR={tmpfs_4m} (a 4.2 MB tmpfs")
+    assert line.endswith(f"the checkpoint needs {format_bytes(need)} there")
+    # The fixes: a folder with room, and a buffer whose measured checkpoint fits this one.
+    fix = report["findings"][0]["fix"]
+    assert "export TMPDIR=" in fix
+    found = re.search(r"dataloader\.shuffle_buffer_size=(\d+) \(a (.+?) checkpoint, fits ", fix)
+    assert found, fix
+    smaller = int(found.group(1))
+    assert found.group(2) == format_bytes(cached.bytes_for(smaller))
+    assert cached.bytes_for(smaller) <= report["temp_folder"]["free_bytes"]
+
+
+def test_test_tmpdir_over_a_big_tmpdir_from_the_jobs_env_file(cached, tmpfs_4m, tmp_path, capsys):
+    big = tmp_path / "big"
+    big.mkdir()
+    env_file = tmp_path / "job.env"
+    env_file.write_text(f"HOME=/root\nexport TEST_TMPDIR='{tmpfs_4m}'\nTMPDIR={big}\n# comment\n")
+    code, lines, report = _diagnose(
+        capsys, "dataloader.shuffle_buffer_size=1000", "--env-file", str(env_file)
+    )
+    assert code == 1
+    line = _most_likely(lines)
+    assert line.startswith(f"MOST LIKELY CAUSE: TEST_TMPDIR={tmpfs_4m} (a 4.2 MB tmpfs")
+    assert f"overrides TMPDIR={big} (" in line
+    assert line.endswith(f"the checkpoint needs {format_bytes(report['checkpoint_bytes'])} there")
+    assert report["environment"] == {"TEST_TMPDIR": str(tmpfs_4m), "TMPDIR": str(big)}
+    assert "unset TEST_TMPDIR" in "\n".join(lines)
+
+
+def test_leftover_staging_files_filling_a_smalltmpfs_mount(cached, tmpfs_4m, capsys):
+    leftovers = [tmpfs_4m / f"tmp_file_tensorflow_{i}_1764460000" for i in (1, 2, 3)]
+    for path in leftovers:
+        path.write_bytes(os.urandom(1_000_000))  # 3 MB of killed saves' staging files
+    free = os.statvfs(tmpfs_4m).f_bavail * os.statvfs(tmpfs_4m).f_frsize
+    buffer = _buffer_needing(cached, 2_000_000)
+    need = cached.bytes_for(buffer)
+    assert free < need <= free + 3_000_000  # fits only once the leftovers are gone
+    code, lines, _ = _diagnose(
+        capsys, f"dataloader.shuffle_buffer_size={buffer}", *NO_TEMP_VARIABLES,
+        f"TMPDIR={tmpfs_4m}",
+    )  # fmt: skip
+    assert code == 1
+    line = _most_likely(lines)
+    assert line.startswith("MOST LIKELY CAUSE: 3 leftover tmp_file_tensorflow_* file(s) hold ")
+    assert f"of {tmpfs_4m} (a 4.2 MB tmpfs" in line
+    assert "find " in "\n".join(lines) and "-delete" in "\n".join(lines)  # printed, not run
+    assert all(path.stat().st_size == 1_000_000 for path in leftovers)  # nothing deleted
+
+
+def test_eight_processes_per_host_against_a_folder_that_holds_one(cached, tmpfs_4m, capsys):
+    buffer = _buffer_needing(cached, 1_000_000)
+    need = cached.bytes_for(buffer)
+    free = os.statvfs(tmpfs_4m).f_bavail * os.statvfs(tmpfs_4m).f_frsize
+    assert need <= free < 8 * need
+    code, lines, report = _diagnose(
+        capsys, f"dataloader.shuffle_buffer_size={buffer}", "estimate.processes_per_host=8",
+        *NO_TEMP_VARIABLES, f"TMPDIR={tmpfs_4m}",
+    )  # fmt: skip
+    assert code == 1
+    line = _most_likely(lines)
+    assert line.startswith(
+        f"MOST LIKELY CAUSE: 8 processes per host each stage {format_bytes(need)}"
+    )
+    assert f"together they need {format_bytes(8 * need)}" in line
+    assert report["processes_per_host"] == 8
+    # One process fits the same folder: nothing explains a failure then.
+    code, lines, _ = _diagnose(
+        capsys, f"dataloader.shuffle_buffer_size={buffer}", "estimate.processes_per_host=1",
+        *NO_TEMP_VARIABLES, f"TMPDIR={tmpfs_4m}",
+    )  # fmt: skip
+    assert code == 0 and "nothing here explains it" in lines[-1]
+
+
+def test_an_inode_exhaustedtmpfs_mount(cached, tmp_path, capsys):
+    with tmpfs_mount(tmp_path / "no-inodes", "size=4m,nr_inodes=16") as folder:
+        for index in range(64):
+            try:
+                (folder / f"f{index}").touch()
+            except OSError as error:
+                assert error.errno == errno.ENOSPC
+                break
+        assert os.statvfs(folder).f_favail == 0
+        code, lines, _ = _diagnose(
+            capsys, "dataloader.shuffle_buffer_size=64", *NO_TEMP_VARIABLES, f"TMPDIR={folder}"
+        )
+    assert code == 1
+    line = _most_likely(lines)
+    assert line.startswith(f"MOST LIKELY CAUSE: TMPDIR={folder} (tmpfs) has 0 free inodes of 16")
+
+
+def test_a_file_size_limit_in_the_process(small_estimate_cache, tmp_path):
+    """A real `ulimit -f` (RLIMIT_FSIZE) in the diagnosing process, below the checkpoint."""
+    cache, result = small_estimate_cache
+    limit = 1_000_000
+    assert result.bytes_for(1000) > limit
+    env = script_env(XDG_CACHE_HOME=str(cache), TMPDIR=str(tmp_path))
+    env.pop("TEST_TMPDIR", None)
+    env.pop("TMP", None)
+
+    def limit_file_size() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    completed = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "diagnose.py"), *SMALL,
+         "dataloader.shuffle_buffer_size=1000"],
+        env=env, cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
+        preexec_fn=limit_file_size,
+    )  # fmt: skip
+    assert completed.returncode == 1, completed.stdout + completed.stderr
+    line = _most_likely(completed.stdout.splitlines())
+    assert line.startswith(
+        f"MOST LIKELY CAUSE: the file-size limit (ulimit -f) is {format_bytes(limit)}"
+    )
+
+
+def test_a_given_checkpoint_size_skips_the_measurement(tmpfs_4m, capsys, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmpfs_4m.parent / "no-cache"))
+    code, lines, report = _diagnose(
+        capsys, "--checkpoint-size", "91MB", *NO_TEMP_VARIABLES, f"TEST_TMPDIR={tmpfs_4m}"
+    )
+    assert code == 1
+    assert report["checkpoint_bytes"] == 91_000_000
+    assert report["checkpoint_source"] == "--checkpoint-size"
+    assert not any("Measuring the checkpoint size" in line for line in lines)
+    assert _most_likely(lines) == (
+        f"MOST LIKELY CAUSE: TEST_TMPDIR={tmpfs_4m} (a 4.2 MB tmpfs, 4.2 MB free) is too small; "
+        "the checkpoint needs 91.0 MB there"
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--env-file", "/no/such/job.env"], "--env-file /no/such/job.env: cannot read it"),
+        (
+            ["estimate.processes_per_host=0"],
+            "estimate.processes_per_host=0: expected an integer >= 1",
+        ),
+        (["--checkpoint-size", "12XB"], "--checkpoint-size '12XB': expected a size"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(args, message, tmp_path):
+    report = tmp_path / "r.json"
+    completed = run_script(
+        SCRIPT, *SMALL, "--report", str(report), *args, env=script_env(), timeout=120
+    )
+    assert completed.returncode == 2, completed.stdout + completed.stderr
+    assert message in completed.stderr
+    assert len(completed.stderr.strip().splitlines()) == 1
+    assert json.loads(report.read_text())["exit_code"] == 2  # the report is written on every exit
+
+
+def test_env_file_formats(tmp_path):
+    from _diagnose_env import job_environment, parse_env_file
+    from _errors import UsageError
+
+    shell = tmp_path / "job.env"
+    shell.write_text("export TMPDIR=\"/scratch/a b\"\nTMP='/t'\n\nPATH=/bin\n")
+    assert parse_env_file(shell) == {"TMPDIR": "/scratch/a b", "TMP": "/t", "PATH": "/bin"}
+    environ = tmp_path / "environ"  # a copy of /proc/PID/environ
+    environ.write_bytes(b"TEST_TMPDIR=/x\0TMPDIR=/y\0")
+    assert parse_env_file(environ) == {"TEST_TMPDIR": "/x", "TMPDIR": "/y"}
+    env, source = job_environment(environ, {"TMPDIR": "", "TMP": "/z"}, {"TMPDIR": "/shell"})
+    assert env == {"TEST_TMPDIR": "/x", "TMP": "/z"}  # `KEY=` unsets, the shell is not used
+    assert source.startswith(f"--env-file {environ}")
+    bad = tmp_path / "bad.env"
+    bad.write_text("1TMPDIR=/x\n")
+    with pytest.raises(UsageError, match=r"line 1: '1TMPDIR=/x' is not KEY=VALUE"):
+        parse_env_file(bad)
