@@ -58,13 +58,14 @@ class Options:
 def filled_iterator(config: str, buffer: int) -> tuple[Any, Any]:
     """(dataset, iterator) with its shuffle buffer filled and its prefetch settled."""
     from _config import load_config, with_buffer_size
-    from _estimate import _settle
     from _pipeline import instantiate_dataset
+
+    from _bench.child import settle
 
     dataset = instantiate_dataset(with_buffer_size(load_config(config), buffer).dataloader)
     iterator = iter(dataset)
     next(iterator)
-    _settle()
+    settle()
     return dataset, iterator
 
 
