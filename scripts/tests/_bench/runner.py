@@ -35,7 +35,7 @@ class Options:
     fill_repeats: int = 3
     steps: bool = True
     catch_runs: int = 3
-    estimate_args: list[str] = field(default_factory=lambda: ["--multiplier", "10"])
+    estimate_args: list[str] = field(default_factory=lambda: ["--multipliers", "10"])
     tf_gcs_args: list[str] = field(default_factory=lambda: ["--megabytes", "128"])
     suite: bool = False
     parts: list[str] = field(default_factory=lambda: ["limits", "scaling", "answer"])
@@ -47,7 +47,7 @@ class Options:
             quick=True, repeats=1, io_config="small", io_buffer=64, sizes=list(QUICK_SIZES),
             presets=["small"], fill_buffer=32, fill_repeats=1, steps=False, catch_runs=1,
             estimate_overrides=["estimate.calibration_offsets=[0,128]"],
-            estimate_args=["--cases", "small", "--multiplier", "2"],
+            estimate_args=["--cases", "small", "--multipliers", "2"],
             tf_gcs_args=["--megabytes", "8", "--repeats", "1"],
         )  # fmt: skip
         for key, value in changes.items():
