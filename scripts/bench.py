@@ -14,6 +14,7 @@ when present) as steps. Writes bench/results.json, docs/benchmarks.md and docs/b
     python scripts/bench.py --quick              # small buffers, one repeat, no steps
     python scripts/bench.py --suite              # also time `make test`
     python scripts/bench.py --render-only        # redraw docs/ from bench/results.json
+    python scripts/bench.py --parts answer --merge   # re-measure one part, keep the rest
 
 Exit codes: 0 done, 1 the RAM row disagrees or a step failed, 2 bad input.
 """
@@ -21,7 +22,9 @@ Exit codes: 0 done, 1 the RAM row disagrees or a step failed, 2 bad input.
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -31,7 +34,7 @@ sys.path.insert(0, str(ROOT / "scripts" / "tests"))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from _bench.render import render  # noqa: E402
-from _bench.runner import Options, measure, problems, write_results  # noqa: E402
+from _bench.runner import Options, measure, merged, problems, write_results  # noqa: E402
 
 
 def parse(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -48,6 +51,11 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--sizes", type=int, nargs="+", help="buffer sizes for part 3")
     parser.add_argument("--presets", nargs="+", help="presets for part 4 (default: conf/*.yaml)")
     parser.add_argument("--catch-runs", type=int, help="round trips per pipeline (catch rate)")
+    parser.add_argument(
+        "--merge", action="store_true",
+        help="keep the parts of an existing --out file that this run does not measure",
+    )  # fmt: skip
+    parser.add_argument("--note", help="add this sentence to results.json's notes (with --merge)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results.json")
     parser.add_argument("--docs", type=Path, default=ROOT / "docs")
     args = parser.parse_args(argv)
@@ -78,7 +86,12 @@ def options_from(args: argparse.Namespace, argv: Sequence[str]) -> Options:
     return Options(**changes)
 
 
+def _exit_on_sigterm(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)  # unwinds, so the scratch folders are removed
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse(argv)
     if args.render_only:
@@ -87,7 +100,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
     else:
         options = options_from(args, argv)
-        results = measure(options, args.out, say=lambda line: print(line, flush=True))
+        earlier = json.loads(args.out.read_text()) if args.merge and args.out.exists() else None
+        target = args.out if earlier is None else args.out.with_suffix(".partial.json")
+        results = measure(options, target, say=lambda line: print(line, flush=True))
+        if earlier is not None:
+            results = merged(earlier, results)
+            if args.note:
+                results["notes"] = [*results.get("notes", []), args.note]
+            target.unlink(missing_ok=True)
         write_results(results, args.out)
         print(f"Wrote {args.out}")
     page, picture = render(args.out, args.docs)

@@ -4,7 +4,9 @@ The concerns live in sibling modules, each small enough to read at once: _config
 loading), _pipeline (the reference dataloader), _roundtrip (save, restore in a new
 process, compare), _estimate (measured and formula sizes), _locations (where the bytes
 go, the preflight), _storage (local folder and GCS), _scenario (one run: destination,
-round trip, verdict, report), _report (formatting and the JSON file).
+round trip, verdict, report), _report (formatting and the JSON file), _signals (SIGTERM
+and SIGHUP as interrupts, children that die with the parent), _cleanup (what a failed run
+could not remove).
 """
 
 from __future__ import annotations

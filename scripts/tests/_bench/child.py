@@ -28,6 +28,25 @@ def _dataset(request: dict[str, Any], buffer: int) -> Any:
     return instantiate_dataset(with_buffer_size(cfg, buffer).dataloader)
 
 
+def settle(max_seconds: float = 10.0) -> None:
+    """Wait until this process stops using CPU (its prefetch buffers are full), at most max_seconds.
+
+    A training job saves while its prefetch buffers are full, so the benchmark saves then
+    too; three quiet 0.1 s windows in a row, since a starved process can look idle for one.
+    """
+    import psutil
+
+    process = psutil.Process()
+    deadline = time.monotonic() + max_seconds
+    last = sum(process.cpu_times()[:2])
+    quiet = 0
+    while time.monotonic() < deadline and quiet < 3:
+        time.sleep(0.1)
+        now = sum(process.cpu_times()[:2])
+        quiet = quiet + 1 if now - last < 0.02 else 0
+        last = now
+
+
 def _peak_rss() -> int:
     """The kernel's high-water mark of this process's RSS, in bytes (ru_maxrss is KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
@@ -36,7 +55,6 @@ def _peak_rss() -> int:
 def save(request: dict[str, Any]) -> dict[str, Any]:
     """Fill a `buffer`-element shuffle buffer, wait for the prefetch to settle, save once."""
     import psutil
-    from _estimate import _settle
     from _roundtrip import save_iterator
 
     dataset = _dataset(request, request["buffer"])
@@ -45,7 +63,7 @@ def save(request: dict[str, Any]) -> dict[str, Any]:
     iterator = iter(dataset)
     next(iterator)  # the shuffle buffer fills before the first batch leaves it
     fill_seconds = time.perf_counter() - started
-    _settle()
+    settle()
     rss_filled = psutil.Process().memory_info().rss
     saved = save_iterator(iterator, Path(request["folder"]))
     return {

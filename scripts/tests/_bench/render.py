@@ -55,6 +55,25 @@ def machine_section(results: dict[str, Any]) -> list[str]:
         for role, fs in machine["filesystems"].items()
     ]
     lines += [_table(["folder", "path", "filesystem", "mount", "free"], rows), ""]
+    lines += [f"Note: {note}" for note in results.get("notes", [])]
+    lines += [""] if results.get("notes") else []
+    for command, later in zip(
+        results.get("commands_merged", []), results.get("machine_merged", []), strict=False
+    ):
+        load = later["load_average"]
+        lines += [
+            f"Some parts were measured later by `{command}` ({later['taken_at_utc']}, load "
+            f"{load[0]} / {load[1]} / {load[2]} at its start).",
+            "",
+        ]
+    part_load = results.get("part_load_average") or {}
+    part_seconds = results.get("part_seconds") or {}
+    if part_seconds:
+        rows = [
+            [name, f"{seconds:.0f}", " / ".join(str(v) for v in part_load.get(name, []))]
+            for name, seconds in part_seconds.items()
+        ]
+        lines += [_table(["part", "wall seconds", "load average at its end"], rows), ""]
     return lines
 
 
@@ -164,8 +183,10 @@ def scaling_section(data: dict[str, Any] | None) -> list[str]:
         f"**Preflight RAM row vs measurement** at buffer {ram['buffer']:,}: the preflight's "
         f'"host RAM" row says {mb(ram["estimate_ram_bytes"])} '
         f"({ram['raw_bytes_per_element']} B per element, the buffer uncompressed). The saving "
-        f"process peaked at {mb(ram['measured_peak_rss_bytes'])} (kernel high-water mark "
-        f"{mb(ram['measured_peak_rss_kernel_bytes'])}), of which "
+        f"process peaked at {mb(ram['measured_peak_rss_bytes'])} (the kernel's high-water "
+        f"mark, {mb(ram['measured_peak_rss_kernel_bytes'])}, also counts start-up transients "
+        f"such as importing TensorFlow: it is {mb(data['rows'][0].get('peak_rss_kernel_bytes'))}"
+        f" at buffer {data['rows'][0]['buffer']:,}), of which "
         f"{mb(ram['process_baseline_bytes'])} is the process with an empty buffer (the "
         f"intercept) and {mb(ram['measured_buffer_bytes'])} the buffer "
         f"({ram['measured_bytes_per_element']:,.0f} B per element). The row {verdict} "
@@ -185,7 +206,7 @@ def answer_section(rows: list[dict[str, Any]] | None) -> list[str]:
             f"{r['estimate_only']['seconds']:.1f} (exit {r['estimate_only']['exit_code']})",
             f"{r['fill_measured_at_buffer']:,}",
             spread(r["fill_elements_per_second"], 1), spread(r["fill_seconds"], 0),
-            spread(r["fill/estimate_only"], 1),
+            spread(r["fill/estimate_only"], 3),
         ]
         for r in rows
     ]  # fmt: skip

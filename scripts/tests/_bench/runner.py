@@ -31,7 +31,7 @@ class Options:
     sizes: list[int] = field(default_factory=lambda: list(FULL_SIZES))
     estimate_overrides: list[str] = field(default_factory=list)  # part 3's preflight estimate
     presets: list[str] | None = None  # None: every conf/*.yaml
-    fill_buffer: int = 200
+    fill_buffer: int = 64  # grows until filling takes MIN_FILL_SECONDS (answer.py)
     fill_repeats: int = 3
     steps: bool = True
     catch_runs: int = 3
@@ -47,7 +47,7 @@ class Options:
             quick=True, repeats=1, io_config="small", io_buffer=64, sizes=list(QUICK_SIZES),
             presets=["small"], fill_buffer=32, fill_repeats=1, steps=False, catch_runs=1,
             estimate_overrides=["estimate.calibration_offsets=[0,128]"],
-            estimate_args=["--cases", "small", "--multiplier", "2"],
+            estimate_args=["--cases", "small", "--multipliers", "2"],
             tf_gcs_args=["--megabytes", "8", "--repeats", "1"],
         )  # fmt: skip
         for key, value in changes.items():
@@ -58,13 +58,14 @@ class Options:
 def filled_iterator(config: str, buffer: int) -> tuple[Any, Any]:
     """(dataset, iterator) with its shuffle buffer filled and its prefetch settled."""
     from _config import load_config, with_buffer_size
-    from _estimate import _settle
     from _pipeline import instantiate_dataset
+
+    from _bench.child import settle
 
     dataset = instantiate_dataset(with_buffer_size(load_config(config), buffer).dataloader)
     iterator = iter(dataset)
     next(iterator)
-    _settle()
+    settle()
     return dataset, iterator
 
 
@@ -116,6 +117,7 @@ def measure(
         results.update(work())
         results["part_seconds"][name] = time.perf_counter() - part_started
         results["load_average_end"] = [round(value, 2) for value in os.getloadavg()]
+        results.setdefault("part_load_average", {})[name] = results["load_average_end"]
         results["total_seconds"] = time.perf_counter() - started
         if out is not None:
             write_results(results, out)
@@ -147,6 +149,33 @@ def measure(
         say("5. The test suite: make test")
         part("suite", lambda: {"suite": run_suite(PROJECT_ROOT)})
     return results
+
+
+MEASURED_KEYS = {
+    "limits": ("save_restore", "transfer"),
+    "scaling": ("scaling",),
+    "answer": ("time_to_answer",),
+    "steps": ("steps",),
+    "suite": ("suite",),
+}
+
+
+def merged(earlier: dict[str, Any], later: dict[str, Any]) -> dict[str, Any]:
+    """`earlier` with the parts `later` measured replaced; each part keeps its own timing.
+
+    The machine facts stay the earlier run's; the later run's are kept under
+    `machine_merged`, so a reader sees both loads.
+    """
+    result = dict(earlier)
+    for part in later.get("part_seconds", {}):
+        for key in MEASURED_KEYS[part]:
+            result[key] = later[key]
+        for bookkeeping in ("part_seconds", "part_load_average"):
+            result.setdefault(bookkeeping, {})[part] = later[bookkeeping][part]
+    result["machine_merged"] = [*earlier.get("machine_merged", []), later["machine"]]
+    result["commands_merged"] = [*earlier.get("commands_merged", []), later["command"]]
+    result["load_average_end"] = later["load_average_end"]
+    return result
 
 
 def write_results(results: dict[str, Any], path: Path) -> None:

@@ -145,7 +145,7 @@ def scaling(
         )
     lines = fits(rows)
     estimate, locations = preflight_rows(config, [*overrides, *estimate_overrides], max(buffers))
-    ram_row = next(row for row in locations if row.path == RAM)
+    ram_row = next(row for row in locations if row.role.startswith("host RAM"))
     folders = [row for row in locations if row.free_bytes is not None and row.path != RAM]
     tightest = min(folders, key=lambda row: row.free_bytes or 0)
     return {

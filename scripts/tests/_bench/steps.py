@@ -68,7 +68,12 @@ def other_benchmarks(
         "tf_gcs": run_step(root, "bench_tf_gcs.py", tf_gcs_args, say),
     }
     # The scripts write their own JSON beside ours; results.json carries a copy.
-    for name, written in (("catch_rate", "catch_rate.json"), ("tf_gcs", "tf_gcs.json")):
+    written_by = (
+        ("estimate_accuracy", "estimate.json"),
+        ("catch_rate", "catch_rate.json"),
+        ("tf_gcs", "tf_gcs.json"),
+    )
+    for name, written in written_by:
         path = root / "bench" / written
         if path.exists() and steps[name].get("exit_code") is not None:
             steps[name]["results"] = json.loads(path.read_text())
