@@ -35,27 +35,6 @@ def format_size(count: float) -> str:
     return format_gb(count) if abs(count) >= 1e9 else format_bytes(count)
 
 
-def _settle(max_seconds: float = 10.0) -> None:
-    """Wait until this process's background threads stop using CPU (at most `max_seconds`).
-
-    For the benchmarks, which save a filled pipeline once its prefetch has settled; the
-    estimate itself never uses it (no CPU-idle heuristic decides what it measures).
-    """
-    import time
-
-    import psutil
-
-    process = psutil.Process()
-    deadline = time.monotonic() + max_seconds
-    last = sum(process.cpu_times()[:2])
-    quiet = 0
-    while time.monotonic() < deadline and quiet < 3:
-        time.sleep(0.1)
-        now = sum(process.cpu_times()[:2])
-        quiet = quiet + 1 if now - last < 0.02 else 0
-        last = now
-
-
 def sample_bytes_of_batch(batch: Any) -> tuple[int, int]:
     """(bytes of one batch, samples in it): strings count their length, tensors their buffer."""
     return element_bytes(batch), leading_dimension(batch)

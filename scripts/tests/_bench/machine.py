@@ -12,20 +12,15 @@ from typing import Any
 def filesystem_of(folder: str | Path) -> dict[str, Any]:
     """The mount holding `folder`: mount point, filesystem type, device, free bytes."""
     import psutil
+    from _diagnose import _mount_of
 
-    path = os.path.realpath(folder)
-    best = None
-    for partition in psutil.disk_partitions(all=True):
-        mount = partition.mountpoint
-        inside = path == mount or path.startswith(mount.rstrip("/") + "/")
-        if inside and (best is None or len(mount) > len(best.mountpoint)):
-            best = partition
+    best = _mount_of(str(folder))
     return {
         "folder": str(folder),
         "mountpoint": best.mountpoint if best else None,
         "fstype": best.fstype if best else None,
         "device": best.device if best else None,
-        "free_bytes": int(psutil.disk_usage(path).free),
+        "free_bytes": int(psutil.disk_usage(os.path.realpath(folder)).free),
     }
 
 
