@@ -73,6 +73,9 @@ def test_user_pipeline_and_bucket_with_report(tmp_path: Path, gcs_server, gcs_bu
     assert data["estimate"]["formula_original_bytes"] == 58_200_000
     assert data["checkpoint"]["uri"].startswith(f"gs://{gcs_bucket.name}/team/dlckpt-small-buffer-")
     assert data["checkpoint"]["bytes"] > 100 * 16 * 16 * 3 and data["checkpoint"]["files"] == 2
+    # The real save is held against the estimate for the tested buffer, every run.
+    cross = data["estimate_cross_check"]
+    assert cross["actual_bytes"] == data["checkpoint"]["bytes"] and cross["buffer_size"] == 100
     verification = data["verification"]
     # 100 buffered elements in batches of 4, then 10 batches more: never only the 4 asked.
     assert verification["batches_compared"] == verification["window_batches"] >= 100 // 4 + 10

@@ -402,7 +402,8 @@ class CrossCheck:
             if self.cache_dropped
             else ""
         )
-        return f"✗ {head}, outside {stated}){dropped}"
+        # ⚠, not ✗: the estimate missed, the checkpoint itself did not fail a check.
+        return f"⚠ {head}, outside {stated}){dropped}"
 
     def report(self) -> dict[str, Any]:
         return {

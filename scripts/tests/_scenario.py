@@ -551,9 +551,21 @@ def finish(
     report: dict[str, Any],
     outcome: RoundTripOutcome,
     closing_lines: tuple[str, ...] = (),
+    estimate: Any = None,
 ) -> int:
-    """Print the verdict (last line: ✓ ALL TESTS PASSED or the ✗ line), write the report."""
+    """Print the verdict (last line: ✓ ALL TESTS PASSED or the ✗ line), write the report.
+
+    With the run's `estimate` (an _estimate.EstimateResult) and a saved checkpoint, the
+    real bytes are held against the estimate for the tested buffer (_estimate.cross_check):
+    the line is printed and the report gets `estimate_cross_check`.
+    """
     exit_code = EXIT_PASSED if outcome.passed else EXIT_FAILED
+    if estimate is not None and outcome.checkpoint_bytes > 0:
+        from _estimate import cross_check
+
+        check = cross_check(estimate, estimate.tested_buffer, outcome.checkpoint_bytes)
+        print(check.message())
+        report["estimate_cross_check"] = check.report()
     for line in closing_lines:
         print(line)
     print("✓ ALL TESTS PASSED" if outcome.passed else f"✗ {outcome.failure}")

@@ -171,7 +171,7 @@ def _run(parser: Any, argv: Sequence[str] | None, report: dict[str, Any]) -> int
                 "make small-buffer (see QUICK_FIX.md)"
             ),
         )
-    return finish(args, report, outcome)
+    return finish(args, report, outcome, estimate=estimate)
 
 
 if __name__ == "__main__":

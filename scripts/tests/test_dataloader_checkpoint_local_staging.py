@@ -169,7 +169,7 @@ def _run(parser: Any, argv: Sequence[str] | None, report: dict[str, Any]) -> int
     elif staged.exists():
         print(f"Staged copy kept in {staged} (--clean removes it)")
     report["staging"] = {"path": str(staged), "kept": staged.exists()}
-    return finish(args, report, outcome)
+    return finish(args, report, outcome, estimate=estimate)
 
 
 if __name__ == "__main__":

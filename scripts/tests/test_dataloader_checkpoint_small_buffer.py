@@ -129,6 +129,7 @@ def _run(parser: Any, argv: Sequence[str] | None, report: dict[str, Any]) -> int
         report,
         outcome,
         closing_lines=(strategies_pointer_line(pipeline=str(cfg.dataloader._target_)),),
+        estimate=estimate,
     )
 
 
