@@ -99,18 +99,8 @@ def run_script(
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
     """A real 20 MB filesystem (tmpfs), unmounted afterwards; skips where mounting is not allowed."""
-    mount_point = tmp_path / "small-disk"
-    mount_point.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=20m", "tmpfs", str(mount_point)],
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs for the disk-full test: {mounted.stderr.strip()}")
-    try:
+    with tmpfs_mount(tmp_path / "small-disk", "size=20m") as mount_point:
         yield mount_point
-    finally:
-        subprocess.run(["umount", str(mount_point)], check=False)
 
 
 # A cheap calibration of the `small` config (two buffers, one offset): still measured.

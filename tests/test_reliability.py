@@ -27,7 +27,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import SCRIPTS_DIR, run_script, script_env
+from conftest import SCRIPTS_DIR, run_script, script_env, tmpfs_mount
 
 EXIT_BOUND_SECONDS = 60  # generous: a bound that catches a hang, not a speed target
 SMALL_BUFFER = "test_dataloader_checkpoint_small_buffer.py"
@@ -258,19 +258,8 @@ def test_bad_input_builder_that_raises_is_one_line_with_its_type(
 # --- --report: writable up front, written on every exit --------------------------------
 
 
-@contextlib.contextmanager
-def _read_only_mount(folder: Path) -> Iterator[Path]:
-    folder.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(folder)],
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a read-only tmpfs: {mounted.stderr.strip()}")
-    try:
-        yield folder
-    finally:
-        subprocess.run(["umount", str(folder)], check=False)
+def _read_only_mount(folder: Path) -> contextlib.AbstractContextManager[Path]:
+    return tmpfs_mount(folder, "ro,size=1m")
 
 
 @pytest.mark.parametrize(
