@@ -62,28 +62,21 @@ def shape_config(name: str, folder: Path, overrides: Sequence[str] = ()) -> Any:
 def real_checkpoint_bytes(cfg: Any, buffer: int, scratch: Path) -> int:
     """Bytes of a real iterator checkpoint at `buffer`, saved as a training job saves it.
 
-    Reads roundtrip.batches_before_save batches, waits, then saves until three saves in a
-    row agree (prefetch buffers full: training is the slow side) and keeps the largest.
+    Reads roundtrip.batches_before_save batches, lets the background buffers fill, then
+    takes the settled size as the calibration's anchors do (_calibration.steady_save_bytes).
     """
+    from _calibration import steady_save_bytes
     from _config import with_buffer_size
     from _pipeline import instantiate_dataset
-    from _roundtrip import save_iterator
 
     iterator = iter(instantiate_dataset(with_buffer_size(cfg, buffer).dataloader))
     for _ in range(cfg.roundtrip.batches_before_save):
         next(iterator)
     time.sleep(0.5)
-    sizes: list[int] = []
-    for attempt in range(12):
-        folder = scratch / f"real-{buffer}-{attempt}"
-        sizes.append(save_iterator(iterator, folder).bytes)
-        shutil.rmtree(folder, ignore_errors=True)
-        if len(sizes) >= 3 and len(set(sizes[-3:])) == 1:
-            break
-        time.sleep(0.2)
+    size = steady_save_bytes(iterator, scratch / f"real-{buffer}", scratch)
     del iterator
     gc.collect()  # the iterator is gone before the caller makes another (a cache lock file)
-    return max(sizes)
+    return size
 
 
 def bench_case(name: str, multipliers: Sequence[int], scratch: Path) -> dict[str, Any]:

@@ -656,6 +656,8 @@ class _Script:
         self._look()
 
     def send(self, sig: int) -> None:
+        if self.process.poll() is not None:  # never signal a group whose leader was reaped
+            pytest.fail("the script ended before the signal:\n" + "\n".join(self.out + self.err))
         if self.group:
             os.killpg(self.process.pid, sig)
         else:

@@ -23,6 +23,7 @@ under a stall limit (estimate.calibration_timeout_seconds).
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import itertools
 import math
@@ -50,7 +51,11 @@ SAMPLE_BUDGET_BYTES = 48 * 2**20
 # How far into the stream the calibration reads at most (bytes of elements in memory): a
 # stream of large decoded elements is costly to read, so its offsets are cut to fit.
 READ_BUDGET_BYTES = 768 * 2**20
-FIRST_LOOK_ELEMENTS = 16  # elements read first to size the chunks and the calibration's needs
+FIRST_LOOK_ELEMENTS = 16
+# Elements read between the two saves that measure an in-memory cache()'s growth: enough
+# that one batch in transit between the other buffers moves the figure by under 1%.
+CACHE_GROWTH_ELEMENTS = 1024
+CACHE_GROWTH_STRETCHES = 4  # elements read first to size the chunks and the calibration's needs
 # The uncertainty floor: what the isolated per-element figure misses at 100x (slot keys one
 # digit longer, neighbours compressed together), measured by `make bench` on the test family.
 RELATIVE_FLOOR = 0.015
@@ -92,6 +97,9 @@ class Calibration:
     # In-memory bytes of every sampled element, per chunk: a buffer that ends inside a chunk
     # holds its first elements, whose share of the chunk's bytes follows their sizes.
     element_sizes: list[list[int]] = field(default_factory=list)
+    # In-memory bytes of one output batch: the step by which the other buffers' contents
+    # move with thread timing (a batch in transit between two buffers), real saves included.
+    batch_bytes: int = 0
 
     @property
     def largest_buffer(self) -> int:
@@ -175,7 +183,7 @@ class Calibration:
     def bytes_for(self, buffer_size: int) -> int:
         """The checkpoint of a `buffer_size`-element shuffle buffer, in bytes."""
         if self.constant:
-            return round(statistics.fmean(size for _, size in self.anchors))
+            return round(statistics.median(size for _, size in self.anchors))
         beyond = self._anchor_beyond_stream(buffer_size)
         if beyond is not None:
             # The stream ran out in that anchor too: any larger buffer holds the same
@@ -193,15 +201,17 @@ class Calibration:
         return max(beyond) if beyond else None
 
     def uncertainty_for(self, buffer_size: int) -> float:
-        """Relative 95% uncertainty: the per-element mean's, the anchors' spread, and a floor."""
+        """Relative 95% uncertainty: the per-element mean's, the anchors' spread, one batch in
+        transit (a save on a busy machine may catch one more or one fewer), and a floor."""
         total = max(self.bytes_for(buffer_size), 1)
         per_element, relative = self.per_element(buffer_size)
         held = self.held_elements(buffer_size)
         buffer_error = relative * per_element * held
-        extra_error = self.extra_error * held
+        # The cache holds the same elements as the buffer: its figure shares their spread.
+        extra_error = math.hypot(self.extra_error, relative * self.extra_per_element) * held
         # The fixed part is the anchors' median: its error is within half their range.
         combined = math.hypot(buffer_error, extra_error, self.anchor_spread / 2) / total
-        return combined + RELATIVE_FLOOR
+        return combined + self.batch_bytes / total + RELATIVE_FLOOR
 
     def largest_buffer_within(self, budget_bytes: int) -> int:
         """The largest buffer whose estimate plus uncertainty fits in `budget_bytes` (0: none)."""
@@ -327,23 +337,31 @@ def _save_bytes(iterator: Any, folder: Path, scratch: Path) -> int:
 
 
 def steady_save_bytes(
-    iterator: Any, folder: Path, scratch: Path, attempts: int = 8, pause: float = 0.05
+    iterator: Any,
+    folder: Path,
+    scratch: Path,
+    agree: int = 3,
+    attempts: int = 12,
+    pause: float = 0.1,
 ) -> int:
-    """The bytes two saves in a row agree on (else the median of `attempts` saves).
+    """The bytes `agree` saves in a row give, `pause` seconds apart (else their most common).
 
-    With nothing read in between, fixed-size background buffers fill and stop, the state a
-    training job saves in (training is the slow side); autotuned buffers may keep changing,
-    so no extreme is taken. This decides only the fixed part: the per-element figure never
-    comes from here, and the anchors' disagreement is part of the stated ±.
+    With nothing read in between, fixed-size background buffers fill and stop: the state a
+    training job saves in (training is the slow side). A save can also catch an element in
+    transit between two buffers, and on a busy machine the thread that moves it may not run
+    for a while: a transit state then repeats over a few tens of milliseconds, but seldom
+    over `agree` saves spread over (agree - 1) x pause seconds. The estimate's anchors and
+    the tests' real checkpoints both come from here, so they measure the same state.
     """
     sizes: list[int] = []
     for attempt in range(attempts):
         if attempt:
             time.sleep(pause)
         sizes.append(_save_bytes(iterator, folder / str(attempt), scratch))
-        if len(sizes) >= 2 and sizes[-1] == sizes[-2]:
+        if len(sizes) >= agree and len(set(sizes[-agree:])) == 1:
             return sizes[-1]
-    return round(statistics.median(sizes))
+    counts = collections.Counter(sizes)
+    return min(size for size, count in counts.items() if count == max(counts.values()))
 
 
 def _collect() -> None:
@@ -358,9 +376,9 @@ def _collect() -> None:
     gc.collect()
 
 
-def cache_file_prefixes(dataset: Any) -> list[str]:
-    """The filenames of every Dataset.cache(filename) in the pipeline's graph."""
-    prefixes: list[str] = []
+def _cache_filenames(dataset: Any) -> list[str]:
+    """The filename of every Dataset.cache() at or upstream of `dataset` ("" = in memory)."""
+    names: list[str] = []
     stack, seen = [dataset], set()
     while stack:
         node = stack.pop()
@@ -369,12 +387,21 @@ def cache_file_prefixes(dataset: Any) -> list[str]:
         seen.add(id(node))
         filename = getattr(node, "_filename", None)
         if type(node).__name__ == "CacheDataset" and filename is not None:
-            name = filename.numpy().decode() if hasattr(filename, "numpy") else str(filename)
-            if name:
-                prefixes.append(name)
+            names.append(filename.numpy().decode() if hasattr(filename, "numpy") else str(filename))
         with contextlib.suppress(AttributeError, TypeError):
             stack.extend(node._inputs())
-    return prefixes
+    return names
+
+
+def cache_file_prefixes(dataset: Any) -> list[str]:
+    """The filenames of every Dataset.cache(filename) in the pipeline's graph."""
+    return [name for name in _cache_filenames(dataset) if name]
+
+
+def memory_cache_before(shuffle_node: Any) -> bool:
+    """True when an in-memory Dataset.cache() feeds the shuffle buffer (it keeps every element
+    read, so the checkpoint grows with the elements read, not only with the buffer)."""
+    return "" in _cache_filenames(shuffle_node._input_dataset)
 
 
 class OwnCacheFiles:
@@ -462,6 +489,9 @@ class _Run:
         self.notes: list[str] = []
         self.options: Any = None
         self.empty_slot_bytes = 0.0
+        self.batch_bytes = 0
+        self.memory_cache = False
+        self.cache_growth = (0.0, 0.0)  # (bytes per element, error): an in-memory cache()
         self.element_sizes: list[list[int]] = []
         self.cache_prefixes: list[str] = []
 
@@ -483,6 +513,7 @@ class _Run:
         node = find_shuffle_node(dataset)
         if node is None:
             return None, [], None
+        self.memory_cache = memory_cache_before(node)
         source = node._input_dataset
         cardinality = int(source.cardinality().numpy())
         elements = []
@@ -556,7 +587,8 @@ class _Run:
                 break
             stage.beat()
             if not sample_bytes:
-                sample_bytes = round(element_bytes(batch) / leading_dimension(batch))
+                self.batch_bytes = element_bytes(batch)
+                sample_bytes = round(self.batch_bytes / leading_dimension(batch))
             read += 1
         if read == 0:
             raise UsageError(
@@ -564,8 +596,37 @@ class _Run:
                 "check that it produces data (or set estimate.bytes_per_sample for the formula)"
             )
         size = steady_save_bytes(iterator, self.scratch / "anchor", self.scratch)
+        if self.memory_cache and buffer == self.sizes[-1] and ended is None:
+            self.cache_growth = self._cache_growth(iterator, size, stage)
         del iterator  # finished before any other iterator over the pipeline is made
         return size, ended, sample_bytes
+
+    def _cache_growth(self, iterator: Any, settled: int, stage: _Stage) -> tuple[float, float]:
+        """(checkpoint bytes per element an in-memory cache() before the shuffle adds, error).
+
+        With the buffer full, reading on makes the shuffle take one element from the cache
+        for each it gives out, so the buffer's bytes stay the same and the cache's grow.
+        Settled saves every CACHE_GROWTH_ELEMENTS elements, CACHE_GROWTH_STRETCHES times, in
+        the user's own pipeline (so with its own checkpoint keys): the figure is the mean
+        growth per element, its error the 95% interval from the stretches' spread (the
+        growth is uneven: the saved state is compressed). (0, 0) when the stream ends first.
+        """
+        sizes, counts = [settled], []
+        for _ in range(CACHE_GROWTH_STRETCHES):
+            read = 0
+            while read < CACHE_GROWTH_ELEMENTS:
+                try:
+                    batch = next(iterator)
+                except StopIteration:
+                    return 0.0, 0.0
+                read += leading_dimension(batch)
+                stage.beat()
+            counts.append(read)
+            sizes.append(steady_save_bytes(iterator, self.scratch / "cache-growth", self.scratch))
+        growth = [(sizes[i + 1] - sizes[i]) / count for i, count in enumerate(counts)]
+        t95 = _T95.get(len(growth) - 1, 2.0)
+        error = t95 * statistics.stdev(growth) / math.sqrt(len(growth))
+        return max(statistics.fmean(growth), 0.0), error
 
     def sample(self, stage: _Stage, chunks: list[tuple[int, int]]) -> Path:
         """Write the chunks' elements (the shuffle node's input) with Dataset.save, in order."""
@@ -690,7 +751,7 @@ def _calibrate(run: _Run, stage: _Stage, started: float) -> Calibration:
     anchors, sample_bytes, ended_after = run.anchors(stage)
     notes = list(run.notes)
     if node is None:
-        return _without_shuffle(anchors, sample_bytes, started, notes)
+        return _without_shuffle(anchors, sample_bytes, run.batch_bytes, started, notes)
     measured: list[list[float]] = []
     slot_bytes, raw_bytes = 0.0, first_bytes
     if chunks:
@@ -726,9 +787,19 @@ def _calibrate(run: _Run, stage: _Stage, started: float) -> Calibration:
         anchor_spread=0.0,
         notes=notes,
         element_sizes=run.element_sizes[: len(measured)],
+        batch_bytes=run.batch_bytes,
     )
-    calibration.constant = _grows_less_than_its_buffer(calibration)
-    _fit_extra_growth(calibration)
+    # Graph facts decide which branch is measured: a whole-pipeline save also holds the
+    # other buffers, whose fill follows thread timing, so differences between the anchors
+    # alone are jitter as often as they are signal.
+    calibration.constant = _smaller_than_its_buffer(calibration)
+    if run.cache_growth[0] and not calibration.constant:
+        calibration.extra_per_element, calibration.extra_error = run.cache_growth
+        calibration.notes.append(
+            f"an in-memory cache() feeds the shuffle buffer: it keeps every element read "
+            f"(~{run.cache_growth[0]:,.0f} B each in the checkpoint, measured in your "
+            "pipeline), so the checkpoint grows by that too per buffered element"
+        )
     if calibration.constant:
         calibration.notes.append(
             "the checkpoint does not grow with the shuffle buffer (its contents are not saved, "
@@ -754,44 +825,25 @@ def _short_stream(planned: list[tuple[int, int]], measured: list[list[float]]) -
     return None
 
 
-def _grows_less_than_its_buffer(calibration: Calibration) -> bool:
-    """True when the whole-pipeline saves grow by under a quarter of the isolated buffer's bytes."""
-    if len(calibration.anchors) < 2 or not calibration.chunks:
-        return not calibration.chunks
-    (small, small_bytes), (large, large_bytes) = calibration.anchors[0], calibration.anchors[-1]
-    expected = calibration._buffer_part(large) - calibration._buffer_part(small)
-    return expected > 0 and (large_bytes - small_bytes) < 0.25 * expected
+def _smaller_than_its_buffer(calibration: Calibration) -> bool:
+    """True when the largest whole-pipeline save is under half of its shuffle buffer's own
+    bytes: it cannot hold the buffer's elements (e.g. a symbolic checkpoint).
 
-
-def _fit_extra_growth(calibration: Calibration) -> None:
-    """Set extra_per_element when the whole-pipeline saves grow 25%+ faster than the buffer.
-
-    Something besides the shuffle buffer then holds elements in proportion to it (an
-    in-memory cache() before the shuffle holds every element read). Its error is the
-    disagreement of the slopes between consecutive anchors (a quarter of it with two).
+    The other buffers only ever add bytes to a save, so their timing cannot make a saved
+    buffer look missing; a small buffer of small elements reads as saved (the safe side).
     """
-    anchors = calibration.anchors
-    if calibration.constant or len(anchors) < 2:
-        return
-    (small, small_bytes), (large, large_bytes) = anchors[0], anchors[-1]
-    model = (calibration._buffer_part(large) - calibration._buffer_part(small)) / (large - small)
-    whole = (large_bytes - small_bytes) / (large - small)
-    if model <= 0 or whole <= 1.25 * model:
-        return
-    slopes = [(b2 - b1) / (n2 - n1) for (n1, b1), (n2, b2) in itertools.pairwise(anchors)]
-    calibration.extra_per_element = whole - model
-    calibration.extra_error = (
-        max(slopes) - min(slopes) if len(slopes) >= 2 else 0.25 * calibration.extra_per_element
-    )
-    calibration.notes.append(
-        f"the whole pipeline's checkpoint grows {whole:,.0f} B per buffered element, the "
-        f"shuffle buffer alone {model:,.0f} B: something before it keeps elements too (e.g. "
-        "an in-memory cache()); the estimate adds the difference"
-    )
+    if not calibration.chunks:
+        return True
+    large, large_bytes = max(calibration.anchors)
+    return large_bytes < 0.5 * calibration._buffer_part(large)
 
 
 def _without_shuffle(
-    anchors: list[list[int]], sample_bytes: int, started: float, notes: list[str]
+    anchors: list[list[int]],
+    sample_bytes: int,
+    batch_bytes: int,
+    started: float,
+    notes: list[str],
 ) -> Calibration:
     """No shuffle node: the checkpoint is what the whole-pipeline saves hold, any buffer."""
     sizes = [size for _, size in anchors]
@@ -810,4 +862,5 @@ def _without_shuffle(
         seconds=time.perf_counter() - started,
         anchor_spread=float(max(sizes) - min(sizes)),
         notes=notes,
+        batch_bytes=batch_bytes,
     )
