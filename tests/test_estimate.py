@@ -107,9 +107,9 @@ def _error(shape: str, multiple: int, family, real_bytes):  # type: ignore[no-un
     real = real_bytes(shape, cfg, target)
     assert result.method == "measured"
     # A real save itself moves by whole batches with thread timing (a batch in transit
-    # between the prefetch and the buffers before it): where a batch is over 3% of the
-    # checkpoint (a few KB in all, no shuffle buffer), the estimate is held to one batch.
-    transit = result.calibration.batch_bytes / real
+    # between the prefetch and the buffers before it): where that is over 3% of the
+    # checkpoint (a few KB in all, no shuffle buffer), the estimate is held to it.
+    transit = result.calibration.transit_bytes / real
     return result, target, result.bytes_for(target) / real - 1, transit
 
 

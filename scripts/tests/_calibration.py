@@ -97,9 +97,16 @@ class Calibration:
     # In-memory bytes of every sampled element, per chunk: a buffer that ends inside a chunk
     # holds its first elements, whose share of the chunk's bytes follows their sizes.
     element_sizes: list[list[int]] = field(default_factory=list)
-    # In-memory bytes of one output batch: the step by which the other buffers' contents
-    # move with thread timing (a batch in transit between two buffers), real saves included.
+    # Checkpoint bytes of one output batch held in a buffer: the step by which the other
+    # buffers' contents move with thread timing (a batch in transit), real saves included.
     batch_bytes: int = 0
+
+    @property
+    def transit_bytes(self) -> float:
+        """How far a save's other buffers may be from the settled state: two batches (one
+        in transit between buffers, one more or fewer in a prefetch whose own slot keys
+        cost more than a shuffle slot's; seen on a machine with both cores busy)."""
+        return 2.0 * self.batch_bytes
 
     @property
     def largest_buffer(self) -> int:
@@ -201,8 +208,8 @@ class Calibration:
         return max(beyond) if beyond else None
 
     def uncertainty_for(self, buffer_size: int) -> float:
-        """Relative 95% uncertainty: the per-element mean's, the anchors' spread, one batch in
-        transit (a save on a busy machine may catch one more or one fewer), and a floor."""
+        """Relative 95% uncertainty: the per-element mean's, the anchors' spread, the batches
+        in transit (a save on a busy machine may catch more or fewer), and a floor."""
         total = max(self.bytes_for(buffer_size), 1)
         per_element, relative = self.per_element(buffer_size)
         held = self.held_elements(buffer_size)
@@ -211,7 +218,7 @@ class Calibration:
         extra_error = math.hypot(self.extra_error, relative * self.extra_per_element) * held
         # The fixed part is the anchors' median: its error is within half their range.
         combined = math.hypot(buffer_error, extra_error, self.anchor_spread / 2) / total
-        return combined + self.batch_bytes / total + RELATIVE_FLOOR
+        return combined + self.transit_bytes / total + RELATIVE_FLOOR
 
     def largest_buffer_within(self, budget_bytes: int) -> int:
         """The largest buffer whose estimate plus uncertainty fits in `budget_bytes` (0: none)."""
@@ -490,6 +497,7 @@ class _Run:
         self.options: Any = None
         self.empty_slot_bytes = 0.0
         self.batch_bytes = 0
+        self.first_batch: Any = None
         self.memory_cache = False
         self.cache_growth = (0.0, 0.0)  # (bytes per element, error): an in-memory cache()
         self.element_sizes: list[list[int]] = []
@@ -568,7 +576,28 @@ class _Run:
             ended_after = ended if ended is not None else ended_after
             anchors.append([buffer, size])
         self.empty_slot_bytes = _slope(not_started)
+        self.batch_bytes = self._held_batch_bytes()
         return anchors, sample_bytes, ended_after
+
+    def _held_batch_bytes(self) -> int:
+        """Checkpoint bytes of one output batch held in a buffer, measured without threads:
+        a shuffle buffer holding it twice, minus one holding it once (after one read, each
+        has read its whole input)."""
+        if self.first_batch is None:
+            return 0
+        from _tf import import_tensorflow
+
+        tf = import_tensorflow()
+
+        def held(copies: int) -> int:
+            dataset = tf.data.Dataset.from_tensors(self.first_batch).repeat(copies + 1)
+            iterator = iter(dataset.shuffle(copies + 1, seed=1))
+            next(iterator)
+            saved = _save_bytes(iterator, self.scratch / "batch", self.scratch)
+            del iterator
+            return saved
+
+        return max(held(2) - held(1), 0)
 
     def _anchor(
         self, buffer: int, stage: _Stage, not_started: list[tuple[int, int]]
@@ -587,8 +616,8 @@ class _Run:
                 break
             stage.beat()
             if not sample_bytes:
-                self.batch_bytes = element_bytes(batch)
-                sample_bytes = round(self.batch_bytes / leading_dimension(batch))
+                self.first_batch = batch
+                sample_bytes = round(element_bytes(batch) / leading_dimension(batch))
             read += 1
         if read == 0:
             raise UsageError(
