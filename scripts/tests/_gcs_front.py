@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
 import http.client
 import json
 import os
@@ -45,30 +44,14 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import h11
+from _signals import die_with_parent, set_parent_death_signal
 
 CHUNK_BYTES = 1024 * 1024  # one read; bodies are never held whole
 MAX_HEAD_BYTES = 64 * 1024
 TLS_HOSTS = ("www.googleapis.com", "storage.googleapis.com")
-_PR_SET_PDEATHSIG = 1
 
 
 # --- dying with the parent ---------------------------------------------------------------
-
-
-def die_with_parent(sig: int) -> bool:
-    """Ask Linux to send `sig` to this process when its parent dies; False where unsupported."""
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        return int(libc.prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0)) == 0
-    except (OSError, AttributeError):
-        return False
-
-
-def _kill_child_with_us() -> None:
-    """preexec_fn for fake-gcs-server: SIGKILL it when this process dies, however it dies."""
-    die_with_parent(signal.SIGKILL)
 
 
 def _watch_parent(parent_pid: int, on_orphaned: Callable[[], None]) -> None:
@@ -289,9 +272,8 @@ def _start_fake_gcs_server(data_dir: Path, external_url: str, log: Any) -> tuple
     # GOGC=50: the server holds each upload whole while it reads it (measured in
     # scripts/bench_tf_gcs.py); collecting sooner lowers the peak it reaches.
     env = {**os.environ, "GOGC": os.environ.get("DLCKPT_GCS_GOGC", "50")}
-    process = subprocess.Popen(
-        command, stdout=log, stderr=log, env=env, preexec_fn=_kill_child_with_us
-    )
+    # SIGKILLed when this process dies, however it dies (no preexec_fn: threads run here).
+    process = subprocess.Popen(die_with_parent(command), stdout=log, stderr=log, env=env)
     deadline = time.monotonic() + 30
     while True:
         try:
@@ -321,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--parent-pid", type=int, required=True)
     parser.add_argument("--workdir", type=Path, required=True, help="made by the parent")
     args = parser.parse_args(argv)
-    die_with_parent(signal.SIGTERM)
+    set_parent_death_signal(signal.SIGTERM)
     if os.getppid() != args.parent_pid:
         return 1  # the parent died before prctl took effect
     data_dir, ca_file = args.workdir / "objects", args.workdir / "ca.pem"

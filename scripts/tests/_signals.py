@@ -112,12 +112,20 @@ def die_with_parent(command: Sequence[str]) -> list[str]:
     return [sys.executable, os.path.abspath(__file__), str(os.getpid()), "--", *command]
 
 
-def _set_parent_death_signal() -> None:
+def set_parent_death_signal(sig: int = signal.SIGKILL) -> bool:
+    """Ask Linux to send `sig` to this process when its parent ends (prctl PR_SET_PDEATHSIG);
+    False where that is not available (elsewhere than Linux)."""
+    if not sys.platform.startswith("linux"):
+        return False
     import ctypes
 
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) != 0:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+    except OSError:
+        return False
+    if libc.prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0) != 0:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+    return True
 
 
 def _launch(argv: list[str]) -> int:
@@ -126,7 +134,7 @@ def _launch(argv: list[str]) -> int:
     if separator != "--" or not command:
         sys.stderr.write("usage: _signals.py PARENT_PID -- command ...\n")
         return 2
-    _set_parent_death_signal()
+    set_parent_death_signal(signal.SIGKILL)
     if os.getppid() != int(parent):  # the parent ended before the signal was armed
         return 129
     os.execvp(command[0], command)
