@@ -120,9 +120,10 @@ def test_estimate_within_3_percent_of_a_real_save_on_unseen_shapes(
 ):
     result, target, error, transit = _error(shape, multiple, family, real_bytes)
     assert abs(error) <= max(0.03, transit), (shape, target, error, transit, result.report())
-    # Where a shuffle buffer holds most of the bytes the ± is not a blanket either: under
-    # 10% beyond that batch.
-    assert result.calibration.constant or result.uncertainty_for(target) < 0.10 + transit
+    # Where the shuffle buffer holds most of the bytes (100x) the ± is not a blanket either:
+    # under 10% beyond the batches in transit.
+    if multiple == 100 and not result.calibration.constant:
+        assert result.uncertainty_for(target) < 0.10 + transit, result.report()
 
 
 @pytest.mark.parametrize("multiple", MULTIPLES)

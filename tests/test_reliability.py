@@ -464,7 +464,15 @@ def _faulty_destination(client, servers, files, fault_name):  # type: ignore[no-
         client, GcsLocation("fault-bkt", "p"), request_timeout=4, retry_deadline=8
     )
 
+    fired: list[bool] = []
+
     def fault() -> None:
+        # Once per test, however often the upload reopens the shard (a retry makes a new
+        # reader): a second SIGTERM after the interrupt test's handler is gone would kill the
+        # pytest worker itself.
+        if fired:
+            return
+        fired.append(True)
         for server in servers:
             if fault_name == "kill":
                 server.kill()
