@@ -104,10 +104,11 @@ class Calibration:
 
     @property
     def transit_bytes(self) -> float:
-        """How far a save's other buffers may be from the settled state: two batches (one
-        in transit between buffers, one more or fewer in a prefetch whose own slot keys
-        cost more than a shuffle slot's; seen on a machine with both cores busy)."""
-        return 2.0 * self.batch_bytes
+        """How far a save's other buffers may be from the settled state: three batches held
+        in a buffer. On this 2-core machine with both cores busy, real saves of one
+        pipeline were seen two prefetched batches apart, and a prefetch slot costs up to
+        ~1.5x a batch held in a shuffle buffer (its own keys): 2 x 1.5 = 3."""
+        return 3.0 * self.batch_bytes
 
     @property
     def largest_buffer(self) -> int:
