@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, SCRIPTS_DIR, script_env
+from conftest import ROOT, SCRIPTS_DIR, SMALL_CHEAP, script_env
 
 SCRIPT = SCRIPTS_DIR / "check_disk_space.sh"
 
@@ -116,9 +116,10 @@ def test_a_missing_staging_folder_is_reported_missing_not_measured_at_its_parent
     assert not missing.exists()
 
 
-def test_thresholds_come_from_the_measured_estimate(tmp_path):
+def test_thresholds_come_from_the_measured_estimate(small_estimate_cache):
+    cache, _ = small_estimate_cache  # the session's measured estimate (SMALL_CHEAP)
     result = _run(
-        "--config-name", "small", "--for", "small", XDG_CACHE_HOME=str(tmp_path / "cache")
+        "--config-name", "small", "--for", "small", *SMALL_CHEAP, XDG_CACHE_HOME=str(cache)
     )
     assert result.returncode == 0, result.stdout + result.stderr
     first = result.stdout.splitlines()[0]

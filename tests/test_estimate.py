@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, TESTS_DIR, run_script, script_env
+from conftest import ROOT, SMALL_CHEAP, TESTS_DIR, run_script, script_env
 
 sys.path.insert(0, str(TESTS_DIR / "pipelines"))
 sys.path.insert(0, str(ROOT / "scripts"))
@@ -256,8 +256,9 @@ def test_estimate_only_prints_the_measured_headline_and_writes_the_report(tmp_pa
     scratch.mkdir()
     env = script_env(XDG_CACHE_HOME=str(tmp_path / "cache"), TMPDIR=str(scratch))
     result = run_script(
-        SCRIPT, "--config-name", "small", "--estimate-only", "--report", str(report), env=env
-    )
+        SCRIPT, "--config-name", "small", *SMALL_CHEAP, "--estimate-only", "--report", str(report),
+        env=env,
+    )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
     headline = next(line for line in out.splitlines() if line.startswith("ORIGINAL CONFIG"))
@@ -455,8 +456,7 @@ def test_a_bad_cache_entry_is_dropped_and_measured_again(tmp_path):
     from _estimate import estimate
     from _estimate_cache import cache_dir, config_hash, entry_problem
 
-    overrides = ["estimate.calibration_offsets=[0,64]"]
-    cfg = load_config("small", overrides)
+    cfg = load_config("small", SMALL_CHEAP)  # five calibrations: the cheap one will do
     first = estimate(cfg, say=lambda _: None)
     entry = cache_dir() / f"{config_hash(cfg)}.json"
     good = json.loads(entry.read_text())

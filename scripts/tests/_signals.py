@@ -51,9 +51,13 @@ def interrupts_raise(limit_seconds: float = CLEANUP_LIMIT_SECONDS) -> Iterator[N
         yield
         return
     watchdog: list[threading.Timer] = []
+    closing: list[bool] = []
 
     def handler(signum: int, _frame: FrameType | None) -> None:
-        if watchdog:  # already cleaning up after the first signal: let that finish
+        # After the first signal a cleanup runs: let it finish. Once the block is closing,
+        # raising would cut the closing short and leave an armed watchdog behind, which
+        # would end the process later, wherever it then is.
+        if watchdog or closing:
             return
         interrupt = Interrupted(signum)
         watchdog.append(_watchdog(interrupt, limit_seconds))
@@ -63,10 +67,11 @@ def interrupts_raise(limit_seconds: float = CLEANUP_LIMIT_SECONDS) -> Iterator[N
     try:
         yield
     finally:
-        for timer in watchdog:
-            timer.cancel()
+        closing.append(True)
         for signum, old in previous.items():
             signal.signal(signum, old)
+        for timer in watchdog:
+            timer.cancel()
 
 
 def exit_code(interrupt: KeyboardInterrupt) -> int:
