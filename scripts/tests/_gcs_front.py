@@ -312,14 +312,18 @@ def main(argv: list[str] | None = None) -> int:
     listener = socket.create_server(("127.0.0.1", 0), backlog=64)
     port = int(listener.getsockname()[1])
     server, upstream_port = _start_fake_gcs_server(data_dir, f"http://127.0.0.1:{port}", sys.stderr)
-    stopping, orphaned = threading.Event(), threading.Event()
+    # Plain flags, set only by the SIGTERM handler in the main thread: a handler must take no
+    # lock. With threading.Event, a second SIGTERM (the parent-death signal and the parent
+    # watcher's own, together) ran the handler again inside Event.set() and deadlocked on
+    # its lock: an orphaned front and fake-gcs-server stayed up.
+    state = {"stopping": False, "orphaned": False}
 
     def shut_down(*_: Any) -> None:
-        if stopping.is_set():
+        if state["stopping"]:
             return
-        stopping.set()
+        state["stopping"] = True
         if os.getppid() != args.parent_pid:
-            orphaned.set()  # nobody is left to remove the workdir
+            state["orphaned"] = True  # nobody is left to remove the workdir
         with contextlib.suppress(OSError):
             listener.shutdown(socket.SHUT_RDWR)
         listener.close()
@@ -335,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps({**ready, "ca_file": str(ca_file)}))
     sys.stdout.flush()
     try:
-        while not stopping.is_set():
+        while not state["stopping"]:
             try:
                 sock, _ = listener.accept()
             except OSError:
@@ -345,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
             threading.Thread(target=forwarder.serve, args=(sock,), daemon=True).start()
     finally:
         _stop(server)
-        shutil.rmtree(args.workdir if orphaned.is_set() else data_dir, ignore_errors=True)
+        shutil.rmtree(args.workdir if state["orphaned"] else data_dir, ignore_errors=True)
     return 0
 
 
