@@ -284,8 +284,9 @@ def test_estimate_only_prints_the_measured_headline_and_writes_the_report(tmp_pa
     assert list(scratch.iterdir()) == []  # the calibration's scratch is gone
 
     again = run_script(
-        SCRIPT, "--config-name", "small", "--estimate-only", "--fit-budget", "1MB", env=env
-    )
+        SCRIPT, "--config-name", "small", *SMALL_CHEAP, "--estimate-only", "--fit-budget", "1MB",
+        env=env,
+    )  # fmt: skip
     assert again.returncode == 0, again.stderr
     assert "cached measurement" in again.stdout
     assert headline in again.stdout
