@@ -788,3 +788,21 @@ def test_fault_staging_folder_as_destination_keeps_the_staged_checkpoint(tmp_pat
     assert len(staged) == 1 and (staged[0] / "iterator.index").is_file()
     assert f"Staged copy kept in {staged[0]}" in result.stdout
     assert (staging / "keep.txt").read_text() == "the user's file"
+
+
+def test_an_interrupt_a_library_rewraps_still_ends_as_interrupted(capsys):
+    """OmegaConf, interrupted mid-operation by SIGHUP, raised its own ConfigKeyError (CI saw
+    exit 4, "a bug"): the run must still end as interrupted, 129."""
+    import signal as signals
+
+    from _common import run_main
+    from _signals import Interrupted
+
+    def body() -> int:
+        try:
+            raise Interrupted(signals.SIGHUP)
+        except KeyboardInterrupt:
+            raise ValueError("a library's own error, raised while the interrupt unwound") from None
+
+    assert run_main(body, argv=[]) == 129
+    assert capsys.readouterr().err.startswith("✗ interrupted by SIGHUP")

@@ -26,7 +26,7 @@ from _report import (
     write_exit_report,
     write_report,
 )
-from _signals import exit_code, interrupts_raise, signal_name
+from _signals import exit_code, interrupts_raise, received_interrupt, signal_name
 from omegaconf import DictConfig
 
 EXIT_PASSED, EXIT_FAILED, EXIT_USAGE, EXIT_PREFLIGHT, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
@@ -110,14 +110,11 @@ def run_main(
         except KeyboardInterrupt as interrupt:
             code, line = exit_code(interrupt), _interrupted_line(interrupt)
         except Exception as error:
-            if "--debug" in (sys.argv[1:] if argv is None else argv):
-                traceback.print_exc()
-            detail = " ".join(str(error).split())[:300]
-            code = EXIT_ERROR
-            line = (
-                f"✗ ERROR: the run stopped before a verdict: {type(error).__name__}: {detail} "
-                "(not a checkpoint failure; --debug shows the traceback)"
-            )
+            wrapped = _wrapped_interrupt(error) or received_interrupt()
+            if wrapped is not None:  # a library (OmegaConf) re-raised a signal as its own error
+                code, line = exit_code(wrapped), _interrupted_line(wrapped)
+            else:
+                code, line = _unexpected(error, argv)
         problem = write_exit_report(
             code, line.removeprefix("✗ "), report, fallback=_report_path(argv)
         )
@@ -129,6 +126,28 @@ def run_main(
             print(f"✗ {problem}", file=sys.stderr)
             return code or EXIT_USAGE
         return code
+
+
+def _wrapped_interrupt(error: BaseException) -> KeyboardInterrupt | None:
+    """The interrupt behind `error`, when a library caught it and raised its own exception."""
+    seen: set[int] = set()
+    link: BaseException | None = error
+    while link is not None and id(link) not in seen:
+        if isinstance(link, KeyboardInterrupt):
+            return link
+        seen.add(id(link))
+        link = link.__cause__ or link.__context__
+    return None
+
+
+def _unexpected(error: Exception, argv: Sequence[str] | None) -> tuple[int, str]:
+    if "--debug" in (sys.argv[1:] if argv is None else argv):
+        traceback.print_exc()
+    detail = " ".join(str(error).split())[:300]
+    return EXIT_ERROR, (
+        f"✗ ERROR: the run stopped before a verdict: {type(error).__name__}: {detail} "
+        "(not a checkpoint failure; --debug shows the traceback)"
+    )
 
 
 def _interrupted_line(interrupt: KeyboardInterrupt) -> str:

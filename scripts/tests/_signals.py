@@ -61,8 +61,10 @@ def interrupts_raise(limit_seconds: float = CLEANUP_LIMIT_SECONDS) -> Iterator[N
             return
         interrupt = Interrupted(signum)
         watchdog.append(_watchdog(interrupt, limit_seconds))
+        _received[:] = [interrupt]
         raise interrupt
 
+    _received.clear()
     previous = {signum: signal.signal(signum, handler) for signum in EXIT_CODES}
     try:
         yield
@@ -72,6 +74,16 @@ def interrupts_raise(limit_seconds: float = CLEANUP_LIMIT_SECONDS) -> Iterator[N
             signal.signal(signum, old)
         for timer in watchdog:
             timer.cancel()
+
+
+# The interrupt the innermost block raised, if any: a library may catch it mid-operation and
+# raise an error of its own instead (OmegaConf did), and the run must still end as interrupted.
+_received: list[Interrupted] = []
+
+
+def received_interrupt() -> Interrupted | None:
+    """The signal that arrived in the current `interrupts_raise` block, if one did."""
+    return _received[0] if _received else None
 
 
 def exit_code(interrupt: KeyboardInterrupt) -> int:
