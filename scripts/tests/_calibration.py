@@ -51,12 +51,12 @@ SAMPLE_BUDGET_BYTES = 48 * 2**20
 # How far into the stream the calibration reads at most (bytes of elements in memory): a
 # stream of large decoded elements is costly to read, so its offsets are cut to fit.
 READ_BUDGET_BYTES = 768 * 2**20
-FIRST_LOOK_ELEMENTS = 16
+FIRST_LOOK_ELEMENTS = 16  # elements read first to size the chunks and the calibration's needs
 REPEAT_SMALLEST = 2  # extra whole-pipeline saves at the smallest calibration buffer
-# Elements read between the two saves that measure an in-memory cache()'s growth: enough
-# that one batch in transit between the other buffers moves the figure by under 1%.
+# An in-memory cache()'s growth: settled saves every CACHE_GROWTH_ELEMENTS elements read,
+# CACHE_GROWTH_STRETCHES times (their spread is the figure's error).
 CACHE_GROWTH_ELEMENTS = 1024
-CACHE_GROWTH_STRETCHES = 4  # elements read first to size the chunks and the calibration's needs
+CACHE_GROWTH_STRETCHES = 4
 # The uncertainty floor: what the isolated per-element figure misses at 100x (slot keys one
 # digit longer, neighbours compressed together), measured by `make bench` on the test family.
 RELATIVE_FLOOR = 0.015
