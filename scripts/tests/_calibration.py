@@ -345,6 +345,17 @@ def _save_bytes(iterator: Any, folder: Path, scratch: Path) -> int:
         shutil.rmtree(folder, ignore_errors=True)
 
 
+def _held_save_bytes(shuffled: Any, reads: int, folder: Path, scratch: Path) -> int:
+    """Bytes of a save of `shuffled` (a shuffle over a short input, no threads) after `reads`
+    reads: what its buffer then holds, measured without any timing."""
+    iterator = iter(shuffled)
+    for _ in range(reads):
+        next(iterator)
+    saved = _save_bytes(iterator, folder, scratch)
+    del iterator
+    return saved
+
+
 def steady_save_bytes(
     iterator: Any,
     folder: Path,
@@ -596,11 +607,8 @@ class _Run:
 
         def held(copies: int) -> int:
             dataset = tf.data.Dataset.from_tensors(self.first_batch).repeat(copies + 1)
-            iterator = iter(dataset.shuffle(copies + 1, seed=1))
-            next(iterator)
-            saved = _save_bytes(iterator, self.scratch / "batch", self.scratch)
-            del iterator
-            return saved
+            shuffled = dataset.shuffle(copies + 1, seed=1)
+            return _held_save_bytes(shuffled, 1, self.scratch / "batch", self.scratch)
 
         return max(held(2) - held(1), 0)
 
@@ -718,11 +726,8 @@ class _Run:
 
         def held_save(chunk: Any, buffer: int) -> int:
             shuffled = chunk.shuffle(buffer, seed=1).with_options(options).with_options(quick)
-            iterator = iter(shuffled)
-            next(iterator), next(iterator)  # the second read finds the input exhausted
-            saved = _save_bytes(iterator, self.scratch / "chunk", self.scratch)
-            del iterator
-            return saved
+            # the second read finds the input exhausted
+            return _held_save_bytes(shuffled, 2, self.scratch / "chunk", self.scratch)
 
         results: list[list[float]] = []
         raw: list[int] = []
