@@ -386,4 +386,6 @@ def summary_lines(results: list[StrategyResult]) -> list[str]:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from _signals import exit_process
+
+    exit_process(main())

@@ -131,4 +131,6 @@ def _job(cfg: Any, args: Any, env: dict[str, str], env_source: str) -> Job:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from _signals import exit_process
+
+    exit_process(main())

@@ -53,6 +53,14 @@ SAMPLE_BUDGET_BYTES = 48 * 2**20
 READ_BUDGET_BYTES = 768 * 2**20
 FIRST_LOOK_ELEMENTS = 16  # elements read first to size the chunks and the calibration's needs
 REPEAT_SMALLEST = 2  # extra whole-pipeline saves at the smallest calibration buffer
+# How much deeper than in the settled saves TensorFlow's autotuner may have made the other
+# buffers when a real save comes, in output batches held (batch_bytes each). With autotune on
+# (the default) it deepens even a fixed prefetch(N) (the autotune_buffer_sizes rewrite) when
+# the reader finds it empty, which a loaded machine makes likely: in the index_shuffle shape
+# (no shuffle buffer; prefetch(2)) real saves were seen 12 batches above the settled size in
+# CI's full suite and 19 in `tests/test_estimate.py`'s real save on a busy 2-core machine.
+# TensorFlow bounds the depth only by its RAM budget: this covers what was seen, not a limit.
+AUTOTUNE_DEPTH_BATCHES = 24
 # An in-memory cache()'s growth: settled saves every CACHE_GROWTH_ELEMENTS elements read,
 # CACHE_GROWTH_STRETCHES times (their spread is the figure's error).
 CACHE_GROWTH_ELEMENTS = 1024
@@ -101,6 +109,9 @@ class Calibration:
     # Checkpoint bytes of one output batch held in a buffer: the step by which the other
     # buffers' contents move with thread timing (a batch in transit), real saves included.
     batch_bytes: int = 0
+    # Output batches by which TensorFlow's autotuner may have deepened the other buffers at a
+    # real save (AUTOTUNE_DEPTH_BATCHES; 0 when the pipeline turns autotune off).
+    autotune_batches: float = 0.0
 
     @property
     def transit_bytes(self) -> float:
@@ -109,6 +120,16 @@ class Calibration:
         pipeline were seen two prefetched batches apart, and a prefetch slot costs up to
         ~1.5x a batch held in a shuffle buffer (its own keys): 2 x 1.5 = 3."""
         return 3.0 * self.batch_bytes
+
+    @property
+    def autotune_bytes(self) -> float:
+        """Bytes by which autotuned buffers may be deeper at a real save than when settled."""
+        return self.autotune_batches * self.batch_bytes
+
+    @property
+    def timing_bytes(self) -> float:
+        """Everything in a save that follows thread timing: batches in transit, autotuned depth."""
+        return self.transit_bytes + self.autotune_bytes
 
     @property
     def largest_buffer(self) -> int:
@@ -211,7 +232,8 @@ class Calibration:
 
     def uncertainty_for(self, buffer_size: int) -> float:
         """Relative 95% uncertainty: the per-element mean's, the anchors' spread, the batches
-        in transit (a save on a busy machine may catch more or fewer), and a floor."""
+        in transit (a save on a busy machine may catch more or fewer), the depth autotuned
+        buffers may gain, and a floor."""
         total = max(self.bytes_for(buffer_size), 1)
         per_element, relative = self.per_element(buffer_size)
         held = self.held_elements(buffer_size)
@@ -220,7 +242,7 @@ class Calibration:
         extra_error = math.hypot(self.extra_error, relative * self.extra_per_element) * held
         # The fixed part is the anchors' median: its error is within half their range.
         combined = math.hypot(buffer_error, extra_error, self.anchor_spread / 2) / total
-        return combined + self.transit_bytes / total + RELATIVE_FLOOR
+        return combined + self.timing_bytes / total + RELATIVE_FLOOR
 
     def largest_buffer_within(self, budget_bytes: int) -> int:
         """The largest buffer whose estimate plus uncertainty fits in `budget_bytes` (0: none)."""
@@ -304,6 +326,14 @@ def run_with_stall_limit(
 
 
 # --- stages --------------------------------------------------------------------------------
+
+
+def _autotunes_buffers(options: Any) -> bool:
+    """Whether TensorFlow's autotuner may deepen the pipeline's buffers (tf.data.Options):
+    not when autotune is off, nor with a symbolic checkpoint (buffers are not saved)."""
+    if options.autotune.enabled is False:
+        return False
+    return not options.experimental_symbolic_checkpoint
 
 
 def find_shuffle_node(dataset: Any) -> Any | None:
@@ -515,6 +545,7 @@ class _Run:
         self.cache_growth = (0.0, 0.0)  # (bytes per element, error): an in-memory cache()
         self.element_sizes: list[list[int]] = []
         self.cache_prefixes: list[str] = []
+        self.autotuned = True
 
     def dataset(self, buffer: int) -> Any:
         from _config import with_buffer_size
@@ -530,6 +561,7 @@ class _Run:
         stage.beat("reading the first elements")
         dataset = self.dataset(self.sizes[0])
         self.options = dataset.options()
+        self.autotuned = _autotunes_buffers(self.options)
         self.cache_prefixes = cache_file_prefixes(dataset)
         node = find_shuffle_node(dataset)
         if node is None:
@@ -768,7 +800,15 @@ def calibrate(
     scratch = Path(tempfile.mkdtemp(prefix="dlckpt-estimate-", dir=scratch_root))
     try:
         run = _Run(cfg, scratch, say)
-        return run_with_stall_limit(lambda stage: _calibrate(run, stage, started), limit)
+        calibration = run_with_stall_limit(lambda stage: _calibrate(run, stage, started), limit)
+        if run.autotuned:
+            calibration.autotune_batches = AUTOTUNE_DEPTH_BATCHES
+            calibration.notes.append(
+                "TensorFlow autotunes this pipeline's buffers: a real save may hold up to "
+                f"~{AUTOTUNE_DEPTH_BATCHES} more output batches than a settled one "
+                f"(~{format_bytes(round(calibration.autotune_bytes))}); the ± includes them"
+            )
+        return calibration
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 

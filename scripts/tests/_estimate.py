@@ -261,8 +261,10 @@ class EstimateResult:
                     "fixed_bytes": round(cal.fixed),
                     "uncertainty": round(cal.uncertainty_for(self.original_buffer), 4),
                     "uncertainty_covers": "95% (Student's t over the sampled chunks, plus "
-                    "the anchors' spread, three batches in transit and a 1.5% floor)",
+                    "the anchors' spread, three batches in transit, the depth autotuned "
+                    "buffers may gain and a 1.5% floor)",
                     "batch_checkpoint_bytes": cal.batch_bytes,
+                    "autotune_depth_bytes": round(cal.autotune_bytes),
                     "constant": cal.constant,
                     "calibration_points": [list(anchor) for anchor in cal.anchors],
                     "calibration_chunks": [list(chunk) for chunk in cal.chunks],

@@ -259,4 +259,6 @@ def _restore_main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(_restore_main(sys.argv[1:]))
+    from _signals import exit_process
+
+    exit_process(_restore_main(sys.argv[1:]))

@@ -24,6 +24,7 @@ import sys
 import threading
 from collections.abc import Iterator, Sequence
 from types import FrameType
+from typing import NoReturn
 
 # Exit code 128 + N, as a shell reports a process ended by signal N.
 EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143, signal.SIGHUP: 129}
@@ -108,6 +109,27 @@ def _watchdog(interrupt: Interrupted, limit_seconds: float) -> threading.Timer:
     timer.daemon = True
     timer.start()
     return timer
+
+
+def exit_process(code: int) -> NoReturn:
+    """End this script's process with `code` now, skipping the interpreter's finalization.
+
+    Call it only once main() has returned: its cleanup has run, its last line is printed and
+    its report written. Finalization would then stop TensorFlow's threads, and one of them
+    that calls back into Python at that moment (a tf.data thread running a Python function)
+    is ended by a forced unwind that TensorFlow's C++ catches: the process aborts
+    ("FATAL: exception not rethrown", SIGABRT) instead of exiting with `code`. CI saw
+    exactly that after a SIGTERM during the estimate.
+    """
+    import atexit
+
+    # atexit functions still run: TensorFlow's autograph removes its generated files there.
+    with contextlib.suppress(Exception):
+        atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)
 
 
 # --- children that die with their parent ----------------------------------------------

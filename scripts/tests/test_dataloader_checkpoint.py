@@ -20,7 +20,6 @@ Exit codes: 0 passed, 1 the checkpoint failed a check, 2 bad input, 3 preflight 
 from __future__ import annotations
 
 import os
-import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -175,4 +174,6 @@ def _run(parser: Any, argv: Sequence[str] | None, report: dict[str, Any]) -> int
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from _signals import exit_process
+
+    exit_process(main())

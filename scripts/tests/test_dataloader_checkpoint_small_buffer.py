@@ -19,7 +19,6 @@ Exit codes: 0 passed, 1 the checkpoint failed a check, 2 bad input, 3 preflight 
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -134,4 +133,6 @@ def _run(parser: Any, argv: Sequence[str] | None, report: dict[str, Any]) -> int
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from _signals import exit_process
+
+    exit_process(main())
