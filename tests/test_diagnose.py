@@ -36,9 +36,15 @@ def cached(small_estimate_cache, monkeypatch: pytest.MonkeyPatch):
 
 
 def _buffer_needing(result, at_most: int) -> int:
-    buffer = result.largest_buffer_within(at_most)
-    assert buffer >= 8, at_most
-    return buffer
+    """The largest buffer whose estimated checkpoint (the central figure) is within `at_most`."""
+    low, high = 1, 2
+    while result.bytes_for(high) <= at_most:
+        low, high = high, high * 2
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (middle, high) if result.bytes_for(middle) <= at_most else (low, middle)
+    assert low >= 8, at_most
+    return low
 
 
 @pytest.fixture
