@@ -22,6 +22,19 @@ sys.path.insert(0, str(SCRIPTS_DIR))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """A pytest-xdist worker killed by SIGTERM or SIGHUP dies without a word ("node down:
+    Not properly terminated", blamed on whatever test it was running): print every thread's
+    stack to the real stderr first, so the log shows where the signal came in. A test that
+    installs its own handlers (the interrupt tests) replaces this for the rest of its worker."""
+    import faulthandler
+    import signal
+
+    stderr = os.dup(2)  # a copy: pytest captures fd 2 itself during each test
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        faulthandler.register(sig, file=stderr, all_threads=True, chain=True)
+
+
 @pytest.fixture(scope="session")
 def gcs_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedGcs]:
     """The embedded GCS server (fake-gcs-server behind its HTTPS front) for the whole session.
