@@ -48,6 +48,17 @@ def _own_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
 
 
+@pytest.fixture
+def seeded_cache(small_estimate_cache, tmp_path: Path):
+    """This test's own cache (XDG_CACHE_HOME, see _own_cache) holding the session's measured
+    estimate of `small` under SMALL_CHEAP; returns that estimate."""
+    import shutil
+
+    cache, result = small_estimate_cache
+    shutil.copytree(cache, tmp_path / "cache", dirs_exist_ok=True)
+    return result
+
+
 @pytest.fixture(scope="module")
 def family(tmp_path_factory: pytest.TempPathFactory):
     """shape -> (config, EstimateResult), measured once per shape for the whole module."""
@@ -190,12 +201,8 @@ def test_estimate_within_3_percent_of_the_real_checkpoint_at_20x(config_name, ov
     assert abs(error) <= result.calibration.uncertainty_for(target) < 0.2 + timing
 
 
-def test_report_keys_and_model_are_consistent(tmp_path):
-    from _config import load_config
-    from _estimate import estimate
-
-    cfg = load_config("small", ["estimate.cache=false"])
-    result = estimate(cfg, tested_buffer=16, say=lambda _: None)
+def test_report_keys_and_model_are_consistent(small_estimate_cache):
+    _cache, result = small_estimate_cache
     report = result.report()
     for key in (
         "method", "original_bytes", "tested_bytes", "bytes_per_buffered_element", "fixed_bytes",
@@ -206,34 +213,30 @@ def test_report_keys_and_model_are_consistent(tmp_path):
     # bytes = fixed + per_element x buffer, for the configured buffer.
     expected = report["fixed_bytes"] + report["bytes_per_buffered_element"] * result.original_buffer
     assert abs(report["original_bytes"] - expected) <= result.original_buffer
-    # Every calibration point is a real save: more buffer, more bytes, at the first offset.
-    first = [bytes_ for buffer, bytes_ in report["calibration_points"][:3]]
+    # Every calibration point is a real save: more buffer, more bytes (the calibration
+    # buffers in order, then the smallest again).
+    sizes = len({buffer for buffer, _ in report["calibration_points"]})
+    first = [bytes_ for _, bytes_ in report["calibration_points"][:sizes]]
     assert first == sorted(first) and first[0] > 0
 
 
-def test_second_run_is_cached_and_any_config_change_invalidates(tmp_path):
+def test_second_run_is_cached_and_any_config_change_invalidates(tmp_path, seeded_cache):
     from _config import load_config
     from _estimate import estimate
 
-    cfg = load_config("small", ["estimate.calibration_offsets=[0,64]"])
-    first = estimate(cfg, say=lambda _: None)
-    again = estimate(cfg, say=lambda _: None)
+    first = seeded_cache  # measured once per session, into the cache this test now holds
+    again = estimate(load_config("small", SMALL_CHEAP), say=lambda _: None)
     assert not first.cached and again.cached
     assert again.original_bytes == first.original_bytes
     assert again.calibration.anchors == first.calibration.anchors
     changed = estimate(
-        load_config(
-            "small", ["estimate.calibration_offsets=[0,64]", "+dataloader.jpeg_quality=80"]
-        ),
-        say=lambda _: None,
+        load_config("small", [*SMALL_CHEAP, "+dataloader.jpeg_quality=80"]), say=lambda _: None
     )
     assert not changed.cached
     assert len(list((tmp_path / "cache").rglob("*.json"))) == 2
     # The configured buffer is never filled by the calibration: a new size reuses it.
     bigger = estimate(
-        load_config(
-            "small", ["estimate.calibration_offsets=[0,64]", "dataloader.shuffle_buffer_size=6400"]
-        ),
+        load_config("small", [*SMALL_CHEAP, "dataloader.shuffle_buffer_size=6400"]),
         say=lambda _: None,
     )
     assert bigger.cached and bigger.original_bytes > 50 * first.original_bytes
@@ -302,12 +305,8 @@ def test_estimate_only_prints_the_measured_headline_and_writes_the_report(tmp_pa
     assert "fits in 1.0 MB (your budget) is " in fit  # not "0.0010 GB"
 
 
-def test_fit_budget_answer_is_the_largest_buffer_that_fits(tmp_path):
-    from _config import load_config
-    from _estimate import estimate
-
-    cfg = load_config("small", ["estimate.calibration_offsets=[0,64]"])
-    result = estimate(cfg, say=lambda _: None)
+def test_fit_budget_answer_is_the_largest_buffer_that_fits(small_estimate_cache):
+    _cache, result = small_estimate_cache
     budget = 15_000_000
     largest = result.largest_buffer_within(budget)
     margin = 1 + result.calibration.uncertainty_for(largest)
@@ -460,14 +459,14 @@ def test_a_file_cache_before_the_shuffle_is_measured_with_one_iterator_at_a_time
     assert abs(result.tested_bytes / real - 1) <= 0.03, (result.tested_bytes, real)
 
 
-def test_a_bad_cache_entry_is_dropped_and_measured_again(tmp_path):
+def test_a_bad_cache_entry_is_dropped_and_measured_again(seeded_cache):
     from _config import load_config
     from _estimate import estimate
-    from _estimate_cache import cache_dir, config_hash, entry_problem
+    from _estimate_cache import cache_dir, config_hash, entry_problem, load_cached
 
-    cfg = load_config("small", SMALL_CHEAP)  # five calibrations: the cheap one will do
-    first = estimate(cfg, say=lambda _: None)
-    entry = cache_dir() / f"{config_hash(cfg)}.json"
+    cfg = load_config("small", SMALL_CHEAP)
+    key = config_hash(cfg)
+    entry = cache_dir() / f"{key}.json"
     good = json.loads(entry.read_text())
     assert entry_problem(good) is None
     bad_entries = {
@@ -477,23 +476,26 @@ def test_a_bad_cache_entry_is_dropped_and_measured_again(tmp_path):
                                                    if k != "chunks"}},
         "not json": None,
     }  # fmt: skip
-    for why, bad in bad_entries.items():
+    for why, bad in bad_entries.items():  # each is refused and removed, never used
         entry.write_text("{not json" if bad is None else json.dumps(bad))
-        again = estimate(cfg, say=lambda _: None)
-        assert not again.cached, why  # measured again, not read from the bad entry
-        assert again.original_bytes > 0
-        assert entry_problem(json.loads(entry.read_text())) is None, why  # replaced
+        assert load_cached(key) is None, why
+        assert not entry.exists(), why
+    # End to end, once: the estimate measures again and writes a good entry in its place.
+    entry.write_text(json.dumps(bad_entries["negative bytes"]))
+    again = estimate(cfg, say=lambda _: None)
+    assert not again.cached and again.original_bytes > 0
+    assert entry_problem(json.loads(entry.read_text())) is None  # replaced
     assert estimate(cfg, say=lambda _: None).cached
-    assert first.original_bytes > 0
 
 
-def test_cross_check_states_the_miss_and_drops_the_cache_entry(tmp_path):
+def test_cross_check_states_the_miss_and_drops_the_cache_entry(tmp_path, seeded_cache):
     from _config import load_config
     from _estimate import cross_check, estimate
     from _estimate_cache import cache_dir
 
-    cfg = load_config("small", ["estimate.calibration_offsets=[0,64]"])
+    cfg = load_config("small", SMALL_CHEAP)
     result = estimate(cfg, say=lambda _: None)
+    assert result.cached  # the session's measurement
     real = _real_checkpoint_bytes(cfg, 640, tmp_path)
     hit = cross_check(result, 640, real)
     assert hit.within, hit.message()
@@ -502,6 +504,5 @@ def test_cross_check_states_the_miss_and_drops_the_cache_entry(tmp_path):
     miss = cross_check(result, 640, real * 2)
     assert miss.within is False and miss.cache_dropped
     assert miss.message().startswith("⚠ ") and "outside the stated ±" in miss.message()
-    assert list(cache_dir().glob("*.json")) == []
+    assert list(cache_dir().glob("*.json")) == []  # the next run measures again
     assert [c["within"] for c in result.report()["cross_checks"]] == [True, False]
-    assert not estimate(cfg, say=lambda _: None).cached  # measured again
