@@ -113,7 +113,10 @@ def bench(session: nox.Session) -> None:
 def tests(session: nox.Session) -> None:
     """The test suite (pytest; arguments after -- replace the defaults)."""
     _install_locked(session, "test")
-    session.run("pytest", *(session.posargs or ["-q", "--numprocesses=2", "--durations=8"]))
+    # loadgroup: tests marked xdist_group share one worker, so a module's slow fixture is
+    # measured once, not once per worker.
+    defaults = ["-q", "--numprocesses=2", "--dist=loadgroup", "--durations=8"]
+    session.run("pytest", *(session.posargs or defaults))
 
 
 @nox.session

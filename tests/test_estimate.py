@@ -77,6 +77,12 @@ def family(tmp_path_factory: pytest.TempPathFactory):
     return get
 
 
+def _same_worker(shape: str) -> pytest.MarkDecorator:
+    """Every test of one shape on one pytest-xdist worker (--dist=loadgroup): the module's
+    fixtures measure each shape once per worker."""
+    return pytest.mark.xdist_group(f"estimate-family-{shape}")
+
+
 def _family_names(open_misses: bool) -> list[object]:
     """The family's shapes; with `open_misses`, the shapes whose ±3% is a known open miss
     are marked xfail (not strict): the stated ± still has to cover them, strictly."""
@@ -94,9 +100,13 @@ def _family_names(open_misses: bool) -> list[object]:
         "index_shuffle": "its few-KB checkpoint follows the autotuned prefetch depth (open)",
     }
     return [
-        pytest.param(name, marks=pytest.mark.xfail(reason=known[name], strict=False))
-        if open_misses and name in known
-        else name
+        pytest.param(
+            name,
+            marks=[_same_worker(name)]
+            + ([pytest.mark.xfail(reason=known[name], strict=False)] if open_misses else []),
+        )
+        if name in known
+        else pytest.param(name, marks=_same_worker(name))
         for name in FAMILY
     ]
 
@@ -149,6 +159,7 @@ def test_stated_uncertainty_covers_a_real_save_on_every_shape(shape, multiple, f
     assert abs(error) <= result.uncertainty_for(target), (shape, target, error, result.report())
 
 
+@_same_worker("index_shuffle")
 def test_a_pipeline_without_a_shuffle_buffer_is_reported_constant(family):
     _cfg, result = family("index_shuffle")
     assert result.calibration.constant
@@ -159,6 +170,7 @@ def test_a_pipeline_without_a_shuffle_buffer_is_reported_constant(family):
     assert not any("elements" in line for line in result.describe()[:1])
 
 
+@_same_worker("encoded_frames")
 def test_two_estimates_of_one_pipeline_agree_within_1_percent(family, tmp_path):
     """The decoded-prefetch shape is the one whose other buffers jitter with thread timing."""
     from _estimate import estimate

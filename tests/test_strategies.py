@@ -17,6 +17,9 @@ from _strategies import (
 from _strategy_builders import grain_available
 from conftest import run_script
 
+# One pytest-xdist worker runs this module (--dist=loadgroup): its real run is made once.
+pytestmark = pytest.mark.xdist_group("strategies")
+
 SCRIPT = "./compare_shuffle_strategies.py"  # run_script: a "/" means relative to scripts/
 TF_STRATEGIES = [n for n in STRATEGY_NAMES if n != "grain_array_record"]
 
