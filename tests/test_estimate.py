@@ -59,9 +59,10 @@ def seeded_cache(small_estimate_cache, tmp_path: Path):
     return result
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def family(tmp_path_factory: pytest.TempPathFactory):
-    """shape -> (config, EstimateResult), measured once per shape for the whole module."""
+    """shape -> (config, EstimateResult), measured once per shape and worker (session scope:
+    pytest would tear a module fixture down whenever another module's test comes between)."""
     from _estimate import estimate
     from bench_estimate import shape_config
 
@@ -111,9 +112,9 @@ def _family_names(open_misses: bool) -> list[object]:
     ]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def real_bytes(tmp_path_factory: pytest.TempPathFactory):
-    """(config, buffer) -> bytes of a real save, measured once per module for both tests."""
+    """(config, buffer) -> bytes of a real save, measured once per worker for both tests."""
     folder = tmp_path_factory.mktemp("real")
     measured: dict[tuple[str, int], int] = {}
 
@@ -232,9 +233,10 @@ def test_report_keys_and_model_are_consistent(small_estimate_cache):
     assert first == sorted(first) and first[0] > 0
 
 
-def test_second_run_is_cached_and_any_config_change_invalidates(tmp_path, seeded_cache):
+def test_second_run_is_cached_and_any_config_change_invalidates(seeded_cache):
     from _config import load_config
     from _estimate import estimate
+    from _estimate_cache import cache_dir
 
     first = seeded_cache  # measured once per session, into the cache this test now holds
     again = estimate(load_config("small", SMALL_CHEAP), say=lambda _: None)
@@ -245,7 +247,7 @@ def test_second_run_is_cached_and_any_config_change_invalidates(tmp_path, seeded
         load_config("small", [*SMALL_CHEAP, "+dataloader.jpeg_quality=80"]), say=lambda _: None
     )
     assert not changed.cached
-    assert len(list((tmp_path / "cache").rglob("*.json"))) == 2
+    assert len(list(cache_dir().glob("*.json"))) == 2
     # The configured buffer is never filled by the calibration: a new size reuses it.
     bigger = estimate(
         load_config("small", [*SMALL_CHEAP, "dataloader.shuffle_buffer_size=6400"]),

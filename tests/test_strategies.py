@@ -17,14 +17,15 @@ from _strategies import (
 from _strategy_builders import grain_available
 from conftest import run_script
 
-# One pytest-xdist worker runs this module (--dist=loadgroup): its real run is made once.
+# One pytest-xdist worker runs this module (--dist=loadgroup), and small_run is session-scoped
+# (a module fixture is torn down whenever another module's test comes between): one real run.
 pytestmark = pytest.mark.xdist_group("strategies")
 
 SCRIPT = "./compare_shuffle_strategies.py"  # run_script: a "/" means relative to scripts/
 TF_STRATEGIES = [n for n in STRATEGY_NAMES if n != "grain_array_record"]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def small_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[object, dict, Path]:
     """One real run of every strategy on the `small` preset (32x32 + 16x16 frames, window 2,
     200 recorded steps, a 64-element buffer): each checkpoint restored in a new process."""
