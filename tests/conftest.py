@@ -35,6 +35,14 @@ def pytest_configure(config: pytest.Config) -> None:
         faulthandler.register(sig, file=stderr, all_threads=True, chain=True)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _shared_matplotlib_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """One matplotlib cache for every process the tests start. TensorFlow imports Keras,
+    which imports matplotlib.pyplot; with no cache (a test's own XDG_CACHE_HOME) it scans the
+    system's fonts first: ~0.5 s more per process, and the suite starts a few hundred."""
+    os.environ["MPLCONFIGDIR"] = str(tmp_path_factory.mktemp("matplotlib"))
+
+
 @pytest.fixture(scope="session")
 def gcs_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedGcs]:
     """The embedded GCS server (fake-gcs-server behind its HTTPS front) for the whole session.
