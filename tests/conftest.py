@@ -146,6 +146,22 @@ def small_estimate_cache(tmp_path_factory: pytest.TempPathFactory):
     return cache, result
 
 
+@pytest.fixture
+def small_estimate_copy(small_estimate_cache, tmp_path: Path) -> Path:
+    """tmp_path/"cache": this test's own copy of the session's estimate cache (safe to drop or
+    add entries in), for XDG_CACHE_HOME."""
+    import shutil
+
+    return Path(shutil.copytree(small_estimate_cache[0], tmp_path / "cache", dirs_exist_ok=True))
+
+
+@pytest.fixture(scope="session")
+def script_estimate_cache(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """One estimate cache (XDG_CACHE_HOME) for a module's script runs: each config is
+    calibrated once per worker (the runs of one module share a worker via xdist_group)."""
+    return str(tmp_path_factory.mktemp("script-estimate-cache"))
+
+
 @contextlib.contextmanager
 def tmpfs_mount(folder: Path, options: str) -> Iterator[Path]:
     """A real tmpfs mounted on `folder` with `options` (e.g. "size=4m,nr_inodes=16"),

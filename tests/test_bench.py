@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -162,17 +161,16 @@ def test_suite_durations_are_parsed_slowest_first() -> None:
 
 
 @pytest.mark.slow
-def test_quick_bench_writes_results_page_and_plot(tmp_path: Path, small_estimate_cache) -> None:
+def test_quick_bench_writes_results_page_and_plot(tmp_path: Path, small_estimate_copy) -> None:
     """Parts 1-3 at tiny sizes (part 4's cold estimate is the slow one, measured by make bench).
     Part 3's preflight estimate is the session's (--quick calibrates as SMALL_CHEAP does)."""
     out, docs = tmp_path / "bench" / "results.json", tmp_path / "docs"
     scratch = tmp_path / "tmp"
     scratch.mkdir()
-    shutil.copytree(small_estimate_cache[0], tmp_path / "cache")
     done = run_script(
         "./bench.py", "--quick", "--parts", "limits", "scaling", "--sizes", "16", "64",
         "--out", str(out), "--docs", str(docs),
-        env=script_env(XDG_CACHE_HOME=str(tmp_path / "cache"), TMPDIR=str(scratch)),
+        env=script_env(XDG_CACHE_HOME=str(small_estimate_copy), TMPDIR=str(scratch)),
         timeout=1800,  # only stops a hang: it took ~15 min at load 10-12 on 2 cores
     )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr

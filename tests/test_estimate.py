@@ -49,14 +49,10 @@ def _own_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture
-def seeded_cache(small_estimate_cache, tmp_path: Path):
+def seeded_cache(small_estimate_cache, small_estimate_copy):
     """This test's own cache (XDG_CACHE_HOME, see _own_cache) holding the session's measured
     estimate of `small` under SMALL_CHEAP; returns that estimate."""
-    import shutil
-
-    cache, result = small_estimate_cache
-    shutil.copytree(cache, tmp_path / "cache", dirs_exist_ok=True)
-    return result
+    return small_estimate_cache[1]
 
 
 @pytest.fixture(scope="session")

@@ -17,14 +17,9 @@ BIG_BUFFER = [
     "estimate.calibration_buffer_sizes=[8,32]",  # a cheap calibration: still measured
     "estimate.calibration_offsets=[0]",
 ]
-# The script runs here share one estimate cache, on one pytest-xdist worker (--dist=loadgroup):
-# the calibration is measured once.
+# The script runs here share one estimate cache (script_estimate_cache) on one pytest-xdist
+# worker (--dist=loadgroup): the calibration is measured once.
 pytestmark = pytest.mark.xdist_group("preflight")
-
-
-@pytest.fixture(scope="session")
-def estimate_cache(tmp_path_factory: pytest.TempPathFactory) -> str:
-    return str(tmp_path_factory.mktemp("preflight-estimate-cache"))
 
 
 def _refusal(result: subprocess.CompletedProcess[str]) -> str:
@@ -36,10 +31,10 @@ def _refusal(result: subprocess.CompletedProcess[str]) -> str:
 
 
 def test_a_save_that_cannot_fit_is_refused_with_exit_3_naming_the_path(
-    small_disk, tmp_path, estimate_cache
+    small_disk, tmp_path, script_estimate_cache
 ):
     report = tmp_path / "r.json"
-    env = script_env(TMPDIR=str(small_disk), XDG_CACHE_HOME=estimate_cache)
+    env = script_env(TMPDIR=str(small_disk), XDG_CACHE_HOME=script_estimate_cache)
     env.pop("TEST_TMPDIR", None)
     env.pop("TMP", None)
     result = run_script(
@@ -66,8 +61,8 @@ def test_a_save_that_cannot_fit_is_refused_with_exit_3_naming_the_path(
     assert "NOT OK" not in fits.stdout
 
 
-def test_force_runs_past_the_refusal(small_disk, tmp_path, estimate_cache):
-    env = script_env(TMPDIR=str(small_disk), XDG_CACHE_HOME=estimate_cache)
+def test_force_runs_past_the_refusal(small_disk, tmp_path, script_estimate_cache):
+    env = script_env(TMPDIR=str(small_disk), XDG_CACHE_HOME=script_estimate_cache)
     report = tmp_path / "r.json"
     result = run_script(
         SCRIPT, "--config-name", "small", "--estimate-only", "--force", "--report", str(report),

@@ -188,12 +188,6 @@ def _failure_line(result: subprocess.CompletedProcess[str]) -> str:
     return line
 
 
-@pytest.fixture(scope="module")
-def estimate_cache(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """One estimate cache for the script runs here: the calibration is measured once."""
-    return str(tmp_path_factory.mktemp("estimate-cache"))
-
-
 def _small_tmpfs_env(gcs_server, gcs_bucket, temp: dict[str, str], cache: str) -> dict[str, str]:
     env = script_env(
         **gcs_server.env, **temp, GCS_TEST_BUCKET=f"gs://{gcs_bucket.name}/p", XDG_CACHE_HOME=cache
@@ -213,7 +207,7 @@ def _assert_staging_line(line: str, variable: str, folder: Path) -> None:
 
 @pytest.mark.slow
 def test_preflight_fits_exactly_when_tensorflows_gs_save_succeeds(
-    gcs_server, gcs_client, gcs_bucket, small_disk, tmp_path, estimate_cache
+    gcs_server, gcs_client, gcs_bucket, small_disk, tmp_path, script_estimate_cache
 ):
     """One 20 MB tmpfs as TMPDIR, two buffers on either side of what it holds.
 
@@ -225,7 +219,9 @@ def test_preflight_fits_exactly_when_tensorflows_gs_save_succeeds(
     """
     from conftest import run_script
 
-    env = _small_tmpfs_env(gcs_server, gcs_bucket, {"TMPDIR": str(small_disk)}, estimate_cache)
+    env = _small_tmpfs_env(
+        gcs_server, gcs_bucket, {"TMPDIR": str(small_disk)}, script_estimate_cache
+    )
     env["GCS_WRITE_REQUEST_TIMEOUT_SECS"] = "600"
 
     def run(buffer: int, *extra: str) -> tuple[subprocess.CompletedProcess[str], dict]:
@@ -273,7 +269,7 @@ def test_preflight_fits_exactly_when_tensorflows_gs_save_succeeds(
     big = tmp_path / "big-tmp"
     big.mkdir()
     temp = {"TEST_TMPDIR": str(small_disk), "TMPDIR": str(big)}
-    env = _small_tmpfs_env(gcs_server, gcs_bucket, temp, estimate_cache)
+    env = _small_tmpfs_env(gcs_server, gcs_bucket, temp, script_estimate_cache)
     trapped, data = run(int(TOO_BIG), "--force")
     assert trapped.returncode == 1, trapped.stdout + trapped.stderr
     line = _failure_line(trapped)
