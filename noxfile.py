@@ -114,8 +114,12 @@ def tests(session: nox.Session) -> None:
     """The test suite (pytest; arguments after -- replace the defaults)."""
     _install_locked(session, "test")
     # loadgroup: tests marked xdist_group share one worker, so a module's slow fixture is
-    # measured once, not once per worker.
-    defaults = ["-q", "--numprocesses=2", "--dist=loadgroup", "--durations=8"]
+    # measured once, not once per worker. No worker restarts: pytest-xdist 3.8's loadgroup
+    # can wait forever for work after it replaces a crashed worker (pytest-xdist issues
+    # #1323, #1327, #1378); a crash should end the run, naming the test it was running.
+    defaults = [
+        "-q", "--numprocesses=2", "--dist=loadgroup", "--max-worker-restart=0", "--durations=8",
+    ]  # fmt: skip
     session.run("pytest", *(session.posargs or defaults))
 
 

@@ -161,6 +161,7 @@ def test_suite_durations_are_parsed_slowest_first() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1900)  # above the run's own 1800 s bound (pyproject's default is 1200)
 def test_quick_bench_writes_results_page_and_plot(tmp_path: Path, small_estimate_copy) -> None:
     """Parts 1-3 at tiny sizes (part 4's cold estimate is the slow one, measured by make bench).
     Part 3's preflight estimate is the session's (--quick calibrates as SMALL_CHEAP does)."""
