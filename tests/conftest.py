@@ -20,6 +20,14 @@ SCRIPTS_DIR = ROOT / "scripts" / "tests"
 TESTS_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(SCRIPTS_DIR))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# `import tensorflow` imports Keras 3 eagerly, and Keras imports matplotlib.pyplot: ~1.5 s of
+# CPU (of ~7.5 s) in each of the few hundred processes the suite starts. Nothing in the
+# scripts or the tests uses Keras. Asking for legacy Keras, which is not installed, makes
+# TensorFlow skip that import (its __init__ catches the ImportError); `tf.keras` alone stops
+# working. Test processes only: a user's loader may use Keras.
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+# A script that crashes in native code (SIGSEGV, SIGABRT) prints every thread's Python stack.
+os.environ.setdefault("PYTHONFAULTHANDLER", "1")
 
 
 def pytest_configure(config: pytest.Config) -> None:

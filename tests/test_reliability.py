@@ -167,6 +167,60 @@ def test_a_child_dies_with_its_parent_even_on_sigkill(tmp_path, wrapped):
             psutil.Process(child).kill()
 
 
+HELD = textwrap.dedent(
+    """
+    import json, os, signal, sys, threading, time, traceback
+    sys.path.insert(0, {scripts!r})
+    import tensorflow as tf
+    from _signals import Interrupted, interrupts_raise
+
+    @tf.function
+    def spin(n):  # one TensorFlow call that takes a while
+        return tf.while_loop(lambda i, x: i < n, lambda i, x: (i + 1, x * 1.0000001 + 1.0),
+                             (tf.constant(0), tf.constant(0.0)))[1]
+
+    spin(tf.constant(10))  # traced outside the timed call
+    n = 1000
+    while True:  # a call of >= 1.5 s, whatever the machine's speed
+        started = time.monotonic()
+        spin(tf.constant(n))
+        if time.monotonic() - started >= 0.3:
+            n *= 5
+            break
+        n *= 4
+    events = []
+    try:
+        with interrupts_raise():
+            threading.Timer(0.3, os.kill, (os.getpid(), signal.{sig})).start()
+            spin(tf.constant(n))
+            events.append("tensorflow returned")
+            time.sleep(30)
+            events.append("not interrupted")
+    except Interrupted as interrupt:
+        frames = traceback.extract_tb(interrupt.__traceback__)
+        where = [f.filename for f in frames if not f.filename.endswith("_signals.py")][-1]
+        events.append(f"raised in {{os.path.basename(where)}}: {{interrupt.exit_code}}")
+    print(json.dumps(events), flush=True)
+    """
+)
+
+
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
+def test_fault_signal_inside_a_tensorflow_call_is_raised_once_it_returns(tmp_path, sig):
+    """Raising inside TensorFlow's code crashed the saving process (CI: a segfault in
+    SaveV2's argument conversion, a heap corruption abort): the signal is held until the
+    call returns, then raised in the caller's code."""
+    script = tmp_path / "held.py"
+    script.write_text(HELD.format(scripts=str(SCRIPTS_DIR), sig=sig))
+    result = subprocess.run(
+        [sys.executable, str(script)], env=script_env(), capture_output=True, text=True,
+        timeout=EXIT_BOUND_SECONDS * 2, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    code = {"SIGTERM": 143, "SIGINT": 130}[sig]
+    assert json.loads(result.stdout) == ["tensorflow returned", f"raised in held.py: {code}"]
+
+
 # --- settings: every numeric setting validated where the config is read -----------------
 
 BAD_SETTINGS = [

@@ -5,8 +5,10 @@ so every existing `except KeyboardInterrupt` / `finally` cleanup runs) carrying 
 shell's exit code for that signal: 130, 143, 129. `timeout`, CI cancellation and batch
 schedulers send SIGTERM; a closed terminal sends SIGHUP.
 
-Only the first signal raises: later ones arrive while that cleanup runs and are
-ignored, so a terminal's Ctrl-C to the whole process group cannot cut a cleanup short.
+A signal that arrives while the main thread runs TensorFlow's code is held until that
+call returns, then raised: raising inside TensorFlow can crash the process. Only the first
+signal raises: later ones arrive while that cleanup runs and are ignored, so a terminal's
+Ctrl-C to the whole process group cannot cut a cleanup short.
 The cleanup is bounded (every storage call on the failure path has a deadline, see
 _storage); as a last guard a watchdog ends the process CLEANUP_LIMIT_SECONDS after the
 first signal, with the signal's exit code and a line saying so.
@@ -18,10 +20,13 @@ first signal, with the signal's exit code and a line saying so.
 from __future__ import annotations
 
 import contextlib
+import functools
+import importlib.util
 import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from types import FrameType
 from typing import NoReturn
@@ -42,39 +47,122 @@ class Interrupted(KeyboardInterrupt):
         super().__init__(self.name)
 
 
+# Packages inside whose code a signal is held rather than raised. An exception raised in
+# TensorFlow's own Python code, between two of its native calls or from a signal check
+# inside one, can leave its C++ state half-built: CI saw the saving process segfault in
+# SaveV2's argument conversion after a SIGTERM mid-save, and abort with "corrupted size vs.
+# prev_size" after a SIGINT.
+HOLD_INSIDE_PACKAGES = ("tensorflow", "keras", "tf_keras")
+REDELIVERY_POLL_SECONDS = 0.05
+
+
+@functools.cache
+def _held_package_dirs() -> tuple[str, ...]:
+    """The folders of HOLD_INSIDE_PACKAGES that are installed (found without importing)."""
+    folders = []
+    for name in HOLD_INSIDE_PACKAGES:
+        with contextlib.suppress(ImportError, ValueError):
+            spec = importlib.util.find_spec(name)
+            # TensorFlow's __init__ adds Keras's folders (or None) to its own search path.
+            for folder in (spec.submodule_search_locations or []) if spec else []:
+                if isinstance(folder, str):
+                    folders.append(os.path.join(os.path.realpath(folder), ""))
+    return tuple(folders)
+
+
+def inside_held_package(frame: FrameType | None) -> bool:
+    """True when any frame of this stack runs code of a HOLD_INSIDE_PACKAGES package."""
+    folders = _held_package_dirs()
+    while frame is not None:
+        if os.path.realpath(frame.f_code.co_filename).startswith(folders):
+            return True
+        frame = frame.f_back
+    return False
+
+
+class _Block:
+    """The state of one interrupts_raise block: the first signal, and whether it was raised.
+
+    A signal that lands while the main thread is inside a HOLD_INSIDE_PACKAGES package is
+    held; a daemon thread sends it again to the main thread once that thread is back in
+    other code, where the handler raises it. The watchdog starts at the first signal, held
+    or not, so a TensorFlow call that never returns still ends the process in time.
+    """
+
+    def __init__(self, limit_seconds: float) -> None:
+        self.limit_seconds = limit_seconds
+        self.first: int | None = None
+        self.raised = False
+        self.closing = False
+        self.watchdog: threading.Timer | None = None
+        self.redelivery: threading.Thread | None = None
+        self.lock = threading.Lock()
+
+    def handler(self, signum: int, frame: FrameType | None) -> None:
+        # After the first signal a cleanup runs: let it finish. Once the block is closing,
+        # raising would cut the closing short and leave an armed watchdog behind, which
+        # would end the process later, wherever it then is.
+        if self.raised or self.closing:
+            return
+        if self.first is None:
+            self.first = signum
+            self.watchdog = _watchdog(Interrupted(signum), self.limit_seconds)
+        if inside_held_package(frame):
+            if self.redelivery is None:
+                self.redelivery = threading.Thread(target=self._redeliver, daemon=True)
+                self.redelivery.start()
+            return
+        self.raised = True
+        interrupt = Interrupted(self.first)
+        _received[:] = [interrupt]
+        raise interrupt
+
+    def _redeliver(self) -> None:
+        main = threading.main_thread().ident
+        assert main is not None and self.first is not None
+        while True:
+            with self.lock:  # close() takes it: no signal is sent once the block is closing
+                if self.raised or self.closing:
+                    return
+                if not inside_held_package(sys._current_frames().get(main)):
+                    signal.pthread_kill(main, self.first)
+            time.sleep(REDELIVERY_POLL_SECONDS)
+
+    def close(self) -> None:
+        with self.lock:
+            self.closing = True
+        if self.redelivery is not None:
+            self.redelivery.join()
+        # A system call: a signal the redelivery sent is taken now, by this block's handler
+        # (which ignores it), not after the old handlers are back.
+        signal.sigpending()
+
+    def cancel_watchdog(self) -> None:
+        if self.watchdog is not None:
+            self.watchdog.cancel()
+
+
 @contextlib.contextmanager
 def interrupts_raise(limit_seconds: float = CLEANUP_LIMIT_SECONDS) -> Iterator[None]:
     """Inside the block SIGINT, SIGTERM and SIGHUP raise `Interrupted`; the old handlers after.
 
-    Outside the main thread (where Python cannot set handlers) the block runs unchanged.
+    A signal that arrives while TensorFlow's code runs in the main thread is raised when
+    that call returns (see _Block). Outside the main thread (where Python cannot set
+    handlers) the block runs unchanged.
     """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    watchdog: list[threading.Timer] = []
-    closing: list[bool] = []
-
-    def handler(signum: int, _frame: FrameType | None) -> None:
-        # After the first signal a cleanup runs: let it finish. Once the block is closing,
-        # raising would cut the closing short and leave an armed watchdog behind, which
-        # would end the process later, wherever it then is.
-        if watchdog or closing:
-            return
-        interrupt = Interrupted(signum)
-        watchdog.append(_watchdog(interrupt, limit_seconds))
-        _received[:] = [interrupt]
-        raise interrupt
-
+    block = _Block(limit_seconds)
     _received.clear()
-    previous = {signum: signal.signal(signum, handler) for signum in EXIT_CODES}
+    previous = {signum: signal.signal(signum, block.handler) for signum in EXIT_CODES}
     try:
         yield
     finally:
-        closing.append(True)
+        block.close()
         for signum, old in previous.items():
             signal.signal(signum, old)
-        for timer in watchdog:
-            timer.cancel()
+        block.cancel_watchdog()
 
 
 # The interrupt the innermost block raised, if any: a library may catch it mid-operation and
