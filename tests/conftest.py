@@ -31,16 +31,29 @@ os.environ.setdefault("PYTHONFAULTHANDLER", "1")
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """A pytest-xdist worker killed by SIGTERM or SIGHUP dies without a word ("node down:
-    Not properly terminated", blamed on whatever test it was running): print every thread's
-    stack to the real stderr first, so the log shows where the signal came in. A test that
-    installs its own handlers (the interrupt tests) replaces this for the rest of its worker."""
+    """A pytest-xdist worker killed by a signal, or ended by os._exit, dies without a word
+    ("node down: Not properly terminated", blamed on whatever test it was running): print
+    every thread's stack to the real stderr first, so the log shows where it came from. A
+    test that installs its own handlers (the interrupt tests) replaces the SIGTERM / SIGHUP
+    ones for the rest of its worker."""
     import faulthandler
     import signal
 
     stderr = os.dup(2)  # a copy: pytest captures fd 2 itself during each test
     for sig in (signal.SIGTERM, signal.SIGHUP):
         faulthandler.register(sig, file=stderr, all_threads=True, chain=True)
+    faulthandler.enable(file=stderr, all_threads=True)  # SIGSEGV, SIGABRT, ... likewise
+    real_exit = os._exit
+
+    def exit_loudly(code: int) -> None:
+        # Code under test that ends the test process itself (a watchdog's os._exit) would
+        # otherwise also be only "node down".
+        with contextlib.suppress(Exception):
+            os.write(stderr, f"os._exit({code}) called in a test process:\n".encode())
+            faulthandler.dump_traceback(file=stderr, all_threads=True)
+        real_exit(code)
+
+    os._exit = exit_loudly  # type: ignore[assignment]
 
 
 @pytest.fixture(scope="session", autouse=True)
