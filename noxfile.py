@@ -113,12 +113,15 @@ def bench(session: nox.Session) -> None:
 def tests(session: nox.Session) -> None:
     """The test suite (pytest; arguments after -- replace the defaults)."""
     _install_locked(session, "test")
-    # loadgroup: tests marked xdist_group share one worker, so a module's slow fixture is
-    # measured once, not once per worker. No worker restarts: pytest-xdist 3.8's loadgroup
-    # can wait forever for work after it replaces a crashed worker (pytest-xdist issues
-    # #1323, #1327, #1378); a crash should end the run, naming the test it was running.
+    # Three workers on two cores: many tests wait on a child process or a server, and a
+    # third worker fills that time (measured: 658 s with 2 workers, 585-602 s with 3, all
+    # on this 2-core machine). loadgroup: tests marked xdist_group share one worker, so a
+    # module's slow fixture is measured once, not once per worker. No worker restarts:
+    # pytest-xdist 3.8's loadgroup can wait forever for work after it replaces a crashed
+    # worker (pytest-xdist issues #1323, #1327, #1378); a crash should end the run, naming
+    # the test it was running.
     defaults = [
-        "-q", "--numprocesses=2", "--dist=loadgroup", "--max-worker-restart=0", "--durations=8",
+        "-q", "--numprocesses=3", "--dist=loadgroup", "--max-worker-restart=0", "--durations=8",
     ]  # fmt: skip
     session.run("pytest", *(session.posargs or defaults))
 

@@ -212,10 +212,10 @@ def test_preflight_fits_exactly_when_tensorflows_gs_save_succeeds(
     """One 20 MB tmpfs as TMPDIR, two buffers on either side of what it holds.
 
     100 elements (~3 MB): the preflight says it fits and TensorFlow's gs:// save passes.
-    1,000 (~26 MB): the preflight refuses (exit 3); with --force TensorFlow's save fails
-    and the run ends in one line (exit 1) leaving nothing in the bucket or the tmpfs. Then
-    the same with the tmpfs as TEST_TMPDIR over a big TMPDIR: the trap is named. One test,
-    so the four runs share one measured estimate.
+    1,000 (~26 MB): the preflight would refuse (it says so under --force); TensorFlow's
+    save then fails and the run ends in one line (exit 1) leaving nothing in the bucket or
+    the tmpfs. Then the same with the tmpfs as TEST_TMPDIR over a big TMPDIR: the trap is
+    named. One test, so the three runs share one measured estimate.
     """
     from conftest import run_script
 
@@ -253,13 +253,12 @@ def test_preflight_fits_exactly_when_tensorflows_gs_save_succeeds(
     sources = [c["source"] for c in data["verification"]["comparisons"]]
     assert sources == ["bucket (gs://, TensorFlow's filesystem)"]
 
-    refused, data = run(int(TOO_BIG))
-    assert refused.returncode == 3, refused.stdout + refused.stderr
-    assert not fits(data)
-    assert _failure_line(refused).startswith("✗ PREFLIGHT REFUSED: TensorFlow temp folder")
-
+    # Without --force this is a refusal (exit 3, the same message: test_preflight.py);
+    # with it, the run says what the preflight would refuse, then shows the save failing.
     failed, data = run(int(TOO_BIG), "--force")
     assert failed.returncode == 1, failed.stdout + failed.stderr
+    assert not fits(data)
+    assert "⚠ PREFLIGHT WOULD REFUSE (--force): TensorFlow temp folder" in failed.stdout
     _assert_staging_line(_failure_line(failed), "TMPDIR", small_disk)
     assert (data["exit_code"], data["checkpoint"]["writer"]) == (1, "tensorflow-gcs")
     assert object_names(gcs_client, gcs_bucket, "p/") == []  # no partial object, no pass left
