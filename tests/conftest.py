@@ -6,6 +6,7 @@ import contextlib
 import os
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -49,11 +50,27 @@ def pytest_configure(config: pytest.Config) -> None:
         # Code under test that ends the test process itself (a watchdog's os._exit) would
         # otherwise also be only "node down".
         with contextlib.suppress(Exception):
-            os.write(stderr, f"os._exit({code}) called in a test process:\n".encode())
+            name = threading.current_thread().name
+            os.write(stderr, f"os._exit({code}) called in a test process ({name}):\n".encode())
             faulthandler.dump_traceback(file=stderr, all_threads=True)
         real_exit(code)
 
     os._exit = exit_loudly  # type: ignore[assignment]
+
+
+@pytest.fixture(autouse=True)
+def _no_watchdog_left_armed() -> Iterator[None]:
+    """A test that leaves an interrupt's cleanup watchdog armed (_signals) fails here, naming
+    the signal and the line it landed on; the timer is cancelled, or it would end this
+    worker with os._exit 90 s later, in whatever test then runs."""
+    yield
+    from _signals import WATCHDOG_THREAD
+
+    armed = [t for t in threading.enumerate() if t.name.startswith(WATCHDOG_THREAD)]
+    for timer in armed:
+        if isinstance(timer, threading.Timer):
+            timer.cancel()
+    assert not armed, f"an interrupt's watchdog was left armed: {[t.name for t in armed]}"
 
 
 @pytest.fixture(scope="session", autouse=True)

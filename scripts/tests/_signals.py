@@ -29,7 +29,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from types import FrameType
-from typing import NoReturn
+from typing import Any, NoReturn
 
 # Exit code 128 + N, as a shell reports a process ended by signal N.
 EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143, signal.SIGHUP: 129}
@@ -106,7 +106,7 @@ class _Block:
             return
         if self.first is None:
             self.first = signum
-            self.watchdog = _watchdog(Interrupted(signum), self.limit_seconds)
+            self.watchdog = _watchdog(Interrupted(signum), self.limit_seconds, frame)
         if inside_held_package(frame):
             if self.redelivery is None:
                 self.redelivery = threading.Thread(target=self._redeliver, daemon=True)
@@ -155,11 +155,20 @@ def interrupts_raise(limit_seconds: float = CLEANUP_LIMIT_SECONDS) -> Iterator[N
         return
     block = _Block(limit_seconds)
     _received.clear()
-    previous = {signum: signal.signal(signum, block.handler) for signum in EXIT_CODES}
-    try:
+    previous: dict[signal.Signals, Any] = {}
+    try:  # installed inside the try: a signal in between still reaches the finally
+        for signum in EXIT_CODES:
+            previous[signum] = signal.signal(signum, block.handler)
         yield
     finally:
-        block.close()
+        # The handler runs wherever the main thread is, inside close() too: had it raised
+        # there, the rest would be skipped and the watchdog left armed, to end the process
+        # 90 s later wherever it then is. It raises once per block at most, so a second
+        # close() cannot be cut short.
+        try:
+            block.close()
+        except KeyboardInterrupt:  # the first signal, landing just as the block ends
+            block.close()
         for signum, old in previous.items():
             signal.signal(signum, old)
         block.cancel_watchdog()
@@ -184,7 +193,15 @@ def signal_name(interrupt: KeyboardInterrupt) -> str:
     return getattr(interrupt, "name", "SIGINT")
 
 
-def _watchdog(interrupt: Interrupted, limit_seconds: float) -> threading.Timer:
+WATCHDOG_THREAD = "dlckpt-cleanup-watchdog"
+
+
+def _watchdog(
+    interrupt: Interrupted, limit_seconds: float, frame: FrameType | None = None
+) -> threading.Timer:
+    """A daemon timer that ends the process `limit_seconds` from now unless cancelled. Its
+    thread's name says which signal armed it and where the main thread then was."""
+
     def expire() -> None:
         sys.stderr.write(
             f"✗ interrupted by {interrupt.name}; cleanup did not finish within "
@@ -194,6 +211,8 @@ def _watchdog(interrupt: Interrupted, limit_seconds: float) -> threading.Timer:
         os._exit(interrupt.exit_code)
 
     timer = threading.Timer(limit_seconds, expire)
+    where = f"{frame.f_code.co_filename}:{frame.f_lineno}" if frame is not None else "?"
+    timer.name = f"{WATCHDOG_THREAD} ({interrupt.name} at {where})"
     timer.daemon = True
     timer.start()
     return timer
