@@ -106,7 +106,10 @@ class _Block:
             return
         if self.first is None:
             self.first = signum
+            # Kept before it starts: a nested handler run that raises during start() must
+            # not leave a running timer that close() cannot cancel.
             self.watchdog = _watchdog(Interrupted(signum), self.limit_seconds, frame)
+            self.watchdog.start()
         if inside_held_package(frame):
             if self.redelivery is None:
                 self.redelivery = threading.Thread(target=self._redeliver, daemon=True)
@@ -199,8 +202,9 @@ WATCHDOG_THREAD = "dlckpt-cleanup-watchdog"
 def _watchdog(
     interrupt: Interrupted, limit_seconds: float, frame: FrameType | None = None
 ) -> threading.Timer:
-    """A daemon timer that ends the process `limit_seconds` from now unless cancelled. Its
-    thread's name says which signal armed it and where the main thread then was."""
+    """A daemon timer (not started) that ends the process `limit_seconds` after it starts
+    unless cancelled. Its thread's name says which signal armed it and where the main
+    thread then was."""
 
     def expire() -> None:
         sys.stderr.write(
@@ -214,7 +218,6 @@ def _watchdog(
     where = f"{frame.f_code.co_filename}:{frame.f_lineno}" if frame is not None else "?"
     timer.name = f"{WATCHDOG_THREAD} ({interrupt.name} at {where})"
     timer.daemon = True
-    timer.start()
     return timer
 
 
