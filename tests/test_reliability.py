@@ -756,7 +756,23 @@ PHASES = [
     ("upload", signal.SIGINT, True, "embedded"),
     ("restore", signal.SIGTERM, False, "folder"),
     ("restore", signal.SIGHUP, True, "embedded"),
+    ("restore-temp", signal.SIGTERM, False, "folder"),
 ]
+
+
+def _restore_wrote_temp_files(run: _Script, scratch: Path) -> Callable[[], bool]:
+    """Once the restore process runs: a new autograph file anywhere under the scratch folder
+    (the restore's own, which it cannot remove once it is killed)."""
+    before: list[int] = []
+
+    def ready() -> bool:
+        if not run.restore_started():
+            return False
+        count = len(list(scratch.rglob("__autograph_generated_file*")))
+        before.extend([] if before else [count])
+        return count > before[0]
+
+    return ready
 
 
 @pytest.mark.slow
@@ -786,6 +802,7 @@ def test_signal_at_each_phase_cleans_up_and_exits_128_plus_n(
         "save": _exists("dlckpt-small-buffer-*/checkpoint", scratch),
         "upload": run.line_starts("✓ Saved"),
         "restore": run.restore_started,
+        "restore-temp": _restore_wrote_temp_files(run, scratch),
     }
     run.wait_for(triggers[phase], phase)
     run.send(sig)
@@ -801,7 +818,7 @@ def test_signal_at_each_phase_cleans_up_and_exits_128_plus_n(
     assert _gone(list(run.seen)) == [], run.seen  # the restore process, the embedded server
     data = json.loads(report.read_text())
     assert (data["exit_code"], data["passed"]) == (128 + sig, False)
-    if phase == "restore":
+    if phase.startswith("restore"):
         assert any("_roundtrip.py" in command for command in run.seen.values())
     if destination == "embedded":
         # the embedded server: the HTTPS front and fake-gcs-server behind it

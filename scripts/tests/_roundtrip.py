@@ -205,6 +205,12 @@ def restore_in_new_process(
     child_env["PYTHONPATH"] = os.pathsep.join(
         p for p in (str(SCRIPTS_DIR), child_env.get("PYTHONPATH")) if p
     )
+    # The restore's temp files (TensorFlow's autograph writes generated code there) go in
+    # this run's folder, removed with it: a restore stopped by an interrupt is killed and
+    # cannot remove them itself. It only reads the checkpoint, so nothing large lands here.
+    child_tmp = workdir / "restore-tmp"
+    child_tmp.mkdir(exist_ok=True)
+    child_env["TMPDIR"] = str(child_tmp)
     try:
         completed = subprocess.run(
             die_with_parent([sys.executable, str(Path(__file__)), str(request), str(result_path)]),
