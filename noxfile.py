@@ -120,9 +120,8 @@ def tests(session: nox.Session) -> None:
     # pytest-xdist 3.8's loadgroup can wait forever for work after it replaces a crashed
     # worker (pytest-xdist issues #1323, #1327, #1378); a crash should end the run, naming
     # the test it was running.
-    defaults = [
-        "-q", "--numprocesses=3", "--dist=loadgroup", "--max-worker-restart=0", "--durations=8",
-    ]  # fmt: skip
+    # (The slowest steps are listed through pyproject's addopts, --durations=8.)
+    defaults = ["-q", "--numprocesses=3", "--dist=loadgroup", "--max-worker-restart=0"]
     session.run("pytest", *(session.posargs or defaults))
 
 

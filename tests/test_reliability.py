@@ -769,7 +769,8 @@ def _restore_wrote_temp_files(run: _Script, scratch: Path) -> Callable[[], bool]
         if not run.restore_started():
             return False
         count = len(list(scratch.rglob("__autograph_generated_file*")))
-        before.extend([] if before else [count])
+        if not before:
+            before.append(count)
         return count > before[0]
 
     return ready
