@@ -70,7 +70,7 @@ def test_advice_for_a_buffer_ram_cannot_hold_fits_ram_and_every_disk(zero_frames
     assert preflight(rows, _with_buffer(huge, advised), force=False) == []
     ram = next(row for row in rows if row.path == RAM)
     assert ram.required_bytes <= 0.9 * psutil.virtual_memory().available * 1.01
-    assert advised * zero_frames.calibration.raw_element_bytes <= ram.free_bytes
+    assert advised * zero_frames.calibration.ram_per_element <= ram.free_bytes
 
 
 def test_advice_for_a_small_disk_shared_by_two_rows_fits_both(zero_frames, small_disk):

@@ -81,6 +81,7 @@ def synthetic_results(within: bool) -> dict:
                 "buffer": 10_000,
                 "estimate_ram_bytes": 88_000 if within else 10_000,
                 "raw_bytes_per_element": 8,
+                "ram_bytes_per_element": 8.8 if within else 1,
                 "measured_peak_rss_bytes": 600_090_000,
                 "measured_peak_rss_kernel_bytes": 600_090_001,
                 "process_baseline_bytes": 600_000_000.0,

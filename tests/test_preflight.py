@@ -127,13 +127,13 @@ def test_ram_that_cannot_hold_the_buffer_is_refused():
         bytes_per_sample=per_sample, bytes_per_sample_source="test",
     )  # fmt: skip
     rows = check_locations(
-        [Location("host RAM (the buffer, uncompressed)", RAM, estimate.ram_bytes_for(buffer))]
+        [Location("host RAM (the buffer while it is saved)", RAM, estimate.ram_bytes_for(buffer))]
     )
     assert not rows[0].ok
     with pytest.raises(PreflightRefusal) as refused:
         preflight(rows, estimate, force=False)
     message = str(refused.value)
-    assert message.startswith("host RAM (the buffer, uncompressed): needs ")
+    assert message.startswith("host RAM (the buffer while it is saved): needs ")
     largest = int(
         message.split("dataloader.shuffle_buffer_size=")[1].split(" ")[0].replace(",", "")
     )

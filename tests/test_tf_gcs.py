@@ -330,7 +330,7 @@ def test_embedded_servers_storage_and_memory_are_preflight_rows(small_disk, monk
     rows = rows_for(8 * 10**6)  # two 8 MB rows on the 20 MB disk fit
     by_role = {row.role: row for row in rows}
     assert set(by_role) == {
-        "TensorFlow temp folder for gs:// writes (TMPDIR)", "host RAM (the buffer, uncompressed)",
+        "TensorFlow temp folder for gs:// writes (TMPDIR)", "host RAM (the buffer while it is saved)",
         "embedded GCS server storage", "embedded GCS server RAM (holds an upload whole)",
     }  # fmt: skip
     server_ram = by_role["embedded GCS server RAM (holds an upload whole)"]

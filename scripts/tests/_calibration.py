@@ -35,11 +35,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from _errors import PreflightRefusal, UsageError
+from _memory import allocated_bytes
 from _report import format_bytes
-from _tensors import element_bytes, leading_dimension
+from _tensors import element_bytes, element_leaves, leading_dimension
 
 # A sampled chunk aims for this many bytes of elements (in memory), within CHUNK_ELEMENTS:
 # enough slots that the per-slot figure is steady, few enough to place many chunks.
@@ -89,7 +90,7 @@ class Calibration:
     constant: bool
     # Bytes an empty slot of the shuffle buffer costs (what a buffer beyond a short stream writes).
     slot_bytes: float
-    # Mean bytes of one element as the shuffle buffer holds it, in memory (the RAM row).
+    # Mean tensor bytes of one element as the shuffle buffer holds it (its data alone).
     raw_element_bytes: int
     # Mean bytes of one output sample (after decoding, batching split off), in memory.
     sample_bytes: int
@@ -112,6 +113,10 @@ class Calibration:
     # Output batches by which TensorFlow's autotuner may have deepened the other buffers at a
     # real save (AUTOTUNE_DEPTH_BATCHES; 0 when the pipeline turns autotune off).
     autotune_batches: float = 0.0
+    # Bytes the C allocator holds per buffered element: its data with headers and alignment
+    # (0: not measured, e.g. no glibc), and the dense tensors in one element. The RAM row.
+    memory_element_bytes: int = 0
+    tensors_per_element: int = 0
 
     @property
     def transit_bytes(self) -> float:
@@ -134,6 +139,16 @@ class Calibration:
     @property
     def largest_buffer(self) -> int:
         return max(buffer for buffer, _ in self.anchors)
+
+    @property
+    def ram_per_element(self) -> int:
+        """Host bytes one buffered element needs at a save's peak: what the allocator holds
+        for it (its tensor bytes when that was not measured) plus the save's working memory
+        (_memory.save_working_bytes)."""
+        from _memory import save_working_bytes
+
+        held = self.memory_element_bytes or self.raw_element_bytes
+        return held + save_working_bytes(max(self.tensors_per_element, 1))
 
     def held_elements(self, buffer_size: int) -> int:
         """Elements the shuffle buffer can actually hold: a finite stream caps it."""
@@ -375,15 +390,35 @@ def _save_bytes(iterator: Any, folder: Path, scratch: Path) -> int:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def _held_save_bytes(shuffled: Any, reads: int, folder: Path, scratch: Path) -> int:
-    """Bytes of a save of `shuffled` (a shuffle over a short input, no threads) after `reads`
-    reads: what its buffer then holds, measured without any timing."""
+class IsolatedSaves(NamedTuple):
+    """What the isolated shuffle-buffer saves measured (Calibration's fields of those names)."""
+
+    chunks: list[list[float]]
+    raw_element_bytes: int
+    memory_element_bytes: int
+    tensors_per_element: int
+
+
+class HeldSave(NamedTuple):
+    """A save of a shuffle that holds what it read: its bytes, and the C allocator's bytes
+    the iterator held just before it (None without glibc)."""
+
+    bytes: int
+    allocated: int | None
+
+
+def _held_save(shuffled: Any, reads: int, folder: Path, scratch: Path) -> HeldSave:
+    """Save `shuffled` (a shuffle over a short input, no threads) after `reads` reads: what
+    its buffer then holds, measured without any timing."""
+    before = allocated_bytes()
     iterator = iter(shuffled)
     for _ in range(reads):
         next(iterator)
+    after = allocated_bytes()
     saved = _save_bytes(iterator, folder, scratch)
     del iterator
-    return saved
+    held = None if before is None or after is None else after - before
+    return HeldSave(saved, held)
 
 
 def steady_save_bytes(
@@ -640,7 +675,7 @@ class _Run:
         def held(copies: int) -> int:
             dataset = tf.data.Dataset.from_tensors(self.first_batch).repeat(copies + 1)
             shuffled = dataset.shuffle(copies + 1, seed=1)
-            return _held_save_bytes(shuffled, 1, self.scratch / "batch", self.scratch)
+            return _held_save(shuffled, 1, self.scratch / "batch", self.scratch).bytes
 
         return max(held(2) - held(1), 0)
 
@@ -733,14 +768,15 @@ class _Run:
 
     def isolated(
         self, stage: _Stage, path: Path, chunks: list[tuple[int, int]], options: Any
-    ) -> tuple[list[list[float]], int]:
-        """Per chunk [start, elements, content bytes per element]; mean in-memory element bytes.
+    ) -> IsolatedSaves:
+        """Per chunk [start, elements, content bytes per element]; what an element costs in memory.
 
         Each chunk is shuffled alone in a buffer of its length and read twice, so the
         shuffle finds its input exhausted and holds all but two elements; the same is done
         with only the chunk's first two elements. Both saves then have the same slots (an
         unfilled slot is an empty slot) and no reader state, so their difference is the
-        held elements' own bytes: exact, and untouched by any thread.
+        held elements' own bytes: exact, and untouched by any thread. The C allocator's
+        count across the same two fills gives the held elements' bytes in memory alike.
         """
         from _tf import import_tensorflow
 
@@ -756,13 +792,15 @@ class _Run:
         quick.experimental_optimization.apply_default_optimizations = False
         quick.autotune.enabled = False
 
-        def held_save(chunk: Any, buffer: int) -> int:
+        def held_save(chunk: Any, buffer: int) -> HeldSave:
             shuffled = chunk.shuffle(buffer, seed=1).with_options(options).with_options(quick)
             # the second read finds the input exhausted
-            return _held_save_bytes(shuffled, 2, self.scratch / "chunk", self.scratch)
+            return _held_save(shuffled, 2, self.scratch / "chunk", self.scratch)
 
         results: list[list[float]] = []
         raw: list[int] = []
+        memory: list[tuple[int, int]] = []  # (allocated bytes held, elements held) per chunk
+        tensors = 0
         position = 0
         for start, size in chunks:
             stage.beat(f"saving the isolated shuffle buffer for elements {start:,}+")
@@ -772,14 +810,27 @@ class _Run:
                 break
             # Every element's own size (the RAM row; and, within a chunk, each element's
             # share of the chunk's checkpoint bytes, for a buffer that ends inside it).
-            sizes = [element_bytes(e) for e in chunk]
+            elements = list(chunk)
+            sizes = [element_bytes(e) for e in elements]
+            tensors = max(tensors, len(element_leaves(elements[0])))
+            del elements
             raw.extend(sizes)
             self.element_sizes.append(sizes)
             holding = held_save(chunk, count)
             empty = held_save(chunk.take(2), count)
-            results.append([start, count, (holding - empty) / (count - 2)])
+            results.append([start, count, (holding.bytes - empty.bytes) / (count - 2)])
+            if holding.allocated is not None and empty.allocated is not None:
+                memory.append((holding.allocated - empty.allocated, count - 2))
             position += count
-        return results, round(statistics.fmean(raw)) if raw else 0
+        held = sum(n for _, n in memory)
+        return IsolatedSaves(
+            chunks=results,
+            raw_element_bytes=round(statistics.fmean(raw)) if raw else 0,
+            # the whole sample's mean: one chunk's allocator count moves by a few arenas'
+            # bookkeeping, which the larger chunks dilute
+            memory_element_bytes=max(round(sum(b for b, _ in memory) / held), 0) if held else 0,
+            tensors_per_element=tensors,
+        )
 
 
 def calibrate(
@@ -832,19 +883,20 @@ def _calibrate(run: _Run, stage: _Stage, started: float) -> Calibration:
     if node is None:
         return _without_shuffle(anchors, sample_bytes, run.batch_bytes, started, notes)
     measured: list[list[float]] = []
-    slot_bytes, raw_bytes = 0.0, first_bytes
+    slot_bytes = 0.0
+    isolated = IsolatedSaves([], first_bytes, 0, 0)
     if chunks:
         say(
             f"  calibration: isolated shuffle-buffer saves of {len(chunks)} chunks of "
             f"~{chunks[0][1]:,} elements from the first {chunks[-1][0] + chunks[-1][1]:,}"
         )
         path = run.sample(stage, chunks)
-        contents, raw_bytes = run.isolated(stage, path, chunks, run.options)
+        isolated = run.isolated(stage, path, chunks, run.options)
         # A held element costs its own bytes plus its slot; the slot's keys carry the user's
         # pipeline's iterator prefix (Iterator::Root::...::Shuffle), so its cost comes from
         # the user's pipeline: saves before it starts, where every slot is empty.
         slot_bytes = run.empty_slot_bytes
-        measured = contents
+        measured = isolated.chunks
         if stream is None:
             stream = _short_stream(chunks, measured)
     if stream is not None:
@@ -859,12 +911,14 @@ def _calibrate(run: _Run, stage: _Stage, started: float) -> Calibration:
         chunks=measured,
         constant=False,
         slot_bytes=slot_bytes,
-        raw_element_bytes=raw_bytes,
+        raw_element_bytes=isolated.raw_element_bytes,
         sample_bytes=sample_bytes,
         stream_elements=stream,
         seconds=0.0,
         anchor_spread=0.0,
         notes=notes,
+        memory_element_bytes=isolated.memory_element_bytes,
+        tensors_per_element=isolated.tensors_per_element,
         element_sizes=run.element_sizes[: len(measured)],
         batch_bytes=run.batch_bytes,
     )

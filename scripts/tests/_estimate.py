@@ -169,11 +169,13 @@ class EstimateResult:
         return None if self.calibration is None else self.calibration.uncertainty_for(buffer_size)
 
     def ram_bytes_for(self, buffer_size: int) -> int:
-        """The buffer held in memory, uncompressed (what training holds, not what is saved)."""
+        """Host bytes for the shuffle buffer while its iterator is saved: the elements in
+        memory plus the save's working memory (Calibration.ram_per_element); the formula's
+        bytes per sample when nothing was measured."""
         if self.calibration is None:
             return buffer_size * self.bytes_per_sample
         cal = self.calibration
-        return cal.held_elements(buffer_size) * cal.raw_element_bytes
+        return cal.held_elements(buffer_size) * cal.ram_per_element
 
     def largest_buffer_within(self, budget_bytes: int) -> int:
         if self.calibration is not None:
@@ -273,6 +275,8 @@ class EstimateResult:
                     if cal.sample_bytes
                     else None,
                     "raw_bytes_per_buffered_element": cal.raw_element_bytes,
+                    "memory_bytes_per_buffered_element": cal.memory_element_bytes or None,
+                    "ram_bytes_per_buffered_element_at_save": cal.ram_per_element,
                     "output_sample_bytes": cal.sample_bytes,
                     "stream_elements": cal.stream_elements,
                     "calibration_seconds": round(cal.seconds, 2),

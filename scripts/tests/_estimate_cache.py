@@ -20,7 +20,7 @@ from _calibration import Calibration
 
 # Bump when the calibration procedure changes: old cache entries then no longer match.
 # 8: the shuffle buffer is measured isolated from the pipeline's other buffers (issue 9).
-ESTIMATOR_VERSION = 10
+ESTIMATOR_VERSION = 11
 
 
 def cache_dir() -> Path:
@@ -145,6 +145,8 @@ def entry_problem(data: Any) -> str | None:
         "constant": isinstance(cal.get("constant"), bool),
         "slot_bytes": _number(cal.get("slot_bytes")),
         "raw_element_bytes": _number(cal.get("raw_element_bytes")),
+        "memory_element_bytes": _number(cal.get("memory_element_bytes", 0)),
+        "tensors_per_element": _number(cal.get("tensors_per_element", 0)),
         "sample_bytes": _number(cal.get("sample_bytes")),
         "seconds": _number(cal.get("seconds")),
         "anchor_spread": _number(cal.get("anchor_spread")),

@@ -24,6 +24,8 @@ if TYPE_CHECKING:  # at run time nothing here needs NumPy: check_disk_space.sh i
     from _estimate import EstimateResult
 
 RAM = "RAM"
+# The buffer in memory while its iterator is saved (EstimateResult.ram_bytes_for).
+RAM_ROW = "host RAM (the buffer while it is saved)"
 SCENARIOS = ("small_buffer", "local_staging", "full")
 
 _UNITS = {
@@ -164,7 +166,7 @@ def scenario_locations(
     )
     rows.append(
         Location(
-            "host RAM (the buffer, uncompressed)",
+            RAM_ROW,
             RAM,
             estimate.ram_bytes_for(estimate.tested_buffer),
         )
@@ -203,7 +205,7 @@ def tensorflow_gcs_locations(
             variable=variable,
         ),
         Location(
-            "host RAM (the buffer, uncompressed)",
+            RAM_ROW,
             RAM,
             estimate.ram_bytes_for(estimate.tested_buffer),
         ),
@@ -245,7 +247,7 @@ def configured_locations(estimate: EstimateResult, processes: int = 1) -> list[L
             variable="TMPDIR" if tf_variable in ("TMPDIR", "default") else tf_variable,
         ),
         Location(
-            "host RAM (the buffer, uncompressed)",
+            RAM_ROW,
             RAM,
             estimate.ram_bytes_for(estimate.original_buffer) * processes,
         ),

@@ -24,7 +24,10 @@ def _dataset(request: dict[str, Any], buffer: int) -> Any:
     from _config import load_config, with_buffer_size
     from _pipeline import instantiate_dataset
 
-    cfg = load_config(request["config"], list(request.get("overrides", [])))
+    folder = request.get("config_dir")
+    cfg = load_config(
+        request["config"], list(request.get("overrides", [])), Path(folder) if folder else None
+    )
     return instantiate_dataset(with_buffer_size(cfg, buffer).dataloader)
 
 
@@ -52,13 +55,37 @@ def _peak_rss() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+def _status_bytes(field: str) -> int:
+    """A `kB` line of /proc/self/status (VmRSS, VmHWM), in bytes."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1]) * 1024
+    raise LookupError(field)
+
+
+def _reset_peak_rss() -> bool:
+    """Set the kernel's RSS high-water mark to the current RSS (Linux clear_refs 5)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
+
+
 def save(request: dict[str, Any]) -> dict[str, Any]:
-    """Fill a `buffer`-element shuffle buffer, wait for the prefetch to settle, save once."""
+    """Fill a `buffer`-element shuffle buffer, wait for the prefetch to settle, save once.
+
+    `fill_save_peak_bytes` is how far the kernel's RSS high-water mark rose from just
+    before the fill to the end of the save (None where it cannot be reset): the buffer
+    and the save's working memory, without the start-up peaks of the process itself.
+    """
     import psutil
     from _roundtrip import save_iterator
 
     dataset = _dataset(request, request["buffer"])
     rss_built = psutil.Process().memory_info().rss
+    reset = _reset_peak_rss()
+    rss_reset = _status_bytes("VmRSS")
     started = time.perf_counter()
     iterator = iter(dataset)
     next(iterator)  # the shuffle buffer fills before the first batch leaves it
@@ -67,6 +94,7 @@ def save(request: dict[str, Any]) -> dict[str, Any]:
     rss_filled = psutil.Process().memory_info().rss
     saved = save_iterator(iterator, Path(request["folder"]))
     return {
+        "fill_save_peak_bytes": _status_bytes("VmHWM") - rss_reset if reset else None,
         "bytes": saved.bytes,
         "files": saved.files,
         "save_seconds": saved.save_seconds,

@@ -182,7 +182,9 @@ def scaling_section(data: dict[str, Any] | None) -> list[str]:
         "",
         f"**Preflight RAM row vs measurement** at buffer {ram['buffer']:,}: the preflight's "
         f'"host RAM" row says {mb(ram["estimate_ram_bytes"])} '
-        f"({ram['raw_bytes_per_element']} B per element, the buffer uncompressed). The saving "
+        f"({ram.get('ram_bytes_per_element')} B per element: the allocator's bytes for an "
+        f"element of {ram['raw_bytes_per_element']} B of data, plus the save's working "
+        "memory). The saving "
         f"process peaked at {mb(ram['measured_peak_rss_bytes'])} (the kernel's high-water "
         f"mark, {mb(ram['measured_peak_rss_kernel_bytes'])}, also counts start-up transients "
         f"such as importing TensorFlow: it is {mb(data['rows'][0].get('peak_rss_kernel_bytes'))}"

@@ -96,6 +96,8 @@ def ram_check(
         "buffer": largest["buffer"],
         "estimate_ram_bytes": rows_ram,
         "raw_bytes_per_element": calibration.raw_element_bytes if calibration else None,
+        # the row's figure per element: the allocator's bytes plus the save's working memory
+        "ram_bytes_per_element": calibration.ram_per_element if calibration else None,
         "measured_peak_rss_bytes": largest["peak_rss_bytes"],
         "measured_peak_rss_kernel_bytes": largest.get("peak_rss_kernel_bytes"),
         "process_baseline_bytes": baseline,
