@@ -28,9 +28,8 @@ FAMILY_OVERRIDES = [
     "estimate.calibration_offsets=[0,256,1024,3072,6400]",
 ]
 MULTIPLES = (20, 100)
-# Shapes whose host-RAM row is checked against a real save's memory, and the two buffers.
+# Shapes whose host-RAM row is checked against a real save's memory.
 RAM_SHAPES = ("tiny_elements", "ragged_sparse")
-RAM_BUFFERS = (2000, 12000)
 
 
 def _real_checkpoint_bytes(cfg, buffer: int, tmp_path: Path) -> int:
@@ -169,29 +168,22 @@ def test_ram_row_is_within_25_percent_of_a_real_saves_peak_memory(
 
     Small elements with several tensors are where tensor bytes alone miss: 14 B of data
     per element here, ~1.6 KB of RSS at a save's peak. The measurement is the kernel's
-    high-water mark from just before the fill to the end of the save (_bench.child.save),
-    at two buffers in fresh processes; their difference per element is the buffer's cost.
+    high-water mark from just before the fill to the end of the save, at two buffers in
+    fresh processes (_bench.ram.save_peak_per_element).
     """
-    from _bench.child import run_child
+    from _bench.ram import BUFFERS, save_peak_per_element
     from bench_estimate import shape_config
 
     _cfg, result = family(shape)
     shape_config(shape, tmp_path / "conf")
     monkeypatch.setenv("PYTHONPATH", str(ROOT / "tests" / "pipelines"))
     request = {"config": shape, "config_dir": str(tmp_path / "conf")}
-    peaks = {}
-    for buffer in RAM_BUFFERS:
-        folder = tmp_path / str(buffer)
-        saved = run_child(
-            "save", {**request, "buffer": buffer, "folder": str(folder / "c")}, folder
-        )
-        if saved["fill_save_peak_bytes"] is None:
-            pytest.skip("the kernel's RSS high-water mark cannot be reset here (clear_refs)")
-        peaks[buffer] = saved["fill_save_peak_bytes"]
-    small, large = RAM_BUFFERS
-    measured = (peaks[large] - peaks[small]) / (large - small)
-    row = result.ram_bytes_for(large) / large
+    measured = save_peak_per_element(request, tmp_path)
+    if measured is None:
+        pytest.skip("the kernel's RSS high-water mark cannot be reset here (clear_refs)")
+    row = result.ram_bytes_for(max(BUFFERS)) / max(BUFFERS)
     assert 0.8 <= row / measured <= 1.25, (shape, row, measured, result.report())
+    assert list(tmp_path.glob("ram-*")) == []  # the saves are removed
 
 
 @_same_worker("index_shuffle")

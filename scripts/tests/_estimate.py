@@ -170,12 +170,11 @@ class EstimateResult:
 
     def ram_bytes_for(self, buffer_size: int) -> int:
         """Host bytes for the shuffle buffer while its iterator is saved: the elements in
-        memory plus the save's working memory (Calibration.ram_per_element); the formula's
+        memory plus the save's working memory (Calibration.ram_bytes_for); the formula's
         bytes per sample when nothing was measured."""
         if self.calibration is None:
             return buffer_size * self.bytes_per_sample
-        cal = self.calibration
-        return cal.held_elements(buffer_size) * cal.ram_per_element
+        return self.calibration.ram_bytes_for(buffer_size)
 
     def largest_buffer_within(self, budget_bytes: int) -> int:
         if self.calibration is not None:

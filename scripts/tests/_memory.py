@@ -3,8 +3,8 @@
 The preflight's host-RAM row used to count each buffered element's tensor bytes only.
 A tensor in memory also costs its allocator header and alignment, and saving an
 iterator builds working memory per element (its keys and per-tensor records). For
-elements of a few dozen bytes that was 100x more than their data: `make bench`'s RAM
-part measures it (see SAVE_WORKING_BYTES_PER_ELEMENT).
+elements of a few dozen bytes that was 100x more than their data:
+`python scripts/bench_ram.py` measures it (see SAVE_WORKING_BYTES_PER_ELEMENT).
 """
 
 from __future__ import annotations
@@ -14,14 +14,15 @@ import ctypes.util
 import functools
 
 # What a save adds at its peak, per buffered element and per dense tensor in it (bytes):
-# the peak RSS slope of a save (VmHWM, buffers 2,000 and 10,000) minus the allocator's
-# in-use bytes per held element, on seven pipeline shapes of 1 to 24 tensors per element
-# (14 B to 8 KB of data). A fit of 860 + 140 x tensors lay within -18%..+7% of every
-# shape's peak; the per-element part is raised to 1,100 so that the row errs high (within
-# -9%..+19%): an under-count is a training job killed for memory. `make bench` checks the
-# row against a real save's peak RSS and prints both.
-SAVE_WORKING_BYTES_PER_ELEMENT = 1100
+# a real fill-and-save's RSS high-water mark per element (two buffers, fresh processes)
+# minus the allocator's bytes per held element, on shapes of 1 to 24 tensors and 14 B to
+# 8 KB of data per element. `python scripts/bench_ram.py` measures it and prints the row
+# beside the measurement for every shape (README, "How long it takes").
+SAVE_WORKING_BYTES_PER_ELEMENT = 1000
 SAVE_WORKING_BYTES_PER_TENSOR = 140
+# An empty slot of the shuffle buffer (a stream shorter than the buffer): its save records
+# cost ~800 B of peak RSS each (short_stream in scripts/bench_ram.py).
+SAVE_WORKING_BYTES_PER_SLOT = 800
 
 
 class _MallInfo2(ctypes.Structure):

@@ -51,3 +51,20 @@ def sensor_log_dataset(
     dataset = dataset.map(make, num_parallel_calls=2, deterministic=True)
     dataset = dataset.shuffle(shuffle_buffer_size, seed=seed)
     return dataset.batch(batch_size, drop_remainder=True).prefetch(1)
+
+
+def many_tensors(*, shuffle_buffer_size: int, tensors: int = 24) -> tf.data.Dataset:
+    """Elements of 24 small float tensors (384 B of data): per-tensor costs dominate memory."""
+
+    def make(index: tf.Tensor) -> dict[str, tf.Tensor]:
+        value = tf.cast(index, tf.float32)
+        return {f"feature_{k:02d}": tf.fill([4], value + k) for k in range(tensors)}
+
+    dataset = tf.data.Dataset.range(10**9).map(make)
+    return dataset.shuffle(shuffle_buffer_size, seed=7).batch(4).prefetch(2)
+
+
+def one_tensor(*, shuffle_buffer_size: int) -> tf.data.Dataset:
+    """The same 384 B of data per element as many_tensors, in one tensor."""
+    dataset = tf.data.Dataset.range(10**9).map(lambda i: tf.fill([96], tf.cast(i, tf.float32)))
+    return dataset.shuffle(shuffle_buffer_size, seed=7).batch(4).prefetch(2)
