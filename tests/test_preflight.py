@@ -115,7 +115,7 @@ def test_ram_that_cannot_hold_the_buffer_is_refused():
     import psutil
     from _errors import PreflightRefusal
     from _estimate import EstimateResult
-    from _locations import RAM, Location, check_locations, preflight
+    from _locations import RAM, RAM_ROW, Location, check_locations, preflight
 
     available = psutil.virtual_memory().available
     per_sample = 1_000_000
@@ -126,14 +126,12 @@ def test_ram_that_cannot_hold_the_buffer_is_refused():
         formula_original_bytes=buffer * per_sample, formula_tested_bytes=buffer * per_sample,
         bytes_per_sample=per_sample, bytes_per_sample_source="test",
     )  # fmt: skip
-    rows = check_locations(
-        [Location("host RAM (the buffer while it is saved)", RAM, estimate.ram_bytes_for(buffer))]
-    )
+    rows = check_locations([Location(RAM_ROW, RAM, estimate.ram_bytes_for(buffer))])
     assert not rows[0].ok
     with pytest.raises(PreflightRefusal) as refused:
         preflight(rows, estimate, force=False)
     message = str(refused.value)
-    assert message.startswith("host RAM (the buffer while it is saved): needs ")
+    assert message.startswith(f"{RAM_ROW}: needs ")
     largest = int(
         message.split("dataloader.shuffle_buffer_size=")[1].split(" ")[0].replace(",", "")
     )
