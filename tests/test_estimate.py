@@ -186,6 +186,14 @@ def test_ram_row_is_within_25_percent_of_a_real_saves_peak_memory(
     assert list(tmp_path.glob("ram-*")) == []  # the saves are removed
 
 
+@_same_worker("tiny_elements")
+def test_a_finite_stream_far_longer_than_the_buffer_gets_no_short_stream_note(family):
+    """Dataset.range(10**9) is finite: its length is no news for a 1,000-element buffer."""
+    _cfg, result = family("tiny_elements")
+    assert result.calibration.stream_elements == 10**9
+    assert not any("elements in all" in note for note in result.notes), result.notes
+
+
 @_same_worker("index_shuffle")
 def test_a_pipeline_without_a_shuffle_buffer_is_reported_constant(family):
     _cfg, result = family("index_shuffle")

@@ -62,6 +62,10 @@ REPEAT_SMALLEST = 2  # extra whole-pipeline saves at the smallest calibration bu
 # CI's full suite and 19 in `tests/test_estimate.py`'s real save on a busy 2-core machine.
 # TensorFlow bounds the depth only by its RAM budget: this covers what was seen, not a limit.
 AUTOTUNE_DEPTH_BATCHES = 24
+# The fill whose allocator count gives the RAM row's bytes per element, as the pipeline's
+# own ops made them: about this many bytes, within these many elements.
+MADE_FILL_BYTES = 16 * 1024 * 1024
+MADE_FILL_ELEMENTS = (64, 2048)
 # An in-memory cache()'s growth: settled saves every CACHE_GROWTH_ELEMENTS elements read,
 # CACHE_GROWTH_STRETCHES times (their spread is the figure's error).
 CACHE_GROWTH_ELEMENTS = 1024
@@ -780,6 +784,40 @@ class _Run:
             stage.watched = None
         return path
 
+    def made_element_memory(self, stage: _Stage, count: int) -> int:
+        """Allocator bytes per element as the pipeline's own ops made them (0: not measured).
+
+        The isolated saves replay elements loaded from Dataset.save, whose strings are
+        allocated at their exact size; a string an op built (encode_png, reduce_join) can
+        keep spare capacity, and the buffer holds it as made: a helper measured 2,870 B per
+        PNG element in a real fill against 1,606 B loaded. So the shuffle's own input fills
+        a buffer of `count` elements here, against one of two, as in `isolated`.
+        """
+        node = find_shuffle_node(self.dataset(self.sizes[0]))
+        if node is None or count < 3:
+            return 0
+
+        def held(elements: int) -> int | None:
+            stage.beat(f"filling a {count:,}-element buffer from your pipeline's own ops")
+            shuffled = node._input_dataset.take(elements).shuffle(count, seed=1)
+            with OwnCacheFiles(self.cache_prefixes):
+                before = allocated_bytes()
+                iterator = iter(shuffled.with_options(self.options))
+                next(iterator)
+                next(iterator)  # the input is exhausted: the buffer holds elements - 2
+                after = allocated_bytes()
+                del iterator
+                _collect()
+            return None if before is None or after is None else after - before
+
+        # A first iterator instantiates the pipeline's functions and thread pools, which
+        # stay: one of two elements goes first, so the compared pair both find them made.
+        held(2)
+        full, empty = held(count), held(2)
+        if full is None or empty is None:
+            return 0
+        return max(round((full - empty) / (count - 2)), 0)
+
     def isolated(
         self, stage: _Stage, path: Path, chunks: list[tuple[int, int]], options: Any
     ) -> IsolatedSaves:
@@ -906,6 +944,9 @@ def _calibrate(run: _Run, stage: _Stage, started: float) -> Calibration:
         )
         path = run.sample(stage, chunks)
         isolated = run.isolated(stage, path, chunks, run.options)
+        # the larger of the two counts: elements as loaded, and as the pipeline made them
+        made = run.made_element_memory(stage, _made_count(first_bytes, stream))
+        isolated = isolated._replace(memory_element_bytes=max(isolated.memory_element_bytes, made))
         # A held element costs its own bytes plus its slot; the slot's keys carry the user's
         # pipeline's iterator prefix (Iterator::Root::...::Shuffle), so its cost comes from
         # the user's pipeline: saves before it starts, where every slot is empty.
@@ -913,7 +954,8 @@ def _calibrate(run: _Run, stage: _Stage, started: float) -> Calibration:
         measured = isolated.chunks
         if stream is None:
             stream = _short_stream(chunks, measured)
-    if stream is not None:
+    configured = int(run.cfg.dataloader.get("shuffle_buffer_size") or 0)
+    if stream is not None and stream < configured:  # else no buffer asked for reaches it
         notes.append(
             f"the shuffle buffer's input yields {stream:,} elements in all: a larger buffer "
             "holds no more data, only more empty slots"
@@ -970,6 +1012,15 @@ def _short_stream(planned: list[tuple[int, int]], measured: list[list[float]]) -
         if got[1] < size:
             return int(start + got[1]) if got[1] else int(start)
     return None
+
+
+def _made_count(element_bytes_: int, stream: int | None) -> int:
+    """Elements for made_element_memory: MADE_FILL_BYTES of them, within MADE_FILL_ELEMENTS
+    (fewer from a short stream). Each thread's allocator cache keeps up to ~200 KB of
+    freed blocks counted as in use, which 64 elements would read as ~3 KB each."""
+    low, high = MADE_FILL_ELEMENTS
+    count = min(max(MADE_FILL_BYTES // max(element_bytes_, 1), low), high)
+    return min(count, stream) if stream is not None else count
 
 
 def _smaller_than_its_buffer(calibration: Calibration) -> bool:
