@@ -49,3 +49,14 @@ def test_ram_row_counts_the_allocator_bytes_and_the_saves_working_memory():
     assert short == 700 * per_element + 300 * SAVE_WORKING_BYTES_PER_SLOT
     # No shuffle buffer (the checkpoint is constant): the buffer costs nothing.
     assert _calibration(constant=True).ram_bytes_for(10**9) == 0
+
+
+def test_string_elements_are_counted_as_the_pipeline_made_them_too():
+    """Only a string's bytes in memory depend on the op that grew it: a scalar, a vector."""
+    import tensorflow as tf
+    from _calibration import _holds_strings
+
+    assert _holds_strings([{"png": tf.constant(b"\x89PNG"), "i": tf.constant(1)}])
+    assert _holds_strings([(tf.constant(["a", "bc"]), tf.zeros([2]))])
+    assert not _holds_strings([{"image": tf.zeros([4, 4, 3], tf.uint8), "i": tf.constant(1)}])
+    assert not _holds_strings([])

@@ -944,9 +944,12 @@ def _calibrate(run: _Run, stage: _Stage, started: float) -> Calibration:
         )
         path = run.sample(stage, chunks)
         isolated = run.isolated(stage, path, chunks, run.options)
-        # the larger of the two counts: elements as loaded, and as the pipeline made them
-        made = run.made_element_memory(stage, _made_count(first_bytes, stream))
-        isolated = isolated._replace(memory_element_bytes=max(isolated.memory_element_bytes, made))
+        if _holds_strings(first):
+            # the larger of the two counts: elements as loaded, and as the pipeline made them
+            made = run.made_element_memory(stage, _made_count(first_bytes, stream))
+            isolated = isolated._replace(
+                memory_element_bytes=max(isolated.memory_element_bytes, made)
+            )
         # A held element costs its own bytes plus its slot; the slot's keys carry the user's
         # pipeline's iterator prefix (Iterator::Root::...::Shuffle), so its cost comes from
         # the user's pipeline: saves before it starts, where every slot is empty.
@@ -1012,6 +1015,12 @@ def _short_stream(planned: list[tuple[int, int]], measured: list[list[float]]) -
         if got[1] < size:
             return int(start + got[1]) if got[1] else int(start)
     return None
+
+
+def _holds_strings(elements: list[Any]) -> bool:
+    """True when an element has a string tensor: the one kind whose bytes in memory depend
+    on how the op that made it grew it (numeric tensors are allocated at their size)."""
+    return bool(elements) and any(a.dtype.kind in "OSU" for _, a in element_leaves(elements[0]))
 
 
 def _made_count(element_bytes_: int, stream: int | None) -> int:
