@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from _errors import PreflightRefusal, UsageError
-from _memory import allocated_bytes
+from _memory import SAVE_WORKING_BYTES_PER_SLOT, allocated_bytes, save_working_bytes
 from _report import format_bytes
 from _tensors import element_bytes, element_leaves, leading_dimension
 
@@ -150,8 +150,6 @@ class Calibration:
         for it (its tensor bytes when that was not measured) plus the save's working memory
         (_memory.save_working_bytes); twice that when an in-memory cache() feeds the buffer
         (the cache keeps its own copy of every element read, and saves it too)."""
-        from _memory import save_working_bytes
-
         held = self.memory_element_bytes or self.raw_element_bytes
         one = held + save_working_bytes(max(self.tensors_per_element, 1))
         return 2 * one if self.extra_per_element > 0 else one
@@ -161,8 +159,6 @@ class Calibration:
         its elements (ram_per_element) and its empty slots (a stream shorter than the
         buffer leaves some; _memory.SAVE_WORKING_BYTES_PER_SLOT). 0 when the checkpoint does
         not grow with the buffer: it then holds no elements worth counting."""
-        from _memory import SAVE_WORKING_BYTES_PER_SLOT
-
         if self.constant:
             return 0
         held = self.held_elements(buffer_size)
@@ -414,7 +410,6 @@ class IsolatedSaves(NamedTuple):
     chunks: list[list[float]]
     raw_element_bytes: int
     memory_element_bytes: int
-    tensors_per_element: int
 
 
 class HeldSave(NamedTuple):
@@ -425,17 +420,23 @@ class HeldSave(NamedTuple):
     allocated: int | None
 
 
-def _held_save(shuffled: Any, reads: int, folder: Path, scratch: Path) -> HeldSave:
-    """Save `shuffled` (a shuffle over a short input, no threads) after `reads` reads: what
-    its buffer then holds, measured without any timing."""
+def _filled(shuffled: Any, reads: int) -> tuple[Any, int | None]:
+    """An iterator over `shuffled` after `reads` reads, and the C allocator's bytes that
+    making and filling it took and kept (None without glibc)."""
     before = allocated_bytes()
     iterator = iter(shuffled)
     for _ in range(reads):
         next(iterator)
     after = allocated_bytes()
+    return iterator, None if before is None or after is None else after - before
+
+
+def _held_save(shuffled: Any, reads: int, folder: Path, scratch: Path) -> HeldSave:
+    """Save `shuffled` (a shuffle over a short input, no threads) after `reads` reads: what
+    its buffer then holds, measured without any timing."""
+    iterator, held = _filled(shuffled, reads)
     saved = _save_bytes(iterator, folder, scratch)
     del iterator
-    held = None if before is None or after is None else after - before
     return HeldSave(saved, held)
 
 
@@ -801,14 +802,11 @@ class _Run:
             stage.beat(f"filling a {count:,}-element buffer from your pipeline's own ops")
             shuffled = node._input_dataset.take(elements).shuffle(count, seed=1)
             with OwnCacheFiles(self.cache_prefixes):
-                before = allocated_bytes()
-                iterator = iter(shuffled.with_options(self.options))
-                next(iterator)
-                next(iterator)  # the input is exhausted: the buffer holds elements - 2
-                after = allocated_bytes()
+                # the second read finds the input exhausted: the buffer holds elements - 2
+                iterator, allocated = _filled(shuffled.with_options(self.options), 2)
                 del iterator
                 _collect()
-            return None if before is None or after is None else after - before
+            return allocated
 
         # A first iterator instantiates the pipeline's functions and thread pools, which
         # stay: one of two elements goes first, so the compared pair both find them made.
@@ -852,7 +850,6 @@ class _Run:
         results: list[list[float]] = []
         raw: list[int] = []
         memory: list[tuple[int, int]] = []  # (allocated bytes held, elements held) per chunk
-        tensors = 0
         position = 0
         for start, size in chunks:
             stage.beat(f"saving the isolated shuffle buffer for elements {start:,}+")
@@ -862,10 +859,7 @@ class _Run:
                 break
             # Every element's own size (the RAM row; and, within a chunk, each element's
             # share of the chunk's checkpoint bytes, for a buffer that ends inside it).
-            elements = list(chunk)
-            sizes = [element_bytes(e) for e in elements]
-            tensors = max(tensors, len(element_leaves(elements[0])))
-            del elements
+            sizes = [element_bytes(e) for e in chunk]
             raw.extend(sizes)
             self.element_sizes.append(sizes)
             holding = held_save(chunk, count)
@@ -881,7 +875,6 @@ class _Run:
             # the whole sample's mean: one chunk's allocator count moves by a few arenas'
             # bookkeeping, which the larger chunks dilute
             memory_element_bytes=max(round(sum(b for b, _ in memory) / held), 0) if held else 0,
-            tensors_per_element=tensors,
         )
 
 
@@ -936,7 +929,7 @@ def _calibrate(run: _Run, stage: _Stage, started: float) -> Calibration:
         return _without_shuffle(anchors, sample_bytes, run.batch_bytes, started, notes)
     measured: list[list[float]] = []
     slot_bytes = 0.0
-    isolated = IsolatedSaves([], first_bytes, 0, 0)
+    isolated = IsolatedSaves([], first_bytes, 0)
     if chunks:
         say(
             f"  calibration: isolated shuffle-buffer saves of {len(chunks)} chunks of "
@@ -977,7 +970,7 @@ def _calibrate(run: _Run, stage: _Stage, started: float) -> Calibration:
         anchor_spread=0.0,
         notes=notes,
         memory_element_bytes=isolated.memory_element_bytes,
-        tensors_per_element=isolated.tensors_per_element,
+        tensors_per_element=len(element_leaves(first[0])) if first else 0,
         element_sizes=run.element_sizes[: len(measured)],
         batch_bytes=run.batch_bytes,
     )
