@@ -91,9 +91,6 @@ def _family_names(open_misses: bool) -> list[object]:
         # An AUTOTUNE prefetch's depth follows thread timing, so the real save itself
         # varies from run to run; under a load average of 16 the estimate missed it.
         "autotune_prefetch": "AUTOTUNE prefetch depth varies with timing (open)",
-        # The in-memory cache's growth per element is uneven along the stream (its saved
-        # state is compressed); measured on 4 x 1,024 elements it lands within ~8%.
-        "cached_first": "an in-memory cache()'s growth is measured within ~8%, not 3% (open)",
         # No shuffle buffer: the whole checkpoint (~4.5 KB) is the other buffers, and under
         # load TensorFlow's autotuner left its prefetch 12 batches deeper in CI's real save.
         "index_shuffle": "its few-KB checkpoint follows the autotuned prefetch depth (open)",

@@ -724,25 +724,38 @@ class _Run:
                 "check that it produces data (or set estimate.bytes_per_sample for the formula)"
             )
         size = steady_save_bytes(iterator, self.scratch / "anchor", self.scratch)
-        if self.memory_cache and buffer == self.sizes[-1] and ended is None:
-            self.cache_growth = self._cache_growth(iterator, size, stage)
         del iterator  # finished before any other iterator over the pipeline is made
+        if self.memory_cache and buffer == self.sizes[-1] and ended is None:
+            self.cache_growth = self._cache_growth(buffer, stage)
         return size, ended, sample_bytes
 
-    def _cache_growth(self, iterator: Any, settled: int, stage: _Stage) -> tuple[float, float]:
+    def _cache_growth(self, buffer: int, stage: _Stage) -> tuple[float, float]:
         """(checkpoint bytes per element an in-memory cache() before the shuffle adds, error).
 
         With the buffer full, reading on makes the shuffle take one element from the cache
         for each it gives out, so the buffer's bytes stay the same and the cache's grow.
         Settled saves every CACHE_GROWTH_ELEMENTS elements, CACHE_GROWTH_STRETCHES times, in
-        the user's own pipeline (so with its own checkpoint keys): the figure is the mean
-        growth per element, its error the 95% interval from the stretches' spread (the
-        growth is uneven: the saved state is compressed). (0, 0) when the stream ends first.
+        the user's own pipeline (so with its own checkpoint keys), on an iterator of its own
+        whose autotuned buffers cannot deepen: every batch an autotuned prefetch holds was
+        also read into the cache, so a prefetch that deepened between two saves (by up to
+        32 batches of 8 elements in the cached_first shape) counted as growth: stretches of
+        512 elements there gave 5 to 573 B per element. The autotuner stays on, with a RAM
+        budget of 1 byte: turning it off drops the prefetch it injects at the end and
+        map_parallelization, which shortens every key above them (276 B per element against
+        286 B). With the budget the growth per stretch repeats to the byte. The error is
+        the 95% interval from the stretches' spread. (0, 0) when the stream ends first.
         """
-        sizes, counts = [settled], []
-        for _ in range(CACHE_GROWTH_STRETCHES):
-            read = 0
-            while read < CACHE_GROWTH_ELEMENTS:
+        from _tf import import_tensorflow
+
+        fixed = import_tensorflow().data.Options()
+        fixed.autotune.ram_budget = 1  # bytes: no autotuned buffer may grow
+        iterator = iter(self.dataset(buffer).with_options(fixed))
+        sizes: list[int] = []
+        counts: list[int] = []
+        read = 0
+        for _ in range(CACHE_GROWTH_STRETCHES + 1):
+            # the first save once the buffer is full (one batch read), then every stretch
+            while read < max(CACHE_GROWTH_ELEMENTS * len(sizes), 1):
                 try:
                     batch = next(iterator)
                 except StopIteration:
@@ -751,7 +764,10 @@ class _Run:
                 stage.beat()
             counts.append(read)
             sizes.append(steady_save_bytes(iterator, self.scratch / "cache-growth", self.scratch))
-        growth = [(sizes[i + 1] - sizes[i]) / count for i, count in enumerate(counts)]
+        del iterator  # finished before any other iterator over the pipeline is made
+        growth = [
+            (sizes[i + 1] - sizes[i]) / (counts[i + 1] - counts[i]) for i in range(len(sizes) - 1)
+        ]
         t95 = _T95.get(len(growth) - 1, 2.0)
         error = t95 * statistics.stdev(growth) / math.sqrt(len(growth))
         return max(statistics.fmean(growth), 0.0), error
@@ -980,6 +996,11 @@ def _calibrate(run: _Run, stage: _Stage, started: float) -> Calibration:
     calibration.constant = _smaller_than_its_buffer(calibration)
     if run.cache_growth[0] and not calibration.constant:
         calibration.extra_per_element, calibration.extra_error = run.cache_growth
+        # Each batch the other buffers hold (in transit, or autotuned deeper) was read
+        # through the cache too: its elements are in both.
+        if run.first_batch is not None:
+            cached = leading_dimension(run.first_batch) * run.cache_growth[0]
+            calibration.batch_bytes += round(cached)
         calibration.notes.append(
             f"an in-memory cache() feeds the shuffle buffer: it keeps every element read "
             f"(~{run.cache_growth[0]:,.0f} B each in the checkpoint, measured in your "
