@@ -172,16 +172,27 @@ SMALL_CHEAP = [
 @pytest.fixture(scope="session")
 def small_estimate_cache(tmp_path_factory: pytest.TempPathFactory):
     """(XDG_CACHE_HOME holding the `small` config's estimate under SMALL_CHEAP, the estimate),
-    measured once per session; runs with these overrides and that cache reuse it."""
+    measured once per run: the first pytest-xdist worker to ask measures it (~30 s of CPU)
+    while the others wait on a file lock, then each reads the same cache folder and the
+    measuring run's result (pickled). Runs with these overrides and that cache reuse it."""
+    import fcntl
+    import pickle
+
     from _config import load_config
     from _estimate import estimate
 
-    cache = tmp_path_factory.mktemp("estimate-cache")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("XDG_CACHE_HOME", str(cache))
-        result = estimate(load_config("small", SMALL_CHEAP), say=lambda _: None)
-    assert result.calibration is not None
-    return cache, result
+    # The parent of a worker's base temp folder is the one all workers of this run share.
+    shared = tmp_path_factory.getbasetemp().parent
+    cache, saved = shared / "small-estimate-cache", shared / "small-estimate.pickle"
+    with open(shared / "small-estimate.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if not saved.exists():
+            with pytest.MonkeyPatch.context() as patch:
+                patch.setenv("XDG_CACHE_HOME", str(cache))
+                result = estimate(load_config("small", SMALL_CHEAP), say=lambda _: None)
+            assert result.calibration is not None and not result.cached
+            saved.write_bytes(pickle.dumps(result))
+    return cache, pickle.loads(saved.read_bytes())
 
 
 @pytest.fixture

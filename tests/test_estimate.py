@@ -71,6 +71,7 @@ def family(tmp_path_factory: pytest.TempPathFactory):
         if name not in measured:
             cfg = shape_config(name, folder / "conf", FAMILY_OVERRIDES)
             measured[name] = (cfg, estimate(cfg, scratch_root=folder, say=lambda _: None))
+            assert list(folder.glob("dlckpt-estimate-*")) == []  # its scratch is removed
         return measured[name]
 
     return get
@@ -274,18 +275,19 @@ def test_report_keys_and_model_are_consistent(small_estimate_cache):
 def test_second_run_is_cached_and_any_config_change_invalidates(seeded_cache):
     from _config import load_config
     from _estimate import estimate
-    from _estimate_cache import cache_dir
+    from _estimate_cache import cache_dir, config_hash, load_cached
 
     first = seeded_cache  # measured once per session, into the cache this test now holds
     again = estimate(load_config("small", SMALL_CHEAP), say=lambda _: None)
     assert not first.cached and again.cached
     assert again.original_bytes == first.original_bytes
     assert again.calibration.anchors == first.calibration.anchors
-    changed = estimate(
-        load_config("small", [*SMALL_CHEAP, "+dataloader.jpeg_quality=80"]), say=lambda _: None
-    )
-    assert not changed.cached
-    assert len(list(cache_dir().glob("*.json"))) == 2
+    # Any change to the pipeline's settings is another key, with no entry: measured anew
+    # (estimate() measures on a miss: the session fixture's own run did).
+    changed = load_config("small", [*SMALL_CHEAP, "+dataloader.jpeg_quality=80"])
+    assert config_hash(changed) != config_hash(load_config("small", SMALL_CHEAP))
+    assert load_cached(config_hash(changed)) is None
+    assert len(list(cache_dir().glob("*.json"))) == 1
     # The configured buffer is never filled by the calibration: a new size reuses it.
     bigger = estimate(
         load_config("small", [*SMALL_CHEAP, "dataloader.shuffle_buffer_size=6400"]),
@@ -313,11 +315,15 @@ def test_a_pipeline_shorter_than_the_buffer_is_estimated_with_what_it_has(tmp_pa
         )
 
 
-def test_estimate_only_prints_the_measured_headline_and_writes_the_report(tmp_path):
+def test_estimate_only_prints_the_measured_headline_and_writes_the_report(
+    tmp_path, small_estimate_copy
+):
+    """The script's --estimate-only, on the session's measurement (its cache): the
+    calibration itself, and that it leaves no scratch, are checked in-process (`family`)."""
     report = tmp_path / "r.json"
     scratch = tmp_path / "tmp"
     scratch.mkdir()
-    env = script_env(XDG_CACHE_HOME=str(tmp_path / "cache"), TMPDIR=str(scratch))
+    env = script_env(XDG_CACHE_HOME=str(small_estimate_copy), TMPDIR=str(scratch))
     result = run_script(
         SCRIPT, "--config-name", "small", *SMALL_CHEAP, "--estimate-only", "--report", str(report),
         env=env,
@@ -330,7 +336,7 @@ def test_estimate_only_prints_the_measured_headline_and_writes_the_report(tmp_pa
     assert "ESTIMATE ONLY" in out and "Saved the iterator" not in out
     data = json.loads(report.read_text())
     estimate = data["estimate"]
-    assert estimate["method"] == "measured" and estimate["cached"] is False
+    assert estimate["method"] == "measured" and estimate["cached"] is True
     assert estimate["original_bytes"] > estimate["tested_bytes"] > 0
     assert estimate["formula_original_bytes"] == 64 * estimate["bytes_per_sample"] * 1.5
     # The small-buffer run saves through TensorFlow's gs:// writer to the embedded server:
@@ -344,7 +350,7 @@ def test_estimate_only_prints_the_measured_headline_and_writes_the_report(tmp_pa
         set(row) == {"role", "path", "free_bytes", "required_bytes", "ok"}
         for row in data["locations"]
     )
-    assert list(scratch.iterdir()) == []  # the calibration's scratch is gone
+    assert list(scratch.iterdir()) == []  # nothing written to TMPDIR
 
     again = run_script(
         SCRIPT, "--config-name", "small", *SMALL_CHEAP, "--estimate-only", "--fit-budget", "1MB",
@@ -511,7 +517,7 @@ def test_a_file_cache_before_the_shuffle_is_measured_with_one_iterator_at_a_time
     assert abs(result.tested_bytes / real - 1) <= 0.03, (result.tested_bytes, real)
 
 
-def test_a_bad_cache_entry_is_dropped_and_measured_again(seeded_cache):
+def test_a_bad_cache_entry_is_dropped_and_measured_again(seeded_cache, tmp_path):
     from _config import load_config
     from _estimate import estimate
     from _estimate_cache import cache_dir, config_hash, entry_problem, load_cached
@@ -532,12 +538,15 @@ def test_a_bad_cache_entry_is_dropped_and_measured_again(seeded_cache):
         entry.write_text("{not json" if bad is None else json.dumps(bad))
         assert load_cached(key) is None, why
         assert not entry.exists(), why
-    # End to end, once: the estimate measures again and writes a good entry in its place.
+    # End to end, once: the estimate measures again and writes a good entry in its place
+    # (on the sensor pipeline, whose calibration is a few seconds, not the small preset's 30).
+    sensor = load_config("sensor", SMALL_CHEAP, _sensor_config(tmp_path))
+    entry = cache_dir() / f"{config_hash(sensor)}.json"
     entry.write_text(json.dumps(bad_entries["negative bytes"]))
-    again = estimate(cfg, say=lambda _: None)
+    again = estimate(sensor, say=lambda _: None)
     assert not again.cached and again.original_bytes > 0
     assert entry_problem(json.loads(entry.read_text())) is None  # replaced
-    assert estimate(cfg, say=lambda _: None).cached
+    assert estimate(sensor, say=lambda _: None).cached
 
 
 def test_cross_check_states_the_miss_and_drops_the_cache_entry(tmp_path, seeded_cache):
