@@ -9,6 +9,7 @@ else is kept: every save goes to a scratch folder that is removed.
 
     python scripts/bench_estimate.py                       # presets + the test family
     python scripts/bench_estimate.py --cases small tiny_elements --multipliers 20 100
+    python scripts/bench_estimate.py --cases index_shuffle --real-saves 6   # the truth's spread
 """
 
 from __future__ import annotations
@@ -79,7 +80,14 @@ def real_checkpoint_bytes(cfg: Any, buffer: int, scratch: Path) -> int:
     return size
 
 
-def bench_case(name: str, multipliers: Sequence[int], scratch: Path) -> dict[str, Any]:
+def bench_case(
+    name: str, multipliers: Sequence[int], scratch: Path, real_saves: int = 1
+) -> dict[str, Any]:
+    """One case's row. With `real_saves` > 1 each real buffer is filled and saved that many
+    times: estimate/real is against their median, "real spread" is max/min - 1 (how far
+    the truth itself moves with thread timing), and "covered" needs every save inside ±."""
+    import statistics
+
     from _estimate import estimate
 
     cfg = shape_config(name, scratch / "conf", ["estimate.cache=false"])
@@ -92,14 +100,16 @@ def bench_case(name: str, multipliers: Sequence[int], scratch: Path) -> dict[str
                            "constant": result.calibration.constant}  # fmt: skip
     for multiplier in multipliers:
         buffer = multiplier * largest
-        real = real_checkpoint_bytes(cfg, buffer, scratch)
+        reals = [real_checkpoint_bytes(cfg, buffer, scratch) for _ in range(real_saves)]
+        real = round(statistics.median(reals))
         estimated = result.bytes_for(buffer)
         formula = result.formula_tested_bytes * buffer // max(result.tested_buffer, 1)
+        stated = result.uncertainty_for(buffer) or 0.0
         row[f"est/real {multiplier}x"] = round(estimated / real, 4)
-        row[f"± {multiplier}x"] = round(result.uncertainty_for(buffer) or 0.0, 4)
-        row[f"covered {multiplier}x"] = abs(estimated / real - 1) <= (
-            result.uncertainty_for(buffer) or 0.0
-        )
+        row[f"± {multiplier}x"] = round(stated, 4)
+        row[f"covered {multiplier}x"] = all(abs(estimated / r - 1) <= stated for r in reals)
+        if real_saves > 1:
+            row[f"real spread {multiplier}x"] = round(max(reals) / min(reals) - 1, 4)
         row[f"formula/real {multiplier}x"] = round(formula / real, 3)
         row[f"real bytes {multiplier}x"] = real
     return row
@@ -175,6 +185,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="where the JSON results go (default: bench/estimate.json)",
     )  # fmt: skip
     parser.add_argument(
+        "--real-saves", type=int, default=1,
+        help="real saves per buffer (default 1); more also print how far they spread",
+    )  # fmt: skip
+    parser.add_argument(
         "--compression", action="store_true",
         help="print checkpoint bytes per buffered frame / decoded bytes, by kind of frame; exit",
     )  # fmt: skip
@@ -182,6 +196,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.multipliers = args.multiplier or args.multipliers
     if any(m < 1 for m in args.multipliers):
         print("✗ --multipliers: expected positive integers, e.g. 20 100", file=sys.stderr)
+        return 2
+    if args.real_saves < 1:
+        print(f"✗ --real-saves {args.real_saves}: expected a positive integer", file=sys.stderr)
         return 2
     known = [*PRESETS, *_shape_names()]
     cases = args.cases or known
@@ -202,7 +219,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     scratch = Path(tempfile.mkdtemp(prefix="dlckpt-bench-"))
     try:
         for name in cases:
-            rows.append(bench_case(name, args.multipliers, scratch))
+            rows.append(bench_case(name, args.multipliers, scratch, args.real_saves))
             print(json.dumps(rows[-1]), flush=True)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
