@@ -568,3 +568,15 @@ def test_cross_check_states_the_miss_and_drops_the_cache_entry(tmp_path, seeded_
     assert miss.message().startswith("⚠ ") and "outside the stated ±" in miss.message()
     assert list(cache_dir().glob("*.json")) == []  # the next run measures again
     assert [c["within"] for c in result.report()["cross_checks"]] == [True, False]
+
+
+@_same_worker("cached_first")
+def test_the_measured_line_names_every_term_of_the_headline(family):
+    """A reader can rebuild the headline from the "measured:" line, the cache's share too."""
+    _cfg, result = family("cached_first")
+    line = next(text for text in result.describe() if text.strip().startswith("measured:"))
+    assert "for the in-memory cache()'s copy of it" in line, line
+    calibration, buffer = result.calibration, result.original_buffer
+    per_element, _ = calibration.per_element(buffer)
+    rebuilt = (per_element + calibration.extra_per_element) * buffer + calibration.fixed
+    assert abs(rebuilt / result.original_bytes - 1) < 0.01, (line, result.original_bytes)

@@ -221,8 +221,14 @@ class EstimateResult:
         elif cal is not None:
             per_element, _ = cal.per_element(self.original_buffer)
             in_flight = cal.fixed / cal.sample_bytes if cal.sample_bytes else 0.0
+            # Every term of the headline, so it can be rebuilt from this line.
+            cached = (
+                f"{format_size(cal.extra_per_element)} for the in-memory cache()'s copy of it + "
+                if cal.extra_per_element
+                else ""
+            )
             lines.append(
-                f"  measured: {format_size(per_element)} per buffered element + "
+                f"  measured: {format_size(per_element)} per buffered element + {cached}"
                 f"{format_size(cal.fixed)} fixed (prefetch/map buffers: about "
                 f"{in_flight:,.0f} output samples of {format_size(cal.sample_bytes)} each, "
                 f"decoded); {took}"

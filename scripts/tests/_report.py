@@ -17,7 +17,7 @@ def format_bytes(count: float) -> str:
     for unit, scale in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
         if abs(count) >= scale:
             return f"{count / scale:.1f} {unit}"
-    return f"{int(count)} B"
+    return f"{round(count)} B"  # rounded as the JSON report rounds
 
 
 def format_gb(count: float) -> str:
