@@ -54,7 +54,9 @@ def test_the_configured_buffer_comes_first_and_fits_in_one_line(
     )
     assert "make diagnose" in fits
     # The production answer precedes the test's own table.
-    assert lines.index(fits) < lines.index("The folders this run fills (buffer 16):")
+    assert lines.index(fits) < lines.index(
+        "The folders a test run would fill (buffer 16; --estimate-only fills none):"
+    )
     assert report["configured_fits"] is True
     assert report["configured_locations"][0]["required_bytes"] == result.bytes_for(CONFIGURED)
     assert report["configured_locations"][0]["path"] == str(roomy)

@@ -234,7 +234,12 @@ def estimate_and_preflight(
     rows = _locations.check_locations(
         rows if rows is not None else _locations.scenario_locations(scenario, result)
     )
-    if separate:
+    if separate and getattr(args, "estimate_only", False):
+        say(
+            f"The folders a test run would fill (buffer {result.tested_buffer:,}; "
+            "--estimate-only fills none):"
+        )
+    elif separate:
         say(f"The folders this run fills (buffer {result.tested_buffer:,}):")
     say(_locations.locations_table(rows))
     _, _, tmp_warning = _locations.tf_temp_dir()
