@@ -181,8 +181,10 @@ def small_estimate_cache(tmp_path_factory: pytest.TempPathFactory):
     from _config import load_config
     from _estimate import estimate
 
-    # The parent of a worker's base temp folder is the one all workers of this run share.
-    shared = tmp_path_factory.getbasetemp().parent
+    # Under pytest-xdist each worker's base temp folder is inside the run's own, which all
+    # workers share; without xdist the base temp folder is the run's own.
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
     cache, saved = shared / "small-estimate-cache", shared / "small-estimate.pickle"
     with open(shared / "small-estimate.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
