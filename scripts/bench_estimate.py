@@ -18,6 +18,7 @@ import argparse
 import gc
 import json
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -86,8 +87,6 @@ def bench_case(
     """One case's row. With `real_saves` > 1 each real buffer is filled and saved that many
     times: estimate/real is against their median, "real spread" is max/min - 1 (how far
     the truth itself moves with thread timing), and "covered" needs every save inside ±."""
-    import statistics
-
     from _estimate import estimate
 
     cfg = shape_config(name, scratch / "conf", ["estimate.cache=false"])

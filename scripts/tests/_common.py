@@ -219,7 +219,8 @@ def estimate_and_preflight(
     processes = int(cfg.estimate.get("processes_per_host") or 1)
     configured = _locations.check_locations(_locations.configured_locations(result, processes))
     separate = scenario != "full" or result.tested_buffer != result.original_buffer
-    if getattr(args, "estimate_only", False) and separate:
+    estimate_only = getattr(args, "estimate_only", False)
+    if estimate_only and separate:
         say(
             f"Where the configured buffer's checkpoint goes ({result.original_buffer:,} "
             "elements, what training saves):"
@@ -234,7 +235,7 @@ def estimate_and_preflight(
     rows = _locations.check_locations(
         rows if rows is not None else _locations.scenario_locations(scenario, result)
     )
-    if separate and getattr(args, "estimate_only", False):
+    if separate and estimate_only:
         say(
             f"The folders a test run would fill (buffer {result.tested_buffer:,}; "
             "--estimate-only fills none):"
