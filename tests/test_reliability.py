@@ -702,10 +702,12 @@ class _Script:
             into.append(line.rstrip("\n"))
 
     def _look(self) -> None:
+        """Record every descendant, with its latest command line: a child caught between
+        fork and exec still shows the parent's (CI once missed the restore that way)."""
         with contextlib.suppress(psutil.NoSuchProcess):
             for child in psutil.Process(self.process.pid).children(recursive=True):
                 with contextlib.suppress(psutil.NoSuchProcess):
-                    self.seen.setdefault(child.pid, " ".join(child.cmdline()))
+                    self.seen[child.pid] = " ".join(child.cmdline()) or self.seen.get(child.pid, "")
 
     def wait_for(self, condition: Callable[[], bool], what: str, timeout: float = 400) -> None:
         deadline = time.monotonic() + timeout
