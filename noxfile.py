@@ -131,7 +131,9 @@ def lint(session: nox.Session) -> None:
     _install_locked(session, "lint")
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
-    session.run("mypy", "scripts/tests", *map(str, (ROOT / "scripts").glob("*.py")), "noxfile.py")
+    session.run(
+        "mypy", "dlckpt", "scripts/tests", *map(str, (ROOT / "scripts").glob("*.py")), "noxfile.py"
+    )
     shell_scripts = [*sorted(str(p) for p in SCRIPTS.glob("*.sh")), ".ci/run"]
     session.run("shellcheck", *shell_scripts)
 

@@ -30,11 +30,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "scripts" / "tests"))
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # before anything imports TensorFlow
 
-from _bench.render import render  # noqa: E402
-from _bench.runner import Options, measure, merged, problems, write_results  # noqa: E402
+from dlckpt.bench.render import render  # noqa: E402
+from dlckpt.bench.runner import Options, measure, merged, problems, write_results  # noqa: E402
 
 
 def parse(argv: Sequence[str] | None) -> argparse.Namespace:

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Catch rate: how often the round trip fails each pipeline that does not resume exactly.
 
-Runs every pipeline of tests/pipelines/resume_pipelines.py (nondeterministic map,
+Runs every pipeline of dlckpt/bench/pipelines/resume_pipelines.py (nondeterministic map,
 interleave and options; an unseeded random op under IGNORE and WARN; an unseeded
 reshuffle across an epoch boundary) through the same round trip as the small-buffer test
 (save, restore in a new process, compare the window), `--runs` times each, at the buffer
@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT / "scripts" / "tests"), str(ROOT / "tests" / "pipelines")]
 
 # (pipeline, shuffle buffer, batch size): the same spread as tests/test_verdicts.py.
 VARIANTS = [
@@ -38,15 +37,16 @@ VARIANTS = [
 
 def catch_once(target: str, buffer: int, batch: int) -> dict[str, Any]:
     """One round trip: whether it failed, and at which compared batch."""
-    from _config import Settings
-    from _scenario import run_round_trip
     from omegaconf import OmegaConf
+
+    from dlckpt.config import Settings
+    from dlckpt.roundtrip.scenario import run_round_trip
 
     cfg = OmegaConf.merge(
         OmegaConf.structured(Settings),
         {
             "dataloader": {
-                "_target_": f"resume_pipelines.{target}",
+                "_target_": f"dlckpt.bench.pipelines.resume_pipelines.{target}",
                 "shuffle_buffer_size": buffer,
                 "batch_size": batch,
             }
@@ -71,11 +71,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=20, help="round trips per pipeline")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "catch_rate.json")
     args = parser.parse_args(argv)
-    import os
-
-    os.environ["PYTHONPATH"] = os.pathsep.join(
-        p for p in (str(ROOT / "tests" / "pipelines"), os.environ.get("PYTHONPATH")) if p
-    )
     results = []
     for target, buffer, batch in VARIANTS:
         started = time.perf_counter()

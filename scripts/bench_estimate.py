@@ -27,8 +27,6 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "scripts" / "tests"))
-sys.path.insert(0, str(ROOT / "tests" / "pipelines"))  # pipelines the estimator never saw
 
 PRESETS: dict[str, tuple[str, list[str]]] = {
     "small": ("small", []),
@@ -41,21 +39,24 @@ PRESETS: dict[str, tuple[str, list[str]]] = {
 
 
 def _shape_names() -> list[str]:
-    from estimate_shapes import FAMILY
+    from dlckpt.bench.pipelines.estimate_shapes import FAMILY
 
     return list(FAMILY)
 
 
 def shape_config(name: str, folder: Path, overrides: Sequence[str] = ()) -> Any:
     """The config of a preset or of a test-family shape (written into `folder`)."""
-    from _config import load_config
-    from estimate_shapes import FAMILY
+    from dlckpt.bench.pipelines.estimate_shapes import FAMILY
+    from dlckpt.config import load_config
 
     if name in PRESETS:
         config_name, preset_overrides = PRESETS[name]
         return load_config(config_name, [*preset_overrides, *overrides])
     folder.mkdir(parents=True, exist_ok=True)
-    lines = [f"  _target_: estimate_shapes.{name}", "  shuffle_buffer_size: 1000"]
+    lines = [
+        f"  _target_: dlckpt.bench.pipelines.estimate_shapes.{name}",
+        "  shuffle_buffer_size: 1000",
+    ]
     lines += [f"  {key}: {json.dumps(value)}" for key, value in FAMILY.get(name, {}).items()]
     (folder / f"{name}.yaml").write_text("dataloader:\n" + "\n".join(lines) + "\n")
     return load_config(name, list(overrides), folder)
@@ -67,9 +68,9 @@ def real_checkpoint_bytes(cfg: Any, buffer: int, scratch: Path) -> int:
     Reads roundtrip.batches_before_save batches, lets the background buffers fill, then
     takes the settled size as the calibration's anchors do (_calibration.steady_save_bytes).
     """
-    from _calibration import steady_save_bytes
-    from _config import with_buffer_size
-    from _pipeline import instantiate_dataset
+    from dlckpt.config import with_buffer_size
+    from dlckpt.estimate.calibrate import steady_save_bytes
+    from dlckpt.pipeline.robot import instantiate_dataset
 
     iterator = iter(instantiate_dataset(with_buffer_size(cfg, buffer).dataloader))
     for _ in range(cfg.roundtrip.batches_before_save):
@@ -87,7 +88,7 @@ def bench_case(
     """One case's row. With `real_saves` > 1 each real buffer is filled and saved that many
     times: estimate/real is against their median, "real spread" is max/min - 1 (how far
     the truth itself moves with thread timing), and "covered" needs every save inside ±."""
-    from _estimate import estimate
+    from dlckpt.estimate.estimator import estimate
 
     cfg = shape_config(name, scratch / "conf", ["estimate.cache=false"])
     started = time.perf_counter()
@@ -122,9 +123,9 @@ def compression_rows(
     The per-frame figure is the slope between two buffer sizes, so the iterator's fixed
     part cancels out; the pipeline is range -> map -> shuffle -> batch(1), no prefetch.
     """
-    from _pipeline import _frame
-    from _roundtrip import save_iterator
-    from _tf import import_tensorflow
+    from dlckpt.pipeline.robot import _frame
+    from dlckpt.roundtrip.child import save_iterator
+    from dlckpt.runtime.tf_import import import_tensorflow
 
     tf = import_tensorflow()
     raw = image_size * image_size * 3
@@ -207,8 +208,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"✗ --cases {' '.join(unknown)}: expected some of {', '.join(known)}", file=sys.stderr
         )
         return 2
-    from _tf import import_tensorflow
     from tabulate import tabulate
+
+    from dlckpt.runtime.tf_import import import_tensorflow
 
     import_tensorflow()
     if args.compression:

@@ -25,9 +25,6 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "scripts" / "tests"))
-sys.path.insert(0, str(ROOT / "scripts"))
-sys.path.insert(0, str(ROOT / "tests" / "pipelines"))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 # Pipelines outside the estimate family: 24 tensors per element, and the same data in one.
@@ -37,12 +34,14 @@ CHEAP = ["estimate.cache=false", "estimate.calibration_offsets=[0,256,1024,3072,
 
 def _config(case: str, folder: Path) -> tuple[Any, dict[str, Any]]:
     """(config, the bench child's request for it)."""
-    from _config import load_config
     from bench_estimate import PRESETS, shape_config
+
+    from dlckpt.config import load_config
 
     if case in EXTRA:
         folder.mkdir(parents=True, exist_ok=True)
-        text = f"dataloader:\n  _target_: estimate_pipelines.{case}\n  shuffle_buffer_size: 1000\n"
+        target = f"dlckpt.bench.pipelines.estimate_pipelines.{case}"
+        text = f"dataloader:\n  _target_: {target}\n  shuffle_buffer_size: 1000\n"
         (folder / f"{case}.yaml").write_text(text)
         return load_config(case, CHEAP, folder), {"config": case, "config_dir": str(folder)}
     cfg = shape_config(case, folder, CHEAP)
@@ -53,8 +52,8 @@ def _config(case: str, folder: Path) -> tuple[Any, dict[str, Any]]:
 
 
 def measure(case: str, scratch: Path) -> dict[str, Any]:
-    from _bench.ram import BUFFERS, save_peak_per_element
-    from _estimate import estimate
+    from dlckpt.bench.ram import BUFFERS, save_peak_per_element
+    from dlckpt.estimate.estimator import estimate
 
     scratch.mkdir(parents=True, exist_ok=True)
     cfg, request = _config(case, scratch / "conf")
@@ -89,9 +88,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"✗ --cases {' '.join(unknown)}: expected some of {', '.join(known)}", file=sys.stderr
         )
         return 2
-    os.environ["PYTHONPATH"] = os.pathsep.join(
-        [str(ROOT / "tests" / "pipelines"), os.environ.get("PYTHONPATH", "")]
-    )
     rows = []
     with tempfile.TemporaryDirectory(prefix="dlckpt-bench-ram-") as scratch:
         for case in cases:

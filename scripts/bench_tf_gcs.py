@@ -36,7 +36,6 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "scripts" / "tests"))
 
 FRAME_BYTES = 1024 * 1024
 BUCKET = "bench"
@@ -125,7 +124,8 @@ def _spread(values: list[float]) -> dict[str, float]:
 
 def bench(megabytes: int, repeats: int, scratch: Path) -> dict[str, Any]:
     import tensorflow as tf
-    from _gcs_server import applied, embedded_gcs
+
+    from dlckpt.storage.embedded.server import applied, embedded_gcs
 
     rows: list[dict[str, float]] = []
     with embedded_gcs(scratch, bucket=BUCKET) as server, applied(server.env):

@@ -16,7 +16,6 @@ Exit codes: 0 every strategy resumed exactly, 1 one did not, 2 bad input.
 from __future__ import annotations
 
 import shutil
-import sys
 import tempfile
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -24,9 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent / "tests"))
+from omegaconf import OmegaConf
 
-from _common import (
+from dlckpt.cli.common import (
     EXIT_FAILED,
     EXIT_PASSED,
     common_parser,
@@ -34,10 +33,11 @@ from _common import (
     parse_args,
     run_main,
 )
-from _config import parse_positive_int, shuffle_buffer_size
-from _errors import UsageError
-from _report import format_bytes, write_report
-from _strategies import (
+from dlckpt.config import parse_positive_int, shuffle_buffer_size
+from dlckpt.errors import UsageError
+from dlckpt.report import format_bytes, write_report
+from dlckpt.strategies.builders import grain_available
+from dlckpt.strategies.compare import (
     DEFAULT_WORK_DIR,
     LAST_REPORT_NAME,
     STRATEGIES,
@@ -46,9 +46,8 @@ from _strategies import (
     finish_restore,
     measure_strategy,
 )
-from _strategy_builders import grain_available
-from _strategy_episodes import DataSpec, write_episode_files
-from _strategy_user import (
+from dlckpt.strategies.episodes import DataSpec, write_episode_files
+from dlckpt.strategies.user import (
     ON_YOUR_PIPELINE,
     RANDOM_ACCESS_NEEDS,
     SYNTHETIC_FOR_USER,
@@ -58,7 +57,6 @@ from _strategy_user import (
     synthetic_spec_like,
     user_variants,
 )
-from omegaconf import OmegaConf
 
 # The decoded-frame buffer is really filled; past this it would not fit a shared machine.
 MAX_DECODED_BUFFER_BYTES = 2_000_000_000
@@ -386,6 +384,6 @@ def summary_lines(results: list[StrategyResult]) -> list[str]:
 
 
 if __name__ == "__main__":
-    from _signals import exit_process
+    from dlckpt.runtime.signals import exit_process
 
     exit_process(main())

@@ -17,25 +17,23 @@ Exit codes: 0 nothing here explains a failure, 1 a cause was found, 2 bad input.
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent / "tests"))
-
-from _common import EXIT_FAILED, EXIT_PASSED, common_parser, parse_args, run_main
-from _config import PROJECT_ROOT, load_config, shuffle_buffer_size
-from _diagnose import Job, diagnose, findings_table, most_likely_line, next_steps
-from _diagnose_env import (
+from dlckpt.cli.common import EXIT_FAILED, EXIT_PASSED, common_parser, parse_args, run_main
+from dlckpt.config import load_config, shuffle_buffer_size
+from dlckpt.diagnose.checks import Job, diagnose, findings_table, most_likely_line, next_steps
+from dlckpt.diagnose.job_env import (
     TEMP_VARIABLES,
     detect_processes,
     job_environment,
     split_env_assignments,
 )
-from _errors import UsageError
-from _locations import parse_size
-from _report import write_report
+from dlckpt.errors import UsageError
+from dlckpt.paths import PROJECT_ROOT
+from dlckpt.preflight.locations import parse_size
+from dlckpt.report import write_report
 
 SCRATCH = PROJECT_ROOT / ".work" / "diagnose"  # the estimate's saves, away from the folder checked
 
@@ -109,8 +107,9 @@ def _job(cfg: Any, args: Any, env: dict[str, str], env_source: str) -> Job:
         size = parse_size(args.checkpoint_size, "--checkpoint-size")
         return Job(env, env_source, size, "--checkpoint-size", processes, source, detected,
                    lambda budget: 0)  # fmt: skip
-    from _estimate import estimate
     from omegaconf import OmegaConf
+
+    from dlckpt.estimate.estimator import estimate
 
     # The processes do not change one process's checkpoint: keep them out of the cache key.
     measured = OmegaConf.to_container(cfg, resolve=True)
@@ -131,6 +130,6 @@ def _job(cfg: Any, args: Any, env: dict[str, str], env_source: str) -> Job:
 
 
 if __name__ == "__main__":
-    from _signals import exit_process
+    from dlckpt.runtime.signals import exit_process
 
     exit_process(main())

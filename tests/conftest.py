@@ -1,4 +1,8 @@
-"""Shared fixtures: the scripts' folder on sys.path, a real GCS server, script runners."""
+"""Shared fixtures: a real GCS server, script runners, tmpfs mounts.
+
+The scripts' folders and tests/pipelines (a user's own module) are importable through
+pyproject's `pythonpath`; the engine is the installed dlckpt package.
+"""
 
 from __future__ import annotations
 
@@ -14,12 +18,11 @@ from typing import TYPE_CHECKING
 import pytest
 
 if TYPE_CHECKING:
-    from _gcs_server import EmbeddedGcs
+    from dlckpt.storage.embedded.server import EmbeddedGcs
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS_DIR = ROOT / "scripts" / "tests"
 TESTS_DIR = Path(__file__).resolve().parent
-sys.path.insert(0, str(SCRIPTS_DIR))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 # `import tensorflow` imports Keras 3 eagerly, and Keras imports matplotlib.pyplot: ~1.5 s of
 # CPU (of ~7.5 s) in each of the few hundred processes the suite starts. Nothing in the
@@ -64,7 +67,7 @@ def _no_watchdog_left_armed() -> Iterator[None]:
     the signal and the line it landed on; the timer is cancelled, or it would end this
     worker with os._exit 90 s later, in whatever test then runs."""
     yield
-    from _signals import WATCHDOG_THREAD
+    from dlckpt.runtime.signals import WATCHDOG_THREAD
 
     armed = [t for t in threading.enumerate() if t.name.startswith(WATCHDOG_THREAD)]
     for timer in armed:
@@ -88,7 +91,7 @@ def gcs_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedGcs
     Its variables are not applied to the test process: each test passes `gcs_server.env`
     to what it starts.
     """
-    from _gcs_server import embedded_gcs
+    from dlckpt.storage.embedded.server import embedded_gcs
 
     with embedded_gcs(tmp_path_factory.mktemp("gcs-server")) as server:
         yield server
@@ -103,7 +106,7 @@ def gcs_endpoint(gcs_server: EmbeddedGcs) -> str:
 @pytest.fixture
 def gcs_client(gcs_endpoint: str, monkeypatch: pytest.MonkeyPatch):
     """A google-cloud-storage client talking to the loopback server."""
-    from _storage import make_client
+    from dlckpt.storage.destination import make_client
 
     monkeypatch.setenv("STORAGE_EMULATOR_HOST", gcs_endpoint)
     return make_client()
@@ -123,7 +126,7 @@ def gcs_bucket(gcs_client, request: pytest.FixtureRequest):
 
 def script_env(**extra: str) -> dict[str, str]:
     """The environment a script runs with: ours, with tests/pipelines importable."""
-    from _gcs_server import VARIABLES
+    from dlckpt.storage.embedded.server import VARIABLES
 
     env = dict(os.environ)
     for name in ("GCS_TEST_BUCKET", *VARIABLES):
@@ -178,8 +181,8 @@ def small_estimate_cache(tmp_path_factory: pytest.TempPathFactory):
     import fcntl
     import pickle
 
-    from _config import load_config
-    from _estimate import estimate
+    from dlckpt.config import load_config
+    from dlckpt.estimate.estimator import estimate
 
     # Under pytest-xdist each worker's base temp folder is inside the run's own, which all
     # workers share; without xdist the base temp folder is the run's own.

@@ -8,14 +8,9 @@ rebuilt for the suggested buffer) and must pass.
 from __future__ import annotations
 
 import dataclasses
-import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, TESTS_DIR
-
-sys.path.insert(0, str(TESTS_DIR / "pipelines"))
-sys.path.insert(0, str(ROOT / "scripts"))
 
 
 def _advised(message: str) -> int:
@@ -31,8 +26,9 @@ def _with_buffer(result, buffer: int):
 @pytest.fixture(scope="module")
 def zero_frames(tmp_path_factory: pytest.TempPathFactory):
     """A measured estimate of 256 KB zero frames: ~1 KB each in the checkpoint, 256 KB in RAM."""
-    from _estimate import estimate
     from bench_estimate import shape_config
+
+    from dlckpt.estimate.estimator import estimate
 
     folder = tmp_path_factory.mktemp("zero")
     cfg = shape_config(
@@ -43,8 +39,8 @@ def zero_frames(tmp_path_factory: pytest.TempPathFactory):
 
 def _follow(result, rows_for, hosts: int = 1) -> tuple[int, list]:
     """Refuse, read the suggested buffer, rebuild the rows for it; return (buffer, new rows)."""
-    from _errors import PreflightRefusal
-    from _locations import check_locations, preflight
+    from dlckpt.errors import PreflightRefusal
+    from dlckpt.preflight.locations import check_locations, preflight
 
     result = dataclasses.replace(result, num_hosts=hosts)
     rows = check_locations(rows_for(result))
@@ -58,7 +54,8 @@ def _follow(result, rows_for, hosts: int = 1) -> tuple[int, list]:
 def test_advice_for_a_buffer_ram_cannot_hold_fits_ram_and_every_disk(zero_frames, tmp_path):
     """100M elements: the disks could take the small checkpoint, RAM cannot hold the buffer."""
     import psutil
-    from _locations import RAM, preflight, scenario_locations
+
+    from dlckpt.preflight.locations import RAM, preflight, scenario_locations
 
     huge = dataclasses.replace(zero_frames, tested_buffer=10**8)
     huge = _with_buffer(huge, 10**8)
@@ -74,7 +71,7 @@ def test_advice_for_a_buffer_ram_cannot_hold_fits_ram_and_every_disk(zero_frames
 
 
 def test_advice_for_a_small_disk_shared_by_two_rows_fits_both(zero_frames, small_disk):
-    from _locations import preflight, scenario_locations
+    from dlckpt.preflight.locations import preflight, scenario_locations
 
     def rows_for(result):
         return scenario_locations(
@@ -98,7 +95,7 @@ def test_advice_for_a_small_disk_shared_by_two_rows_fits_both(zero_frames, small
 
 
 def test_tightest_budget_splits_a_disk_between_its_rows(small_disk):
-    from _locations import Location, check_locations, tightest_budget
+    from dlckpt.preflight.locations import Location, check_locations, tightest_budget
 
     rows = check_locations(
         [Location("a", str(small_disk), 1), Location("b", str(small_disk / "sub"), 1)]

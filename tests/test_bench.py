@@ -123,7 +123,7 @@ def synthetic_results(within: bool) -> dict:
 
 @pytest.mark.parametrize("within", [True, False])
 def test_render_writes_the_page_and_the_plot_from_results(tmp_path: Path, within: bool) -> None:
-    from _bench.render import REGENERATE, render
+    from dlckpt.bench.render import REGENERATE, render
 
     results = tmp_path / "results.json"
     results.write_text(json.dumps(synthetic_results(within)))
@@ -145,7 +145,7 @@ def test_render_writes_the_page_and_the_plot_from_results(tmp_path: Path, within
 
 
 def test_suite_durations_are_parsed_slowest_first() -> None:
-    from _bench.suite import parse_durations
+    from dlckpt.bench.suite import parse_durations
 
     output = (
         "============ slowest 3 durations ============\n"

@@ -5,15 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from _config import (
+
+from dlckpt.config import (
     PROJECT_CONF_DIR,
     load_config,
     parse_positive_int,
     shuffle_buffer_size,
     with_buffer_size,
 )
-from _errors import UsageError
-from _estimate import formula_bytes
+from dlckpt.errors import UsageError
+from dlckpt.estimate.estimator import formula_bytes
 
 
 def test_default_config_is_the_readme_production_setting():
@@ -31,7 +32,7 @@ def test_presets(name, buffer, encoded):
     cfg = load_config(name)
     assert shuffle_buffer_size(cfg) == buffer
     assert cfg.dataloader.buffer_encoded_frames is encoded
-    assert cfg.dataloader._target_ == "_pipeline.build_robot_dataset"
+    assert cfg.dataloader._target_ == "dlckpt.pipeline.robot.build_robot_dataset"
 
 
 def test_overrides_apply_to_the_dataloader_and_settings():

@@ -18,10 +18,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from _report import format_bytes
 from conftest import ROOT, SMALL_CHEAP, run_script, script_env, tmpfs_mount
 
-sys.path.insert(0, str(ROOT / "scripts"))  # `from diagnose import main` for in-process runs
+from dlckpt.report import format_bytes
+
 SCRIPT = "./diagnose.py"  # run_script: a "/" means relative to scripts/
 SMALL = ["--config-name", "small", *SMALL_CHEAP]
 NO_TEMP_VARIABLES = ["TEST_TMPDIR=", "TMPDIR=", "TMP="]
@@ -256,8 +256,8 @@ def test_bad_input_exits_2_with_one_line(args, message, tmp_path):
 
 
 def test_env_file_formats(tmp_path):
-    from _diagnose_env import job_environment, parse_env_file
-    from _errors import UsageError
+    from dlckpt.diagnose.job_env import job_environment, parse_env_file
+    from dlckpt.errors import UsageError
 
     shell = tmp_path / "job.env"
     shell.write_text("export TMPDIR=\"/scratch/a b\"\nTMP='/t'\n\nPATH=/bin\n")

@@ -3,7 +3,7 @@
 Accuracy is checked the way issue 9 states it: calibrate, extrapolate to 20x and 100x the
 largest calibration buffer, then fill that buffer for real, save the iterator once the
 prefetch buffers are full (as during training) and compare the bytes on disk. The test
-family (tests/pipelines/estimate_shapes.py) holds shapes unlike the presets.
+family (dlckpt/bench/pipelines/estimate_shapes.py) holds shapes unlike the presets.
 """
 
 from __future__ import annotations
@@ -14,13 +14,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, SMALL_CHEAP, TESTS_DIR, run_script, script_env
-
-sys.path.insert(0, str(TESTS_DIR / "pipelines"))
-sys.path.insert(0, str(ROOT / "scripts"))
+from conftest import SMALL_CHEAP, run_script, script_env
 
 SCRIPT = "test_dataloader_checkpoint_small_buffer.py"
-SENSOR = "estimate_pipelines.sensor_log_dataset"
+SENSOR = "dlckpt.bench.pipelines.estimate_pipelines.sensor_log_dataset"
 # Cheaper sampling for the family (a few chunks tiling the first ~6,400+ elements); the
 # presets keep the defaults.
 FAMILY_OVERRIDES = [
@@ -61,8 +58,9 @@ def seeded_cache(small_estimate_cache, small_estimate_copy):
 def family(tmp_path_factory: pytest.TempPathFactory):
     """shape -> (config, EstimateResult), measured once per shape and worker (session scope:
     pytest would tear a module fixture down whenever another module's test comes between)."""
-    from _estimate import estimate
     from bench_estimate import shape_config
+
+    from dlckpt.estimate.estimator import estimate
 
     folder = tmp_path_factory.mktemp("family")
     measured: dict[str, object] = {}
@@ -86,7 +84,7 @@ def _same_worker(shape: str) -> pytest.MarkDecorator:
 def _family_names(open_misses: bool) -> list[object]:
     """The family's shapes; with `open_misses`, the shapes whose ±3% is a known open miss
     are marked xfail (not strict): the stated ± still has to cover them, strictly."""
-    from estimate_shapes import FAMILY
+    from dlckpt.bench.pipelines.estimate_shapes import FAMILY
 
     known = {
         # An AUTOTUNE prefetch's depth follows thread timing, so the real save itself
@@ -170,12 +168,12 @@ def test_ram_row_is_within_25_percent_of_a_real_saves_peak_memory(
     high-water mark from just before the fill to the end of the save, at two buffers in
     fresh processes (_bench.ram.save_peak_per_element).
     """
-    from _bench.ram import BUFFERS, save_peak_per_element
     from bench_estimate import shape_config
+
+    from dlckpt.bench.ram import BUFFERS, save_peak_per_element
 
     _cfg, result = family(shape)
     shape_config(shape, tmp_path / "conf")
-    monkeypatch.setenv("PYTHONPATH", str(ROOT / "tests" / "pipelines"))
     request = {"config": shape, "config_dir": str(tmp_path / "conf")}
     measured = save_peak_per_element(request, tmp_path)
     if measured is None:
@@ -214,7 +212,7 @@ def test_two_estimates_of_one_pipeline_agree_within_1_percent(family, tmp_path):
     fill moved by ~29 KB (1.3%) between the two estimates of one busy full-suite run: there
     they agree within the 3% each must be of a real save.
     """
-    from _estimate import estimate
+    from dlckpt.estimate.estimator import estimate
 
     cfg, first = family("encoded_frames")
     again = estimate(cfg, scratch_root=tmp_path, say=lambda _: None)
@@ -236,8 +234,8 @@ def test_two_estimates_of_one_pipeline_agree_within_1_percent(family, tmp_path):
     ],
 )  # fmt: skip
 def test_estimate_within_3_percent_of_the_real_checkpoint_at_20x(config_name, overrides, tmp_path):
-    from _config import load_config
-    from _estimate import estimate
+    from dlckpt.config import load_config
+    from dlckpt.estimate.estimator import estimate
 
     config_dir = _sensor_config(tmp_path) if config_name == "sensor" else None
     cfg = load_config(config_name, [*overrides, "estimate.cache=false"], config_dir)
@@ -274,9 +272,9 @@ def test_report_keys_and_model_are_consistent(small_estimate_cache):
 
 
 def test_second_run_is_cached_and_any_config_change_invalidates(seeded_cache):
-    from _config import load_config
-    from _estimate import estimate
-    from _estimate_cache import cache_dir, config_hash, load_cached
+    from dlckpt.config import load_config
+    from dlckpt.estimate.cache import cache_dir, config_hash, load_cached
+    from dlckpt.estimate.estimator import estimate
 
     first = seeded_cache  # measured once per session, into the cache this test now holds
     again = estimate(load_config("small", SMALL_CHEAP), say=lambda _: None)
@@ -298,8 +296,8 @@ def test_second_run_is_cached_and_any_config_change_invalidates(seeded_cache):
 
 
 def test_a_pipeline_shorter_than_the_buffer_is_estimated_with_what_it_has(tmp_path):
-    from _config import load_config
-    from _estimate import estimate
+    from dlckpt.config import load_config
+    from dlckpt.estimate.estimator import estimate
 
     config_dir = _sensor_config(tmp_path, repeat=False, records_per_source=10)
     cfg = load_config("sensor", ["estimate.cache=false"], config_dir)
@@ -402,8 +400,8 @@ def test_bad_estimate_input_exits_2_with_one_line(args, expected):
 
 
 def test_parse_size_units():
-    from _errors import UsageError
-    from _locations import parse_size
+    from dlckpt.errors import UsageError
+    from dlckpt.preflight.locations import parse_size
 
     assert parse_size("15GB") == 15 * 10**9
     assert parse_size("1.5 TB") == 1_500_000_000_000
@@ -416,9 +414,8 @@ def test_parse_size_units():
 
 def test_estimate_accepts_a_subprocess_free_python_call():
     """The estimate is importable on its own: no TensorFlow import for the formula alone."""
-    scripts = str(TESTS_DIR.parent / "scripts" / "tests")
     code = (
-        f"import sys; sys.path.insert(0, {scripts!r}); from _estimate import formula_bytes; "
+        "import sys; from dlckpt.estimate.estimator import formula_bytes; "
         "print(formula_bytes(250000, 500000, 1.5)); print('tensorflow' in sys.modules)"
     )
     out = subprocess.run(
@@ -431,7 +428,10 @@ def test_estimate_accepts_a_subprocess_free_python_call():
 
 
 def _shape_yaml(tmp_path: Path, name: str, **settings: object) -> Path:
-    lines = [f"  _target_: estimate_shapes.{name}", "  shuffle_buffer_size: 1000"]
+    lines = [
+        f"  _target_: dlckpt.bench.pipelines.estimate_shapes.{name}",
+        "  shuffle_buffer_size: 1000",
+    ]
     lines += [f"  {key}: {json.dumps(value)}" for key, value in settings.items()]
     (tmp_path / f"{name}.yaml").write_text("dataloader:\n" + "\n".join(lines) + "\n")
     return tmp_path
@@ -480,9 +480,9 @@ def test_a_calibration_that_cannot_fit_its_scratch_folder_exits_3_naming_it(smal
 
 def test_a_save_that_fills_the_disk_mid_calibration_is_refused_naming_the_folder(small_disk):
     """The needs check passes (tiny elements) but the disk is filled by someone else."""
-    from _calibration import _refuse_disk_full, _save_bytes
-    from _errors import PreflightRefusal
-    from _tf import import_tensorflow
+    from dlckpt.errors import PreflightRefusal
+    from dlckpt.estimate.calibrate import _refuse_disk_full, _save_bytes
+    from dlckpt.runtime.tf_import import import_tensorflow
 
     tf = import_tensorflow()
     ballast = small_disk / "ballast"
@@ -504,8 +504,8 @@ def test_a_save_that_fills_the_disk_mid_calibration_is_refused_naming_the_folder
 
 def test_a_file_cache_before_the_shuffle_is_measured_with_one_iterator_at_a_time(tmp_path):
     """Dataset.cache(filename): two live iterators collide on its lock file (case c08)."""
-    from _config import load_config
-    from _estimate import estimate
+    from dlckpt.config import load_config
+    from dlckpt.estimate.estimator import estimate
 
     (tmp_path / "data").mkdir()
     config_dir = _shape_yaml(tmp_path, "file_cached", cache_file=str(tmp_path / "data" / "t"))
@@ -519,9 +519,9 @@ def test_a_file_cache_before_the_shuffle_is_measured_with_one_iterator_at_a_time
 
 
 def test_a_bad_cache_entry_is_dropped_and_measured_again(seeded_cache, tmp_path):
-    from _config import load_config
-    from _estimate import estimate
-    from _estimate_cache import cache_dir, config_hash, entry_problem, load_cached
+    from dlckpt.config import load_config
+    from dlckpt.estimate.cache import cache_dir, config_hash, entry_problem, load_cached
+    from dlckpt.estimate.estimator import estimate
 
     cfg = load_config("small", SMALL_CHEAP)
     key = config_hash(cfg)
@@ -551,9 +551,9 @@ def test_a_bad_cache_entry_is_dropped_and_measured_again(seeded_cache, tmp_path)
 
 
 def test_cross_check_states_the_miss_and_drops_the_cache_entry(tmp_path, seeded_cache):
-    from _config import load_config
-    from _estimate import cross_check, estimate
-    from _estimate_cache import cache_dir
+    from dlckpt.config import load_config
+    from dlckpt.estimate.cache import cache_dir
+    from dlckpt.estimate.estimator import cross_check, estimate
 
     cfg = load_config("small", SMALL_CHEAP)
     result = estimate(cfg, say=lambda _: None)

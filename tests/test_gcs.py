@@ -12,8 +12,9 @@ import os
 from pathlib import Path
 
 import pytest
-from _errors import UsageError
-from _storage import (
+
+from dlckpt.errors import UsageError
+from dlckpt.storage.destination import (
     MARKER_NAME,
     RESUMABLE_CHUNK_BYTES,
     GcsDestination,

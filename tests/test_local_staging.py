@@ -12,8 +12,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from _storage import MARKER_NAME
 from conftest import run_script, script_env
+
+from dlckpt.storage.destination import MARKER_NAME
 
 SCRIPT = "test_dataloader_checkpoint_local_staging.py"
 

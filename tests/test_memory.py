@@ -9,7 +9,7 @@ import pytest
 
 
 def test_allocated_bytes_counts_a_held_array_and_its_release():
-    from _memory import allocated_bytes
+    from dlckpt.estimate.memory import allocated_bytes
 
     before = allocated_bytes()
     if before is None:
@@ -25,7 +25,7 @@ def test_allocated_bytes_counts_a_held_array_and_its_release():
 
 
 def _calibration(**fields):  # type: ignore[no-untyped-def]
-    from _calibration import Calibration
+    from dlckpt.estimate.calibrate import Calibration
 
     base = Calibration(
         anchors=[[8, 10_000], [64, 40_000]], chunks=[[0, 64, 500.0]], constant=False,
@@ -36,7 +36,7 @@ def _calibration(**fields):  # type: ignore[no-untyped-def]
 
 
 def test_ram_row_counts_the_allocator_bytes_and_the_saves_working_memory():
-    from _memory import SAVE_WORKING_BYTES_PER_SLOT, save_working_bytes
+    from dlckpt.estimate.memory import SAVE_WORKING_BYTES_PER_SLOT, save_working_bytes
 
     per_element = 600 + save_working_bytes(3)
     assert _calibration().ram_bytes_for(1000) == 1000 * per_element
@@ -54,7 +54,8 @@ def test_ram_row_counts_the_allocator_bytes_and_the_saves_working_memory():
 def test_string_elements_are_counted_as_the_pipeline_made_them_too():
     """Only a string's bytes in memory depend on the op that grew it: a scalar, a vector."""
     import tensorflow as tf
-    from _calibration import _holds_strings
+
+    from dlckpt.estimate.calibrate import _holds_strings
 
     assert _holds_strings([{"png": tf.constant(b"\x89PNG"), "i": tf.constant(1)}])
     assert _holds_strings([(tf.constant(["a", "bc"]), tf.zeros([2]))])

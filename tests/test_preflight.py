@@ -78,7 +78,7 @@ def test_force_runs_past_the_refusal(small_disk, tmp_path, script_estimate_cache
 
 
 def test_rows_on_one_disk_are_checked_against_their_sum(small_disk):
-    from _locations import Location, check_locations
+    from dlckpt.preflight.locations import Location, check_locations
 
     one = check_locations([Location("scratch", str(small_disk), 12_000_000)])
     assert one[0].ok and 0 < one[0].free_bytes <= 20 * 2**20
@@ -93,7 +93,7 @@ def test_rows_on_one_disk_are_checked_against_their_sum(small_disk):
 
 
 def test_tf_temp_folder_is_resolved_as_tensorflow_does(tmp_path):
-    from _locations import tf_temp_dir
+    from dlckpt.preflight.locations import tf_temp_dir
 
     a, b, c = (tmp_path / name for name in "abc")
     for folder in (a, b, c):
@@ -113,9 +113,10 @@ def test_tf_temp_folder_is_resolved_as_tensorflow_does(tmp_path):
 
 def test_ram_that_cannot_hold_the_buffer_is_refused():
     import psutil
-    from _errors import PreflightRefusal
-    from _estimate import EstimateResult
-    from _locations import RAM, RAM_ROW, Location, check_locations, preflight
+
+    from dlckpt.errors import PreflightRefusal
+    from dlckpt.estimate.estimator import EstimateResult
+    from dlckpt.preflight.locations import RAM, RAM_ROW, Location, check_locations, preflight
 
     available = psutil.virtual_memory().available
     per_sample = 1_000_000

@@ -6,8 +6,9 @@ import json
 from pathlib import Path
 
 import pytest
-from _report import format_bytes
 from conftest import SMALL_CHEAP, tmpfs_mount
+
+from dlckpt.report import format_bytes
 
 CONFIGURED = 3000  # ~24 MB of checkpoint for the `small` frames; the test buffer stays 16
 

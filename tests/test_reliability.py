@@ -63,8 +63,7 @@ PROBE = textwrap.dedent(
     """
     import sys, time
     from pathlib import Path
-    sys.path.insert(0, {scripts!r})
-    from _common import common_parser, parse_args, run_main
+    from dlckpt.cli.common import common_parser, parse_args, run_main
 
     parser = common_parser("probe", "a run that holds a folder until it is interrupted")
 
@@ -88,7 +87,7 @@ PROBE = textwrap.dedent(
 @pytest.fixture
 def probe(tmp_path: Path) -> Path:
     path = tmp_path / "probe.py"
-    path.write_text(PROBE.format(scripts=str(SCRIPTS_DIR)))
+    path.write_text(PROBE)
     return path
 
 
@@ -134,8 +133,7 @@ def test_termination_signals_clean_up_and_exit_128_plus_n(probe, tmp_path, sig, 
 LAUNCHER = textwrap.dedent(
     """
     import subprocess, sys, time
-    sys.path.insert(0, {scripts!r})
-    from _signals import die_with_parent
+    from dlckpt.runtime.signals import die_with_parent
 
     wrap = die_with_parent if sys.argv[1] == "wrapped" else list
     child = subprocess.Popen(wrap([sys.executable, "-c", "import time; time.sleep(300)"]))
@@ -149,7 +147,7 @@ LAUNCHER = textwrap.dedent(
 def test_a_child_dies_with_its_parent_even_on_sigkill(tmp_path, wrapped):
     """The control (no wrapper) shows the child would outlive a SIGKILLed parent."""
     launcher = tmp_path / "launcher.py"
-    launcher.write_text(LAUNCHER.format(scripts=str(SCRIPTS_DIR)))
+    launcher.write_text(LAUNCHER)
     parent = subprocess.Popen(
         [sys.executable, str(launcher), "wrapped" if wrapped else "bare"],
         stdout=subprocess.PIPE, text=True,
@@ -170,9 +168,8 @@ def test_a_child_dies_with_its_parent_even_on_sigkill(tmp_path, wrapped):
 HELD = textwrap.dedent(
     """
     import json, os, signal, sys, threading, time, traceback
-    sys.path.insert(0, {scripts!r})
     import tensorflow as tf
-    from _signals import Interrupted, interrupts_raise
+    from dlckpt.runtime.signals import Interrupted, interrupts_raise
 
     @tf.function
     def spin(n):  # one TensorFlow call that takes a while
@@ -198,7 +195,7 @@ HELD = textwrap.dedent(
             events.append("not interrupted")
     except Interrupted as interrupt:
         frames = traceback.extract_tb(interrupt.__traceback__)
-        where = [f.filename for f in frames if not f.filename.endswith("_signals.py")][-1]
+        where = [f.filename for f in frames if not f.filename.endswith("runtime/signals.py")][-1]
         events.append(f"raised in {{os.path.basename(where)}}: {{interrupt.exit_code}}")
     print(json.dumps(events), flush=True)
     """
@@ -211,7 +208,7 @@ def test_fault_signal_inside_a_tensorflow_call_is_raised_once_it_returns(tmp_pat
     SaveV2's argument conversion, a heap corruption abort): the signal is held until the
     call returns, then raised in the caller's code."""
     script = tmp_path / "held.py"
-    script.write_text(HELD.format(scripts=str(SCRIPTS_DIR), sig=sig))
+    script.write_text(HELD.format(sig=sig))
     result = subprocess.run(
         [sys.executable, str(script)], env=script_env(), capture_output=True, text=True,
         timeout=EXIT_BOUND_SECONDS * 2, check=False,
@@ -245,8 +242,8 @@ BAD_SETTINGS = [
 
 @pytest.mark.parametrize(("override", "expected"), BAD_SETTINGS, ids=[o for o, _ in BAD_SETTINGS])
 def test_bad_input_setting_is_one_line(override, expected):
-    from _config import load_config
-    from _errors import UsageError
+    from dlckpt.config import load_config
+    from dlckpt.errors import UsageError
 
     with pytest.raises(UsageError) as caught:
         load_config("small", [override])
@@ -255,7 +252,7 @@ def test_bad_input_setting_is_one_line(override, expected):
 
 
 def test_good_settings_still_load():
-    from _config import load_config
+    from dlckpt.config import load_config
 
     cfg = load_config(
         "openvla",
@@ -291,9 +288,10 @@ def test_bad_input_empty_comparison_never_passes(tmp_path):
 def test_bad_input_builder_that_raises_is_one_line_with_its_type(
     tmp_path, monkeypatch, exception, message
 ):
-    from _errors import UsageError
-    from _pipeline import instantiate_dataset
     from omegaconf import OmegaConf
+
+    from dlckpt.errors import UsageError
+    from dlckpt.pipeline.robot import instantiate_dataset
 
     name = f"raising_{exception.lower()}"  # one module per case: imports are cached
     raised = message.strip("'")
@@ -328,8 +326,8 @@ def _read_only_mount(folder: Path) -> contextlib.AbstractContextManager[Path]:
     ids=["dev-full", "proc", "read-only-mount", "folder", "missing-folder"],
 )
 def test_bad_input_report_path_refused_up_front(tmp_path, where, expected):
-    from _errors import UsageError
-    from _report import check_report_path
+    from dlckpt.errors import UsageError
+    from dlckpt.report import check_report_path
 
     with _read_only_mount(tmp_path / "ro") as read_only:
         path = Path(where.format(tmp=tmp_path, read_only=read_only))
@@ -349,8 +347,8 @@ def test_bad_input_unwritable_report_stops_the_script_before_it_runs(tmp_path):
 
 
 def test_an_unexpected_error_still_writes_the_report(tmp_path):
-    import _report
-    from _common import run_main
+    from dlckpt import report as _report
+    from dlckpt.cli.common import run_main
 
     report = tmp_path / "r.json"
 
@@ -380,8 +378,8 @@ def test_an_unexpected_error_still_writes_the_report(tmp_path):
     ids=["missing", "folder", "not-json", "no-type", "incomplete-key"],
 )
 def test_bad_input_credentials_file_names_the_variable(tmp_path, monkeypatch, content, expected):
-    from _errors import UsageError
-    from _storage import make_client
+    from dlckpt.errors import UsageError
+    from dlckpt.storage.destination import make_client
 
     key = tmp_path / "key.json"
     if content == "folder":
@@ -406,15 +404,15 @@ def test_bad_input_credentials_file_names_the_variable(tmp_path, monkeypatch, co
     ],
 )
 def test_bad_input_fit_budget(text, expected):
-    from _errors import UsageError
-    from _locations import parse_size
+    from dlckpt.errors import UsageError
+    from dlckpt.preflight.locations import parse_size
 
     with pytest.raises(UsageError, match=expected):
         parse_size(text)
 
 
 def test_huge_sizes_are_exact():
-    from _locations import parse_size
+    from dlckpt.preflight.locations import parse_size
 
     assert parse_size("99999999999999999999TB") == 99999999999999999999 * 10**12
     assert parse_size("1.000000001GB") == 1_000_000_001
@@ -430,8 +428,8 @@ def test_bad_input_fit_budget_with_a_comma_exits_2(tmp_path):
 
 
 def test_bad_input_a_file_as_the_destination_is_called_a_file(tmp_path):
-    from _errors import UsageError
-    from _storage import LocalDestination
+    from dlckpt.errors import UsageError
+    from dlckpt.storage.destination import LocalDestination
 
     (tmp_path / "a-file").write_text("mine")
     with pytest.raises(UsageError, match="is a file, not a folder"):
@@ -447,7 +445,7 @@ RUN = "run-1"
 @contextlib.contextmanager
 def _own_server() -> Iterator[tuple[object, list[psutil.Process]]]:
     """A GCS server process of this test's own (the session's stays healthy), and a client."""
-    from _storage import embedded_gcs_server, make_client
+    from dlckpt.storage.destination import embedded_gcs_server, make_client
 
     me = psutil.Process()
     before = {child.pid for child in me.children(recursive=True)}
@@ -497,7 +495,7 @@ class _FaultAt(io.RawIOBase):
 @pytest.fixture
 def staged_files(tmp_path: Path) -> list[Path]:
     """A checkpoint's files: a small index and a shard that goes up in two chunks."""
-    from _storage import RESUMABLE_CHUNK_BYTES
+    from dlckpt.storage.destination import RESUMABLE_CHUNK_BYTES
 
     folder = tmp_path / "staged"
     folder.mkdir()
@@ -510,7 +508,7 @@ def staged_files(tmp_path: Path) -> list[Path]:
 
 def _faulty_destination(client, servers, files, fault_name):  # type: ignore[no-untyped-def]
     """A destination with short transfer bounds, and an opener that breaks the server."""
-    from _storage import RESUMABLE_CHUNK_BYTES, GcsDestination, GcsLocation
+    from dlckpt.storage.destination import RESUMABLE_CHUNK_BYTES, GcsDestination, GcsLocation
 
     client.create_bucket("fault-bkt")
     client.bucket("fault-bkt").blob("user/keep.txt").upload_from_string(b"the user's object")
@@ -549,7 +547,7 @@ def _faulty_destination(client, servers, files, fault_name):  # type: ignore[no-
 
 @pytest.mark.parametrize("fault", ["kill", "freeze"], ids=["fault-killed", "fault-frozen"])
 def test_fault_server_lost_mid_upload_reports_the_first_error_and_what_is_left(staged_files, fault):
-    from _storage import MARKER_NAME, TransferError
+    from dlckpt.storage.destination import MARKER_NAME, TransferError
 
     with _own_server() as (client, servers):
         destination, opener = _faulty_destination(client, servers, staged_files, fault)
@@ -580,8 +578,8 @@ def test_fault_server_lost_mid_upload_reports_the_first_error_and_what_is_left(s
 
 
 def test_fault_interrupt_during_a_frozen_upload_is_bounded(staged_files):
-    import _cleanup
-    from _signals import Interrupted, interrupts_raise
+    from dlckpt.runtime import cleanup as _cleanup
+    from dlckpt.runtime.signals import Interrupted, interrupts_raise
 
     if threading.current_thread() is not threading.main_thread():
         pytest.skip("signal handlers can only be set in the main thread")
@@ -600,8 +598,8 @@ def test_fault_interrupt_during_a_frozen_upload_is_bounded(staged_files):
 
 
 def test_fault_cleanup_against_a_dead_server_is_bounded_and_quiet(staged_files):
-    import _cleanup
-    from _storage import GcsDestination, GcsLocation
+    from dlckpt.runtime import cleanup as _cleanup
+    from dlckpt.storage.destination import GcsDestination, GcsLocation
 
     _cleanup.reset()
     with _own_server() as (client, servers):
@@ -630,7 +628,7 @@ def test_fault_cleanup_against_a_dead_server_is_bounded_and_quiet(staged_files):
 
 
 def test_fault_full_local_destination_is_one_line_and_keeps_the_source(small_disk, tmp_path):
-    from _storage import LocalDestination, TransferError
+    from dlckpt.storage.destination import LocalDestination, TransferError
 
     source = tmp_path / "staged"
     source.mkdir()
@@ -649,7 +647,7 @@ def test_fault_full_local_destination_is_one_line_and_keeps_the_source(small_dis
 
 
 def test_fault_destination_that_is_the_staging_folder_never_loses_the_checkpoint(tmp_path):
-    from _storage import LocalDestination, TransferError
+    from dlckpt.storage.destination import LocalDestination, TransferError
 
     staged = tmp_path / RUN  # LOCAL_STAGING_DIR/<run prefix>, where the checkpoint was saved
     staged.mkdir()
@@ -740,7 +738,7 @@ class _Script:
 
     def restore_started(self) -> bool:
         self._look()
-        return any("_roundtrip.py" in command for command in self.seen.values())
+        return any("dlckpt.roundtrip.child" in command for command in self.seen.values())
 
     def line_starts(self, prefix: str) -> Callable[[], bool]:
         return lambda: any(line.startswith(prefix) for line in self.out)
@@ -822,7 +820,7 @@ def test_signal_at_each_phase_cleans_up_and_exits_128_plus_n(
     data = json.loads(report.read_text())
     assert (data["exit_code"], data["passed"]) == (128 + sig, False)
     if phase.startswith("restore"):
-        assert any("_roundtrip.py" in command for command in run.seen.values())
+        assert any("dlckpt.roundtrip.child" in command for command in run.seen.values())
     if destination == "embedded":
         # the embedded server: the HTTPS front and fake-gcs-server behind it
         assert any(
@@ -838,7 +836,7 @@ def test_fault_sigkill_of_the_script_takes_the_restore_process_with_it(tmp_path)
     env = script_env(TMPDIR=str(scratch), GCS_TEST_BUCKET=str(dest))
     run = _Script(["--config-name", "small"], env, group=False)
     run.wait_for(run.restore_started, "the restore")
-    restore = [pid for pid, command in run.seen.items() if "_roundtrip.py" in command]
+    restore = [pid for pid, command in run.seen.items() if "dlckpt.roundtrip.child" in command]
     run.send(signal.SIGKILL)
     run.finish()
     assert restore and _gone(restore) == []  # no handler runs on SIGKILL: the kernel did it
@@ -869,8 +867,8 @@ def test_an_interrupt_a_library_rewraps_still_ends_as_interrupted(capsys):
     exit 4, "a bug"): the run must still end as interrupted, 129."""
     import signal as signals
 
-    from _common import run_main
-    from _signals import Interrupted
+    from dlckpt.cli.common import run_main
+    from dlckpt.runtime.signals import Interrupted
 
     def body() -> int:
         try:

@@ -7,18 +7,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from _config import Settings, load_config, with_buffer_size
-from _roundtrip import DigestStream, digest_element, first_mismatch
-from _scenario import run_round_trip
-from _storage import LocalDestination
 from conftest import TESTS_DIR
 from omegaconf import OmegaConf
+
+from dlckpt.config import Settings, load_config, with_buffer_size
+from dlckpt.roundtrip.child import DigestStream, digest_element, first_mismatch
+from dlckpt.roundtrip.scenario import run_round_trip
+from dlckpt.storage.destination import LocalDestination
 
 
 @pytest.fixture(autouse=True)
 def _user_pipelines_importable(monkeypatch: pytest.MonkeyPatch):
     # The restore runs in a new process: the user's module must be on its PYTHONPATH.
-    monkeypatch.syspath_prepend(str(TESTS_DIR / "pipelines"))
     monkeypatch.setenv("PYTHONPATH", str(TESTS_DIR / "pipelines"))
 
 
@@ -119,7 +119,7 @@ def test_digests_see_every_byte_dtype_and_shape():
 
 
 def test_reference_pipeline_is_deterministic_and_photo_like():
-    from _pipeline import build_robot_dataset
+    from dlckpt.pipeline.robot import build_robot_dataset
 
     def first_batch():
         dataset = build_robot_dataset(

@@ -6,16 +6,17 @@ import json
 from pathlib import Path
 
 import pytest
-from _report import format_bytes
-from _strategies import (
+from conftest import run_script
+
+from dlckpt.report import format_bytes
+from dlckpt.strategies.builders import grain_available
+from dlckpt.strategies.compare import (
     LAST_REPORT_NAME,
     STRATEGY_NAMES,
     shuffle_quality,
     smallest_resuming_strategy,
     strategies_pointer_line,
 )
-from _strategy_builders import grain_available
-from conftest import run_script
 
 # One pytest-xdist worker runs this module (--dist=loadgroup), and small_run is session-scoped
 # (a module fixture is torn down whenever another module's test comes between): one real run.
@@ -99,11 +100,15 @@ def test_table_summary_and_cache_name_the_smallest(small_run) -> None:
         in completed.stdout
     )
     assert smallest_resuming_strategy(report) == best
-    assert report["dataloader_target"] == "_pipeline.build_robot_dataset"
+    assert report["dataloader_target"] == "dlckpt.pipeline.robot.build_robot_dataset"
     assert {s["measured_on"] for s in report["strategies"]} == {"synthetic episodes"}
     # The reference loader's strategies ran on synthetic episodes: the small-buffer run's
     # pointer says so, whichever loader it tested.
-    for pipeline in ("_pipeline.build_robot_dataset", "user_pipelines.plain_dataset", None):
+    for pipeline in (
+        "dlckpt.pipeline.robot.build_robot_dataset",
+        "user_pipelines.plain_dataset",
+        None,
+    ):
         pointer = strategies_pointer_line(work / LAST_REPORT_NAME, pipeline=pipeline)
         assert pointer.startswith(
             "Smaller checkpoints, measured on synthetic episodes and not on your pipeline "
@@ -187,7 +192,7 @@ def test_strategies_run_on_the_users_own_loader(tmp_path: Path) -> None:
         f"{yours['name']}, {format_bytes(yours['checkpoint_bytes'])}; its code is in "
         "DISK_SPACE_SOLUTIONS.md"
     )
-    other = strategies_pointer_line(report, pipeline="_pipeline.build_robot_dataset")
+    other = strategies_pointer_line(report, pipeline="dlckpt.pipeline.robot.build_robot_dataset")
     assert other.startswith(
         "Smaller checkpoints, measured on synthetic episodes and not on your pipeline"
     )
@@ -195,7 +200,7 @@ def test_strategies_run_on_the_users_own_loader(tmp_path: Path) -> None:
 
 
 def test_a_loader_without_the_switch_is_told_what_it_would_need() -> None:
-    from _strategy_user import user_variants
+    from dlckpt.strategies.user import user_variants
 
     variants, notes = user_variants(
         {"_target_": "user_pipelines.plain_dataset", "batch_size": 4}, 100

@@ -78,7 +78,7 @@ def test_small_tmpfs_reproduces_the_production_error_and_leaves_nothing(
     gcs_server, gcs_client, gcs_bucket, small_disk, tmp_path
 ):
     """TensorFlow stages the whole file in TMPDIR; 20 MB cannot take ~26 MB: the raw error."""
-    from _locations import tf_temp_dir
+    from dlckpt.preflight.locations import tf_temp_dir
 
     env = script_env(**gcs_server.env, TMPDIR=str(small_disk))
     env.pop("TEST_TMPDIR", None)
@@ -95,7 +95,7 @@ def test_small_tmpfs_reproduces_the_production_error_and_leaves_nothing(
 
 
 def test_server_processes_and_storage_are_gone_after_stop(tmp_path):
-    from _gcs_server import embedded_gcs, process_gone
+    from dlckpt.storage.embedded.server import embedded_gcs, process_gone
 
     with embedded_gcs(tmp_path, bucket="stop-check") as server:
         assert not process_gone(server.front_pid)
@@ -109,20 +109,18 @@ def test_server_processes_and_storage_are_gone_after_stop(tmp_path):
 
 _PARENT = """
 import json, sys, time
-sys.path.insert(0, sys.argv[1])
-from _gcs_server import embedded_gcs
-with embedded_gcs(sys.argv[2], bucket="orphan-check") as server:
+from dlckpt.storage.embedded.server import embedded_gcs
+with embedded_gcs(sys.argv[1], bucket="orphan-check") as server:
     print(json.dumps({"pids": server.pids, "workdir": str(server.workdir)}), flush=True)
     time.sleep(600)
 """
 
 
 def test_server_dies_with_a_sigkilled_parent(tmp_path):
-    from _gcs_server import process_gone
-    from conftest import SCRIPTS_DIR
+    from dlckpt.storage.embedded.server import process_gone
 
     parent = subprocess.Popen(
-        [sys.executable, "-c", _PARENT, str(SCRIPTS_DIR), str(tmp_path)],
+        [sys.executable, "-c", _PARENT, str(tmp_path)],
         stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
@@ -301,7 +299,7 @@ def test_disk_check_shows_tensorflows_gcs_settings_only_when_set():
 
 
 def test_tf_gcs_settings_lists_the_variables_tensorflow_reads():
-    from _tf_gcs import tf_gcs_settings
+    from dlckpt.storage.tf_gcs import tf_gcs_settings
 
     env = {"GCS_WRITE_REQUEST_TIMEOUT_SECS": "900", "GCS_TEST_BUCKET": "gs://b", "PATH": "/bin"}
     assert tf_gcs_settings(env) == {"GCS_WRITE_REQUEST_TIMEOUT_SECS": "900"}
@@ -311,9 +309,10 @@ def test_tf_gcs_settings_lists_the_variables_tensorflow_reads():
 def test_embedded_servers_storage_and_memory_are_preflight_rows(small_disk, monkeypatch):
     """The server holds an upload whole: its RAM row counts with the buffer's against RAM."""
     import psutil
-    from _estimate import EstimateResult
-    from _gcs_server import SERVER_RAM_BASE_BYTES, SERVER_RAM_BYTES_PER_BYTE
-    from _locations import RAM, check_locations, tensorflow_gcs_locations
+
+    from dlckpt.estimate.estimator import EstimateResult
+    from dlckpt.preflight.locations import RAM, check_locations, tensorflow_gcs_locations
+    from dlckpt.storage.embedded.server import SERVER_RAM_BASE_BYTES, SERVER_RAM_BYTES_PER_BYTE
 
     monkeypatch.setenv("TMPDIR", str(small_disk))
     monkeypatch.delenv("TEST_TMPDIR", raising=False)

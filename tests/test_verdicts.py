@@ -1,6 +1,6 @@
 """Pipelines that do not resume must fail, whatever the batch size and buffer.
 
-Each pipeline in tests/pipelines/resume_pipelines.py diverges upstream of its shuffle
+Each pipeline in dlckpt/bench/pipelines/resume_pipelines.py diverges upstream of its shuffle
 buffer, so the first batches after a restore (served from the restored buffer) match: only
 a window that reaches elements drawn fresh from upstream catches it.
 """
@@ -10,15 +10,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from _config import Settings
-from _scenario import run_round_trip
 from conftest import TESTS_DIR
 from omegaconf import OmegaConf
+
+from dlckpt.config import Settings
+from dlckpt.roundtrip.scenario import run_round_trip
 
 
 @pytest.fixture(autouse=True)
 def _test_pipelines_importable(monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.syspath_prepend(str(TESTS_DIR / "pipelines"))
     monkeypatch.setenv("PYTHONPATH", str(TESTS_DIR / "pipelines"))
 
 
@@ -27,7 +27,7 @@ def _round_trip(target: str, buffer: int, batch: int, tmp_path: Path, lines: lis
         OmegaConf.structured(Settings),
         {
             "dataloader": {
-                "_target_": f"resume_pipelines.{target}",
+                "_target_": f"dlckpt.bench.pipelines.resume_pipelines.{target}",
                 "shuffle_buffer_size": buffer,
                 "batch_size": batch,
             },
@@ -84,10 +84,11 @@ def test_a_resuming_pipeline_passes_and_lists_the_risks_it_checked(tmp_path: Pat
 
 
 def test_the_window_covers_every_buffer_and_the_epoch_boundary():
-    from _risks import analyze
-    from _window import expected_fresh_elements, plan_window
-    from resume_pipelines import reshuffled_epochs_no_seed
     from tensorflow import data
+
+    from dlckpt.bench.pipelines.resume_pipelines import reshuffled_epochs_no_seed
+    from dlckpt.pipeline.risks import analyze
+    from dlckpt.roundtrip.window import expected_fresh_elements, plan_window
 
     settings = OmegaConf.structured(Settings).roundtrip
     # shuffle 100, map with 3 parallel calls before it, batch 4, prefetch 5 batches
@@ -125,9 +126,9 @@ def test_the_window_covers_every_buffer_and_the_epoch_boundary():
     ],
 )
 def test_window_settings_out_of_range_are_one_line_usage_errors(setting, value, expected):
-    from _errors import UsageError
-    from _risks import PipelineAnalysis
-    from _window import plan_window
+    from dlckpt.errors import UsageError
+    from dlckpt.pipeline.risks import PipelineAnalysis
+    from dlckpt.roundtrip.window import plan_window
 
     settings = OmegaConf.merge(OmegaConf.structured(Settings), {"roundtrip": {setting: value}})
     with pytest.raises(UsageError, match=rf"^roundtrip\.{setting}={value}: {expected}$"):

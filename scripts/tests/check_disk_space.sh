@@ -5,12 +5,15 @@
 # checkpoint file in its temp folder (TEST_TMPDIR, else TMPDIR, else TMP, else /tmp).
 # Exit 0 when every location fits, 1 when one does not, 2 on bad input.
 #
-# The parsing and the arithmetic live in _disk_check.py (standard library only, so any
-# python3 runs it; PYTHON chooses which): bash integers overflow on large sizes.
+# The parsing and the arithmetic live in the dlckpt package's preflight/disk_check.py
+# (standard library only, so any python3 runs it; PYTHON chooses which): bash integers
+# overflow on large sizes. The project root goes on PYTHONPATH so a python3 without the
+# package installed finds it too.
 
 set -o errexit -o nounset -o pipefail
 
-SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-readonly SCRIPT_DIR
+PROJECT_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+readonly PROJECT_ROOT
 
-exec "${PYTHON:-python3}" "${SCRIPT_DIR}/_disk_check.py" "$@"
+PYTHONPATH="${PROJECT_ROOT}${PYTHONPATH:+:${PYTHONPATH}}" exec "${PYTHON:-python3}" \
+  -m dlckpt.preflight.disk_check "$@"

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from _common import (
+from dlckpt.cli.common import (
     add_estimate_args,
     common_parser,
     estimate_and_preflight,
@@ -34,17 +34,17 @@ from _common import (
     parse_args,
     run_main,
 )
-from _config import shuffle_buffer_size
-from _errors import UsageError
-from _report import format_gb
-from _scenario import (
+from dlckpt.config import shuffle_buffer_size
+from dlckpt.errors import UsageError
+from dlckpt.report import format_gb
+from dlckpt.roundtrip.scenario import (
     finish,
     open_destination,
     run_round_trip,
     tensorflow_gcs_locations,
     tensorflow_gcs_locations_for,
 )
-from _storage import new_run_prefix
+from dlckpt.storage.destination import new_run_prefix
 
 SCRIPT = "original"
 
@@ -57,7 +57,7 @@ def tensorflow_temp_dir(option: Path | None = None) -> tuple[Path, str]:
     TEST_TMPDIR, if set, since TensorFlow reads it first) are pointed at it for this
     process and the restore process it starts.
     """
-    from _locations import tf_temp_dir
+    from dlckpt.preflight.locations import tf_temp_dir
 
     if option is not None:
         source = "--tmpdir"
@@ -100,7 +100,7 @@ def _locations(temp_dir: Path) -> Any:
     The run saves where TensorFlow's gs:// writer would stage the files and copies with
     google-cloud-storage, so TensorFlow's own staging row would count the folder twice.
     """
-    import _locations
+    from dlckpt.preflight import locations as _locations
 
     def rows(estimate: Any) -> list[Any]:
         found = _locations.scenario_locations(
@@ -174,6 +174,6 @@ def _run(parser: Any, argv: Sequence[str] | None, report: dict[str, Any]) -> int
 
 
 if __name__ == "__main__":
-    from _signals import exit_process
+    from dlckpt.runtime.signals import exit_process
 
     exit_process(main())

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from _common import (
+from dlckpt.cli.common import (
     add_estimate_args,
     common_parser,
     estimate_and_preflight,
@@ -34,11 +34,11 @@ from _common import (
     parse_args,
     run_main,
 )
-from _config import shuffle_buffer_size
-from _errors import UsageError
-from _report import format_gb
-from _scenario import finish, open_destination, run_round_trip
-from _storage import new_run_prefix
+from dlckpt.config import shuffle_buffer_size
+from dlckpt.errors import UsageError
+from dlckpt.report import format_gb
+from dlckpt.roundtrip.scenario import finish, open_destination, run_round_trip
+from dlckpt.storage.destination import new_run_prefix
 
 SCRIPT = "local_staging"
 STAGING_VARIABLE = "LOCAL_STAGING_DIR"
@@ -91,7 +91,7 @@ def _preflight(
     host RAM, and GCS. TensorFlow's gs:// staging folder is not used here: the upload
     goes through google-cloud-storage from the staged copy.
     """
-    import _locations
+    from dlckpt.preflight import locations as _locations
 
     def rows(estimate: Any) -> list[Any]:
         found = _locations.scenario_locations(
@@ -172,6 +172,6 @@ def _run(parser: Any, argv: Sequence[str] | None, report: dict[str, Any]) -> int
 
 
 if __name__ == "__main__":
-    from _signals import exit_process
+    from dlckpt.runtime.signals import exit_process
 
     exit_process(main())

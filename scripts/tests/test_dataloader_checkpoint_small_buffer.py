@@ -22,7 +22,7 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-from _common import (
+from dlckpt.cli.common import (
     add_estimate_args,
     common_parser,
     estimate_and_preflight,
@@ -31,16 +31,16 @@ from _common import (
     parse_args,
     run_main,
 )
-from _config import parse_positive_int, shuffle_buffer_size, with_buffer_size
-from _scenario import (
+from dlckpt.config import parse_positive_int, shuffle_buffer_size, with_buffer_size
+from dlckpt.roundtrip.scenario import (
     finish,
     open_destination,
     run_round_trip,
     tensorflow_gcs_locations,
     tensorflow_gcs_locations_for,
 )
-from _storage import new_run_prefix
-from _strategies import strategies_pointer_line
+from dlckpt.storage.destination import new_run_prefix
+from dlckpt.strategies.compare import strategies_pointer_line
 
 SCRIPT = "small_buffer"
 
@@ -133,6 +133,6 @@ def _run(parser: Any, argv: Sequence[str] | None, report: dict[str, Any]) -> int
 
 
 if __name__ == "__main__":
-    from _signals import exit_process
+    from dlckpt.runtime.signals import exit_process
 
     exit_process(main())

@@ -28,7 +28,7 @@ def robot_frames_dataset(
     *, shuffle_buffer_size: int, buffer_encoded_frames: bool = False, batch_size: int = 4
 ) -> tf.data.Dataset:
     """A user's loader with an encoded/decoded switch: small robot frames (32x32 + 16x16)."""
-    from _pipeline import build_robot_dataset
+    from dlckpt.pipeline.robot import build_robot_dataset
 
     return build_robot_dataset(
         shuffle_buffer_size=shuffle_buffer_size, batch_size=batch_size, image_size=32,

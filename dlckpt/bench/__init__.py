@@ -1,0 +1,1 @@
+"""make bench: save and transfer against raw limits, scaling, estimator accuracy, catch rate."""

@@ -1,0 +1,3 @@
+"""Pipelines the benchmarks (and tests) measure the estimator and the verdicts on, unlike the
+presets.
+"""

@@ -1,0 +1,1 @@
+"""Why a gs:// save died on this host: every cause checked against the job environment."""

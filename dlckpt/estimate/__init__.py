@@ -1,0 +1,1 @@
+"""The checkpoint size: measured at small buffers (calibration), modelled, cached, cross-checked."""

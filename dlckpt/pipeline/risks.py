@@ -1,0 +1,377 @@
+"""What in a tf.data pipeline can break an exact resume, read from its serialized graph.
+
+Before a round trip runs, the dataset's graph (the GraphDef TensorFlow itself would save,
+from `DatasetToGraphV2`) and its options are walked for the settings that make a restored
+iterator diverge: nondeterministic parallel ops, an external-state policy that lets a
+stateful op be skipped, stateful ops inside the pipeline's functions, and an unseeded
+shuffle that reshuffles at every epoch. The same walk sizes the comparison window: the
+elements held by the shuffle, prefetch, parallel-map and interleave buffers at save time.
+
+The round trip still decides the verdict; this module only names likely causes and fixes.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+# Buffers sized AUTOTUNE (-1) have no size in the graph; assume this many (a generous
+# bound for tf.data's autotuner on a small host), so the window errs long, not short.
+AUTOTUNE_GUESS = max(16, 2 * (os.cpu_count() or 1))
+
+# Stateful ops TensorFlow refuses to save (or skips under IGNORE/WARN), by kind.
+_GENERATOR_OPS = {
+    "RngReadAndSkip", "RngSkip", "StatefulUniform", "StatefulUniformInt",
+    "StatefulUniformFullInt", "StatefulStandardNormal", "StatefulStandardNormalV2",
+    "StatefulTruncatedNormal", "StatefulRandomBinomial", "NonDeterministicInts",
+}  # fmt: skip
+_RANDOM_OPS = {
+    "RandomUniform", "RandomUniformInt", "RandomStandardNormal", "TruncatedNormal",
+    "RandomShuffle", "RandomGamma", "RandomGammaV2", "RandomPoisson", "RandomPoissonV2",
+    "Multinomial", "ParameterizedTruncatedNormal", "RandomCrop",
+}  # fmt: skip
+_VARIABLE_OPS = {
+    "ReadVariableOp", "ResourceGather", "ResourceGatherNd", "AssignVariableOp",
+    "AssignAddVariableOp", "AssignSubVariableOp", "VarHandleOp", "VariableV2",
+    "ResourceScatterUpdate", "ResourceScatterAdd",
+}  # fmt: skip
+_TABLE_OPS = {
+    "LookupTableFindV2", "LookupTableSizeV2", "LookupTableImportV2", "LookupTableInsertV2",
+    "LookupTableExportV2", "LookupTableRemoveV2", "HashTableV2", "MutableHashTableV2",
+    "MutableDenseHashTableV2", "MutableHashTableOfTensorsV2", "InitializeTableV2",
+    "InitializeTableFromTextFileV2",
+}  # fmt: skip
+_PY_OPS = {"PyFunc", "EagerPyFunc", "PyFuncStateless"}
+
+# Advice by kind: what to use instead. The round trip's save error uses the same table.
+ADVICE = {
+    "generator": (
+        "tf.random.Generator keeps its state in a variable outside the dataset, which the "
+        "iterator checkpoint cannot hold; draw with tf.random.stateless_* and a seed derived "
+        "from the element (e.g. tf.stack([seed, index]), or zip with "
+        "tf.data.Dataset.random(seed=...))"
+    ),
+    "random": (
+        "an unseeded tf.random op keeps hidden generator state; use tf.random.stateless_* with "
+        "a seed derived from the element (e.g. its index, or zip in "
+        "tf.data.Dataset.random(seed=...))"
+    ),
+    "variable": (
+        "a tf.Variable (or other resource) read inside the pipeline lives outside the dataset; "
+        "if its value is fixed, capture it as a constant (tf.constant(var.numpy())) before "
+        "building the pipeline; if it changes during training, save it with the model, not "
+        "the iterator"
+    ),
+    "table": (
+        "a lookup table (tf.lookup, StringLookup, TextVectorization) is a resource outside "
+        "the dataset; build the vocabulary as constants and look it up with tf.gather / "
+        "tf.searchsorted, or keep the table static and set the external-state policy to WARN "
+        "knowing its contents are not saved"
+    ),
+    "py": (
+        "tf.py_function / tf.numpy_function / Dataset.from_generator run Python whose state "
+        "TensorFlow cannot save; read from files (TFRecord, ArrayRecord) or generate with "
+        "Dataset.range + map, or rewrite the function with TensorFlow ops"
+    ),
+}
+
+
+def stateful_kind(op: str) -> str | None:
+    """The kind of a stateful op type ("generator", "random", ...), or None."""
+    for kind, ops in (
+        ("generator", _GENERATOR_OPS),
+        ("random", _RANDOM_OPS),
+        ("variable", _VARIABLE_OPS),
+        ("table", _TABLE_OPS),
+        ("py", _PY_OPS),
+    ):
+        if op in ops:
+            return kind
+    if op.startswith("Random") or op.startswith("Stateful"):
+        return "random" if op.startswith("Random") else "generator"
+    return None
+
+
+def generic_advice(op: str) -> str:
+    """Where to look for an op this module does not know."""
+    return (
+        f"find {op} in your builder: it runs inside a function passed to map / filter / "
+        "flat_map / interleave (or a library call made there); replace it with a stateless "
+        "equivalent or compute its value from constants before building the pipeline"
+    )
+
+
+@dataclass
+class Risk:
+    """One setting that can break an exact resume: where it is, why, and the fix."""
+
+    kind: str  # "deterministic", "external_state", "stateful_op", "unseeded_shuffle"
+    where: str
+    why: str
+    fix: str
+
+    def line(self) -> str:
+        return f"{self.where}: {self.why}; {self.fix}"
+
+    def report(self) -> dict[str, str]:
+        return {"kind": self.kind, "where": self.where, "why": self.why, "fix": self.fix}
+
+
+@dataclass
+class PipelineAnalysis:
+    """The risks, and the buffers' capacity at save time in output batches (see module doc)."""
+
+    risks: list[Risk] = field(default_factory=list)
+    # Output batches' worth of elements the buffers hold at save time (shuffle + in flight).
+    buffered_batches: float = 0.0
+    # The shuffle buffer nearest the output, and how many of its elements make an output batch.
+    shuffle_buffer: int | None = None
+    elements_per_batch: int = 1
+    # Output batches per epoch when a repeat re-runs a reshuffling shuffle (else None).
+    epoch_batches: int | None = None
+    notes: list[str] = field(default_factory=list)
+    checked: list[str] = field(default_factory=list)
+
+
+def _graph_def(dataset: Any) -> Any:
+    from dlckpt.runtime.tf_import import import_tensorflow
+
+    tf = import_tensorflow()
+    ignore = 1  # ExternalStatePolicy.IGNORE: serialize even a pipeline that cannot be saved
+    serialized = tf.raw_ops.DatasetToGraphV2(
+        input_dataset=dataset._variant_tensor,
+        external_state_policy=ignore,
+        strip_device_assignment=True,
+    )
+    graph_def = tf.compat.v1.GraphDef()
+    graph_def.ParseFromString(serialized.numpy())
+    return graph_def
+
+
+def _const_int(nodes: dict[str, Any], name: str) -> int | None:
+    node = nodes.get(name.split(":")[0].lstrip("^"))
+    if node is None or node.op != "Const":
+        return None
+    tensor = node.attr["value"].tensor
+    values = list(tensor.int64_val) or list(tensor.int_val)
+    return int(values[0]) if values else None
+
+
+def _functions_of(node: Any) -> list[str]:
+    return [value.func.name for value in node.attr.values() if value.func.name]
+
+
+def _function_ops(library: Any) -> dict[str, set[str]]:
+    """Every op type each library function runs, through the functions it calls."""
+    functions = {f.signature.name: f for f in library.function}
+    direct: dict[str, tuple[set[str], set[str]]] = {}
+    for name, function in functions.items():
+        ops: set[str] = set()
+        calls: set[str] = set()
+        for node in function.node_def:
+            (calls if node.op in functions else ops).add(node.op)
+            calls.update(_functions_of(node))
+        direct[name] = (ops, calls)
+    closed: dict[str, set[str]] = {}
+    for name in functions:
+        seen, stack, ops = {name}, [name], set()
+        while stack:
+            current_ops, calls = direct[stack.pop()]
+            ops |= current_ops
+            for call in calls - seen:
+                if call in direct:
+                    seen.add(call)
+                    stack.append(call)
+        closed[name] = ops
+    return closed
+
+
+def _user_function_name(function_name: str) -> str:
+    """`__inference_Dataset_map_make_step_123` -> `make_step` (the Python function's name)."""
+    name = function_name.removeprefix("__inference_").rsplit("_", 1)[0]
+    for prefix in ("Dataset_map_", "Dataset_filter_", "Dataset_flat_map_", "Dataset_interleave_"):
+        if name.startswith(prefix):
+            return name[len(prefix) :]
+    return name
+
+
+def _where(node: Any) -> str:
+    functions = [_user_function_name(f) for f in _functions_of(node)]
+    op = node.op.split("Dataset")[0] or node.op
+    return f"{op}({', '.join(functions)})" if functions else op
+
+
+def _main_chain(graph_def: Any) -> list[Any]:
+    """Dataset nodes from the output back to the source, along each node's first input."""
+    nodes = {node.name: node for node in graph_def.node}
+    output = next((n for n in graph_def.node if n.op == "_Retval"), None)
+    chain: list[Any] = []
+    current = nodes.get(output.input[0].split(":")[0]) if output is not None else None
+    while current is not None and "Dataset" in current.op:
+        chain.append(current)
+        if not current.input:
+            break
+        current = nodes.get(current.input[0].split(":")[0])
+    return chain
+
+
+def _deterministic_risks(graph_def: Any, options_deterministic: bool | None) -> Iterable[Risk]:
+    for node in graph_def.node:
+        attr = node.attr["deterministic"].s.decode() if "deterministic" in node.attr else ""
+        if attr == "false" or (attr == "default" and options_deterministic is False):
+            source = "deterministic=False" if attr == "false" else "options.deterministic=False"
+            fix = (
+                "pass deterministic=True"
+                if attr == "false"
+                else "set options.deterministic = True (or deterministic=True on the op)"
+            )
+            yield Risk(
+                "deterministic",
+                _where(node),
+                f"runs with {source}, so its output order depends on thread timing and a "
+                "restored iterator draws different elements",
+                fix,
+            )
+
+
+def _stateful_op_risks(graph_def: Any, policy: str) -> Iterable[Risk]:
+    ops_by_function = _function_ops(graph_def.library)
+    for node in graph_def.node:
+        for function in _functions_of(node):
+            for op in sorted(ops_by_function.get(function, ())):
+                kind = stateful_kind(op)
+                if kind is None:
+                    continue
+                consequence = (
+                    "TensorFlow refuses to save the iterator"
+                    if policy == "FAIL"
+                    else f"the checkpoint skips its state (external-state policy {policy}), "
+                    "so a restored iterator computes different values"
+                )
+                yield Risk("stateful_op", f"{_where(node)} uses {op}", consequence, ADVICE[kind])
+
+
+def _shuffle_facts(nodes: dict[str, Any], node: Any) -> tuple[int | None, bool, bool]:
+    """(buffer_size, seeded, reshuffle_each_iteration) of a Shuffle* node."""
+    buffer = _const_int(nodes, node.input[1]) if len(node.input) > 1 else None
+    seed = _const_int(nodes, node.input[2]) if len(node.input) > 2 else None
+    seed2 = _const_int(nodes, node.input[3]) if len(node.input) > 3 else None
+    seeded = bool(seed) or bool(seed2)
+    reshuffle = (
+        node.attr["reshuffle_each_iteration"].b if "reshuffle_each_iteration" in node.attr else True
+    )
+    return buffer, seeded, reshuffle
+
+
+def _capacity(nodes: dict[str, Any], node: Any) -> int:
+    """Elements (at this node's output level) a buffering node holds; 0 for others."""
+
+    def value(index: int) -> int:
+        number = _const_int(nodes, node.input[index]) if len(node.input) > abs(index) else None
+        return AUTOTUNE_GUESS if number is None or number < 0 else number
+
+    data_inputs = [i for i in node.input if not i.startswith("^")]
+    if node.op.startswith("Prefetch"):
+        return value(1)
+    if node.op.startswith("ParallelMap") or node.op.startswith("ParallelFilter"):
+        return value(len(data_inputs) - 1)
+    if node.op.startswith("ParallelInterleave"):
+        # inputs: ..., cycle_length, block_length, buffer_output_elements, prefetch, parallel
+        cycle, block = value(len(data_inputs) - 5), value(len(data_inputs) - 4)
+        return cycle * max(block, 1) + value(len(data_inputs) - 1)
+    return 0
+
+
+def analyze(dataset: Any) -> PipelineAnalysis:
+    """Walk `dataset`'s graph and options: the risks, and the buffers' size at save time.
+
+    Never iterates the dataset (no iterator is created), so it is safe on pipelines that
+    hold exclusive resources. Raises nothing for graphs it does not understand: unknown
+    parts become notes, and counts err on the long side.
+    """
+    graph_def = _graph_def(dataset)
+    nodes = {node.name: node for node in graph_def.node}
+    options = dataset.options()
+    policy_value = options.experimental_external_state_policy
+    policy = getattr(policy_value, "name", "FAIL") if policy_value is not None else "FAIL"
+    analysis = PipelineAnalysis()
+    analysis.risks.extend(_deterministic_risks(graph_def, options.deterministic))
+    analysis.risks.extend(_stateful_op_risks(graph_def, policy))
+    if policy in ("IGNORE", "WARN"):
+        analysis.risks.append(
+            Risk(
+                "external_state",
+                f"options.experimental_external_state_policy={policy}",
+                "lets the checkpoint skip state it cannot save instead of refusing",
+                "leave the policy at FAIL, so a save names any stateful op",
+            )
+        )
+    analysis.checked = [
+        "deterministic=False on parallel ops and in options",
+        f"external-state policy ({policy})",
+        "stateful ops in the pipeline's functions",
+        "shuffle seeds across epochs",
+    ]
+    _walk_buffers(dataset, graph_def, nodes, analysis)
+    return analysis
+
+
+def _walk_buffers(
+    dataset: Any, graph_def: Any, nodes: dict[str, Any], analysis: PipelineAnalysis
+) -> None:
+    """Output batches' worth of buffered elements, from the output back to the source."""
+    scale: float | None = 1.0  # output batches per element at the current level
+    repeat_below = False  # a repeat seen between the output and the current node
+    for node in _main_chain(graph_def):
+        if scale is None:
+            break
+        if node.op.startswith("Shuffle"):
+            buffer, seeded, reshuffle = _shuffle_facts(nodes, node)
+            if buffer is not None and buffer > 0:
+                if analysis.shuffle_buffer is None:
+                    analysis.shuffle_buffer = buffer
+                    analysis.elements_per_batch = max(round(1 / scale), 1)
+                analysis.buffered_batches += buffer * scale
+            if repeat_below and reshuffle and not seeded:
+                analysis.risks.append(
+                    Risk(
+                        "unseeded_shuffle",
+                        "shuffle(reshuffle_each_iteration=True) without a seed, then repeat",
+                        "each new epoch draws fresh random seeds that the checkpoint does "
+                        "not carry, so the order diverges after the epoch boundary",
+                        "pass shuffle(..., seed=N) (or call tf.random.set_seed before building)",
+                    )
+                )
+        analysis.buffered_batches += _capacity(nodes, node) * scale
+        if node.op.startswith("Repeat"):
+            repeat_below = True
+        if node.op in ("BatchDatasetV2", "PaddedBatchDatasetV2", "BatchDataset"):
+            batch = _const_int(nodes, node.input[1])
+            scale = scale / batch if batch and batch > 0 else None
+        elif node.op.startswith(("Unbatch", "FlatMap", "Interleave", "ParallelInterleave")):
+            scale = None  # one input makes an unknown number of outputs
+            analysis.notes.append(
+                f"buffers upstream of {node.op.split('Dataset')[0]} are not counted "
+                "(one input element makes an unknown number of outputs)"
+            )
+    analysis.epoch_batches = _epoch_batches(dataset, analysis)
+
+
+def _epoch_batches(dataset: Any, analysis: PipelineAnalysis) -> int | None:
+    """Output batches before a repeat starts a new epoch (finite, known inputs only)."""
+    if not any(r.kind == "unseeded_shuffle" for r in analysis.risks):
+        return None
+    node, batch = dataset, 1
+    while node is not None:
+        kind = type(node).__name__
+        if "Batch" in kind and hasattr(node, "_batch_size"):
+            batch *= max(int(node._batch_size.numpy()), 1)
+        if "Repeat" in kind:
+            inner = getattr(node, "_input_dataset", None)
+            cardinality = int(inner.cardinality().numpy()) if inner is not None else -1
+            return math.ceil(cardinality / batch) if cardinality > 0 else None
+        node = getattr(node, "_input_dataset", None)
+    return None

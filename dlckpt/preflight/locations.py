@@ -1,0 +1,465 @@
+"""Where a checkpoint's bytes go, whether they fit, and the largest buffer that does.
+
+Every folder a scenario writes into (scratch, TensorFlow's temp folder for gs:// writes,
+the download folder, LOCAL_STAGING_DIR), host RAM for the buffer and the GCS total are
+rows of one table. Rows on the same disk share its free space, so each disk is checked
+against the sum of its rows. Checking never writes: free space comes from statvfs.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from dlckpt.errors import PreflightRefusal, UsageError
+from dlckpt.report import format_bytes
+
+if TYPE_CHECKING:  # at run time nothing here needs NumPy: check_disk_space.sh imports it
+    from dlckpt.estimate.estimator import EstimateResult
+
+RAM = "RAM"
+# The buffer in memory while its iterator is saved (EstimateResult.ram_bytes_for).
+RAM_ROW = "host RAM (the buffer while it is saved)"
+SCENARIOS = ("small_buffer", "local_staging", "full")
+
+_UNITS = {
+    "": 1, "b": 1,
+    "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6,
+    "g": 10**9, "gb": 10**9, "t": 10**12, "tb": 10**12,
+    "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40,
+}  # fmt: skip
+
+
+def parse_size(text: str, name: str = "--fit-budget") -> int:
+    """`15GB`, `15 GB`, `1.5TB`, `500MiB` or a byte count -> bytes (GB = 10^9, as disks bill).
+
+    A comma is refused, not guessed: `1,5GB` is 1.5 GB in much of Europe and would read
+    as 15 GB here. UsageError (one line) for anything else that is not a size above zero.
+    """
+    if "," in str(text):
+        raise UsageError(
+            f"{name} {text!r}: commas are ambiguous (1,5GB: 1.5 or 15?); "
+            "write 1.5GB, 15GB or a byte count"
+        )
+    match = re.fullmatch(r"\s*([0-9][0-9_]*(?:\.[0-9]+)?)\s*([A-Za-z]*)\s*", str(text))
+    unit = match.group(2).lower() if match else ""
+    if not match or unit not in _UNITS:
+        raise UsageError(
+            f"{name} {text!r}: expected a size such as 15GB, 500MB, 1.5TB or a byte count"
+        )
+    number = match.group(1).replace("_", "")
+    # Exact for integers of any size; a decimal is scaled in Decimal, not float, so a
+    # huge size never rounds or overflows.
+    whole, _, fraction = number.partition(".")
+    scale = _UNITS[unit]
+    value = int(whole) * scale + int(Decimal(f"0.{fraction or 0}") * scale)
+    if value < 1:
+        raise UsageError(f"{name} {text!r}: expected a size above zero, e.g. 15GB")
+    return value
+
+
+def tf_temp_dir(environ: dict[str, str] | None = None) -> tuple[str, str, str | None]:
+    """(folder, variable that chose it, warning) as TensorFlow resolves its local temp folder.
+
+    TensorFlow's GCS writer stages every file there before upload; it takes the first of
+    TEST_TMPDIR, TMPDIR, TMP that names an existing folder, else /tmp.
+    """
+    env = os.environ if environ is None else environ
+    for variable in ("TEST_TMPDIR", "TMPDIR", "TMP"):
+        value = env.get(variable)
+        if value and os.path.isdir(value):
+            warning = None
+            tmpdir = env.get("TMPDIR")
+            if (
+                variable == "TEST_TMPDIR"
+                and tmpdir
+                and os.path.realpath(tmpdir) != os.path.realpath(value)
+            ):
+                warning = (
+                    f"TEST_TMPDIR={value} silently overrides TMPDIR={tmpdir} for TensorFlow's "
+                    "temporary files; unset TEST_TMPDIR or point both at the same folder"
+                )
+            return value, variable, warning
+    return "/tmp", "default", None
+
+
+@dataclass
+class Location:
+    role: str
+    path: str  # a folder, "RAM", or a gs:// URI
+    required_bytes: int
+    free_bytes: int | None = None  # None: no limit we can see (GCS)
+    ok: bool = True
+    variable: str = ""  # the environment variable that moves this folder
+    note: str = ""
+
+    def report(self) -> dict[str, Any]:
+        return {
+            "role": self.role,
+            "path": self.path,
+            "free_bytes": self.free_bytes,
+            "required_bytes": self.required_bytes,
+            "ok": self.ok,
+        }
+
+
+def _existing(path: str) -> Path:
+    candidate = Path(path).expanduser().absolute()
+    while not candidate.exists() and candidate != candidate.parent:
+        candidate = candidate.parent
+    return candidate
+
+
+def scenario_locations(
+    scenario: str,
+    estimate: EstimateResult,
+    *,
+    scratch_dir: str | None = None,
+    staging_dir: str | None = None,
+    download_dir: str | None = None,
+    gcs_uri: str | None = None,
+) -> list[Location]:
+    """The rows a scenario needs, sized for the buffer it will actually fill (`tested_buffer`)."""
+    if scenario not in SCENARIOS:
+        raise UsageError(f"scenario {scenario!r}: expected one of {', '.join(SCENARIOS)}")
+    checkpoint = estimate.tested_bytes
+    tf_temp, tf_variable, _ = tf_temp_dir()
+    scratch = scratch_dir or (tf_temp if scenario == "full" else tempfile.gettempdir())
+    rows: list[Location] = []
+    if scenario == "local_staging":
+        staging = staging_dir or os.environ.get("LOCAL_STAGING_DIR") or scratch
+        rows.append(
+            Location(
+                "staging folder (the saved checkpoint)",
+                staging,
+                checkpoint,
+                variable="LOCAL_STAGING_DIR",
+            )
+        )
+    else:
+        rows.append(
+            Location(
+                "scratch folder (the saved checkpoint)", scratch, checkpoint, variable="TMPDIR"
+            )
+        )
+    rows.append(
+        Location(
+            f"TensorFlow temp folder for gs:// writes ({tf_variable})",
+            tf_temp,
+            checkpoint,
+            variable="TMPDIR" if tf_variable in ("TMPDIR", "default") else tf_variable,
+        )
+    )
+    rows.append(
+        Location(
+            "download folder (restore from GCS)",
+            download_dir or scratch,
+            checkpoint,
+            variable="TMPDIR",
+        )
+    )
+    rows.append(
+        Location(
+            RAM_ROW,
+            RAM,
+            estimate.ram_bytes_for(estimate.tested_buffer),
+        )
+    )
+    rows.append(
+        Location(
+            f"GCS total ({estimate.num_hosts} host{'s' if estimate.num_hosts != 1 else ''})",
+            gcs_uri or os.environ.get("GCS_TEST_BUCKET") or "gs:// (embedded server when unset)",
+            checkpoint * estimate.num_hosts,
+        )
+    )
+    return rows
+
+
+def tensorflow_gcs_locations(
+    estimate: EstimateResult, *, embedded_dir: str | None, gcs_uri: str | None = None
+) -> list[Location]:
+    """The rows when TensorFlow saves straight to gs:// and the restore reads from there.
+
+    TensorFlow stages each checkpoint file whole in its temp folder; nothing else is
+    written locally. With the embedded server (`embedded_dir`: where its objects go on
+    disk) its storage and its memory are rows too: fake-gcs-server holds an upload whole
+    while it reads it (_gcs_server.SERVER_RAM_BYTES_PER_BYTE, measured by
+    scripts/bench_tf_gcs.py).
+    """
+    from dlckpt.storage.embedded.server import SERVER_RAM_BASE_BYTES, SERVER_RAM_BYTES_PER_BYTE
+
+    checkpoint = estimate.tested_bytes
+    tf_temp, tf_variable, _ = tf_temp_dir()
+    variable = "TMPDIR" if tf_variable in ("TMPDIR", "default") else tf_variable
+    rows = [
+        Location(
+            f"TensorFlow temp folder for gs:// writes ({tf_variable})",
+            tf_temp,
+            checkpoint,
+            variable=variable,
+        ),
+        Location(
+            RAM_ROW,
+            RAM,
+            estimate.ram_bytes_for(estimate.tested_buffer),
+        ),
+    ]
+    if embedded_dir is None:
+        hosts = estimate.num_hosts
+        rows.append(
+            Location(
+                f"GCS total ({hosts} host{'s' if hosts != 1 else ''})",
+                gcs_uri or "gs://",
+                checkpoint * hosts,
+            )
+        )
+        return rows
+    rows.append(
+        Location("embedded GCS server storage", embedded_dir, checkpoint, variable="TMPDIR")
+    )
+    rows.append(
+        Location(
+            "embedded GCS server RAM (holds an upload whole)",
+            RAM,
+            SERVER_RAM_BASE_BYTES + int(SERVER_RAM_BYTES_PER_BYTE * checkpoint),
+        )
+    )
+    return rows
+
+
+def configured_locations(estimate: EstimateResult, processes: int = 1) -> list[Location]:
+    """Where training's own save of the configured buffer goes: TensorFlow's temp folder for
+    gs:// writes (one whole checkpoint per process on the host), RAM, the bucket."""
+    checkpoint = estimate.original_bytes
+    tf_temp, tf_variable, _ = tf_temp_dir()
+    each = f", {processes} processes" if processes > 1 else ""
+    return [
+        Location(
+            f"TensorFlow temp folder for gs:// writes ({tf_variable}{each})",
+            tf_temp,
+            checkpoint * processes,
+            variable="TMPDIR" if tf_variable in ("TMPDIR", "default") else tf_variable,
+        ),
+        Location(
+            RAM_ROW,
+            RAM,
+            estimate.ram_bytes_for(estimate.original_buffer) * processes,
+        ),
+        Location(
+            f"GCS total ({estimate.num_hosts} host{'s' if estimate.num_hosts != 1 else ''})",
+            os.environ.get("GCS_TEST_BUCKET") or "gs://",
+            checkpoint * estimate.num_hosts * processes,
+        ),
+    ]
+
+
+def configured_fit_line(rows: Sequence[Location], estimate: EstimateResult) -> str:
+    """One line: does the configured buffer's checkpoint fit every location, and where."""
+    buffer = f"shuffle_buffer_size {estimate.original_buffer:,}"
+    failing = [row for row in rows if not row.ok]
+    if not failing:
+        room = " and ".join(
+            f"RAM ({format_bytes(row.free_bytes)} available)"
+            if row.path == RAM
+            else f"{row.path} ({format_bytes(row.free_bytes)} free)"
+            for row in rows
+            if row.free_bytes is not None
+        )
+        return (
+            f"✓ THE CONFIGURED BUFFER FITS: {buffer} writes a "
+            f"{format_bytes(estimate.original_bytes)} checkpoint, which fits {room}. If a save "
+            "still fails with `Could not append to the internal temporary file`, the cause is "
+            "elsewhere: make diagnose"
+        )
+    row = failing[0]
+    return (
+        f"⚠ THE CONFIGURED BUFFER DOES NOT FIT: {buffer}: {row.role} {row.path} needs "
+        f"{format_bytes(row.required_bytes)}, {format_bytes(row.free_bytes or 0)} free "
+        "(--fit-budget gives the largest buffer that fits; make diagnose checks the other causes)"
+    )
+
+
+def check_locations(rows: Sequence[Location]) -> list[Location]:
+    """Fill in free space and OK: folders on one disk are checked against their sum."""
+    import psutil
+
+    by_device: dict[int, list[Location]] = {}
+    for row in rows:
+        if row.path == RAM:  # every RAM row counts against the same memory
+            row.free_bytes = int(psutil.virtual_memory().available)
+            row.ok = sum(r.required_bytes for r in rows if r.path == RAM) <= row.free_bytes
+        elif row.path.startswith("gs://"):
+            row.free_bytes, row.ok = None, True
+        else:
+            existing = _existing(row.path)
+            row.free_bytes = int(psutil.disk_usage(str(existing)).free)
+            by_device.setdefault(existing.stat().st_dev, []).append(row)
+    for group in by_device.values():
+        total = sum(r.required_bytes for r in group)
+        for row in group:
+            row.ok = total <= (row.free_bytes or 0)
+            if len(group) > 1:
+                others = len(group) - 1
+                row.note = (
+                    f"shares its disk with {others} other row(s): {format_bytes(total)} in all"
+                )
+    return list(rows)
+
+
+def locations_table(rows: Sequence[Location]) -> str:
+    from tabulate import tabulate
+
+    table = [
+        [
+            row.role,
+            row.path,
+            "n/a" if row.free_bytes is None else format_bytes(row.free_bytes),
+            format_bytes(row.required_bytes),
+            "OK" if row.ok else "NOT OK",
+        ]
+        for row in rows
+    ]
+    return tabulate(table, headers=["role", "path", "free", "required", "fits"], tablefmt="simple")
+
+
+# The share of each location's free space the advice leaves unused: other writes, the
+# estimate's own error beyond its stated ±, filesystem overhead.
+ADVICE_MARGIN = 0.10
+
+
+def _disk_groups(rows: Sequence[Location]) -> list[list[Location]]:
+    """Rows that share a disk, grouped (rows without a folder are left out)."""
+    groups: dict[int, list[Location]] = {}
+    for row in rows:
+        if row.path == RAM or row.path.startswith("gs://") or row.free_bytes is None:
+            continue
+        groups.setdefault(_existing(row.path).stat().st_dev, []).append(row)
+    return list(groups.values())
+
+
+def tightest_budget(rows: Sequence[Location], margin: float = ADVICE_MARGIN) -> int:
+    """The checkpoint size every disk can take with `margin` to spare, given its rows' share.
+
+    Each disk holds one copy of the checkpoint per row on it, so its budget is its free
+    space (less the margin) divided by those rows. 0 when no row names a folder.
+    """
+    budgets = [
+        int((group[0].free_bytes or 0) * (1 - margin)) // len(group) for group in _disk_groups(rows)
+    ]
+    return min(budgets) if budgets else 0
+
+
+def ram_buffer_limit(
+    rows: Sequence[Location], estimate: EstimateResult, margin: float = ADVICE_MARGIN
+) -> int | None:
+    """The largest buffer whose elements fit in available RAM with `margin` (None: no RAM row)."""
+    ram = [row for row in rows if row.path == RAM and row.free_bytes is not None]
+    if not ram:
+        return None
+    per_element = estimate.ram_bytes_for(estimate.tested_buffer) / max(estimate.tested_buffer, 1)
+    allowed = (ram[0].free_bytes or 0) * (1 - margin)
+    return int(allowed // per_element) if per_element > 0 else None
+
+
+def advised_buffer(
+    rows: Sequence[Location], estimate: EstimateResult, margin: float = ADVICE_MARGIN
+) -> int:
+    """The largest shuffle buffer that fits EVERY row: each disk (with its rows' share), RAM.
+
+    The GCS total per `num_hosts` has no free space to check, so it sets no limit. Every
+    location keeps `margin` of its free space unused; the checkpoint side also carries the
+    estimate's stated ± (see EstimateResult.largest_buffer_within). 0: no buffer fits.
+    """
+    limits = []
+    if _disk_groups(rows):
+        limits.append(estimate.largest_buffer_within(tightest_budget(rows, margin)))
+    ram = ram_buffer_limit(rows, estimate, margin)
+    if ram is not None:
+        limits.append(ram)
+    return max(min(limits), 0) if limits else estimate.tested_buffer
+
+
+def roomy_folder(needed: int, exclude: str) -> tuple[str, int] | None:
+    """A writable folder on another disk with at least `needed` bytes free (the roomiest)."""
+    import psutil
+
+    excluded_device = _existing(exclude).stat().st_dev
+    candidates = [
+        os.environ.get("LOCAL_STAGING_DIR", ""),
+        str(Path.home()),
+        os.getcwd(),
+        "/tmp",
+        "/var/tmp",
+        "/mnt",
+    ]
+    candidates += [p.mountpoint for p in psutil.disk_partitions(all=False)]
+    best: tuple[str, int] | None = None
+    seen: set[int] = set()
+    for folder in candidates:
+        if not folder or not os.path.isdir(folder) or not os.access(folder, os.W_OK):
+            continue
+        device = os.stat(folder).st_dev
+        if device == excluded_device or device in seen:
+            continue
+        seen.add(device)
+        free = int(psutil.disk_usage(folder).free)
+        if free >= needed and (best is None or free > best[1]):
+            best = (folder, free)
+    return best
+
+
+def refusal_message(row: Location, rows: Sequence[Location], estimate: EstimateResult) -> str:
+    """Names the location, required vs free, and each fix that applies with its numbers.
+
+    The suggested buffer fits every location at once (advised_buffer), not only this one.
+    """
+    free = row.free_bytes or 0
+    fixes = []
+    largest = advised_buffer(rows, estimate)
+    percent = f"{ADVICE_MARGIN:.0%}"
+    if largest >= 1:
+        fixes.append(
+            f"set dataloader.shuffle_buffer_size={largest:,} or less (fits every location "
+            f"with {percent} to spare; checkpoint ~{format_bytes(estimate.bytes_for(largest))}, "
+            f"RAM ~{format_bytes(estimate.ram_bytes_for(largest))})"
+        )
+    else:
+        fixes.append("no buffer size fits every location")
+    if row.path == RAM:
+        what = (
+            f"{row.role}: needs {format_bytes(row.required_bytes)}, {format_bytes(free)} available"
+        )
+    else:
+        same_disk = next((g for g in _disk_groups(rows) if row in g), [row])
+        total = sum(r.required_bytes for r in same_disk)
+        roomy = roomy_folder(total, row.path)
+        if roomy is not None and row.variable:
+            fixes.append(f"export {row.variable}={roomy[0]} ({format_bytes(roomy[1])} free)")
+        what = (
+            f"{row.role} {row.path}: needs {format_bytes(total)}"
+            + (f" ({len(same_disk)} rows on this disk)" if len(same_disk) > 1 else "")
+            + f", {format_bytes(free)} free"
+        )
+    fixes.append(
+        "run the small-buffer test: make small-buffer "
+        f"(checkpoint ~{format_bytes(estimate.bytes_for(100))} at buffer 100)"
+    )
+    fixes.append("or pass --force to run anyway")
+    return f"{what}. Fixes: " + "; ".join(fixes)
+
+
+def preflight(rows: Sequence[Location], estimate: EstimateResult, *, force: bool) -> list[str]:
+    """Raise PreflightRefusal for the first row that does not fit; with `force`, return warnings."""
+    failing = [row for row in rows if not row.ok]
+    if not failing:
+        return []
+    messages = [refusal_message(row, rows, estimate) for row in failing]
+    if not force:
+        raise PreflightRefusal(messages[0])
+    return messages

@@ -1,0 +1,579 @@
+"""One run of a scenario: the destination, the round trip, the verdict and the report.
+
+The three scripts differ in where the checkpoint is saved and which folders the preflight
+checks; what they do with it is here, once: open the GCS_TEST_BUCKET destination, save
+after K batches, restore in a new process (through the destination), compare, print the
+✓/✗ verdict and write the JSON report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from dlckpt.errors import PipelineTooShort
+from dlckpt.report import format_bytes, write_report
+from dlckpt.storage.destination import (
+    EMBEDDED_BUCKET,
+    GcsDestination,
+    GcsLocation,
+    LocalDestination,
+    TransferError,
+    embedded_gcs_server,
+    make_client,
+    parse_gcs_uri,
+)
+
+EXIT_PASSED, EXIT_FAILED = 0, 1
+
+Destination = LocalDestination | GcsDestination
+
+
+# --- destination -----------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def open_destination(
+    setting: str | None, *, embedded_when_unset: bool
+) -> Iterator[Destination | None]:
+    """GCS_TEST_BUCKET: gs://bucket[/prefix], a local folder, or (unset) the embedded server."""
+    if not setting:
+        if not embedded_when_unset:
+            yield None
+            return
+        with embedded_gcs_server() as endpoint:
+            client = make_client()
+            client.create_bucket(EMBEDDED_BUCKET)
+            print(
+                f"Destination: embedded GCS server at {endpoint}, gs://{EMBEDDED_BUCKET} "
+                "(set GCS_TEST_BUCKET=gs://bucket/prefix for your own bucket)"
+            )
+            yield GcsDestination(client, GcsLocation(EMBEDDED_BUCKET, ""), ephemeral=True)
+        return
+    if setting.startswith("gs://"):
+        location = parse_gcs_uri(setting)  # before the client: a malformed URI is a usage error
+        destination = GcsDestination(make_client(), location)
+        destination.check_bucket()
+        print(f"Destination: {destination.location.uri()}")
+        yield destination
+        return
+    if "://" in setting:
+        parse_gcs_uri(setting)  # raises the one-line usage error
+    local = LocalDestination.from_setting(setting)
+    print(f"Destination: local folder {local.root}")
+    yield local
+
+
+# --- the round trip ----------------------------------------------------------------------
+
+
+@dataclass
+class RoundTripOutcome:
+    checkpoint_uri: str = ""
+    checkpoint_bytes: int = 0
+    checkpoint_files: int = 0
+    save_seconds: float = 0.0
+    restore_seconds: float = 0.0
+    batches_compared: int = 0
+    elements_compared: int = 0
+    fresh_elements_compared: int = 0  # expected, see _window.expected_fresh_elements
+    window_batches: int = 0  # what the window planned (see _window.Window)
+    window_covers_buffers: bool = False
+    risks: list[dict[str, str]] = field(default_factory=list)
+    risks_checked: list[str] = field(default_factory=list)
+    first_mismatch: dict[str, Any] | None = None
+    failure: str | None = None  # the ✗ line when the check failed
+    notes: list[str] = field(default_factory=list)
+    # One entry per restore-and-compare: {"source", "path", "passed", "batches", "restore_seconds"}.
+    comparisons: list[dict[str, Any]] = field(default_factory=list)
+    staged_path: str = ""  # where the checkpoint was saved when the caller named the folder
+    # "tensorflow-gcs" when TensorFlow wrote straight to gs://, "local" for a local save;
+    # for the former, the folder it staged in, the variable that chose it, the most staged.
+    writer: str = "local"
+    tf_temp_dir: str | None = None
+    tf_temp_dir_source: str | None = None
+    tf_temp_peak_bytes: int | None = None
+    tf_gcs_settings: dict[str, str] = field(default_factory=dict)  # TensorFlow's GCS_* set
+
+    @property
+    def passed(self) -> bool:
+        return self.failure is None
+
+
+# Texts TensorFlow (or the OS) uses when a checkpoint write runs out of room. The first is
+# TensorFlow's GCS writer, which stages each whole file in its temp folder before upload.
+DISK_FULL_TEXTS = (
+    "Could not append to the internal temporary file",
+    "Could not write to the internal temporary file",
+    "The internal temporary file is not writable",
+    "No space left on device",
+    "Disk quota exceeded",
+    "File too large",
+)
+
+
+def is_disk_full(error: BaseException) -> bool:
+    """True when a save failed for lack of room (disk, quota, or file-size limit)."""
+    import errno
+
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return True
+    return any(text in str(error) for text in DISK_FULL_TEXTS)
+
+
+def _tf_message(error: BaseException) -> str:
+    text = " ".join(str(error).split())
+    for known in DISK_FULL_TEXTS:
+        if known in text:
+            return known
+    return text[:160]
+
+
+@dataclass
+class _RoundTrip:
+    """What the stages of one round trip share."""
+
+    cfg: DictConfig
+    dataloader_cfg: dict[str, Any]
+    outcome: RoundTripOutcome
+    scratch: Path
+    say: Callable[[str], None]
+    analysis: Any = None  # _risks.PipelineAnalysis
+    window: Any = None  # _window.Window
+    expected: Any = None  # _roundtrip.DigestStream
+
+
+def _name_risks(run: _RoundTrip, dataset: Any) -> None:
+    """Walk the pipeline's graph for what can break an exact resume; plan the window."""
+    from dlckpt.pipeline.risks import analyze
+    from dlckpt.roundtrip.window import plan_window
+
+    try:
+        run.analysis = analyze(dataset)
+    except Exception as error:  # a graph TensorFlow cannot serialize: plan without it
+        from dlckpt.pipeline.risks import PipelineAnalysis
+
+        buffer = int(run.dataloader_cfg.get("shuffle_buffer_size") or 0)
+        run.analysis = PipelineAnalysis(buffered_batches=float(buffer))
+        run.say(
+            f"⚠ Could not read the pipeline's graph ({type(error).__name__}): no risks named; "
+            f"the window assumes one element a batch ({buffer:,} buffered)"
+        )
+    run.window = plan_window(run.analysis, run.cfg.roundtrip)
+    run.outcome.risks = [risk.report() for risk in run.analysis.risks]
+    run.outcome.risks_checked = list(run.analysis.checked)
+    run.outcome.window_batches = run.window.batches
+    for risk in run.analysis.risks:
+        run.say(f"⚠ Risk to an exact resume: {risk.line()}")
+
+
+def _fill(run: _RoundTrip, iterator: Any) -> None:
+    """Read `batches_before_save` batches; PipelineTooShort when the data ends first."""
+    before = int(run.cfg.roundtrip.batches_before_save)
+    for read in range(before):
+        try:
+            next(iterator)
+        except StopIteration:
+            raise _too_short(read, before) from None
+
+
+def _too_short(yielded: int, before: int) -> PipelineTooShort:
+    return PipelineTooShort(
+        f"dataloader: the pipeline yields {yielded} batch{'es' if yielded != 1 else ''} and "
+        f"ends; the test needs {before + 1} (roundtrip.batches_before_save={before} before "
+        f"the save, then at least 1 to compare): set roundtrip.batches_before_save="
+        f"{max(yielded - 1, 0)} or lower, or add .repeat() to the dataloader"
+    )
+
+
+def _save(run: _RoundTrip, iterator: Any, save_dir: Path, disk_full_hint: str) -> Any:
+    """Save the iterator; None (and the ✗ line in the outcome) when it cannot be saved."""
+    from dlckpt.roundtrip.child import UnsaveablePipeline, save_iterator
+
+    try:
+        return save_iterator(iterator, save_dir)
+    except UnsaveablePipeline as error:
+        run.outcome.failure = f"CHECKPOINT CANNOT BE SAVED: {error}"
+    except Exception as error:
+        if not is_disk_full(error):
+            raise
+        free = shutil.disk_usage(save_dir).free if save_dir.exists() else 0
+        run.outcome.failure = (
+            f"CHECKPOINT DID NOT FIT: saving the iterator into {save_dir} failed "
+            f"({_tf_message(error)}); {format_bytes(free)} free there"
+            + (f"; {disk_full_hint}" if disk_full_hint else "")
+        )
+    return None
+
+
+def _read_expected(run: _RoundTrip, iterator: Any) -> None:
+    """Digest the window's batches from the original iterator, within the time budget."""
+    import time
+
+    from dlckpt.roundtrip.child import take_digests
+
+    settings = run.cfg.roundtrip
+    deadline = time.monotonic() + float(settings.window_seconds)
+    run.expected = take_digests(iterator, run.window.batches, deadline)
+    if not run.expected.digests and run.expected.ended:
+        raise _too_short(int(settings.batches_before_save), int(settings.batches_before_save))
+    if run.expected.cut:
+        run.say(
+            f"⚠ Comparison window cut at {len(run.expected.digests)} of {run.window.batches} "
+            f"batches by roundtrip.window_seconds={settings.window_seconds}: it does not cover "
+            f"{run.window.reason()}; raise roundtrip.window_seconds to compare them all"
+        )
+
+
+def _likely_cause(run: _RoundTrip) -> str:
+    risks = run.analysis.risks if run.analysis is not None else []
+    if not risks:
+        return ""
+    return f"; likely cause: {risks[0].line()}"
+
+
+def _restore_and_compare(run: _RoundTrip, source: str, prefix: Path | str) -> bool:
+    """Restore in a new process from `prefix` (path or gs:// URI); compare with the expected."""
+    from dlckpt.roundtrip.child import first_mismatch, restore_in_new_process
+    from dlckpt.roundtrip.window import expected_fresh_elements
+
+    outcome, expected = run.outcome, run.expected
+    result = restore_in_new_process(
+        run.dataloader_cfg,
+        prefix,
+        expected,
+        run.scratch,
+        timeout_seconds=float(run.cfg.roundtrip.restore_timeout_seconds),
+    )
+    outcome.restore_seconds = result.restore_seconds
+    outcome.batches_compared = len(result.stream.digests)
+    record = {
+        "source": source,
+        "path": str(prefix.parent) if isinstance(prefix, Path) else prefix.rsplit("/", 1)[0],
+        "passed": False,
+        "batches": len(result.stream.digests),
+        "restore_seconds": round(result.restore_seconds, 3),
+    }
+    outcome.comparisons.append(record)
+    if result.error:
+        outcome.failure = f"CHECKPOINT DOES NOT RESTORE ({source}): {result.error}"
+        return False
+    mismatch = first_mismatch(expected, result.stream)
+    if mismatch is not None:
+        outcome.first_mismatch = {"batch": mismatch.batch, "key": mismatch.key}
+        outcome.failure = (
+            f"CHECKPOINT DOES NOT RESUME EXACTLY ({source}): {mismatch.describe()}"
+            + _likely_cause(run)
+        )
+        return False
+    record["passed"] = True
+    outcome.elements_compared = expected.elements
+    per_batch = expected.elements / max(len(expected.digests), 1)
+    buffered_elements = run.window.buffered_batches * per_batch
+    outcome.fresh_elements_compared = expected_fresh_elements(expected.elements, buffered_elements)
+    outcome.window_covers_buffers = not expected.cut and (
+        expected.ended or len(expected.digests) >= run.window.batches
+    )
+    keys = len(expected.digests[0]) if expected.digests else 0
+    run.say(f"✓ Restored in a new process from the {source} in {result.restore_seconds:.1f} s")
+    ending = ", then the end of data" if expected.ended else ""
+    run.say(
+        f"✓ {len(expected.digests)} batches ({expected.elements:,} elements) after the restore "
+        f"match the original bit for bit ({keys} keys each{ending}): "
+        + (
+            f"{run.window.reason()}, ~{outcome.fresh_elements_compared:,} elements drawn fresh "
+            "from upstream"
+            if outcome.window_covers_buffers
+            else "fewer than the buffers held at save time"
+        )
+    )
+    return True
+
+
+def _upload_and_compare(
+    run: _RoundTrip, destination: Destination, saved: Any, run_prefix: str
+) -> None:
+    """Upload, download into a fresh folder, restore and compare from that copy."""
+    run.outcome.checkpoint_uri = destination.uri(run_prefix)
+    fetched = destination.fetch(run_prefix, run.scratch / "downloaded")
+    run.say(
+        f"✓ Copied to {run.outcome.checkpoint_uri} and back into a fresh folder: "
+        f"{len(fetched)} files, every size and crc32c verified"
+    )
+    _restore_and_compare(run, "downloaded copy", run.scratch / "downloaded" / saved.prefix.name)
+
+
+# --- TensorFlow's own gs:// writer (issue 13) --------------------------------------------
+
+
+def tensorflow_gcs_locations(destination: Destination | None) -> Callable[[Any], list[Any]] | None:
+    """The preflight's rows when TensorFlow saves straight to `destination`; None unless GCS."""
+    if not isinstance(destination, GcsDestination):
+        return None
+    embedded = bool(getattr(destination, "ephemeral", False))
+    return _tensorflow_gcs_rows(embedded, destination.location.uri())
+
+
+def tensorflow_gcs_locations_for(setting: str | None) -> Callable[[Any], list[Any]] | None:
+    """The same rows for GCS_TEST_BUCKET=`setting` without opening it (--estimate-only)."""
+    if setting and not setting.startswith("gs://"):
+        return None  # a local folder: the run saves locally
+    return _tensorflow_gcs_rows(not setting, setting or f"gs://{EMBEDDED_BUCKET}")
+
+
+def _tensorflow_gcs_rows(embedded: bool, uri: str) -> Callable[[Any], list[Any]]:
+    from dlckpt.preflight import locations as _locations
+
+    def rows(estimate: Any) -> list[Any]:
+        return _locations.tensorflow_gcs_locations(
+            estimate, embedded_dir=tempfile.gettempdir() if embedded else None, gcs_uri=uri
+        )
+
+    return rows
+
+
+def _save_to_gcs(
+    run: _RoundTrip, iterator: Any, destination: GcsDestination, run_prefix: str, needed: int
+) -> Any:
+    """Save straight to gs://<run prefix>/iterator through TensorFlow, as a training job does.
+
+    None (and the ✗ line in the outcome) when it cannot be saved; a save that ran out of
+    room where TensorFlow stages it leaves nothing under the run prefix.
+    """
+    from dlckpt.preflight.locations import tf_temp_dir
+    from dlckpt.roundtrip.child import CHECKPOINT_NAME, UnsaveablePipeline
+    from dlckpt.storage.tf_gcs import save_iterator_to_gcs, staging_full_line, tf_gcs_settings
+
+    outcome = run.outcome
+    outcome.writer = "tensorflow-gcs"
+    outcome.tf_temp_dir, outcome.tf_temp_dir_source, _ = tf_temp_dir()
+    outcome.tf_gcs_settings = tf_gcs_settings()
+    for name, value in outcome.tf_gcs_settings.items():
+        run.say(f"TensorFlow GCS setting: {name}={value}")
+    try:
+        saved = save_iterator_to_gcs(
+            iterator, destination.location.uri(run_prefix, CHECKPOINT_NAME)
+        )
+    except UnsaveablePipeline as error:
+        outcome.failure = f"CHECKPOINT CANNOT BE SAVED: {error}"
+        return None
+    except Exception as error:
+        if not is_disk_full(error):
+            raise
+        destination.remove(run_prefix)  # TensorFlow uploads a file only once it is whole
+        outcome.failure = staging_full_line(_tf_message(error), needed)
+        return None
+    outcome.tf_temp_peak_bytes = saved.temp_peak_bytes
+    outcome.checkpoint_bytes, outcome.checkpoint_files = saved.bytes, saved.files
+    outcome.save_seconds = saved.save_seconds
+    outcome.checkpoint_uri = destination.uri(run_prefix)
+    run.say(
+        f"✓ Saved the iterator after {run.cfg.roundtrip.batches_before_save} batches straight "
+        f"to {outcome.checkpoint_uri} with TensorFlow's own gs:// filesystem: {saved.files} "
+        f"files, {format_bytes(saved.bytes)} in {saved.save_seconds:.1f} s (staged in "
+        f"{saved.temp_dir} from {saved.temp_source}, at most {format_bytes(saved.temp_peak_bytes)})"
+    )
+    return saved
+
+
+def _say_risks_checked(run: _RoundTrip) -> None:
+    if run.outcome.passed and run.analysis is not None:
+        if run.analysis.risks:
+            run.say(
+                "⚠ Matched this time, but the risks above can still break a resume "
+                "(thread timing, skipped state); fix them to make it certain"
+            )
+        elif run.analysis.checked:  # only when the graph was actually read
+            run.say(f"✓ No risk to an exact resume found ({'; '.join(run.analysis.checked)})")
+
+
+def run_round_trip(
+    cfg: DictConfig,
+    *,
+    scratch_root: Path | None,
+    destination: Destination | None,
+    run_prefix: str,
+    keep: bool,
+    say: Callable[[str], None] = print,
+    checkpoint_dir: Path | None = None,
+    compare_before_upload: bool = False,
+    disk_full_hint: str = "",
+    tensorflow_gcs: bool = False,
+    expected_bytes: int = 0,
+) -> RoundTripOutcome:
+    """Save after K batches, read a window on, restore in a new process, compare.
+
+    Stages: name the risks and plan the window (_risks, _window) → fill → save → read the
+    expected window → restore and compare (the saved copy, and/or the copy fetched back
+    from `destination`). Only one iterator over the user's pipeline is alive at a time:
+    the original is dropped before any restore starts.
+
+    The checkpoint is saved into `checkpoint_dir` when given (the caller's folder: never
+    removed here), else into a scratch folder under `scratch_root`. With
+    `compare_before_upload` the saved copy is restored and compared first; with a
+    `destination` the checkpoint is then uploaded, downloaded into a fresh folder and
+    restored and compared again from that copy. Without either, the saved copy is compared.
+
+    Only the run's own scratch folder and `run_prefix` at the destination are ever removed:
+    the prefix after a pass (unless `keep`), after an upload that did not complete, or
+    after an interrupt; the scratch folder always. A save that runs out of room becomes a
+    failure naming the folder and its free space, followed by `disk_full_hint`.
+    Raises PipelineTooShort (exit 2) when the data ends before the test can compare.
+
+    With `tensorflow_gcs` and a GCS destination, TensorFlow saves straight to
+    gs://<run prefix>/iterator and the new process restores straight from there, as a
+    resumed training job does (`expected_bytes`, the estimate, goes into the line for a
+    save that runs out of room where TensorFlow stages it).
+    """
+    from dlckpt.pipeline.robot import instantiate_dataset
+
+    dataloader_cfg: dict[str, Any] = OmegaConf.to_container(cfg.dataloader, resolve=True)  # type: ignore[assignment]
+    outcome = RoundTripOutcome()
+    scratch = Path(tempfile.mkdtemp(prefix=f"{run_prefix}-", dir=scratch_root))
+    run = _RoundTrip(cfg, dataloader_cfg, outcome, scratch, say)
+    save_dir = checkpoint_dir if checkpoint_dir is not None else scratch / "checkpoint"
+    uploaded = False
+    try:
+        dataset = instantiate_dataset(cfg.dataloader)
+        _name_risks(run, dataset)
+        iterator = iter(dataset)
+        _fill(run, iterator)
+        if tensorflow_gcs and isinstance(destination, GcsDestination):
+            uploaded = True  # TensorFlow writes under the run prefix from here on
+            on_gcs = _save_to_gcs(run, iterator, destination, run_prefix, expected_bytes)
+            if on_gcs is None:
+                uploaded = False  # nothing is left under the run prefix
+                return outcome
+            _read_expected(run, iterator)
+            del iterator, dataset  # one live iterator at a time
+            _restore_and_compare(run, "bucket (gs://, TensorFlow's filesystem)", on_gcs.prefix)
+            _say_risks_checked(run)
+            return outcome
+        saved = _save(run, iterator, save_dir, disk_full_hint)
+        if saved is None:
+            return outcome
+        outcome.checkpoint_bytes, outcome.checkpoint_files = saved.bytes, saved.files
+        outcome.save_seconds = saved.save_seconds
+        outcome.checkpoint_uri = str(saved.prefix.parent)
+        if checkpoint_dir is not None:
+            outcome.staged_path = str(checkpoint_dir)
+        say(
+            f"✓ Saved the iterator after {cfg.roundtrip.batches_before_save} batches into "
+            f"{saved.prefix.parent}: {saved.files} files, {format_bytes(saved.bytes)} "
+            f"in {saved.save_seconds:.1f} s"
+        )
+        _read_expected(run, iterator)
+        del iterator, dataset  # one live iterator at a time (cache files, readers)
+
+        if (compare_before_upload or destination is None) and not _restore_and_compare(
+            run, "saved copy", saved.prefix
+        ):
+            return outcome
+        if destination is not None:
+            files = sorted(saved.prefix.parent.iterdir())
+            uploaded = True
+            try:
+                destination.put(files, run_prefix)
+            except TransferError:
+                uploaded = False
+                destination.remove(run_prefix)  # no marker: the objects are of no use
+                raise
+            _upload_and_compare(run, destination, saved, run_prefix)
+        _say_risks_checked(run)
+        return outcome
+    except TransferError as error:
+        outcome.failure = f"TRANSFER FAILED: {error}"
+        return outcome
+    except KeyboardInterrupt:
+        outcome.failure = "interrupted"
+        if uploaded and destination is not None:
+            destination.remove(run_prefix)
+        raise
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+        if uploaded and destination is not None and outcome.failure is None:
+            if keep and getattr(destination, "ephemeral", False):
+                say("--keep: the embedded server's copy goes when it stops; set GCS_TEST_BUCKET")
+            elif keep:
+                say(f"Kept {outcome.checkpoint_uri} (--keep)")
+            else:
+                destination.remove(run_prefix)
+        elif (
+            uploaded
+            and outcome.failure not in (None, "interrupted")
+            and not getattr(destination, "ephemeral", False)
+        ):
+            outcome.notes.append(
+                f"the checkpoint is kept for inspection at {outcome.checkpoint_uri}"
+            )
+
+
+def round_trip_report(outcome: RoundTripOutcome) -> dict[str, Any]:
+    """The report's `checkpoint` and `verification` keys."""
+    return {
+        "checkpoint": {
+            "uri": outcome.checkpoint_uri,
+            "bytes": outcome.checkpoint_bytes,
+            "files": outcome.checkpoint_files,
+            "save_seconds": round(outcome.save_seconds, 3),
+            "restore_seconds": round(outcome.restore_seconds, 3),
+            "writer": outcome.writer,
+            "tf_temp_dir": outcome.tf_temp_dir,
+            "tf_temp_dir_source": outcome.tf_temp_dir_source,
+            "tf_temp_peak_bytes": outcome.tf_temp_peak_bytes,
+            "tf_gcs_settings": outcome.tf_gcs_settings,
+        },
+        "verification": {
+            "batches_compared": outcome.batches_compared,
+            "elements_compared": outcome.elements_compared,
+            "fresh_elements_compared": outcome.fresh_elements_compared,
+            "window_batches": outcome.window_batches,
+            "window_covers_buffers": outcome.window_covers_buffers,
+            "risks": outcome.risks,
+            "risks_checked": outcome.risks_checked,
+            "comparisons": outcome.comparisons,
+            "passed": outcome.passed,
+            "first_mismatch": outcome.first_mismatch,
+            "failure": outcome.failure,
+        },
+    }
+
+
+def finish(
+    args: argparse.Namespace,
+    report: dict[str, Any],
+    outcome: RoundTripOutcome,
+    closing_lines: tuple[str, ...] = (),
+    estimate: Any = None,
+) -> int:
+    """Print the verdict (last line: ✓ ALL TESTS PASSED or the ✗ line), write the report.
+
+    With the run's `estimate` (an _estimate.EstimateResult) and a saved checkpoint, the
+    real bytes are held against the estimate for the tested buffer (_estimate.cross_check):
+    the line is printed and the report gets `estimate_cross_check`.
+    """
+    exit_code = EXIT_PASSED if outcome.passed else EXIT_FAILED
+    if estimate is not None and outcome.checkpoint_bytes > 0:
+        from dlckpt.estimate.estimator import cross_check
+
+        check = cross_check(estimate, estimate.tested_buffer, outcome.checkpoint_bytes)
+        print(check.message())
+        report["estimate_cross_check"] = check.report()
+    for line in closing_lines:
+        print(line)
+    print("✓ ALL TESTS PASSED" if outcome.passed else f"✗ {outcome.failure}")
+    for note in outcome.notes:
+        print(f"  ({note})")
+    write_report(
+        args.report,
+        {**report, **round_trip_report(outcome), "passed": outcome.passed, "exit_code": exit_code},
+    )
+    return exit_code

@@ -1,0 +1,770 @@
+"""Where a run's checkpoint goes: a local folder or Google Cloud Storage.
+
+All GCS access is here, through google-cloud-storage with one client passed in.
+Every run writes under its own run prefix; listing and deletion never leave it.
+Uploads are resumable with the library's retries and crc32c checks, the checkpoint's
+files move in parallel, and a marker object written last tells a whole upload from a
+half one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from dlckpt.errors import UsageError
+from dlckpt.runtime.cleanup import (
+    FAILURE_PATH_BUDGET_SECONDS,
+    FAILURE_PATH_TIMEOUT_SECONDS,
+    note_left_behind,
+)
+
+MARKER_NAME = "_COMPLETE.json"
+EMBEDDED_BUCKET = "dlckpt-test"
+RESUMABLE_CHUNK_BYTES = 16 * 1024 * 1024
+TRANSFER_WORKERS = 4
+
+
+class TransferError(Exception):
+    """An object that does not match its source (size or crc32c) or a missing marker."""
+
+
+def _one_line(error: BaseException, limit: int = 200) -> str:
+    return f"{type(error).__name__}: {' '.join(str(error).split())[:limit]}"
+
+
+def new_run_prefix(script: str) -> str:
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    return f"dlckpt-{script}-{stamp}-{secrets.token_hex(3)}"
+
+
+def crc32c_of_file(path: Path) -> str:
+    """Base64 crc32c, the form GCS reports in object metadata."""
+    import base64
+
+    import google_crc32c
+
+    checksum = google_crc32c.Checksum()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(8 * 1024 * 1024), b""):
+            checksum.update(chunk)
+    return base64.b64encode(checksum.digest()).decode("ascii")
+
+
+class Cancelled(Exception):
+    """A transfer stopped because another one failed or the run was interrupted."""
+
+
+def _in_parallel(
+    work: Callable[[Any, threading.Event], Any],
+    items: list[Any],
+    *,
+    grace_seconds: float = FAILURE_PATH_TIMEOUT_SECONDS,
+) -> list[Any]:
+    """work(item, cancel) on TRANSFER_WORKERS threads, results in order; the FIRST error raised.
+
+    On the first error or an interrupt, `cancel` is set: transfers not yet started never
+    start, running ones stop at their next chunk (their progress callbacks raise
+    Cancelled). Running ones are waited for at most `grace_seconds` (one blocked on a
+    frozen endpoint may never return); any still running is named in `stragglers` of
+    _cleanup's notes and abandoned (the threads are daemons, so exit is not held).
+    """
+    cancel = threading.Event()
+    pending = list(enumerate(items))
+    results: list[Any] = [None] * len(items)
+    errors: list[BaseException] = []
+    running: dict[int, Any] = {}
+    lock = threading.Lock()
+
+    def worker() -> None:
+        while not cancel.is_set():
+            with lock:
+                if not pending:
+                    return
+                index, item = pending.pop(0)
+                running[index] = item
+            try:
+                results[index] = work(item, cancel)
+            except BaseException as error:
+                with lock:
+                    errors.append(error)
+                cancel.set()
+            finally:
+                with lock:
+                    running.pop(index, None)
+
+    threads = [threading.Thread(target=worker, daemon=True) for _ in range(TRANSFER_WORKERS)]
+    for thread in threads:
+        thread.start()
+    try:
+        # Short waits, so a signal is handled between them and the first error is seen.
+        while any(thread.is_alive() for thread in threads) and not cancel.wait(0.1):
+            pass
+    except BaseException:
+        cancel.set()
+        raise
+    finally:
+        if cancel.is_set():
+            _join_within(threads, grace_seconds)
+            _note_stragglers(running, lock)
+    if errors:
+        raise errors[0]
+    return results
+
+
+def _join_within(threads: list[threading.Thread], seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()))
+
+
+def _note_stragglers(running: dict[int, Any], lock: threading.Lock) -> None:
+    with lock:
+        stuck = [str(item) for item in running.values()]
+    if stuck:
+        note_left_behind(
+            f"{len(stuck)} transfer(s) still blocked on the endpoint when the run gave up "
+            f"on them ({', '.join(stuck)})"
+        )
+
+
+def _manifest(files: list[Path]) -> dict[str, dict[str, Any]]:
+    """Every file's size and crc32c: what the marker records and each copy is checked against."""
+    return {p.name: {"size": p.stat().st_size, "crc32c": crc32c_of_file(p)} for p in files}
+
+
+# --- destination parsing -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GcsLocation:
+    bucket: str
+    prefix: str  # no leading or trailing slash; may be empty
+
+    def uri(self, *parts: str) -> str:
+        path = "/".join(p for p in (self.prefix, *parts) if p)
+        return f"gs://{self.bucket}/{path}" if path else f"gs://{self.bucket}"
+
+    def key(self, *parts: str) -> str:
+        return "/".join(p for p in (self.prefix, *parts) if p)
+
+
+def parse_gcs_uri(uri: str, source: str = "GCS_TEST_BUCKET") -> GcsLocation:
+    """Parse gs://bucket[/prefix] strictly, by GCS's bucket-naming rules.
+
+    A bucket name is lower-case letters, digits, '-', '_' and '.', starting and ending
+    with a letter or digit, 3-63 characters (up to 222 with dots). Against an emulator
+    (STORAGE_EMULATOR_HOST set) a shorter name such as gs://b/p is accepted, since
+    emulators allow it. The prefix may not hold empty, '.' or '..' segments.
+    """
+    import re
+
+    expected = "expected gs://bucket[/prefix] with a lower-case bucket name"
+    match = re.fullmatch(r"gs://([^/]*)(/.*)?", uri)
+    if not match:
+        raise UsageError(f"{source}={uri!r}: {expected} (or a writable local folder)")
+    bucket, path = match.group(1), (match.group(2) or "/")[1:]
+    path = path[:-1] if path.endswith("/") else path
+    shortest = 1 if os.environ.get("STORAGE_EMULATOR_HOST") else 3
+    longest = 222 if "." in bucket else 63
+    if not re.fullmatch(r"[a-z0-9]([a-z0-9._-]*[a-z0-9])?", bucket) or ".." in bucket:
+        raise UsageError(f"{source}={uri!r}: bucket name {bucket!r} is not valid; {expected}")
+    if not shortest <= len(bucket) <= longest:
+        raise UsageError(
+            f"{source}={uri!r}: bucket name {bucket!r} is {len(bucket)} characters long; "
+            f"GCS allows {shortest}-{longest}"
+        )
+    segments = path.split("/") if path else []
+    if any(part in ("", ".", "..") for part in segments) or any(ord(c) < 32 for c in path):
+        raise UsageError(
+            f"{source}={uri!r}: the prefix has an empty, '.' or '..' segment; {expected}"
+        )
+    return GcsLocation(bucket, path)
+
+
+# --- local folder --------------------------------------------------------------------
+
+
+class LocalDestination:
+    """A folder the user named; the run writes only under <folder>/<run prefix>/.
+
+    It removes only run folders it created itself, so a failure can never delete a
+    folder that was already there (such as the staged checkpoint, when GCS_TEST_BUCKET
+    names LOCAL_STAGING_DIR). I/O errors become one-line TransferErrors, as for GCS.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._created: set[str] = set()
+
+    @classmethod
+    def from_setting(cls, value: str, source: str = "GCS_TEST_BUCKET") -> LocalDestination:
+        root = Path(value).expanduser().resolve()
+        if root.exists() and not root.is_dir():
+            raise UsageError(
+                f"{source}={value!r}: is a file, not a folder "
+                "(expected gs://bucket[/prefix] or an existing local folder)"
+            )
+        if not root.is_dir():
+            raise UsageError(
+                f"{source}={value!r}: no such folder "
+                "(expected gs://bucket[/prefix] or an existing local folder)"
+            )
+        if not os.access(root, os.W_OK | os.X_OK):
+            raise UsageError(
+                f"{source}={value!r}: folder is not writable (expected a writable folder)"
+            )
+        return cls(root)
+
+    def uri(self, run_prefix: str) -> str:
+        return str(self.root / run_prefix)
+
+    def put(self, files: list[Path], run_prefix: str) -> None:
+        """Copy, check each copy's size and crc32c, then write the marker (as for GCS).
+
+        TransferError when the run folder already exists (it is left as it is) or a copy
+        fails (the partial run folder is removed, and the error names the free space).
+        """
+        if not run_prefix:
+            raise ValueError("put() needs a run prefix")
+        target = self.root / run_prefix
+        if any(path.resolve().parent == target.resolve() for path in files):
+            raise TransferError(
+                f"{target}: is the folder the checkpoint was saved in, so copying it there "
+                "would overwrite it; set GCS_TEST_BUCKET to another folder "
+                "(it is left as it is)"
+            )
+        try:
+            target.mkdir(parents=True, exist_ok=False)
+        except FileExistsError:
+            raise TransferError(
+                f"{target}: already exists; a run copies only into a new run folder "
+                "(it is left as it is)"
+            ) from None
+        except OSError as error:
+            raise TransferError(f"{target}: {_os_error(error, self.root)}") from None
+        self._created.add(run_prefix)
+        try:
+            manifest = _manifest(files)
+            for path in files:
+                shutil.copy2(path, target / path.name)
+            self._check(target, manifest)
+            (target / MARKER_NAME).write_text(json.dumps({"files": manifest}))
+        except OSError as error:
+            self.remove(run_prefix)
+            raise TransferError(
+                f"{target}: copy failed ({_os_error(error, self.root)}); "
+                f"the partial copy was removed, no {MARKER_NAME} marker was written"
+            ) from None
+        except TransferError:
+            self.remove(run_prefix)
+            raise
+
+    def fetch(self, run_prefix: str, into: Path) -> list[Path]:
+        """Copy a complete run (marker present) into `into`, checking every file."""
+        source = self.root / run_prefix
+        try:
+            manifest = dict(json.loads((source / MARKER_NAME).read_text())["files"])
+        except (OSError, ValueError, KeyError) as error:
+            raise TransferError(
+                f"{source}: no readable {MARKER_NAME} marker, so the copy is incomplete ({error})"
+            ) from None
+        try:
+            into.mkdir(parents=True, exist_ok=True)
+            copies = [Path(shutil.copy2(source / name, into / name)) for name in sorted(manifest)]
+        except OSError as error:
+            raise TransferError(
+                f"copying {source} back into {into} failed ({_os_error(error, into)})"
+            ) from None
+        self._check(into, manifest)
+        return copies
+
+    @staticmethod
+    def _check(folder: Path, manifest: dict[str, dict[str, Any]]) -> None:
+        for name, expected in manifest.items():
+            found = {
+                "size": (folder / name).stat().st_size,
+                "crc32c": crc32c_of_file(folder / name),
+            }
+            if found != expected:
+                raise TransferError(
+                    f"{folder / name}: {found['size']} bytes crc32c {found['crc32c']}, "
+                    f"expected {expected['size']} bytes crc32c {expected['crc32c']}"
+                )
+
+    def remove(self, run_prefix: str) -> None:
+        """Remove the run folder if this destination created it; never raises."""
+        if not run_prefix or run_prefix not in self._created:
+            return
+        folder = self.root / run_prefix
+        shutil.rmtree(folder, ignore_errors=True)
+        if folder.exists():
+            note_left_behind(f"{folder} (could not be removed)")
+
+
+def _os_error(error: OSError, folder: Path) -> str:
+    """'No space left on device, 0 B free in /mnt/x' - the OS's reason and the free space."""
+    from dlckpt.report import format_bytes
+
+    reason = error.strerror or type(error).__name__
+    try:
+        free = f", {format_bytes(shutil.disk_usage(folder).free)} free in {folder}"
+    except OSError:
+        free = ""
+    return f"{reason}{free}"
+
+
+# --- Google Cloud Storage -------------------------------------------------------------
+
+
+def make_client() -> Any:
+    """One storage client for the run.
+
+    Anonymous against an emulator (STORAGE_EMULATOR_HOST set), Application Default
+    Credentials otherwise.
+    """
+    from google.auth.exceptions import DefaultCredentialsError
+    from google.cloud import storage
+
+    if os.environ.get("STORAGE_EMULATOR_HOST"):
+        from google.auth.credentials import AnonymousCredentials
+
+        return storage.Client(project="dlckpt-test", credentials=AnonymousCredentials())
+    _check_credentials_file(os.environ.get("GOOGLE_APPLICATION_CREDENTIALS"))
+    try:
+        return storage.Client()
+    except DefaultCredentialsError as error:
+        if os.environ.get("GOOGLE_APPLICATION_CREDENTIALS"):
+            raise UsageError(
+                f"GOOGLE_APPLICATION_CREDENTIALS={os.environ['GOOGLE_APPLICATION_CREDENTIALS']}: "
+                f"not usable credentials ({_one_line(error, 160)}); expected a service-account "
+                "or authorized-user JSON key file, or unset it to use "
+                "`gcloud auth application-default login`"
+            ) from None
+        raise UsageError(
+            "Google Cloud Storage: no Application Default Credentials found; run "
+            "`gcloud auth application-default login` or set "
+            "GOOGLE_APPLICATION_CREDENTIALS=/path/key.json"
+        ) from None
+
+
+def _check_credentials_file(value: str | None) -> None:
+    """GOOGLE_APPLICATION_CREDENTIALS, when set, must name a readable JSON key file."""
+    if not value:
+        return
+    name = "GOOGLE_APPLICATION_CREDENTIALS"
+    expected = "expected the path of a service-account or authorized-user JSON key file"
+    path = Path(value).expanduser()
+    if not path.is_file():
+        what = "is a folder" if path.is_dir() else "no such file"
+        raise UsageError(f"{name}={value}: {what} ({expected})")
+    try:
+        data = json.loads(path.read_text())
+    except OSError as error:
+        raise UsageError(f"{name}={value}: cannot be read ({error.strerror}); {expected}") from None
+    except ValueError:
+        raise UsageError(f"{name}={value}: is not JSON ({expected})") from None
+    if not isinstance(data, dict) or "type" not in data:
+        raise UsageError(f'{name}={value}: has no "type" field ({expected})')
+
+
+def _progress(total: int, description: str) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(
+        total=total,
+        desc=description,
+        unit="B",
+        unit_scale=True,
+        unit_divisor=1024,
+        disable=not sys.stderr.isatty(),
+        leave=False,
+    )
+
+
+class GcsDestination:
+    """gs://bucket/prefix; the run writes only objects under <prefix>/<run prefix>/.
+
+    Transfers use `request_timeout` seconds per request and google-cloud-storage's retry
+    on transient errors for up to `retry_deadline` seconds. Cleanup after a failure
+    (remove) is bounded instead: FAILURE_PATH_TIMEOUT_SECONDS a request, no retries,
+    FAILURE_PATH_BUDGET_SECONDS in all; once the endpoint has not answered, later
+    cleanup calls do not wait for it again.
+    """
+
+    def __init__(
+        self,
+        client: Any,
+        location: GcsLocation,
+        *,
+        ephemeral: bool = False,
+        request_timeout: float = 30.0,
+        retry_deadline: float = 60.0,
+    ) -> None:
+        self.client = client
+        self.location = location
+        self.bucket = client.bucket(location.bucket)
+        # The embedded server's objects vanish when it stops: nothing is kept for inspection.
+        self.ephemeral = ephemeral
+        self.request_timeout = request_timeout
+        self.retry_deadline = retry_deadline
+        self._unanswered: str | None = None  # why the endpoint failed a cleanup call
+        self._told: set[str] = set()  # what-is-left texts already given in a TransferError
+
+    def _retry(self) -> Any:
+        from google.cloud.storage.retry import DEFAULT_RETRY
+
+        return DEFAULT_RETRY.with_timeout(self.retry_deadline)
+
+    def check_bucket(self) -> None:
+        from google.api_core import exceptions as api_exceptions
+        from google.api_core.retry import Retry
+        from google.auth.exceptions import RefreshError
+
+        try:
+            # Listing needs only storage.objects.list (Storage Object Admin/Viewer has it);
+            # bucket.reload() would also need storage.buckets.get.
+            listing = self.client.list_blobs(
+                self.bucket, max_results=1, timeout=10, retry=Retry(timeout=20)
+            )
+            next(iter(listing), None)
+        except api_exceptions.NotFound:
+            raise UsageError(
+                f"GCS_TEST_BUCKET={self.location.uri()}: bucket {self.location.bucket!r} "
+                "does not exist "
+                "(create it, or set GCS_TEST_BUCKET to a bucket you can write)"
+            ) from None
+        except api_exceptions.Forbidden as error:
+            raise UsageError(
+                f"GCS_TEST_BUCKET={self.location.uri()}: access denied ({error.message}); "
+                "check the "
+                "Application Default Credentials' permissions on the bucket"
+            ) from None
+        except (api_exceptions.Unauthorized, RefreshError) as error:
+            raise UsageError(
+                f"GCS_TEST_BUCKET={self.location.uri()}: the Application Default Credentials "
+                f"were refused ({_one_line(error, 120)}); run "
+                "`gcloud auth application-default login` or set "
+                "GOOGLE_APPLICATION_CREDENTIALS=/path/key.json"
+            ) from None
+        except Exception as error:
+            raise UsageError(
+                f"GCS_TEST_BUCKET={self.location.uri()}: bucket unreachable "
+                f"({type(error).__name__}: {' '.join(str(error).split())[:160]})"
+            ) from None
+
+    def uri(self, run_prefix: str) -> str:
+        return self.location.uri(run_prefix)
+
+    def put(
+        self,
+        files: list[Path],
+        run_prefix: str,
+        *,
+        opener: Callable[[Path], BinaryIO] | None = None,
+    ) -> None:
+        """Upload; on any failure the run's objects are removed (bounded) before it propagates.
+
+        A storage error becomes a TransferError naming the first failure and what is left
+        (see _put and remove); an interrupt propagates as itself, with what is left noted
+        for the run's last line (_cleanup).
+        """
+        if not run_prefix:
+            raise ValueError("put() needs a run prefix")
+        try:
+            existing = self.list_run(run_prefix)
+        except Exception as error:
+            raise TransferError(
+                f"{self.uri(run_prefix)}: could not list the run prefix ({_one_line(error)}); "
+                "nothing was uploaded"
+            ) from None
+        if existing:  # not this run's objects: never touched
+            raise TransferError(
+                f"{self.uri(run_prefix)}: already holds {len(existing)} objects; "
+                "a run uploads only under a new run prefix"
+            )
+        try:
+            self._put(files, run_prefix, opener=opener)
+        except ValueError:
+            raise
+        except Exception as error:
+            first = str(error) if isinstance(error, TransferError) else (
+                f"{self.uri(run_prefix)}: upload failed ({_one_line(error)}); "
+                f"no {MARKER_NAME} marker was written"
+            )  # fmt: skip
+            left = self._discard(run_prefix)
+            self._told.add(left)  # said in this error: a later remove() need not repeat it
+            raise TransferError(first + (f"; {left}" if left else "")) from None
+        except BaseException:  # an interrupt: remove what it wrote, then let it propagate
+            left = self._discard(run_prefix)
+            if left:
+                note_left_behind(left)
+            raise
+
+    def _put(
+        self,
+        files: list[Path],
+        run_prefix: str,
+        *,
+        opener: Callable[[Path], BinaryIO] | None = None,
+    ) -> None:
+        """Upload in parallel, verify size + crc32c of each object, then write the marker.
+
+        Each file goes up as a resumable upload (in RESUMABLE_CHUNK_BYTES chunks) with
+        google-cloud-storage's own retry on transient errors and its crc32c check of the
+        whole object; the object's stored size and crc32c are then compared with the
+        file's. The marker (a manifest of every file's size and crc32c) is written only
+        after every object matched, so an upload cut short leaves no marker and `fetch`
+        refuses it. `opener` opens a file for reading (fault injection in the tests).
+        """
+        from tqdm.utils import CallbackIOWrapper
+
+        open_file = opener or (lambda path: path.open("rb"))
+        manifest = _manifest(files)
+        with _progress(sum(m["size"] for m in manifest.values()), "upload") as bar:
+
+            def upload(path: Path, cancel: threading.Event) -> None:
+                blob = self.bucket.blob(
+                    self.location.key(run_prefix, path.name), chunk_size=RESUMABLE_CHUNK_BYTES
+                )
+                try:
+                    with open_file(path) as handle:
+                        # if_generation_match=0 (create only) makes the upload idempotent,
+                        # so retrying a transient error cannot overwrite anything.
+                        blob.upload_from_file(
+                            CallbackIOWrapper(_cancellable(bar.update, cancel), handle, "read"),
+                            size=manifest[path.name]["size"],
+                            checksum="crc32c",
+                            if_generation_match=0,
+                            timeout=self.request_timeout,
+                            retry=self._retry(),
+                        )
+                except Exception as error:
+                    if cancel.is_set() and _is_cancelled(error):
+                        raise Cancelled(path.name) from None
+                    raise TransferError(
+                        f"{self.uri(run_prefix)}/{path.name}: upload of {path} failed "
+                        f"({_one_line(error)}); no {MARKER_NAME} marker was written"
+                    ) from error
+                self._verify(blob, manifest[path.name])
+
+            _in_parallel(upload, files)
+        marker = self.bucket.blob(self.location.key(run_prefix, MARKER_NAME))
+        marker.upload_from_string(
+            json.dumps({"files": manifest}),
+            content_type="application/json",
+            if_generation_match=0,
+            timeout=self.request_timeout,
+            retry=self._retry(),
+        )
+
+    def _verify(self, blob: Any, expected: dict[str, Any]) -> None:
+        """The stored object's size and crc32c (GCS's metadata) against the source file's."""
+        blob.reload(timeout=self.request_timeout, retry=self._retry())
+        if blob.size != expected["size"] or blob.crc32c != expected["crc32c"]:
+            kind = "truncated" if (blob.size or 0) < expected["size"] else "corrupted"
+            raise TransferError(
+                f"gs://{self.location.bucket}/{blob.name}: {kind}: stored {blob.size} bytes crc32c "
+                f"{blob.crc32c}, expected {expected['size']} bytes crc32c {expected['crc32c']}"
+            )
+
+    def read_marker(self, run_prefix: str) -> dict[str, dict[str, Any]]:
+        """The manifest in the run's marker; TransferError when there is none (incomplete)."""
+        from google.api_core import exceptions as api_exceptions
+
+        marker = self.bucket.blob(self.location.key(run_prefix, MARKER_NAME))
+        try:
+            data = marker.download_as_bytes(timeout=self.request_timeout, retry=self._retry())
+            return dict(json.loads(data)["files"])
+        except api_exceptions.NotFound:
+            raise TransferError(
+                f"{self.uri(run_prefix)}: no {MARKER_NAME} marker, so the upload is incomplete; "
+                "refusing to use it"
+            ) from None
+        except (ValueError, KeyError, TypeError) as error:
+            raise TransferError(
+                f"{self.uri(run_prefix)}/{MARKER_NAME}: unreadable marker ({_one_line(error)})"
+            ) from None
+
+    def fetch(self, run_prefix: str, into: Path) -> list[Path]:
+        """Download; any storage error becomes a TransferError naming the run (see _fetch)."""
+        try:
+            return self._fetch(run_prefix, into)
+        except TransferError:
+            raise
+        except Exception as error:
+            raise TransferError(
+                f"{self.uri(run_prefix)}: download failed ({_one_line(error)})"
+            ) from None
+
+    def _fetch(self, run_prefix: str, into: Path) -> list[Path]:
+        """Download a complete upload (marker present) into `into`, in parallel.
+
+        Each object's stored size and crc32c are checked against the marker's manifest
+        before the download, the download itself is crc32c-checked by the library, and the
+        written file is checked again; the first object that differs is named.
+        """
+        from google.api_core import exceptions as api_exceptions
+        from tqdm.utils import CallbackIOWrapper
+
+        manifest = self.read_marker(run_prefix)
+        into.mkdir(parents=True, exist_ok=True)
+        with _progress(sum(m["size"] for m in manifest.values()), "download") as bar:
+
+            def download(name: str, cancel: threading.Event) -> Path:
+                blob = self.bucket.blob(self.location.key(run_prefix, name))
+                target = into / name
+                try:
+                    self._verify(blob, manifest[name])
+                    with target.open("wb") as handle:
+                        blob.download_to_file(
+                            CallbackIOWrapper(_cancellable(bar.update, cancel), handle, "write"),
+                            checksum="crc32c",
+                            timeout=self.request_timeout,
+                            retry=self._retry(),
+                        )
+                except api_exceptions.NotFound:
+                    raise TransferError(
+                        f"{self.uri(run_prefix)}/{name}: listed in the marker but missing"
+                    ) from None
+                except TransferError:
+                    raise
+                except Exception as error:
+                    if cancel.is_set() and _is_cancelled(error):
+                        raise Cancelled(name) from None
+                    raise TransferError(
+                        f"{self.uri(run_prefix)}/{name}: download failed ({_one_line(error)})"
+                    ) from None
+                local = {"size": target.stat().st_size, "crc32c": crc32c_of_file(target)}
+                if local != manifest[name]:
+                    raise TransferError(
+                        f"{self.uri(run_prefix)}/{name}: downloaded {local['size']} bytes crc32c "
+                        f"{local['crc32c']}, expected {manifest[name]['size']} bytes "
+                        f"crc32c {manifest[name]['crc32c']}"
+                    )
+                return target
+
+            return _in_parallel(download, sorted(manifest))
+
+    def list_run(
+        self, run_prefix: str, *, timeout: float | None = None, retry: Any = ...
+    ) -> list[str]:
+        """Names of the objects under this run's prefix, and nothing beside it.
+
+        `timeout` and `retry` default to the transfer's (None: no retry).
+        """
+        if not run_prefix or "/" in run_prefix.strip("/"):
+            raise ValueError(f"not a run prefix: {run_prefix!r}")
+        prefix = self.location.key(run_prefix) + "/"
+        listing = self.client.list_blobs(
+            self.bucket,
+            prefix=prefix,
+            timeout=self.request_timeout if timeout is None else timeout,
+            retry=self._retry() if retry is ... else retry,
+        )
+        return [blob.name for blob in listing]
+
+    def remove(self, run_prefix: str) -> None:
+        """Delete the run's objects (the marker first, so a partial run never looks whole).
+
+        Bounded and quiet, as cleanup after a failure must be: it never raises, and what
+        it could not delete is noted for the run's last line (see _cleanup).
+        """
+        left = self._discard(run_prefix)
+        if left and left not in self._told:
+            note_left_behind(left)
+
+    def _discard(self, run_prefix: str) -> str:
+        """Delete the run's objects within the failure-path bounds; '' or what may be left.
+
+        Each request waits FAILURE_PATH_TIMEOUT_SECONDS, without retries; the whole
+        removal stops after FAILURE_PATH_BUDGET_SECONDS. After a call the endpoint did not
+        answer, later calls do not wait for it again. The embedded server's objects go
+        with it, so nothing is reported left there.
+        """
+        if not run_prefix:
+            return ""
+        where = self.uri(run_prefix) + "/"
+        if self._unanswered is not None:
+            return self._left(where, None, self._unanswered)
+        deadline = time.monotonic() + FAILURE_PATH_BUDGET_SECONDS
+        names: list[str] | None = None
+        try:
+            names = self.list_run(run_prefix, timeout=FAILURE_PATH_TIMEOUT_SECONDS, retry=None)
+            marker = self.location.key(run_prefix, MARKER_NAME)
+            for name in sorted(names, key=lambda n: n != marker):
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"removal stopped after {FAILURE_PATH_BUDGET_SECONDS:.0f} s")
+                self._delete(name)
+        except Exception as error:
+            self._unanswered = _one_line(error, 120)
+            return self._left(where, names, self._unanswered)
+        return ""
+
+    def _delete(self, name: str) -> None:
+        from google.api_core import exceptions as api_exceptions
+
+        with contextlib.suppress(api_exceptions.NotFound):  # already gone: nothing to do
+            self.bucket.blob(name).delete(timeout=FAILURE_PATH_TIMEOUT_SECONDS, retry=None)
+
+    def _left(self, where: str, names: list[str] | None, reason: str) -> str:
+        if self.ephemeral:
+            return ""
+        if names is None:
+            what = "any object the run wrote"
+        else:
+            short = [name.rsplit("/", 1)[-1] for name in names]
+            what = f"up to {len(names)} objects ({', '.join(short)})"
+        return (
+            f"{where} may still hold {what}: cleanup could not reach the bucket ({reason}); "
+            f"remove it with `gcloud storage rm -r {where}`"
+        )
+
+
+def _cancellable(update: Callable[[int], Any], cancel: threading.Event) -> Callable[[int], Any]:
+    """A progress callback that stops its transfer at the next chunk once `cancel` is set."""
+
+    def callback(count: int) -> Any:
+        if cancel.is_set():
+            raise Cancelled("another transfer failed or the run was interrupted")
+        return update(count)
+
+    return callback
+
+
+def _is_cancelled(error: BaseException | None) -> bool:
+    while error is not None:
+        if isinstance(error, Cancelled):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+# --- the embedded GCS server -----------------------------------------------------------
+
+
+@contextlib.contextmanager
+def embedded_gcs_server(scratch_root: Path | None = None) -> Iterator[str]:
+    """Start the embedded GCS server (see _gcs_server) and yield its endpoint.
+
+    fake-gcs-server behind an HTTPS front on 127.0.0.1, objects on disk under a
+    `dlckpt-gcs-*` folder in `scratch_root` (default: the temp folder). While the block
+    runs, this process (and what it starts) has STORAGE_EMULATOR_HOST plus the variables
+    that send TensorFlow's own GCS filesystem there (_gcs_server.tensorflow_env); they are
+    restored on exit, and the server is stopped with its storage removed.
+    """
+    from dlckpt.storage.embedded.server import applied, embedded_gcs
+
+    with embedded_gcs(scratch_root) as server, applied(server.env):
+        yield server.endpoint

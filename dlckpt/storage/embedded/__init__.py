@@ -1,0 +1,1 @@
+"""The embedded GCS server (fake-gcs-server behind an HTTPS front) used when no bucket is given."""

@@ -1,0 +1,206 @@
+"""The embedded GCS server that TensorFlow's gs:// filesystem and google-cloud-storage share.
+
+`embedded_gcs()` starts one process (_gcs_front.py: fake-gcs-server behind an HTTPS front,
+objects on disk under the run's scratch) and yields an EmbeddedGcs with the variables each
+kind of client needs. Nothing is set machine-wide or in this process's environment unless
+the caller applies `EmbeddedGcs.env` itself; a real bucket (GCS_TEST_BUCKET=gs://...)
+never sees these variables.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import select
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+FRONT_MODULE = "dlckpt.storage.embedded.front"
+START_SECONDS = 60.0
+STOP_SECONDS = 10.0
+# fake-gcs-server reads each upload whole into memory: its resident memory (with the
+# front's) peaked at 6.4-7.2 bytes per uploaded byte over a 75 MB baseline
+# (scripts/bench_tf_gcs.py --megabytes 64, 128 and 256; GOGC=50); the preflight reserves this.
+SERVER_RAM_BASE_BYTES = 200 * 10**6
+SERVER_RAM_BYTES_PER_BYTE = 8.0
+# TensorFlow sends this as its bearer token; the emulator accepts any.
+TEST_TOKEN = "dlckpt-embedded-server"
+# What the embedded mode sets for the processes it runs; cleared for a real bucket.
+VARIABLES = (
+    "STORAGE_EMULATOR_HOST", "HTTPS_PROXY", "https_proxy", "http_proxy", "NO_PROXY",
+    "no_proxy", "CURL_CA_BUNDLE", "GOOGLE_AUTH_TOKEN_FOR_TESTING",
+)  # fmt: skip
+
+
+class ServerStartError(RuntimeError):
+    """The embedded GCS server did not come up; the message holds the end of its log."""
+
+
+@dataclass
+class EmbeddedGcs:
+    """A running embedded server.
+
+    `endpoint` is http://127.0.0.1:<port> (google-cloud-storage's STORAGE_EMULATOR_HOST and
+    the proxy TensorFlow's libcurl uses); `workdir` holds `objects/` (the stored objects,
+    bytes on disk) and `ca.pem` (the CA certificate TensorFlow trusts).
+    """
+
+    endpoint: str
+    workdir: Path
+    ca_file: Path
+    front_pid: int
+    server_pid: int
+    server_port: int  # fake-gcs-server itself, behind the front (for benchmarks)
+    env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def data_dir(self) -> Path:
+        return self.workdir / "objects"
+
+    @property
+    def pids(self) -> tuple[int, int]:
+        return self.front_pid, self.server_pid
+
+    def create_bucket(self, name: str) -> None:
+        """Create a bucket (JSON API, no proxy: this is loopback)."""
+        request = urllib.request.Request(
+            f"{self.endpoint}/storage/v1/b?project=dlckpt-test",
+            data=json.dumps({"name": name}).encode(),
+            headers={"Content-Type": "application/json"},
+            method="POST",
+        )
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        with opener.open(request, timeout=30) as response:
+            response.read()
+
+
+def tensorflow_env(endpoint: str, ca_file: Path) -> dict[str, str]:
+    """The variables that send TensorFlow's GCS filesystem (and google-cloud-storage) here.
+
+    TensorFlow's libcurl takes HTTPS_PROXY for www/storage.googleapis.com, http_proxy for
+    plain-http upload URLs, CURL_CA_BUNDLE to trust the front's certificate, and
+    GOOGLE_AUTH_TOKEN_FOR_TESTING instead of Application Default Credentials. NO_PROXY
+    keeps loopback direct (the front itself, the restore's google-cloud-storage calls).
+    """
+    no_proxy = "127.0.0.1,localhost"
+    return {
+        "STORAGE_EMULATOR_HOST": endpoint,
+        "HTTPS_PROXY": endpoint,
+        "https_proxy": endpoint,
+        "http_proxy": endpoint,
+        "NO_PROXY": no_proxy,
+        "no_proxy": no_proxy,
+        "CURL_CA_BUNDLE": str(ca_file),
+        "GOOGLE_AUTH_TOKEN_FOR_TESTING": TEST_TOKEN,
+    }
+
+
+def _read_ready_line(process: subprocess.Popen[bytes], log: Path) -> dict[str, object]:
+    assert process.stdout is not None
+    deadline = time.monotonic() + START_SECONDS
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([process.stdout], [], [], 0.2)
+        if ready:
+            line = process.stdout.readline()
+            if line:
+                return dict(json.loads(line))
+        if process.poll() is not None:
+            break
+    tail = " | ".join(log.read_text(errors="replace").strip().splitlines()[-3:])
+    raise ServerStartError(f"the embedded GCS server did not start ({tail or 'no output'})")
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.terminate()  # the front stops fake-gcs-server and removes the objects
+        try:
+            process.wait(timeout=STOP_SECONDS)
+        except subprocess.TimeoutExpired:
+            process.kill()  # fake-gcs-server has PR_SET_PDEATHSIG: it goes too
+            process.wait()
+
+
+@contextlib.contextmanager
+def embedded_gcs(
+    scratch_root: Path | str | None = None, *, bucket: str | None = None
+) -> Iterator[EmbeddedGcs]:
+    """Start fake-gcs-server behind its HTTPS front; stop it and remove its storage on exit.
+
+    Objects are stored on disk under a new `dlckpt-gcs-*` folder in `scratch_root`
+    (default: the temp folder), so memory does not hold them between requests. The server
+    runs in its own session (a Ctrl-C to the terminal's process group does not reach it
+    before the run has cleaned up) and dies with this process even on SIGKILL. Raises
+    ServerStartError when it does not come up within START_SECONDS.
+    """
+    workdir = Path(tempfile.mkdtemp(prefix="dlckpt-gcs-", dir=scratch_root))
+    log = workdir / "server.log"
+    process = None
+    try:
+        with log.open("wb") as log_handle:
+            process = subprocess.Popen(
+                [sys.executable, "-m", FRONT_MODULE, "--parent-pid", str(os.getpid()),
+                 "--workdir", str(workdir)],
+                stdout=subprocess.PIPE,
+                stderr=log_handle,
+                env={**os.environ, "TMPDIR": str(workdir)},
+                start_new_session=True,
+            )  # fmt: skip
+        ready = _read_ready_line(process, log)
+        endpoint = f"http://127.0.0.1:{ready['port']}"
+        ca_file = Path(str(ready["ca_file"]))
+        server = EmbeddedGcs(
+            endpoint=endpoint,
+            workdir=workdir,
+            ca_file=ca_file,
+            front_pid=process.pid,
+            server_pid=int(str(ready["server_pid"])),
+            server_port=int(str(ready["server_port"])),
+            env=tensorflow_env(endpoint, ca_file),
+        )
+        if bucket:
+            server.create_bucket(bucket)
+        yield server
+    finally:
+        if process is not None:
+            _stop(process)
+            if process.stdout is not None:
+                process.stdout.close()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def applied(env: dict[str, str]) -> Iterator[None]:
+    """Set `env` in this process (and so in the processes it starts) for the block only."""
+    previous = {name: os.environ.get(name) for name in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for name, value in previous.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def process_gone(pid: int) -> bool:
+    """True when `pid` no longer runs (exited, or a zombie waiting for its reaper)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except OSError:
+        return True

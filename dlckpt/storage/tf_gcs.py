@@ -1,0 +1,188 @@
+"""TensorFlow's own gs:// save: where it stages and how much, its GCS_* settings, its failure line.
+
+TensorFlow's GCS filesystem writes each checkpoint file whole into its local temp folder
+(TEST_TMPDIR, else TMPDIR, else TMP, else /tmp: _locations.tf_temp_dir) and uploads it
+when the file is closed. A save to gs:// therefore needs the largest file's size free
+there, which is what fails in production with "Could not append to the internal
+temporary file".
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from dlckpt.report import format_bytes
+
+# The variables TensorFlow's GCS filesystem reads (tensorflow/tsl/platform/cloud/
+# gcs_file_system.cc); shown by `make disk-check` and in the report when set.
+TF_GCS_VARIABLES = (
+    "GCS_WRITE_REQUEST_TIMEOUT_SECS",
+    "GCS_READ_REQUEST_TIMEOUT_SECS",
+    "GCS_METADATA_REQUEST_TIMEOUT_SECS",
+    "GCS_REQUEST_CONNECTION_TIMEOUT_SECS",
+    "GCS_REQUEST_IDLE_TIMEOUT_SECS",
+    "GCS_RETRY_CONFIG_INIT_DELAY_TIME_US",
+    "GCS_RETRY_CONFIG_MAX_DELAY_TIME_US",
+    "GCS_RETRY_CONFIG_MAX_RETRIES",
+    "GCS_APPEND_MODE",
+    "GCS_READ_CACHE_BLOCK_SIZE_MB",
+    "GCS_READ_CACHE_MAX_SIZE_MB",
+    "GCS_READ_CACHE_MAX_STALENESS",
+    "GCS_STAT_CACHE_MAX_AGE",
+    "GCS_STAT_CACHE_MAX_ENTRIES",
+    "GCS_MATCHING_PATHS_CACHE_MAX_AGE",
+    "GCS_MATCHING_PATHS_CACHE_MAX_ENTRIES",
+    "GCS_RESOLVE_REFRESH_SECS",
+    "GCS_ADDITIONAL_REQUEST_HEADER",
+    "GCS_ALLOWED_BUCKET_LOCATIONS",
+    "GCS_THROTTLE_TOKEN_RATE",
+    "GCS_THROTTLE_BUCKET_SIZE",
+    "GCS_TOKENS_PER_REQUEST",
+    "GCS_INITIAL_TOKENS",
+)
+POLL_SECONDS = 0.02
+
+
+def tf_gcs_settings(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The TF_GCS_VARIABLES that are set, name -> value (empty when none is)."""
+    env = os.environ if environ is None else environ
+    return {name: env[name] for name in TF_GCS_VARIABLES if name in env}
+
+
+class TempPeak:
+    """The most bytes seen in files that appeared in `folder` while the block ran (polled).
+
+    TensorFlow names its temp files itself; any top-level file created during the save is
+    counted, files that were there before are not.
+    """
+
+    def __init__(self, folder: str) -> None:
+        self.folder = folder
+        self.peak = 0
+        self._before: set[str] = set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _staged_bytes(self) -> int:
+        total = 0
+        try:
+            with os.scandir(self.folder) as entries:
+                for entry in entries:
+                    if entry.name not in self._before and entry.is_file(follow_symlinks=False):
+                        # A file removed between the listing and the stat counts 0.
+                        with contextlib.suppress(OSError):
+                            total += entry.stat(follow_symlinks=False).st_size
+        except OSError:
+            return 0
+        return total
+
+    def _run(self) -> None:
+        while not self._stop.wait(POLL_SECONDS):
+            self.peak = max(self.peak, self._staged_bytes())
+
+    def __enter__(self) -> TempPeak:
+        try:
+            self._before = set(os.listdir(self.folder))
+        except OSError:
+            self._before = set()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+@dataclass
+class GcsSave:
+    """A checkpoint TensorFlow wrote straight to gs://."""
+
+    prefix: str  # gs://bucket/.../iterator: the files are <prefix>.index, <prefix>.data-*
+    bytes: int
+    files: int
+    save_seconds: float
+    temp_dir: str  # where TensorFlow staged the files
+    temp_source: str  # the variable that chose it ("default": /tmp)
+    temp_peak_bytes: int  # the most seen there during the save (polled)
+
+
+class StagingFull(Exception):
+    """TensorFlow's gs:// writer ran out of room in its temp folder; the message is the ✗ line."""
+
+
+def save_iterator_to_gcs(iterator: Any, prefix: str) -> GcsSave:
+    """tf.train.Checkpoint(iterator=...).write(prefix) through TensorFlow's GCS filesystem.
+
+    Raises UnsaveablePipeline when TensorFlow refuses the pipeline; other TensorFlow
+    errors propagate (see staging_full_line for the disk-full one).
+    """
+    from dlckpt.preflight.locations import tf_temp_dir
+    from dlckpt.roundtrip.child import UnsaveablePipeline
+    from dlckpt.runtime.tf_import import import_tensorflow
+
+    tf = import_tensorflow()
+    folder, source, _ = tf_temp_dir()
+    with TempPeak(folder) as staged:
+        started = time.perf_counter()
+        try:
+            tf.train.Checkpoint(iterator=iterator).write(prefix)
+        except tf.errors.FailedPreconditionError as error:
+            raise UnsaveablePipeline.from_tf_error(error) from None
+        seconds = time.perf_counter() - started
+    files = tf.io.gfile.glob(prefix + "*")
+    return GcsSave(
+        prefix=prefix,
+        bytes=sum(int(tf.io.gfile.stat(name).length) for name in files),
+        files=len(files),
+        save_seconds=seconds,
+        temp_dir=folder,
+        temp_source=source,
+        temp_peak_bytes=staged.peak,
+    )
+
+
+def staging_full_line(
+    tf_text: str, needed_bytes: int, environ: Mapping[str, str] | None = None
+) -> str:
+    """The one line for a gs:// save that ran out of room where TensorFlow stages it.
+
+    Names the folder, the variable that chose it, the bytes needed (the estimate) against
+    those free, and the fixes.
+    """
+    from dlckpt.preflight.locations import roomy_folder, tf_temp_dir
+
+    env = dict(os.environ if environ is None else environ)
+    folder, source, _ = tf_temp_dir(env)
+    free = shutil.disk_usage(folder).free if Path(folder).is_dir() else 0
+    chosen = (
+        f"{source}={folder}"
+        if source != "default"
+        else f"{folder} (no TEST_TMPDIR, TMPDIR or TMP set)"
+    )
+    fixes = []
+    if source == "TEST_TMPDIR":
+        fixes.append(
+            "unset TEST_TMPDIR: TensorFlow reads it before TMPDIR"
+            + (f" (TMPDIR={env['TMPDIR']})" if env.get("TMPDIR") else "")
+        )
+    roomy = roomy_folder(max(needed_bytes, 1), folder)
+    variable = "TEST_TMPDIR" if source == "TEST_TMPDIR" else "TMPDIR"
+    target = roomy[0] if roomy else "/path/on/a/bigger/disk"
+    fixes.append(
+        f"export {variable}={target}" + (f" ({format_bytes(roomy[1])} free)" if roomy else "")
+    )
+    fixes.append("save locally and upload instead: make local-staging")
+    fixes.append("or a smaller dataloader.shuffle_buffer_size (make estimate ARGS=--fit-budget)")
+    return (
+        f"CHECKPOINT DID NOT FIT: TensorFlow's gs:// writer stages each checkpoint file in "
+        f"{chosen} and ran out of room ({tf_text}): needs ~{format_bytes(needed_bytes)}, "
+        f"{format_bytes(free)} free there. Fixes: " + "; ".join(fixes)
+    )

@@ -1,0 +1,1 @@
+"""Shuffle strategies whose iterator checkpoint is kilobytes, measured side by side."""

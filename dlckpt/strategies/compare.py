@@ -1,0 +1,349 @@
+"""Shuffle strategies side by side: the same episodes, the same buffer, very different checkpoints.
+
+Which strategies there are (`STRATEGIES`), how each is measured (throughput, shuffle quality,
+checkpoint size and time, exact resume in a new process), and the line the small-buffer
+script ends with. The episode files are written by `_strategy_episodes`; each strategy's
+dataset is built by its Hydra target in `_strategy_builders`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dlckpt.strategies.builders import (
+    build_decoded_buffer,
+    build_encoded_buffer,
+    build_global_shuffle_symbolic,
+    build_grain_array_record,
+    build_index_permutation_symbolic,
+    build_index_shuffle_before_map,
+    quiet_absl,
+)
+from dlckpt.strategies.episodes import DataSpec, write_array_record
+
+DEFAULT_WORK_DIR = Path(__file__).resolve().parents[2] / ".work" / "strategies"
+# The script leaves its last report in its work folder, so the small-buffer script can point to it.
+LAST_REPORT_NAME = "last_report.json"
+LAST_REPORT_CACHE = DEFAULT_WORK_DIR / LAST_REPORT_NAME
+
+
+# --- the strategies ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Strategy:
+    """A strategy as the comparison names it; `builder` is its Hydra target."""
+
+    name: str
+    builder: Callable[..., Any]
+    summary: str
+    framework: str = "tf.data"  # "grain": saved with get_state() as JSON, not tf.train.Checkpoint
+
+    @property
+    def target(self) -> str:
+        return f"{self.builder.__module__}.{self.builder.__name__}"
+
+
+STRATEGIES = (
+    Strategy("decoded_buffer", build_decoded_buffer, "shuffle decoded frames (today's default)"),
+    Strategy("encoded_buffer", build_encoded_buffer, "shuffle JPEG strings, decode after"),
+    Strategy("index_shuffle_before_map", build_index_shuffle_before_map,
+             "shuffle indices, read by index"),
+    Strategy("index_permutation_symbolic", build_index_permutation_symbolic,
+             "tf.random.experimental.index_shuffle + symbolic checkpoint"),
+    Strategy("global_shuffle_symbolic", build_global_shuffle_symbolic,
+             "tf.data global shuffle + symbolic checkpoint"),
+    Strategy("grain_array_record", build_grain_array_record,
+             "Grain index shuffle over ArrayRecord, JSON state", framework="grain"),
+)  # fmt: skip
+STRATEGY_NAMES = tuple(s.name for s in STRATEGIES)
+
+
+# --- measuring ------------------------------------------------------------------------------
+
+
+def shuffle_quality(indices: list[int], steps_per_episode: int) -> dict[str, float]:
+    """Figures from the actual output order (`indices[p]` = source position of output p).
+
+    mean_displacement: mean |p - source position| (0 = unshuffled; larger = better mixed).
+    same_episode_consecutive: fraction of neighbouring outputs from the same episode
+    (unshuffled: (steps-1)/steps; a uniform shuffle: about 1/num_episodes).
+    """
+    if len(indices) < 2:
+        return {"elements": len(indices), "mean_displacement": 0.0, "same_episode_consecutive": 0.0}
+    displacement = sum(abs(p - i) for p, i in enumerate(indices)) / len(indices)
+    episodes = [i // steps_per_episode for i in indices]
+    same = sum(a == b for a, b in itertools.pairwise(episodes)) / (len(episodes) - 1)
+    return {
+        "elements": len(indices),
+        "mean_displacement": round(displacement, 1),
+        "same_episode_consecutive": round(same, 4),
+    }
+
+
+@dataclass
+class StrategyResult:
+    name: str
+    checkpoint_bytes: int = 0
+    save_seconds: float = 0.0
+    restore_seconds: float = 0.0
+    elements_per_second: float = 0.0
+    resumes_exactly: bool = False
+    quality: dict[str, float] = field(default_factory=dict)
+    error: str | None = None
+    # "your pipeline" (the config's own loader) or "synthetic episodes" (_strategy_user).
+    measured_on: str = "synthetic episodes"
+
+    def to_json(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["save_seconds"] = round(self.save_seconds, 3)
+        out["restore_seconds"] = round(self.restore_seconds, 3)
+        out["elements_per_second"] = round(self.elements_per_second, 1)
+        if self.error is None:
+            del out["error"]
+        return out
+
+
+@dataclass
+class PendingRestore:
+    """A measured strategy whose checkpoint still has to be restored in a new process."""
+
+    strategy: Strategy
+    dataloader_cfg: dict[str, Any]
+    checkpoint: Path  # the tf.train.Checkpoint prefix, or Grain's JSON state file
+    expected: Any  # _roundtrip.DigestStream
+    workdir: Path
+
+
+def measure_strategy(
+    strategy: Strategy,
+    dataloader_cfg: dict[str, Any],
+    *,
+    spec: DataSpec,
+    workdir: Path,
+    warmup_batches: int,
+    timed_batches: int,
+    compare_batches: int,
+) -> tuple[StrategyResult, PendingRestore | None]:
+    """Warm up, time, save the iterator, then take `compare_batches` more (the expected
+    digests). The restore is left to `finish_restore`, so restores can run side by side
+    without disturbing the next strategy's timing.
+    """
+    from omegaconf import OmegaConf
+
+    from dlckpt.pipeline.robot import instantiate_dataset
+    from dlckpt.roundtrip.child import UnsaveablePipeline, save_iterator, take_digests
+
+    result = StrategyResult(strategy.name)
+    grain = strategy.framework == "grain"
+    if grain:
+        from hydra.utils import instantiate
+
+        write_array_record(Path(dataloader_cfg["data_dir"]))
+        with quiet_absl():
+            iterator = iter(instantiate(dataloader_cfg, _convert_="all"))
+    else:
+        iterator = iter(instantiate_dataset(OmegaConf.create(dataloader_cfg)))
+
+    indices: list[int] = []
+    for _ in range(warmup_batches):  # the first batch fills the buffer
+        indices.extend(int(i) for i in next(iterator)["index"])
+    started = time.perf_counter()
+    for _ in range(timed_batches):
+        indices.extend(int(i) for i in next(iterator)["index"])
+    elapsed = time.perf_counter() - started
+    batch_size = int(dataloader_cfg["batch_size"])
+    result.elements_per_second = timed_batches * batch_size / elapsed if elapsed > 0 else 0.0
+    # Only outputs that cannot come from a second epoch (p + buffer <= records) say how well
+    # one epoch is mixed; every strategy is scored on the same count.
+    buffer = int(dataloader_cfg.get("shuffle_buffer_size") or 0)
+    limit = max(2, spec.num_records - buffer)
+    result.quality = shuffle_quality(indices[:limit], spec.steps_per_episode)
+
+    checkpoint_dir = workdir / "checkpoint"
+    if grain:
+        checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        checkpoint = checkpoint_dir / "iterator_state.json"
+        started = time.perf_counter()
+        checkpoint.write_text(json.dumps(iterator.get_state()))
+        result.save_seconds = time.perf_counter() - started
+        result.checkpoint_bytes = checkpoint.stat().st_size
+    else:
+        try:
+            saved = save_iterator(iterator, checkpoint_dir)
+        except UnsaveablePipeline as error:
+            result.error = str(error)
+            return result, None
+        result.checkpoint_bytes, result.save_seconds = saved.bytes, saved.save_seconds
+        checkpoint = saved.prefix
+    expected = take_digests(iterator, compare_batches)
+    return result, PendingRestore(strategy, dataloader_cfg, checkpoint, expected, workdir)
+
+
+def finish_restore(result: StrategyResult, pending: PendingRestore) -> StrategyResult:
+    """Restore in a new process (Grain: from its JSON state) and compare bit for bit."""
+    from dlckpt.roundtrip.child import first_mismatch, restore_in_new_process
+
+    if pending.strategy.framework == "grain":
+        restored = _grain_restore_in_new_process(
+            pending.dataloader_cfg,
+            pending.checkpoint,
+            len(pending.expected.digests),
+            pending.workdir,
+        )
+    else:
+        restored = restore_in_new_process(
+            pending.dataloader_cfg, pending.checkpoint, pending.expected, pending.workdir
+        )
+    result.restore_seconds = restored.restore_seconds
+    if restored.error:
+        result.error = restored.error
+        return result
+    mismatch = first_mismatch(pending.expected, restored.stream)
+    result.resumes_exactly = mismatch is None
+    if mismatch is not None:
+        result.error = f"does not resume exactly: {mismatch.describe()}"
+    return result
+
+
+# --- Grain's restore process (its state is JSON, not a tf.train.Checkpoint) ------------------
+
+
+def _grain_restore_main(argv: list[str]) -> int:
+    """Entry point of the fresh process for Grain: build, set the saved state, digest batches."""
+    from hydra.utils import instantiate
+
+    from dlckpt.roundtrip.child import take_digests
+
+    request = json.loads(Path(argv[0]).read_text())
+    result: dict[str, Any] = {"digests": [], "elements": 0, "ended": False, "restore_seconds": 0.0}
+    try:
+        with quiet_absl():
+            dataset = instantiate(request["dataloader"], _convert_="all")
+        started = time.perf_counter()
+        iterator = iter(dataset)
+        iterator.set_state(json.loads(Path(request["state"]).read_text()))
+        result["restore_seconds"] = time.perf_counter() - started
+        stream = take_digests(iterator, request["batches"])
+        result.update(digests=stream.digests, elements=stream.elements, ended=stream.ended)
+    except Exception as error:
+        detail = " ".join(str(error).split())[:300]
+        result["error"] = f"restore failed: {type(error).__name__}: {detail}"
+    Path(argv[1]).write_text(json.dumps(result))
+    return 0
+
+
+def _grain_restore_in_new_process(
+    dataloader_cfg: dict[str, Any], state: Path, batches: int, workdir: Path
+) -> Any:
+    import subprocess
+    import sys
+
+    from dlckpt.roundtrip.child import DigestStream, RestoreResult, stream_from_json
+
+    request, result_path = workdir / "grain_request.json", workdir / "grain_result.json"
+    request.write_text(
+        json.dumps({"dataloader": dataloader_cfg, "state": str(state), "batches": batches})
+    )
+    command = ["-m", "dlckpt.strategies.compare", "grain-restore", str(request), str(result_path)]
+    completed = subprocess.run(
+        [sys.executable, *command], capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    if not result_path.exists():
+        tail = " | ".join(completed.stderr.strip().splitlines()[-3:])
+        return RestoreResult(
+            DigestStream([], 0, False),
+            0.0,
+            f"restore process exited {completed.returncode}: {tail}",
+        )
+    data = json.loads(result_path.read_text())
+    return RestoreResult(stream_from_json(data), data["restore_seconds"], data.get("error"))
+
+
+# --- the pointer the small-buffer script prints ---------------------------------------------
+
+
+def _last_report(report: Path | dict[str, Any] | None) -> dict[str, Any] | None:
+    if isinstance(report, dict):
+        return report
+    path = Path(report) if report is not None else LAST_REPORT_CACHE
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def smallest_resuming_strategy(
+    report: Path | dict[str, Any] | None = None, measured_on: str | None = None
+) -> tuple[str, int] | None:
+    """(name, checkpoint bytes) of the smallest strategy that resumed exactly in the last
+    strategies report (default: the cache the strategies script writes), only among those
+    `measured_on` that data when given; None if there is no report or none resumed.
+    """
+    data = _last_report(report)
+    if data is None:
+        return None
+    candidates = [
+        (int(s["checkpoint_bytes"]), str(s["name"]))
+        for s in data.get("strategies", [])
+        if s.get("resumes_exactly")
+        and s.get("checkpoint_bytes")
+        and (measured_on is None or s.get("measured_on", "synthetic episodes") == measured_on)
+    ]
+    if not candidates:
+        return None
+    size, name = min(candidates)
+    return name, size
+
+
+def strategies_pointer_line(
+    report: Path | dict[str, Any] | None = None, pipeline: str | None = None
+) -> str:
+    """The line the small-buffer script ends with. It names a strategy as the smallest only
+    when the last `make strategies` measured it on the same loader (`pipeline`, the
+    `dataloader._target_`); otherwise it says the figures come from synthetic episodes."""
+    from dlckpt.report import format_bytes
+
+    data = _last_report(report)
+    same_loader = (
+        data is not None and pipeline is not None and data.get("dataloader_target") == pipeline
+    )
+    if same_loader:
+        best = smallest_resuming_strategy(data, measured_on="your pipeline")
+        if best is not None:
+            return (
+                "SMALLEST CHECKPOINT THAT RESUMES EXACTLY ON YOUR PIPELINE (last `make "
+                f"strategies`): {best[0]}, {format_bytes(best[1])}; its code is in "
+                "DISK_SPACE_SOLUTIONS.md"
+            )
+    synthetic = smallest_resuming_strategy(data, measured_on="synthetic episodes") if data else None
+    if synthetic is not None:
+        buffer = data.get("buffer_size") if data else None
+        at = f" at buffer {buffer:,}" if isinstance(buffer, int) else ""
+        return (
+            "Smaller checkpoints, measured on synthetic episodes and not on your pipeline "
+            f"(last `make strategies`): {synthetic[0]}, {format_bytes(synthetic[1])}{at}; "
+            '`make strategies ARGS="--config-name=YOURS"` runs those your loader allows on it '
+            "(DISK_SPACE_SOLUTIONS.md)"
+        )
+    return (
+        "Smaller checkpoints: `make strategies` measures shuffle strategies whose checkpoint "
+        "is kilobytes (DISK_SPACE_SOLUTIONS.md)"
+    )
+
+
+if __name__ == "__main__":
+    import sys
+
+    if sys.argv[1:2] == ["grain-restore"]:
+        sys.exit(_grain_restore_main(sys.argv[2:]))
+    sys.exit(
+        f"usage: {sys.argv[0]} grain-restore REQUEST RESULT (internal: Grain's restore process)"
+    )
