@@ -8,9 +8,10 @@ keeps the project's default.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -132,7 +133,7 @@ def load_config(
 
 
 # Numeric settings and their ranges: (minimum, maximum or None, what the number is).
-# The estimate's calibration lists and num_hosts are checked by _estimate.validate_settings.
+# The estimate's calibration lists, num_hosts and timeout are checked by estimate_settings.
 SETTING_RANGES: dict[str, tuple[float, float | None, str]] = {
     "roundtrip.small_buffer_size": (1, None, "the shuffle buffer of the small-buffer test"),
     "roundtrip.batches_before_save": (0, None, "batches read before the save"),
@@ -181,6 +182,7 @@ def validate_settings(cfg: DictConfig) -> None:
     for key, (low, high, special) in DATALOADER_INT_RANGES.items():
         if key in cfg.dataloader:
             _check_int(cfg.dataloader[key], f"dataloader.{key}", low, high, special, "")
+    estimate_settings(cfg.estimate)
 
 
 def _check_int(
@@ -198,6 +200,57 @@ def _check_int(
         expected += " or " + " or ".join(f"{s} (tf.data.AUTOTUNE)" for s in special)
     suffix = f" ({meaning})" if meaning else ""
     raise UsageError(f"{name}={value!r}: expected {expected}{suffix}")
+
+
+class CalibrationSettings(NamedTuple):
+    """The `estimate.*` settings the calibration reads, validated."""
+
+    buffer_sizes: list[int]
+    offsets: list[int]
+    num_hosts: int
+    timeout_seconds: float
+
+
+def estimate_settings(estimate_cfg: Any) -> CalibrationSettings:
+    """The `estimate.*` settings the calibration reads; UsageError (exit 2) when malformed."""
+    sizes = _int_list(
+        estimate_cfg.get("calibration_buffer_sizes"), "estimate.calibration_buffer_sizes", 1
+    )
+    offsets = _int_list(estimate_cfg.get("calibration_offsets"), "estimate.calibration_offsets", 0)
+    hosts = estimate_cfg.get("num_hosts")
+    if isinstance(hosts, bool) or not isinstance(hosts, int) or hosts < 1:
+        raise UsageError(
+            f"estimate.num_hosts={hosts!r}: expected an integer >= 1 "
+            "(the hosts that each save a checkpoint)"
+        )
+    timeout = estimate_cfg.get("calibration_timeout_seconds", 300)
+    if (
+        isinstance(timeout, bool)
+        or not isinstance(timeout, (int, float))
+        or not math.isfinite(timeout)
+        or timeout <= 0
+    ):
+        raise UsageError(
+            f"estimate.calibration_timeout_seconds={timeout!r}: expected a number of seconds "
+            "above zero, e.g. 300"
+        )
+    return CalibrationSettings(sorted(set(sizes)), sorted(set(offsets)), hosts, float(timeout))
+
+
+def _int_list(value: Any, name: str, minimum: int) -> list[int]:
+    kind = "positive integers" if minimum == 1 else "integers >= 0"
+    example = "[8, 16, 32, 64]" if minimum == 1 else "[0, 256, 1024]"
+    try:
+        items = list(value)
+    except TypeError:
+        raise UsageError(f"{name}={value!r}: expected a list of {kind}, e.g. {example}") from None
+    if not items or any(
+        isinstance(i, bool) or not isinstance(i, int) or i < minimum for i in items
+    ):
+        raise UsageError(
+            f"{name}={list(items)!r}: expected a non-empty list of {kind}, e.g. {example}"
+        )
+    return [int(i) for i in items]
 
 
 def shuffle_buffer_size(cfg: DictConfig) -> int:

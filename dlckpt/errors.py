@@ -1,4 +1,15 @@
-"""The exceptions that map to the project's exit codes (see _common.run_main)."""
+"""The exit codes every script uses, and the exceptions that map to them (cli.common.run_main).
+
+Interrupts exit 128 + the signal number (130 SIGINT, 143 SIGTERM, 129 SIGHUP): see
+runtime.signals.
+"""
+
+EXIT_PASSED = 0  # every check passed
+EXIT_FAILED = 1  # a check failed (the checkpoint does not restore exactly, a cause was found)
+EXIT_USAGE = 2  # bad input: one line naming the input and the expected form
+EXIT_PREFLIGHT = 3  # the preflight refused a save that cannot fit
+EXIT_ERROR = 4  # something unexpected stopped the run before a verdict (not a failed check)
+EXIT_INTERRUPTED = 130  # SIGINT
 
 
 class UsageError(Exception):

@@ -12,20 +12,6 @@ from typing import Any
 from dlckpt.errors import UsageError
 
 
-def format_bytes(count: float) -> str:
-    """Decimal units, as disks and GCS bill them: 187.5 GB, 12.7 MB, 812 B."""
-    for unit, scale in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
-        if abs(count) >= scale:
-            return f"{count / scale:.1f} {unit}"
-    return f"{round(count)} B"  # rounded as the JSON report rounds
-
-
-def format_gb(count: float) -> str:
-    """The headline unit: always GB, with enough digits to show a small figure."""
-    gigabytes = count / 1e9
-    return f"{gigabytes:.1f} GB" if gigabytes >= 1 else f"{gigabytes:.4f} GB"
-
-
 def check_report_path(path: Path | None) -> None:
     """--report PATH must be a file this run can write: refuse now, not after the run.
 

@@ -123,8 +123,8 @@ def compression_rows(
     The per-frame figure is the slope between two buffer sizes, so the iterator's fixed
     part cancels out; the pipeline is range -> map -> shuffle -> batch(1), no prefetch.
     """
+    from dlckpt.ckpt_io import save_iterator
     from dlckpt.pipeline.robot import _frame
-    from dlckpt.roundtrip.child import save_iterator
     from dlckpt.runtime.tf_import import import_tensorflow
 
     tf = import_tensorflow()

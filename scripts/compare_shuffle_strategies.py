@@ -25,17 +25,10 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from dlckpt.cli.common import (
-    EXIT_FAILED,
-    EXIT_PASSED,
-    common_parser,
-    load_from_args,
-    parse_args,
-    run_main,
-)
+from dlckpt.cli.common import common_parser, load_from_args, parse_args, run_main
 from dlckpt.config import parse_positive_int, shuffle_buffer_size
-from dlckpt.errors import UsageError
-from dlckpt.report import format_bytes, write_report
+from dlckpt.errors import EXIT_FAILED, EXIT_PASSED, UsageError
+from dlckpt.report import write_report
 from dlckpt.strategies.builders import grain_available
 from dlckpt.strategies.compare import (
     DEFAULT_WORK_DIR,
@@ -57,6 +50,7 @@ from dlckpt.strategies.user import (
     synthetic_spec_like,
     user_variants,
 )
+from dlckpt.units import format_bytes
 
 # The decoded-frame buffer is really filled; past this it would not fit a shared machine.
 MAX_DECODED_BUFFER_BYTES = 2_000_000_000

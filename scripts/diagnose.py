@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from dlckpt.cli.common import EXIT_FAILED, EXIT_PASSED, common_parser, parse_args, run_main
+from dlckpt.cli.common import common_parser, parse_args, run_main
 from dlckpt.config import load_config, shuffle_buffer_size
 from dlckpt.diagnose.checks import Job, diagnose, findings_table, most_likely_line, next_steps
 from dlckpt.diagnose.job_env import (
@@ -30,10 +30,10 @@ from dlckpt.diagnose.job_env import (
     job_environment,
     split_env_assignments,
 )
-from dlckpt.errors import UsageError
+from dlckpt.errors import EXIT_FAILED, EXIT_PASSED, UsageError
 from dlckpt.paths import PROJECT_ROOT
-from dlckpt.preflight.locations import parse_size
 from dlckpt.report import write_report
+from dlckpt.units import parse_size
 
 SCRATCH = PROJECT_ROOT / ".work" / "diagnose"  # the estimate's saves, away from the folder checked
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, SMALL_CHEAP, run_script, script_env, tmpfs_mount
 
-from dlckpt.report import format_bytes
+from dlckpt.units import format_bytes
 
 SCRIPT = "./diagnose.py"  # run_script: a "/" means relative to scripts/
 SMALL = ["--config-name", "small", *SMALL_CHEAP]

@@ -401,7 +401,7 @@ def test_bad_estimate_input_exits_2_with_one_line(args, expected):
 
 def test_parse_size_units():
     from dlckpt.errors import UsageError
-    from dlckpt.preflight.locations import parse_size
+    from dlckpt.units import parse_size
 
     assert parse_size("15GB") == 15 * 10**9
     assert parse_size("1.5 TB") == 1_500_000_000_000

@@ -93,7 +93,7 @@ def test_rows_on_one_disk_are_checked_against_their_sum(small_disk):
 
 
 def test_tf_temp_folder_is_resolved_as_tensorflow_does(tmp_path):
-    from dlckpt.preflight.locations import tf_temp_dir
+    from dlckpt.tempdir import tf_temp_dir
 
     a, b, c = (tmp_path / name for name in "abc")
     for folder in (a, b, c):

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from conftest import SMALL_CHEAP, tmpfs_mount
 
-from dlckpt.report import format_bytes
+from dlckpt.units import format_bytes
 
 CONFIGURED = 3000  # ~24 MB of checkpoint for the `small` frames; the test buffer stays 16
 

@@ -405,14 +405,14 @@ def test_bad_input_credentials_file_names_the_variable(tmp_path, monkeypatch, co
 )
 def test_bad_input_fit_budget(text, expected):
     from dlckpt.errors import UsageError
-    from dlckpt.preflight.locations import parse_size
+    from dlckpt.units import parse_size
 
     with pytest.raises(UsageError, match=expected):
         parse_size(text)
 
 
 def test_huge_sizes_are_exact():
-    from dlckpt.preflight.locations import parse_size
+    from dlckpt.units import parse_size
 
     assert parse_size("99999999999999999999TB") == 99999999999999999999 * 10**12
     assert parse_size("1.000000001GB") == 1_000_000_001

@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 from conftest import run_script
 
-from dlckpt.report import format_bytes
 from dlckpt.strategies.builders import grain_available
 from dlckpt.strategies.compare import (
     LAST_REPORT_NAME,
@@ -17,6 +16,7 @@ from dlckpt.strategies.compare import (
     smallest_resuming_strategy,
     strategies_pointer_line,
 )
+from dlckpt.units import format_bytes
 
 # One pytest-xdist worker runs this module (--dist=loadgroup), and small_run is session-scoped
 # (a module fixture is torn down whenever another module's test comes between): one real run.

@@ -78,7 +78,7 @@ def test_small_tmpfs_reproduces_the_production_error_and_leaves_nothing(
     gcs_server, gcs_client, gcs_bucket, small_disk, tmp_path
 ):
     """TensorFlow stages the whole file in TMPDIR; 20 MB cannot take ~26 MB: the raw error."""
-    from dlckpt.preflight.locations import tf_temp_dir
+    from dlckpt.tempdir import tf_temp_dir
 
     env = script_env(**gcs_server.env, TMPDIR=str(small_disk))
     env.pop("TEST_TMPDIR", None)

@@ -80,7 +80,7 @@ def save(request: dict[str, Any]) -> dict[str, Any]:
     """
     import psutil
 
-    from dlckpt.roundtrip.child import save_iterator
+    from dlckpt.ckpt_io import save_iterator
 
     dataset = _dataset(request, request["buffer"])
     rss_built = psutil.Process().memory_info().rss
@@ -107,7 +107,7 @@ def save(request: dict[str, Any]) -> dict[str, Any]:
 
 def restore(request: dict[str, Any]) -> dict[str, Any]:
     """Restore the iterator saved at `prefix` into a new one; time it and its first batch."""
-    from dlckpt.roundtrip.child import restore_iterator
+    from dlckpt.ckpt_io import restore_iterator
 
     dataset = _dataset(request, request["buffer"])
     started = time.perf_counter()

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from dlckpt.bench.stats import ratios, summary, timed
-from dlckpt.roundtrip.child import CHECKPOINT_NAME
+from dlckpt.ckpt_io import CHECKPOINT_NAME
 
 CHUNK_BYTES = 8 * 1024 * 1024
 
@@ -84,7 +84,7 @@ def save_restore_vs_raw(
     from the page cache, and restores (restore_iterator) and reads them back.
     Returns seconds per step and the per-repeat ratios.
     """
-    from dlckpt.roundtrip.child import restore_iterator, save_iterator
+    from dlckpt.ckpt_io import restore_iterator, save_iterator
 
     warmup = save_iterator(iterator, folder / "ckpt-warmup")
     shutil.rmtree(folder / "ckpt-warmup", ignore_errors=True)

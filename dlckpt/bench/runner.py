@@ -73,7 +73,7 @@ def filled_iterator(config: str, buffer: int) -> tuple[Any, Any]:
 def measure_limits(options: Options, scratch: Path, say: Callable[[str], None]) -> dict[str, Any]:
     """Parts 1 and 2: one filled iterator saved beside raw I/O, then moved beside plain copies."""
     from dlckpt.bench.limits import checkpoint_files, save_restore_vs_raw, transfer_vs_plain
-    from dlckpt.roundtrip.child import save_iterator
+    from dlckpt.ckpt_io import save_iterator
 
     say(f"1. Save/restore vs raw write/read: preset {options.io_config}, buffer "
         f"{options.io_buffer:,}, {options.repeats} repeats")  # fmt: skip

@@ -1,12 +1,8 @@
-"""What every script shares: the command line, the exit codes, the estimate and preflight.
+"""The command line every script shares: the parser, the run wrapper, one line per exit.
 
-The concerns live in sibling modules, each small enough to read at once: _config (Hydra
-loading), _pipeline (the reference dataloader), _roundtrip (save, restore in a new
-process, compare), _estimate (measured and formula sizes), _locations (where the bytes
-go, the preflight), _storage (local folder and GCS), _scenario (one run: destination,
-round trip, verdict, report), _report (formatting and the JSON file), _signals (SIGTERM
-and SIGHUP as interrupts, children that die with the parent), _cleanup (what a failed run
-could not remove).
+`run_main` turns every outcome into an exit code (errors.EXIT_*), one `✗` line and the
+JSON report, whatever stopped the run. The work itself lives in the engine's folders:
+config, pipeline, roundtrip, estimate, preflight, storage, diagnose, strategies.
 """
 
 from __future__ import annotations
@@ -21,18 +17,13 @@ from typing import Any
 from omegaconf import DictConfig
 
 from dlckpt.config import load_config
-from dlckpt.errors import PreflightRefusal, UsageError
+from dlckpt.errors import EXIT_ERROR, EXIT_PREFLIGHT, EXIT_USAGE, PreflightRefusal, UsageError
 from dlckpt.report import (
     reset_report,
     start_report,
     write_exit_report,
-    write_report,
 )
 from dlckpt.runtime.signals import exit_code, interrupts_raise, received_interrupt, signal_name
-
-EXIT_PASSED, EXIT_FAILED, EXIT_USAGE, EXIT_PREFLIGHT, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
-# Something unexpected stopped the run before it reached a verdict (not a failed check).
-EXIT_ERROR = 4
 
 
 class _Parser(argparse.ArgumentParser):
@@ -162,9 +153,6 @@ def _interrupted_line(interrupt: KeyboardInterrupt) -> str:
     )
 
 
-# --- measured estimate, locations and preflight (issue 3) ---------------------------------
-
-
 def add_estimate_args(parser: argparse.ArgumentParser) -> None:
     """--estimate-only, --fit-budget [SIZE], --force: the options `estimate_and_preflight` reads."""
     parser.add_argument(
@@ -179,173 +167,3 @@ def add_estimate_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--force", action="store_true", help="run even when the preflight check refuses"
     )
-
-
-def estimate_and_preflight(
-    cfg: DictConfig,
-    args: argparse.Namespace,
-    *,
-    scenario: str,
-    tested_buffer: int | None = None,
-    locations: Callable[[Any], list[Any]] | None = None,
-    scratch_root: Path | None = None,
-    report: dict[str, Any] | None = None,
-    say: Callable[[str], None] = print,
-    tested_line: str | None = None,
-) -> Any:
-    """Estimate the checkpoint (measured, cached or formula), show where its bytes go, refuse.
-
-    Production answers first: the line saying whether the configured buffer's checkpoint
-    (what training saves) fits TensorFlow's temp folder, RAM and the bucket, and with
-    --estimate-only its own table; then the table of the folders this run will fill.
-
-    On a refusal the JSON report (`report` plus the estimate and locations, exit_code 3)
-    is written before PreflightRefusal propagates, so a refused run still says why.
-
-    `scenario` is "small_buffer", "local_staging" or "full" (see _locations.scenario_locations);
-    `tested_buffer` is the buffer the run will fill (default: the configured one);
-    `locations(estimate) -> [Location]` replaces the scenario's default rows;
-    `tested_line` (how the tested buffer was chosen) is printed after the first headline.
-    Prints the headline lines, the locations tables and the --fit-budget answer; raises
-    PreflightRefusal (exit 3) naming the path unless --force. Returns an EstimateResult
-    whose `.locations` and `.fit_budget` hold the report's `locations` and `fit_budget`;
-    the report also gets `configured_locations` and `configured_fits`.
-    """
-    from dlckpt.estimate.estimator import estimate
-    from dlckpt.preflight import locations as _locations
-
-    budget = _budget_arg(args)
-    result = estimate(cfg, tested_buffer=tested_buffer, scratch_root=scratch_root, say=say)
-    _say_headlines(result, say, tested_line)
-    processes = int(cfg.estimate.get("processes_per_host") or 1)
-    configured = _locations.check_locations(_locations.configured_locations(result, processes))
-    separate = scenario != "full" or result.tested_buffer != result.original_buffer
-    estimate_only = getattr(args, "estimate_only", False)
-    if estimate_only and separate:
-        say(
-            f"Where the configured buffer's checkpoint goes ({result.original_buffer:,} "
-            "elements, what training saves):"
-        )
-        say(_locations.locations_table(configured))
-    say(_locations.configured_fit_line(configured, result))
-    production = {
-        "configured_locations": [row.report() for row in configured],
-        "configured_fits": all(row.ok for row in configured),
-    }
-    rows = locations(result) if locations is not None else None
-    rows = _locations.check_locations(
-        rows if rows is not None else _locations.scenario_locations(scenario, result)
-    )
-    if separate and estimate_only:
-        say(
-            f"The folders a test run would fill (buffer {result.tested_buffer:,}; "
-            "--estimate-only fills none):"
-        )
-    elif separate:
-        say(f"The folders this run fills (buffer {result.tested_buffer:,}):")
-    say(_locations.locations_table(rows))
-    _, _, tmp_warning = _locations.tf_temp_dir()
-    if tmp_warning:
-        say(f"⚠ {tmp_warning}")
-    result.locations = [row.report() for row in rows]
-    if getattr(args, "fit_budget", None) is not None:
-        tightest = _locations.tightest_budget(configured) // processes
-        ram_limit = _locations.ram_buffer_limit(configured, result)
-        ram_limit = None if ram_limit is None else ram_limit // processes
-        result.fit_budget = _fit_budget(result, budget, tightest, say, ram_limit)
-    try:
-        warnings = _locations.preflight(rows, result, force=getattr(args, "force", False))
-    except PreflightRefusal as refusal:
-        write_report(
-            args.report,
-            {**(report or {}), **estimate_report(result), **production,
-             "refusal": str(refusal), "passed": False, "exit_code": EXIT_PREFLIGHT},
-        )  # fmt: skip
-        raise
-    for warning in warnings:
-        say(f"⚠ PREFLIGHT WOULD REFUSE (--force): {warning}")
-    if report is not None:
-        report.update({**estimate_report(result), **production})
-    return result
-
-
-def _budget_arg(args: argparse.Namespace) -> int | None:
-    """--fit-budget SIZE in bytes; None for no budget or the tightest location."""
-    from dlckpt.preflight import locations as _locations
-
-    fit_budget = getattr(args, "fit_budget", None)
-    if fit_budget in (None, "tightest"):
-        return None
-    return _locations.parse_size(fit_budget)
-
-
-def _say_headlines(result: Any, say: Callable[[str], None], tested_line: str | None) -> None:
-    say(f"ORIGINAL CONFIG CHECKPOINT SIZE ESTIMATE: {result.headline('original')}")
-    if tested_line:
-        say(tested_line)
-    if result.tested_buffer != result.original_buffer:
-        say(f"NEW CONFIG CHECKPOINT SIZE ESTIMATE: {result.headline('tested')}")
-    for line in result.describe():
-        say(line)
-    for note in result.notes:
-        say(f"  note: {note}")
-
-
-def _fit_budget(
-    result: Any,
-    budget: int | None,
-    tightest: int,
-    say: Callable[[str], None],
-    ram_limit: int | None = None,
-) -> dict[str, Any]:
-    """--fit-budget: whether the configured buffer fits, then the largest buffer that does.
-
-    `ram_limit` (the largest buffer host RAM holds) caps the answer, so following it passes
-    the preflight's RAM row too.
-    """
-    from dlckpt.estimate.estimator import format_size
-
-    source = "your budget" if budget is not None else "the tightest location"
-    budget = budget if budget is not None else tightest
-    original = result.original_buffer
-    configured_need = result.bytes_for(original) * (1 + (result.uncertainty or 0.0))
-    configured_fits = configured_need <= budget
-    largest = result.largest_buffer_within(budget)
-    largest = largest if ram_limit is None else min(largest, ram_limit)
-    verdict = "fits" if configured_fits else "does NOT fit"
-    configured = (
-        f"the configured shuffle_buffer_size {original:,} "
-        f"(~{format_size(result.bytes_for(original))} + uncertainty) {verdict} in "
-        f"{format_size(budget)} ({source}); "
-    )
-    if largest:
-        say(
-            f"FIT BUDGET: {configured}the largest shuffle_buffer_size whose checkpoint fits in "
-            f"{format_size(budget)} ({source}) is {largest:,} "
-            f"(~{format_size(result.bytes_for(largest))} + uncertainty)"
-        )
-    else:
-        say(f"FIT BUDGET: {configured}no shuffle_buffer_size fits in {format_size(budget)}")
-    return {
-        "budget_bytes": budget,
-        "shuffle_buffer_size": largest,
-        "estimated_bytes": result.bytes_for(largest) if largest else 0,
-        "configured_buffer": original,
-        "configured_fits": configured_fits,
-    }
-
-
-def finish_estimate_only(args: argparse.Namespace, report: dict[str, Any]) -> int:
-    """--estimate-only: the estimate and the locations are printed; write the report, exit 0."""
-    print("✓ ESTIMATE ONLY: no checkpoint was filled or saved (--estimate-only)")
-    write_report(args.report, {**report, "passed": True, "exit_code": EXIT_PASSED})
-    return EXIT_PASSED
-
-
-def estimate_report(result: Any) -> dict[str, Any]:
-    """The report's `estimate`, `locations` and `fit_budget` keys for an EstimateResult."""
-    return {
-        "estimate": result.report(),
-        "locations": list(getattr(result, "locations", [])),
-        "fit_budget": getattr(result, "fit_budget", None),
-    }

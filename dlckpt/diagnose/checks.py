@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from dlckpt.diagnose.job_env import TEMP_VARIABLES
-from dlckpt.preflight.locations import roomy_folder, tf_temp_dir
-from dlckpt.report import format_bytes
+from dlckpt.tempdir import roomy_folder, tf_temp_dir
+from dlckpt.units import format_bytes
 
 CONFIRMED, LIKELY, RULED_OUT, CANNOT_TELL = "confirmed", "likely", "ruled out", "cannot tell"
 LEFTOVER_PATTERN = "tmp_file_tensorflow_*"

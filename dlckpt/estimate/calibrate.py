@@ -37,10 +37,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from dlckpt.config import estimate_settings
 from dlckpt.errors import PreflightRefusal, UsageError
 from dlckpt.estimate.memory import SAVE_WORKING_BYTES_PER_SLOT, allocated_bytes, save_working_bytes
 from dlckpt.pipeline.tensors import element_bytes, element_leaves, leading_dimension
-from dlckpt.report import format_bytes
+from dlckpt.tempdir import is_disk_full
+from dlckpt.units import format_bytes
 
 # A sampled chunk aims for this many bytes of elements (in memory), within CHUNK_ELEMENTS:
 # enough slots that the per-slot figure is steady, few enough to place many chunks.
@@ -373,15 +375,6 @@ def find_shuffle_node(dataset: Any) -> Any | None:
     return node
 
 
-def is_disk_full(error: BaseException) -> bool:
-    import errno
-
-    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
-        return True
-    texts = ("No space left on device", "internal temporary file", "Disk quota exceeded")
-    return any(text in str(error) for text in texts)
-
-
 def _refuse_disk_full(folder: Path, error: BaseException) -> PreflightRefusal:
     return PreflightRefusal(
         f"calibration scratch folder {folder}: a calibration save ran out of room "
@@ -392,7 +385,7 @@ def _refuse_disk_full(folder: Path, error: BaseException) -> PreflightRefusal:
 
 def _save_bytes(iterator: Any, folder: Path, scratch: Path) -> int:
     """Save the iterator into `folder`, return its bytes, remove it; disk full -> exit 3."""
-    from dlckpt.roundtrip.child import save_iterator
+    from dlckpt.ckpt_io import save_iterator
 
     try:
         return save_iterator(iterator, folder).bytes
@@ -582,12 +575,11 @@ class _Run:
     """One calibration: the config, its scratch folder, and the stages in order."""
 
     def __init__(self, cfg: Any, scratch: Path, say: Callable[[str], None]) -> None:
-        from dlckpt.estimate.estimator import validate_settings
 
         self.cfg = cfg
         self.scratch = scratch
         self.say = say
-        settings = validate_settings(cfg.estimate)
+        settings = estimate_settings(cfg.estimate)
         self.sizes, self.offsets = settings.buffer_sizes, settings.offsets
         self.batches = max(int(cfg.roundtrip.get("batches_before_save", 1) or 1), 1)
         self.notes: list[str] = []
@@ -905,9 +897,8 @@ def calibrate(
     _roundtrip.UnsaveablePipeline when TensorFlow cannot save the iterator.
     The scratch folder (under `scratch_root`, else the temp folder) is always removed.
     """
-    from dlckpt.estimate.estimator import validate_settings
 
-    limit = validate_settings(cfg.estimate).timeout_seconds
+    limit = estimate_settings(cfg.estimate).timeout_seconds
     started = time.perf_counter()
     scratch = Path(tempfile.mkdtemp(prefix="dlckpt-estimate-", dir=scratch_root))
     try:

@@ -14,25 +14,18 @@ save a script makes is compared with the estimate by `cross_check`.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
-from dlckpt.errors import UsageError
+from dlckpt.config import estimate_settings
 
 # The version lives with the cache it keys; re-exported here, where readers look for it.
 from dlckpt.estimate.cache import ESTIMATOR_VERSION  # noqa: F401  (public name)
 from dlckpt.estimate.calibrate import Calibration
 from dlckpt.pipeline.tensors import element_bytes, leading_dimension
-
-
-def format_size(count: float) -> str:
-    """GB from 1 GB up (the headline unit), else MB, KB or B: never "0.0000 GB"."""
-    from dlckpt.report import format_bytes, format_gb
-
-    return format_gb(count) if abs(count) >= 1e9 else format_bytes(count)
+from dlckpt.units import format_size
 
 
 def sample_bytes_of_batch(batch: Any) -> tuple[int, int]:
@@ -74,55 +67,6 @@ def buffered_element_bytes(dataset: Any, elements: int = 4) -> tuple[int, str]:
 def formula_bytes(buffer_size: int, sample_bytes: int, overhead: float) -> int:
     """The README's rule of thumb: buffer x sample bytes x overhead (1.5)."""
     return round(buffer_size * sample_bytes * overhead)
-
-
-class EstimateSettings(NamedTuple):
-    buffer_sizes: list[int]
-    offsets: list[int]
-    num_hosts: int
-    timeout_seconds: float
-
-
-def validate_settings(estimate_cfg: Any) -> EstimateSettings:
-    """The `estimate.*` settings the calibration reads; UsageError (exit 2) when malformed."""
-    sizes = _int_list(
-        estimate_cfg.get("calibration_buffer_sizes"), "estimate.calibration_buffer_sizes", 1
-    )
-    offsets = _int_list(estimate_cfg.get("calibration_offsets"), "estimate.calibration_offsets", 0)
-    hosts = estimate_cfg.get("num_hosts")
-    if isinstance(hosts, bool) or not isinstance(hosts, int) or hosts < 1:
-        raise UsageError(
-            f"estimate.num_hosts={hosts!r}: expected an integer >= 1 "
-            "(the hosts that each save a checkpoint)"
-        )
-    timeout = estimate_cfg.get("calibration_timeout_seconds", 300)
-    if (
-        isinstance(timeout, bool)
-        or not isinstance(timeout, (int, float))
-        or not math.isfinite(timeout)
-        or timeout <= 0
-    ):
-        raise UsageError(
-            f"estimate.calibration_timeout_seconds={timeout!r}: expected a number of seconds "
-            "above zero, e.g. 300"
-        )
-    return EstimateSettings(sorted(set(sizes)), sorted(set(offsets)), hosts, float(timeout))
-
-
-def _int_list(value: Any, name: str, minimum: int) -> list[int]:
-    kind = "positive integers" if minimum == 1 else "integers >= 0"
-    example = "[8, 16, 32, 64]" if minimum == 1 else "[0, 256, 1024]"
-    try:
-        items = list(value)
-    except TypeError:
-        raise UsageError(f"{name}={value!r}: expected a list of {kind}, e.g. {example}") from None
-    if not items or any(
-        isinstance(i, bool) or not isinstance(i, int) or i < minimum for i in items
-    ):
-        raise UsageError(
-            f"{name}={list(items)!r}: expected a non-empty list of {kind}, e.g. {example}"
-        )
-    return [int(i) for i in items]
 
 
 @dataclass
@@ -297,11 +241,11 @@ def _calibration_for(
     cfg: Any, scratch_root: Path | None, say: Callable[[str], None]
 ) -> tuple[Calibration | None, bool, str | None]:
     """(calibration or None when TensorFlow cannot save the pipeline, cached?, cache key)."""
+    from dlckpt.ckpt_io import UnsaveablePipeline
     from dlckpt.estimate.cache import config_hash, load_cached, store_cached
     from dlckpt.estimate.calibrate import calibrate
-    from dlckpt.roundtrip.child import UnsaveablePipeline
 
-    settings = validate_settings(cfg.estimate)
+    settings = estimate_settings(cfg.estimate)
     key = config_hash(cfg)
     use_cache = bool(cfg.estimate.get("cache", True))
     calibration = load_cached(key) if use_cache else None
@@ -337,7 +281,7 @@ def estimate(
 
     original = shuffle_buffer_size(cfg)
     tested = tested_buffer or original
-    hosts = validate_settings(cfg.estimate).num_hosts
+    hosts = estimate_settings(cfg.estimate).num_hosts
     calibration, cached, key = (
         _calibration_for(cfg, scratch_root, say) if measure else (None, False, None)
     )

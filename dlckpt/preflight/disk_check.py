@@ -20,8 +20,8 @@ from pathlib import Path
 
 from dlckpt.errors import UsageError
 from dlckpt.paths import SCRIPTS_DIR
-from dlckpt.preflight.locations import parse_size, tf_temp_dir
-from dlckpt.report import format_bytes
+from dlckpt.tempdir import tf_temp_dir
+from dlckpt.units import format_bytes, parse_size
 
 EXIT_FITS, EXIT_DOES_NOT_FIT, EXIT_USAGE = 0, 1, 2
 ROW_FORMAT = "{:<36} {:<34} {:>10}  {:<14} {:<14}"

@@ -9,16 +9,14 @@ against the sum of its rows. Checking never writes: free space comes from statvf
 from __future__ import annotations
 
 import os
-import re
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
-from decimal import Decimal
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dlckpt.errors import PreflightRefusal, UsageError
-from dlckpt.report import format_bytes
+from dlckpt.tempdir import existing_ancestor, roomy_folder, tf_temp_dir
+from dlckpt.units import format_bytes
 
 if TYPE_CHECKING:  # at run time nothing here needs NumPy: check_disk_space.sh imports it
     from dlckpt.estimate.estimator import EstimateResult
@@ -27,66 +25,6 @@ RAM = "RAM"
 # The buffer in memory while its iterator is saved (EstimateResult.ram_bytes_for).
 RAM_ROW = "host RAM (the buffer while it is saved)"
 SCENARIOS = ("small_buffer", "local_staging", "full")
-
-_UNITS = {
-    "": 1, "b": 1,
-    "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6,
-    "g": 10**9, "gb": 10**9, "t": 10**12, "tb": 10**12,
-    "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40,
-}  # fmt: skip
-
-
-def parse_size(text: str, name: str = "--fit-budget") -> int:
-    """`15GB`, `15 GB`, `1.5TB`, `500MiB` or a byte count -> bytes (GB = 10^9, as disks bill).
-
-    A comma is refused, not guessed: `1,5GB` is 1.5 GB in much of Europe and would read
-    as 15 GB here. UsageError (one line) for anything else that is not a size above zero.
-    """
-    if "," in str(text):
-        raise UsageError(
-            f"{name} {text!r}: commas are ambiguous (1,5GB: 1.5 or 15?); "
-            "write 1.5GB, 15GB or a byte count"
-        )
-    match = re.fullmatch(r"\s*([0-9][0-9_]*(?:\.[0-9]+)?)\s*([A-Za-z]*)\s*", str(text))
-    unit = match.group(2).lower() if match else ""
-    if not match or unit not in _UNITS:
-        raise UsageError(
-            f"{name} {text!r}: expected a size such as 15GB, 500MB, 1.5TB or a byte count"
-        )
-    number = match.group(1).replace("_", "")
-    # Exact for integers of any size; a decimal is scaled in Decimal, not float, so a
-    # huge size never rounds or overflows.
-    whole, _, fraction = number.partition(".")
-    scale = _UNITS[unit]
-    value = int(whole) * scale + int(Decimal(f"0.{fraction or 0}") * scale)
-    if value < 1:
-        raise UsageError(f"{name} {text!r}: expected a size above zero, e.g. 15GB")
-    return value
-
-
-def tf_temp_dir(environ: dict[str, str] | None = None) -> tuple[str, str, str | None]:
-    """(folder, variable that chose it, warning) as TensorFlow resolves its local temp folder.
-
-    TensorFlow's GCS writer stages every file there before upload; it takes the first of
-    TEST_TMPDIR, TMPDIR, TMP that names an existing folder, else /tmp.
-    """
-    env = os.environ if environ is None else environ
-    for variable in ("TEST_TMPDIR", "TMPDIR", "TMP"):
-        value = env.get(variable)
-        if value and os.path.isdir(value):
-            warning = None
-            tmpdir = env.get("TMPDIR")
-            if (
-                variable == "TEST_TMPDIR"
-                and tmpdir
-                and os.path.realpath(tmpdir) != os.path.realpath(value)
-            ):
-                warning = (
-                    f"TEST_TMPDIR={value} silently overrides TMPDIR={tmpdir} for TensorFlow's "
-                    "temporary files; unset TEST_TMPDIR or point both at the same folder"
-                )
-            return value, variable, warning
-    return "/tmp", "default", None
 
 
 @dataclass
@@ -107,13 +45,6 @@ class Location:
             "required_bytes": self.required_bytes,
             "ok": self.ok,
         }
-
-
-def _existing(path: str) -> Path:
-    candidate = Path(path).expanduser().absolute()
-    while not candidate.exists() and candidate != candidate.parent:
-        candidate = candidate.parent
-    return candidate
 
 
 def scenario_locations(
@@ -297,7 +228,7 @@ def check_locations(rows: Sequence[Location]) -> list[Location]:
         elif row.path.startswith("gs://"):
             row.free_bytes, row.ok = None, True
         else:
-            existing = _existing(row.path)
+            existing = existing_ancestor(row.path)
             row.free_bytes = int(psutil.disk_usage(str(existing)).free)
             by_device.setdefault(existing.stat().st_dev, []).append(row)
     for group in by_device.values():
@@ -339,7 +270,7 @@ def _disk_groups(rows: Sequence[Location]) -> list[list[Location]]:
     for row in rows:
         if row.path == RAM or row.path.startswith("gs://") or row.free_bytes is None:
             continue
-        groups.setdefault(_existing(row.path).stat().st_dev, []).append(row)
+        groups.setdefault(existing_ancestor(row.path).stat().st_dev, []).append(row)
     return list(groups.values())
 
 
@@ -383,35 +314,6 @@ def advised_buffer(
     if ram is not None:
         limits.append(ram)
     return max(min(limits), 0) if limits else estimate.tested_buffer
-
-
-def roomy_folder(needed: int, exclude: str) -> tuple[str, int] | None:
-    """A writable folder on another disk with at least `needed` bytes free (the roomiest)."""
-    import psutil
-
-    excluded_device = _existing(exclude).stat().st_dev
-    candidates = [
-        os.environ.get("LOCAL_STAGING_DIR", ""),
-        str(Path.home()),
-        os.getcwd(),
-        "/tmp",
-        "/var/tmp",
-        "/mnt",
-    ]
-    candidates += [p.mountpoint for p in psutil.disk_partitions(all=False)]
-    best: tuple[str, int] | None = None
-    seen: set[int] = set()
-    for folder in candidates:
-        if not folder or not os.path.isdir(folder) or not os.access(folder, os.W_OK):
-            continue
-        device = os.stat(folder).st_dev
-        if device == excluded_device or device in seen:
-            continue
-        seen.add(device)
-        free = int(psutil.disk_usage(folder).free)
-        if free >= needed and (best is None or free > best[1]):
-            best = (folder, free)
-    return best
 
 
 def refusal_message(row: Location, rows: Sequence[Location], estimate: EstimateResult) -> str:

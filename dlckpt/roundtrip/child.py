@@ -1,17 +1,17 @@
-"""The checkpoint round trip: save an iterator, resume it in a new process, compare bit for bit.
+"""The restore child: resume a saved iterator in a fresh process and digest what it yields.
 
 A same-process restore hides unseeded randomness (the restored pipeline shares the
 process's random state and can look identical), so the restore always runs in a fresh
-Python process started from this file, as a resumed training job would.
+Python process (`python -m dlckpt.roundtrip.child REQUEST RESULT`), as a resumed training
+job would. Every caller (the round trip, the strategies, the bench) uses this one protocol:
+a request file in, a result file out, the parent-death signal, a timeout, a private TMPDIR.
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
-import re
 import subprocess
 import sys
 import time
@@ -19,150 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from dlckpt.pipeline.tensors import element_leaves, leading_dimension
+from dlckpt.ckpt_io import restore_iterator
+from dlckpt.roundtrip.digest import DigestStream, stream_from_json, take_digests
 from dlckpt.runtime.signals import die_with_parent
-from dlckpt.runtime.tf_import import import_tensorflow
-
-CHECKPOINT_NAME = "iterator"
-
-Digest = dict[str, str]  # key path -> "dtype shape sha256"
-
-
-class UnsaveablePipeline(Exception):
-    """TensorFlow refused to serialize the iterator; names the op and what to do instead."""
-
-    def __init__(self, op: str, detail: str) -> None:
-        self.op = op
-        self.detail = detail
-        super().__init__(
-            f"TensorFlow cannot save this pipeline's iterator: op {op} is stateful "
-            f"(its state lives outside the dataset, so a resume could not reproduce it); {detail}"
-        )
-
-    @classmethod
-    def from_tf_error(cls, error: Exception) -> UnsaveablePipeline:
-        from dlckpt.pipeline.risks import ADVICE, generic_advice, stateful_kind
-
-        match = re.search(r"(\w+) is stateful", str(error))
-        if match is None:
-            said = " ".join(str(error).split())[:200]
-            return cls("unknown", f"TensorFlow said: {said}; {generic_advice('the stateful op')}")
-        op = match.group(1)
-        kind = stateful_kind(op)
-        return cls(op, ADVICE[kind] if kind else generic_advice(op))
-
-
-@dataclass
-class SavedCheckpoint:
-    prefix: Path  # the tf.train.Checkpoint prefix: files are <prefix>.index, <prefix>.data-*
-    bytes: int
-    files: int
-    save_seconds: float
-
-
-@dataclass
-class Mismatch:
-    batch: int
-    key: str
-    expected: str
-    actual: str
-
-    def describe(self) -> str:
-        return (
-            f"batch {self.batch}, key {self.key}: expected {self.expected}, restored {self.actual}"
-        )
-
-
-def digest_element(element: Any) -> Digest:
-    """Key path -> dtype, shape and sha256 of the exact bytes (strings length-prefixed).
-
-    Composite tensors are digested by their components (see _tensors.element_leaves), so
-    ragged and sparse values compare by value, and a change of structure is a mismatch.
-    """
-    digests = {}
-    for key, array in element_leaves(element):
-        sha = hashlib.sha256()
-        if array.dtype == object:
-            for item in array.reshape(-1):
-                item_bytes = bytes(item)
-                sha.update(len(item_bytes).to_bytes(8, "little") + item_bytes)
-        else:
-            sha.update(np.ascontiguousarray(array).tobytes())
-        digests[key] = f"{array.dtype} {list(array.shape)} {sha.hexdigest()[:16]}"
-    return digests
-
-
-@dataclass
-class DigestStream:
-    """Digests of consecutive batches, and whether the stream ended right after them."""
-
-    digests: list[Digest]
-    elements: int  # elements in those batches (the leading dimension of each)
-    ended: bool  # the iterator raised StopIteration after the last digest
-    cut: bool = False  # the time budget stopped the reading before `count` batches
-
-
-def take_digests(iterator: Any, count: int, deadline: float | None = None) -> DigestStream:
-    """Digest up to `count` batches; stops early at the end of data or at `deadline`.
-
-    `deadline` is a time.monotonic() value; reaching it sets `cut` (the caller says so).
-    """
-    stream = DigestStream([], 0, ended=False)
-    while len(stream.digests) < count:
-        if deadline is not None and time.monotonic() > deadline:
-            stream.cut = True
-            break
-        try:
-            batch = next(iterator)
-        except StopIteration:
-            stream.ended = True
-            break
-        stream.digests.append(digest_element(batch))
-        stream.elements += leading_dimension(batch)
-    return stream
-
-
-def first_mismatch(expected: DigestStream, actual: DigestStream) -> Mismatch | None:
-    """The first batch and key that differ, an early end, or an end where the original had none."""
-    for batch, (want, got) in enumerate(zip(expected.digests, actual.digests, strict=False)):
-        for key in sorted(set(want) | set(got)):
-            if want.get(key) != got.get(key):
-                return Mismatch(batch, key, want.get(key, "<missing>"), got.get(key, "<missing>"))
-    if len(actual.digests) < len(expected.digests):
-        return Mismatch(len(actual.digests), "<end of data>", "more batches", "end of data")
-    if expected.ended and len(actual.digests) > len(expected.digests):
-        return Mismatch(len(expected.digests), "<end of data>", "end of data", "another batch")
-    return None
-
-
-def save_iterator(iterator: Any, directory: Path) -> SavedCheckpoint:
-    """Write the iterator with tf.train.Checkpoint; UnsaveablePipeline if TensorFlow refuses."""
-    tf = import_tensorflow()
-    directory.mkdir(parents=True, exist_ok=True)
-    checkpoint = tf.train.Checkpoint(iterator=iterator)
-    started = time.perf_counter()
-    try:
-        checkpoint.write(str(directory / CHECKPOINT_NAME))
-    except tf.errors.FailedPreconditionError as error:
-        raise UnsaveablePipeline.from_tf_error(error) from None
-    seconds = time.perf_counter() - started
-    files = [p for p in directory.iterdir() if p.name.startswith(CHECKPOINT_NAME)]
-    return SavedCheckpoint(
-        prefix=directory / CHECKPOINT_NAME,
-        bytes=sum(p.stat().st_size for p in files),
-        files=len(files),
-        save_seconds=seconds,
-    )
-
-
-def restore_iterator(dataset: Any, prefix: str) -> Any:
-    """A new iterator over `dataset` set to the state saved at `prefix` (a path or URI)."""
-    tf = import_tensorflow()
-    iterator = iter(dataset)
-    tf.train.Checkpoint(iterator=iterator).read(prefix).assert_consumed()
-    return iterator
 
 
 @dataclass
@@ -170,10 +29,6 @@ class RestoreResult:
     stream: DigestStream
     restore_seconds: float
     error: str | None = None
-
-
-def stream_from_json(data: dict[str, Any]) -> DigestStream:
-    return DigestStream(data["digests"], data["elements"], data["ended"])
 
 
 def restore_in_new_process(

@@ -19,8 +19,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from dlckpt.errors import PipelineTooShort
-from dlckpt.report import format_bytes, write_report
+from dlckpt.errors import EXIT_FAILED, EXIT_PASSED, PipelineTooShort
+from dlckpt.report import write_report
 from dlckpt.storage.destination import (
     EMBEDDED_BUCKET,
     GcsDestination,
@@ -31,8 +31,8 @@ from dlckpt.storage.destination import (
     make_client,
     parse_gcs_uri,
 )
-
-EXIT_PASSED, EXIT_FAILED = 0, 1
+from dlckpt.tempdir import disk_full_text, is_disk_full
+from dlckpt.units import format_bytes
 
 Destination = LocalDestination | GcsDestination
 
@@ -108,35 +108,6 @@ class RoundTripOutcome:
         return self.failure is None
 
 
-# Texts TensorFlow (or the OS) uses when a checkpoint write runs out of room. The first is
-# TensorFlow's GCS writer, which stages each whole file in its temp folder before upload.
-DISK_FULL_TEXTS = (
-    "Could not append to the internal temporary file",
-    "Could not write to the internal temporary file",
-    "The internal temporary file is not writable",
-    "No space left on device",
-    "Disk quota exceeded",
-    "File too large",
-)
-
-
-def is_disk_full(error: BaseException) -> bool:
-    """True when a save failed for lack of room (disk, quota, or file-size limit)."""
-    import errno
-
-    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
-        return True
-    return any(text in str(error) for text in DISK_FULL_TEXTS)
-
-
-def _tf_message(error: BaseException) -> str:
-    text = " ".join(str(error).split())
-    for known in DISK_FULL_TEXTS:
-        if known in text:
-            return known
-    return text[:160]
-
-
 @dataclass
 class _RoundTrip:
     """What the stages of one round trip share."""
@@ -196,7 +167,7 @@ def _too_short(yielded: int, before: int) -> PipelineTooShort:
 
 def _save(run: _RoundTrip, iterator: Any, save_dir: Path, disk_full_hint: str) -> Any:
     """Save the iterator; None (and the ✗ line in the outcome) when it cannot be saved."""
-    from dlckpt.roundtrip.child import UnsaveablePipeline, save_iterator
+    from dlckpt.ckpt_io import UnsaveablePipeline, save_iterator
 
     try:
         return save_iterator(iterator, save_dir)
@@ -208,7 +179,7 @@ def _save(run: _RoundTrip, iterator: Any, save_dir: Path, disk_full_hint: str) -
         free = shutil.disk_usage(save_dir).free if save_dir.exists() else 0
         run.outcome.failure = (
             f"CHECKPOINT DID NOT FIT: saving the iterator into {save_dir} failed "
-            f"({_tf_message(error)}); {format_bytes(free)} free there"
+            f"({disk_full_text(error)}); {format_bytes(free)} free there"
             + (f"; {disk_full_hint}" if disk_full_hint else "")
         )
     return None
@@ -218,7 +189,7 @@ def _read_expected(run: _RoundTrip, iterator: Any) -> None:
     """Digest the window's batches from the original iterator, within the time budget."""
     import time
 
-    from dlckpt.roundtrip.child import take_digests
+    from dlckpt.roundtrip.digest import take_digests
 
     settings = run.cfg.roundtrip
     deadline = time.monotonic() + float(settings.window_seconds)
@@ -242,7 +213,8 @@ def _likely_cause(run: _RoundTrip) -> str:
 
 def _restore_and_compare(run: _RoundTrip, source: str, prefix: Path | str) -> bool:
     """Restore in a new process from `prefix` (path or gs:// URI); compare with the expected."""
-    from dlckpt.roundtrip.child import first_mismatch, restore_in_new_process
+    from dlckpt.roundtrip.child import restore_in_new_process
+    from dlckpt.roundtrip.digest import first_mismatch
     from dlckpt.roundtrip.window import expected_fresh_elements
 
     outcome, expected = run.outcome, run.expected
@@ -348,9 +320,9 @@ def _save_to_gcs(
     None (and the ✗ line in the outcome) when it cannot be saved; a save that ran out of
     room where TensorFlow stages it leaves nothing under the run prefix.
     """
-    from dlckpt.preflight.locations import tf_temp_dir
-    from dlckpt.roundtrip.child import CHECKPOINT_NAME, UnsaveablePipeline
+    from dlckpt.ckpt_io import CHECKPOINT_NAME, UnsaveablePipeline
     from dlckpt.storage.tf_gcs import save_iterator_to_gcs, staging_full_line, tf_gcs_settings
+    from dlckpt.tempdir import tf_temp_dir
 
     outcome = run.outcome
     outcome.writer = "tensorflow-gcs"
@@ -369,7 +341,7 @@ def _save_to_gcs(
         if not is_disk_full(error):
             raise
         destination.remove(run_prefix)  # TensorFlow uploads a file only once it is whole
-        outcome.failure = staging_full_line(_tf_message(error), needed)
+        outcome.failure = staging_full_line(disk_full_text(error), needed)
         return None
     outcome.tf_temp_peak_bytes = saved.temp_peak_bytes
     outcome.checkpoint_bytes, outcome.checkpoint_files = saved.bytes, saved.files

@@ -315,7 +315,7 @@ class LocalDestination:
 
 def _os_error(error: OSError, folder: Path) -> str:
     """'No space left on device, 0 B free in /mnt/x' - the OS's reason and the free space."""
-    from dlckpt.report import format_bytes
+    from dlckpt.units import format_bytes
 
     reason = error.strerror or type(error).__name__
     try:

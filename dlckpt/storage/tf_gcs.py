@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dlckpt.report import format_bytes
+from dlckpt.units import format_bytes
 
 # The variables TensorFlow's GCS filesystem reads (tensorflow/tsl/platform/cloud/
 # gcs_file_system.cc); shown by `make disk-check` and in the report when set.
@@ -124,9 +124,9 @@ def save_iterator_to_gcs(iterator: Any, prefix: str) -> GcsSave:
     Raises UnsaveablePipeline when TensorFlow refuses the pipeline; other TensorFlow
     errors propagate (see staging_full_line for the disk-full one).
     """
-    from dlckpt.preflight.locations import tf_temp_dir
-    from dlckpt.roundtrip.child import UnsaveablePipeline
+    from dlckpt.ckpt_io import UnsaveablePipeline
     from dlckpt.runtime.tf_import import import_tensorflow
+    from dlckpt.tempdir import tf_temp_dir
 
     tf = import_tensorflow()
     folder, source, _ = tf_temp_dir()
@@ -157,7 +157,7 @@ def staging_full_line(
     Names the folder, the variable that chose it, the bytes needed (the estimate) against
     those free, and the fixes.
     """
-    from dlckpt.preflight.locations import roomy_folder, tf_temp_dir
+    from dlckpt.tempdir import roomy_folder, tf_temp_dir
 
     env = dict(os.environ if environ is None else environ)
     folder, source, _ = tf_temp_dir(env)

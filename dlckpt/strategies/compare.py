@@ -137,8 +137,9 @@ def measure_strategy(
     """
     from omegaconf import OmegaConf
 
+    from dlckpt.ckpt_io import UnsaveablePipeline, save_iterator
     from dlckpt.pipeline.robot import instantiate_dataset
-    from dlckpt.roundtrip.child import UnsaveablePipeline, save_iterator, take_digests
+    from dlckpt.roundtrip.digest import take_digests
 
     result = StrategyResult(strategy.name)
     grain = strategy.framework == "grain"
@@ -188,7 +189,8 @@ def measure_strategy(
 
 def finish_restore(result: StrategyResult, pending: PendingRestore) -> StrategyResult:
     """Restore in a new process (Grain: from its JSON state) and compare bit for bit."""
-    from dlckpt.roundtrip.child import first_mismatch, restore_in_new_process
+    from dlckpt.roundtrip.child import restore_in_new_process
+    from dlckpt.roundtrip.digest import first_mismatch
 
     if pending.strategy.framework == "grain":
         restored = _grain_restore_in_new_process(
@@ -219,7 +221,7 @@ def _grain_restore_main(argv: list[str]) -> int:
     """Entry point of the fresh process for Grain: build, set the saved state, digest batches."""
     from hydra.utils import instantiate
 
-    from dlckpt.roundtrip.child import take_digests
+    from dlckpt.roundtrip.digest import take_digests
 
     request = json.loads(Path(argv[0]).read_text())
     result: dict[str, Any] = {"digests": [], "elements": 0, "ended": False, "restore_seconds": 0.0}
@@ -245,7 +247,8 @@ def _grain_restore_in_new_process(
     import subprocess
     import sys
 
-    from dlckpt.roundtrip.child import DigestStream, RestoreResult, stream_from_json
+    from dlckpt.roundtrip.child import RestoreResult
+    from dlckpt.roundtrip.digest import DigestStream, stream_from_json
 
     request, result_path = workdir / "grain_request.json", workdir / "grain_result.json"
     request.write_text(
@@ -309,7 +312,7 @@ def strategies_pointer_line(
     """The line the small-buffer script ends with. It names a strategy as the smallest only
     when the last `make strategies` measured it on the same loader (`pipeline`, the
     `dataloader._target_`); otherwise it says the figures come from synthetic episodes."""
-    from dlckpt.report import format_bytes
+    from dlckpt.units import format_bytes
 
     data = _last_report(report)
     same_loader = (

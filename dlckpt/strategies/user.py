@@ -147,9 +147,10 @@ def measure_variant(
     `_strategies.finish_restore`. Throughput is samples (leading dimensions) per second."""
     from omegaconf import OmegaConf
 
+    from dlckpt.ckpt_io import UnsaveablePipeline, save_iterator
     from dlckpt.pipeline.robot import instantiate_dataset
     from dlckpt.pipeline.tensors import leading_dimension
-    from dlckpt.roundtrip.child import UnsaveablePipeline, save_iterator, take_digests
+    from dlckpt.roundtrip.digest import take_digests
     from dlckpt.strategies.compare import PendingRestore, Strategy, StrategyResult
 
     result = StrategyResult(variant.name)

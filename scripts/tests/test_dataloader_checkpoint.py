@@ -25,26 +25,28 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from dlckpt.cli.common import (
+from _common import (
     add_estimate_args,
     common_parser,
     estimate_and_preflight,
+    exit_process,
+    finish,
     finish_estimate_only,
     load_from_args,
+    new_run_prefix,
+    open_destination,
     parse_args,
     run_main,
-)
-from dlckpt.config import shuffle_buffer_size
-from dlckpt.errors import UsageError
-from dlckpt.report import format_gb
-from dlckpt.roundtrip.scenario import (
-    finish,
-    open_destination,
     run_round_trip,
+    shuffle_buffer_size,
+)
+
+from dlckpt.errors import UsageError
+from dlckpt.roundtrip.scenario import (
     tensorflow_gcs_locations,
     tensorflow_gcs_locations_for,
 )
-from dlckpt.storage.destination import new_run_prefix
+from dlckpt.units import format_gb
 
 SCRIPT = "original"
 
@@ -57,7 +59,7 @@ def tensorflow_temp_dir(option: Path | None = None) -> tuple[Path, str]:
     TEST_TMPDIR, if set, since TensorFlow reads it first) are pointed at it for this
     process and the restore process it starts.
     """
-    from dlckpt.preflight.locations import tf_temp_dir
+    from dlckpt.tempdir import tf_temp_dir
 
     if option is not None:
         source = "--tmpdir"
@@ -174,6 +176,4 @@ def _run(parser: Any, argv: Sequence[str] | None, report: dict[str, Any]) -> int
 
 
 if __name__ == "__main__":
-    from dlckpt.runtime.signals import exit_process
-
     exit_process(main())

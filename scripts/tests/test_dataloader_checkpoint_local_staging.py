@@ -25,20 +25,24 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from dlckpt.cli.common import (
+from _common import (
     add_estimate_args,
     common_parser,
     estimate_and_preflight,
+    exit_process,
+    finish,
     finish_estimate_only,
     load_from_args,
+    new_run_prefix,
+    open_destination,
     parse_args,
     run_main,
+    run_round_trip,
+    shuffle_buffer_size,
 )
-from dlckpt.config import shuffle_buffer_size
+
 from dlckpt.errors import UsageError
-from dlckpt.report import format_gb
-from dlckpt.roundtrip.scenario import finish, open_destination, run_round_trip
-from dlckpt.storage.destination import new_run_prefix
+from dlckpt.units import format_gb
 
 SCRIPT = "local_staging"
 STAGING_VARIABLE = "LOCAL_STAGING_DIR"
@@ -172,6 +176,4 @@ def _run(parser: Any, argv: Sequence[str] | None, report: dict[str, Any]) -> int
 
 
 if __name__ == "__main__":
-    from dlckpt.runtime.signals import exit_process
-
     exit_process(main())

@@ -22,24 +22,28 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-from dlckpt.cli.common import (
+from _common import (
     add_estimate_args,
     common_parser,
     estimate_and_preflight,
+    exit_process,
+    finish,
     finish_estimate_only,
     load_from_args,
+    new_run_prefix,
+    open_destination,
     parse_args,
     run_main,
-)
-from dlckpt.config import parse_positive_int, shuffle_buffer_size, with_buffer_size
-from dlckpt.roundtrip.scenario import (
-    finish,
-    open_destination,
     run_round_trip,
+    shuffle_buffer_size,
+    with_buffer_size,
+)
+
+from dlckpt.config import parse_positive_int
+from dlckpt.roundtrip.scenario import (
     tensorflow_gcs_locations,
     tensorflow_gcs_locations_for,
 )
-from dlckpt.storage.destination import new_run_prefix
 from dlckpt.strategies.compare import strategies_pointer_line
 
 SCRIPT = "small_buffer"
@@ -133,6 +137,4 @@ def _run(parser: Any, argv: Sequence[str] | None, report: dict[str, Any]) -> int
 
 
 if __name__ == "__main__":
-    from dlckpt.runtime.signals import exit_process
-
     exit_process(main())

@@ -1,0 +1,78 @@
+"""Save and restore a tf.data iterator with tf.train.Checkpoint (a folder or a gs:// URI).
+
+The two halves are symmetric: `save_iterator` writes `<directory>/iterator.*` and says
+what it wrote; `restore_iterator` reads a prefix into a fresh iterator and asserts that
+every saved value was consumed.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from dlckpt.runtime.tf_import import import_tensorflow
+
+CHECKPOINT_NAME = "iterator"
+
+
+class UnsaveablePipeline(Exception):
+    """TensorFlow refused to serialize the iterator; names the op and what to do instead."""
+
+    def __init__(self, op: str, detail: str) -> None:
+        self.op = op
+        self.detail = detail
+        super().__init__(
+            f"TensorFlow cannot save this pipeline's iterator: op {op} is stateful "
+            f"(its state lives outside the dataset, so a resume could not reproduce it); {detail}"
+        )
+
+    @classmethod
+    def from_tf_error(cls, error: Exception) -> UnsaveablePipeline:
+        from dlckpt.pipeline.risks import ADVICE, generic_advice, stateful_kind
+
+        match = re.search(r"(\w+) is stateful", str(error))
+        if match is None:
+            said = " ".join(str(error).split())[:200]
+            return cls("unknown", f"TensorFlow said: {said}; {generic_advice('the stateful op')}")
+        op = match.group(1)
+        kind = stateful_kind(op)
+        return cls(op, ADVICE[kind] if kind else generic_advice(op))
+
+
+@dataclass
+class SavedCheckpoint:
+    prefix: Path  # the tf.train.Checkpoint prefix: files are <prefix>.index, <prefix>.data-*
+    bytes: int
+    files: int
+    save_seconds: float
+
+
+def save_iterator(iterator: Any, directory: Path) -> SavedCheckpoint:
+    """Write the iterator with tf.train.Checkpoint; UnsaveablePipeline if TensorFlow refuses."""
+    tf = import_tensorflow()
+    directory.mkdir(parents=True, exist_ok=True)
+    checkpoint = tf.train.Checkpoint(iterator=iterator)
+    started = time.perf_counter()
+    try:
+        checkpoint.write(str(directory / CHECKPOINT_NAME))
+    except tf.errors.FailedPreconditionError as error:
+        raise UnsaveablePipeline.from_tf_error(error) from None
+    seconds = time.perf_counter() - started
+    files = [p for p in directory.iterdir() if p.name.startswith(CHECKPOINT_NAME)]
+    return SavedCheckpoint(
+        prefix=directory / CHECKPOINT_NAME,
+        bytes=sum(p.stat().st_size for p in files),
+        files=len(files),
+        save_seconds=seconds,
+    )
+
+
+def restore_iterator(dataset: Any, prefix: str) -> Any:
+    """A new iterator over `dataset` set to the state saved at `prefix` (a path or URI)."""
+    tf = import_tensorflow()
+    iterator = iter(dataset)
+    tf.train.Checkpoint(iterator=iterator).read(prefix).assert_consumed()
+    return iterator

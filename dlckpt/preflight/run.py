@@ -1,0 +1,154 @@
+"""The estimate and the preflight, as every script runs them before it fills a buffer.
+
+Measure the checkpoint (estimate.estimator), say whether the configured buffer fits where
+the job writes, show the folders this run fills, answer --fit-budget (estimate.fit) and
+refuse (exit 3) a save that cannot fit (preflight.locations).
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+from dlckpt.errors import EXIT_PASSED, EXIT_PREFLIGHT, PreflightRefusal
+from dlckpt.estimate.estimator import estimate
+from dlckpt.estimate.fit import fit_budget
+from dlckpt.preflight.locations import (
+    check_locations,
+    configured_fit_line,
+    configured_locations,
+    locations_table,
+    ram_buffer_limit,
+    scenario_locations,
+    tightest_budget,
+)
+from dlckpt.preflight.locations import (
+    preflight as refuse_or_warn,
+)
+from dlckpt.report import write_report
+from dlckpt.tempdir import tf_temp_dir
+from dlckpt.units import parse_size
+
+
+def estimate_and_preflight(
+    cfg: DictConfig,
+    args: argparse.Namespace,
+    *,
+    scenario: str,
+    tested_buffer: int | None = None,
+    locations: Callable[[Any], list[Any]] | None = None,
+    scratch_root: Path | None = None,
+    report: dict[str, Any] | None = None,
+    say: Callable[[str], None] = print,
+    tested_line: str | None = None,
+) -> Any:
+    """Estimate the checkpoint (measured, cached or formula), show where its bytes go, refuse.
+
+    Production answers first: the line saying whether the configured buffer's checkpoint
+    (what training saves) fits TensorFlow's temp folder, RAM and the bucket, and with
+    --estimate-only its own table; then the table of the folders this run will fill.
+
+    On a refusal the JSON report (`report` plus the estimate and locations, exit_code 3)
+    is written before PreflightRefusal propagates, so a refused run still says why.
+
+    `scenario` is "small_buffer", "local_staging" or "full" (see locations.scenario_locations);
+    `tested_buffer` is the buffer the run will fill (default: the configured one);
+    `locations(estimate) -> [Location]` replaces the scenario's default rows;
+    `tested_line` (how the tested buffer was chosen) is printed after the first headline.
+    Prints the headline lines, the locations tables and the --fit-budget answer; raises
+    PreflightRefusal (exit 3) naming the path unless --force. Returns an EstimateResult
+    whose `.locations` and `.fit_budget` hold the report's `locations` and `fit_budget`;
+    the report also gets `configured_locations` and `configured_fits`.
+    """
+    budget = _budget_arg(args)
+    result = estimate(cfg, tested_buffer=tested_buffer, scratch_root=scratch_root, say=say)
+    _say_headlines(result, say, tested_line)
+    processes = int(cfg.estimate.get("processes_per_host") or 1)
+    configured = check_locations(configured_locations(result, processes))
+    separate = scenario != "full" or result.tested_buffer != result.original_buffer
+    estimate_only = getattr(args, "estimate_only", False)
+    if estimate_only and separate:
+        say(
+            f"Where the configured buffer's checkpoint goes ({result.original_buffer:,} "
+            "elements, what training saves):"
+        )
+        say(locations_table(configured))
+    say(configured_fit_line(configured, result))
+    production = {
+        "configured_locations": [row.report() for row in configured],
+        "configured_fits": all(row.ok for row in configured),
+    }
+    rows = locations(result) if locations is not None else None
+    rows = check_locations(rows if rows is not None else scenario_locations(scenario, result))
+    if separate and estimate_only:
+        say(
+            f"The folders a test run would fill (buffer {result.tested_buffer:,}; "
+            "--estimate-only fills none):"
+        )
+    elif separate:
+        say(f"The folders this run fills (buffer {result.tested_buffer:,}):")
+    say(locations_table(rows))
+    _, _, tmp_warning = tf_temp_dir()
+    if tmp_warning:
+        say(f"⚠ {tmp_warning}")
+    result.locations = [row.report() for row in rows]
+    if getattr(args, "fit_budget", None) is not None:
+        tightest = tightest_budget(configured) // processes
+        ram_limit = ram_buffer_limit(configured, result)
+        ram_limit = None if ram_limit is None else ram_limit // processes
+        result.fit_budget = fit_budget(result, budget, tightest, say, ram_limit)
+    try:
+        warnings = refuse_or_warn(rows, result, force=getattr(args, "force", False))
+    except PreflightRefusal as refusal:
+        write_report(
+            args.report,
+            {**(report or {}), **estimate_report(result), **production,
+             "refusal": str(refusal), "passed": False, "exit_code": EXIT_PREFLIGHT},
+        )  # fmt: skip
+        raise
+    for warning in warnings:
+        say(f"⚠ PREFLIGHT WOULD REFUSE (--force): {warning}")
+    if report is not None:
+        report.update({**estimate_report(result), **production})
+    return result
+
+
+def _budget_arg(args: argparse.Namespace) -> int | None:
+    """--fit-budget SIZE in bytes; None for no budget or the tightest location."""
+
+    fit_budget = getattr(args, "fit_budget", None)
+    if fit_budget in (None, "tightest"):
+        return None
+    return parse_size(fit_budget)
+
+
+def _say_headlines(result: Any, say: Callable[[str], None], tested_line: str | None) -> None:
+    say(f"ORIGINAL CONFIG CHECKPOINT SIZE ESTIMATE: {result.headline('original')}")
+    if tested_line:
+        say(tested_line)
+    if result.tested_buffer != result.original_buffer:
+        say(f"NEW CONFIG CHECKPOINT SIZE ESTIMATE: {result.headline('tested')}")
+    for line in result.describe():
+        say(line)
+    for note in result.notes:
+        say(f"  note: {note}")
+
+
+def finish_estimate_only(args: argparse.Namespace, report: dict[str, Any]) -> int:
+    """--estimate-only: the estimate and the locations are printed; write the report, exit 0."""
+    print("✓ ESTIMATE ONLY: no checkpoint was filled or saved (--estimate-only)")
+    write_report(args.report, {**report, "passed": True, "exit_code": EXIT_PASSED})
+    return EXIT_PASSED
+
+
+def estimate_report(result: Any) -> dict[str, Any]:
+    """The report's `estimate`, `locations` and `fit_budget` keys for an EstimateResult."""
+    return {
+        "estimate": result.report(),
+        "locations": list(getattr(result, "locations", [])),
+        "fit_budget": getattr(result, "fit_budget", None),
+    }
