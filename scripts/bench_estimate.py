@@ -69,7 +69,7 @@ def real_checkpoint_bytes(cfg: Any, buffer: int, scratch: Path) -> int:
     takes the settled size as the calibration's anchors do (_calibration.steady_save_bytes).
     """
     from dlckpt.config import with_buffer_size
-    from dlckpt.estimate.calibrate import steady_save_bytes
+    from dlckpt.estimate.saves import steady_save_bytes
     from dlckpt.pipeline.robot import instantiate_dataset
 
     iterator = iter(instantiate_dataset(with_buffer_size(cfg, buffer).dataloader))

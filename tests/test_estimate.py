@@ -481,7 +481,7 @@ def test_a_calibration_that_cannot_fit_its_scratch_folder_exits_3_naming_it(smal
 def test_a_save_that_fills_the_disk_mid_calibration_is_refused_naming_the_folder(small_disk):
     """The needs check passes (tiny elements) but the disk is filled by someone else."""
     from dlckpt.errors import PreflightRefusal
-    from dlckpt.estimate.calibrate import _refuse_disk_full, _save_bytes
+    from dlckpt.estimate.saves import refuse_disk_full, save_bytes
     from dlckpt.runtime.tf_import import import_tensorflow
 
     tf = import_tensorflow()
@@ -494,10 +494,10 @@ def test_a_save_that_fills_the_disk_mid_calibration_is_refused_naming_the_folder
         ).shuffle(2000))  # fmt: skip
         next(iterator)
         with pytest.raises(PreflightRefusal) as refused:
-            _save_bytes(iterator, small_disk / "save", small_disk)
+            save_bytes(iterator, small_disk / "save", small_disk)
         assert str(refused.value).startswith(f"calibration scratch folder {small_disk}:")
         assert not (small_disk / "save").exists()
-        assert isinstance(_refuse_disk_full(small_disk, OSError("x")), PreflightRefusal)
+        assert isinstance(refuse_disk_full(small_disk, OSError("x")), PreflightRefusal)
     finally:
         ballast.unlink()
 

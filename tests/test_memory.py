@@ -25,7 +25,7 @@ def test_allocated_bytes_counts_a_held_array_and_its_release():
 
 
 def _calibration(**fields):  # type: ignore[no-untyped-def]
-    from dlckpt.estimate.calibrate import Calibration
+    from dlckpt.estimate.model import Calibration
 
     base = Calibration(
         anchors=[[8, 10_000], [64, 40_000]], chunks=[[0, 64, 500.0]], constant=False,

@@ -16,7 +16,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from dlckpt.estimate.calibrate import Calibration
+from dlckpt.estimate.model import Calibration
 
 # Bump when the calibration procedure changes: old cache entries then no longer match.
 # 8: the shuffle buffer is measured isolated from the pipeline's other buffers (issue 9).

@@ -23,7 +23,7 @@ from dlckpt.config import estimate_settings
 
 # The version lives with the cache it keys; re-exported here, where readers look for it.
 from dlckpt.estimate.cache import ESTIMATOR_VERSION  # noqa: F401  (public name)
-from dlckpt.estimate.calibrate import Calibration
+from dlckpt.estimate.model import Calibration
 from dlckpt.pipeline.tensors import element_bytes, leading_dimension
 from dlckpt.units import format_size
 
@@ -50,7 +50,7 @@ def buffered_element_bytes(dataset: Any, elements: int = 4) -> tuple[int, str]:
 
     Reads the shuffle node's input when there is one, else the pipeline's output samples.
     """
-    from dlckpt.estimate.calibrate import find_shuffle_node
+    from dlckpt.pipeline.graph import find_shuffle_node
 
     node = find_shuffle_node(dataset)
     if node is None:

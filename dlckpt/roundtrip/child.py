@@ -19,9 +19,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dlckpt.ckpt_io import restore_iterator
+from dlckpt.ckpt_io import restore_grain_iterator, restore_iterator
 from dlckpt.roundtrip.digest import DigestStream, stream_from_json, take_digests
 from dlckpt.runtime.signals import die_with_parent
+from dlckpt.runtime.tf_import import quiet_absl
+
+# The saved state a restore reads: a tf.train.Checkpoint prefix, or a Grain iterator's JSON.
+TF_CHECKPOINT, GRAIN_STATE = "tf.train.Checkpoint", "grain"
 
 
 @dataclass
@@ -39,8 +43,12 @@ def restore_in_new_process(
     *,
     timeout_seconds: float | None = None,
     env: dict[str, str] | None = None,
+    state_format: str = TF_CHECKPOINT,
 ) -> RestoreResult:
-    """Run `python _roundtrip.py` in a fresh process: build, restore, digest as many batches.
+    """Run the restore child in a fresh process: build, restore, digest as many batches.
+
+    `prefix` is a tf.train.Checkpoint prefix (a path or gs:// URI), or with
+    `state_format=GRAIN_STATE` the JSON file of a Grain iterator's state.
 
     The new process reads one batch more than `expected` holds when the original stream
     ended there, so a restored stream that goes on is caught. `env` adds variables to the
@@ -51,7 +59,14 @@ def restore_in_new_process(
     result_path = workdir / "restore_result.json"
     batches = len(expected.digests) + (1 if expected.ended else 0)
     request.write_text(
-        json.dumps({"dataloader": dataloader_cfg, "prefix": str(prefix), "batches": batches})
+        json.dumps(
+            {
+                "dataloader": dataloader_cfg,
+                "prefix": str(prefix),
+                "batches": batches,
+                "format": state_format,
+            }
+        )
     )
     # Each restore writes its own result: a process that dies must not leave an earlier
     # restore's result to be read as its own.
@@ -92,22 +107,35 @@ def restore_in_new_process(
     return RestoreResult(stream_from_json(data), data["restore_seconds"], data.get("error"))
 
 
+def _build_tf(dataloader_cfg: dict[str, Any]) -> Any:
+    from omegaconf import OmegaConf
+
+    from dlckpt.pipeline.robot import instantiate_dataset
+
+    return instantiate_dataset(OmegaConf.create(dataloader_cfg))
+
+
+def _build_grain(dataloader_cfg: dict[str, Any]) -> Any:
+    from hydra.utils import instantiate
+
+    with quiet_absl():
+        return instantiate(dataloader_cfg, _convert_="all")
+
+
 def _restore_main(argv: list[str]) -> int:
     """Entry point of the fresh process (not a user-facing command)."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("request")
     parser.add_argument("result")
     args = parser.parse_args(argv)
-    from omegaconf import OmegaConf
-
-    from dlckpt.pipeline.robot import instantiate_dataset
-
     request = json.loads(Path(args.request).read_text())
     result: dict[str, Any] = {"digests": [], "elements": 0, "ended": False, "restore_seconds": 0.0}
     try:
-        dataset = instantiate_dataset(OmegaConf.create(request["dataloader"]))
+        grain = request.get("format") == GRAIN_STATE
+        dataset = _build_grain(request["dataloader"]) if grain else _build_tf(request["dataloader"])
+        restore = restore_grain_iterator if grain else restore_iterator
         started = time.perf_counter()
-        iterator = restore_iterator(dataset, request["prefix"])
+        iterator = restore(dataset, request["prefix"])
         result["restore_seconds"] = time.perf_counter() - started
         stream = take_digests(iterator, request["batches"])
         result.update(digests=stream.digests, elements=stream.elements, ended=stream.ended)

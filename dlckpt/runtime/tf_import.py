@@ -1,9 +1,12 @@
-"""The one place TensorFlow is imported, after its logging is quietened."""
+"""The one place TensorFlow is imported, after its logging is quietened (and Grain's absl lines)."""
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import sys
+from collections.abc import Iterator
 from types import ModuleType
 
 
@@ -28,3 +31,15 @@ def import_tensorflow() -> ModuleType:
         os.close(saved_stderr)
     tf.get_logger().setLevel("ERROR")
     return tf
+
+
+@contextlib.contextmanager
+def quiet_absl() -> Iterator[None]:
+    """Grain logs "Failed to load jax profiler" through absl on import; it needs no jax here."""
+    logger = logging.getLogger("absl")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)

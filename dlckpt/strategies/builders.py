@@ -12,9 +12,7 @@ where `index` is the record's position in the unshuffled stream (used for the qu
 
 from __future__ import annotations
 
-import contextlib
-import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -208,18 +206,6 @@ def grain_available() -> bool:
     from importlib.util import find_spec
 
     return find_spec("grain") is not None and find_spec("array_record") is not None
-
-
-@contextlib.contextmanager
-def quiet_absl() -> Iterator[None]:
-    """Grain logs "Failed to load jax profiler" through absl on import; it needs no jax here."""
-    logger = logging.getLogger("absl")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
 
 
 @_hydra_builder

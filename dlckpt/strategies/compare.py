@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dlckpt.runtime.tf_import import quiet_absl
 from dlckpt.strategies.builders import (
     build_decoded_buffer,
     build_encoded_buffer,
@@ -23,7 +24,6 @@ from dlckpt.strategies.builders import (
     build_grain_array_record,
     build_index_permutation_symbolic,
     build_index_shuffle_before_map,
-    quiet_absl,
 )
 from dlckpt.strategies.episodes import DataSpec, write_array_record
 
@@ -189,20 +189,17 @@ def measure_strategy(
 
 def finish_restore(result: StrategyResult, pending: PendingRestore) -> StrategyResult:
     """Restore in a new process (Grain: from its JSON state) and compare bit for bit."""
-    from dlckpt.roundtrip.child import restore_in_new_process
+    from dlckpt.roundtrip.child import GRAIN_STATE, TF_CHECKPOINT, restore_in_new_process
     from dlckpt.roundtrip.digest import first_mismatch
 
-    if pending.strategy.framework == "grain":
-        restored = _grain_restore_in_new_process(
-            pending.dataloader_cfg,
-            pending.checkpoint,
-            len(pending.expected.digests),
-            pending.workdir,
-        )
-    else:
-        restored = restore_in_new_process(
-            pending.dataloader_cfg, pending.checkpoint, pending.expected, pending.workdir
-        )
+    grain = pending.strategy.framework == "grain"
+    restored = restore_in_new_process(
+        pending.dataloader_cfg,
+        pending.checkpoint,
+        pending.expected,
+        pending.workdir,
+        state_format=GRAIN_STATE if grain else TF_CHECKPOINT,
+    )
     result.restore_seconds = restored.restore_seconds
     if restored.error:
         result.error = restored.error
@@ -212,61 +209,6 @@ def finish_restore(result: StrategyResult, pending: PendingRestore) -> StrategyR
     if mismatch is not None:
         result.error = f"does not resume exactly: {mismatch.describe()}"
     return result
-
-
-# --- Grain's restore process (its state is JSON, not a tf.train.Checkpoint) ------------------
-
-
-def _grain_restore_main(argv: list[str]) -> int:
-    """Entry point of the fresh process for Grain: build, set the saved state, digest batches."""
-    from hydra.utils import instantiate
-
-    from dlckpt.roundtrip.digest import take_digests
-
-    request = json.loads(Path(argv[0]).read_text())
-    result: dict[str, Any] = {"digests": [], "elements": 0, "ended": False, "restore_seconds": 0.0}
-    try:
-        with quiet_absl():
-            dataset = instantiate(request["dataloader"], _convert_="all")
-        started = time.perf_counter()
-        iterator = iter(dataset)
-        iterator.set_state(json.loads(Path(request["state"]).read_text()))
-        result["restore_seconds"] = time.perf_counter() - started
-        stream = take_digests(iterator, request["batches"])
-        result.update(digests=stream.digests, elements=stream.elements, ended=stream.ended)
-    except Exception as error:
-        detail = " ".join(str(error).split())[:300]
-        result["error"] = f"restore failed: {type(error).__name__}: {detail}"
-    Path(argv[1]).write_text(json.dumps(result))
-    return 0
-
-
-def _grain_restore_in_new_process(
-    dataloader_cfg: dict[str, Any], state: Path, batches: int, workdir: Path
-) -> Any:
-    import subprocess
-    import sys
-
-    from dlckpt.roundtrip.child import RestoreResult
-    from dlckpt.roundtrip.digest import DigestStream, stream_from_json
-
-    request, result_path = workdir / "grain_request.json", workdir / "grain_result.json"
-    request.write_text(
-        json.dumps({"dataloader": dataloader_cfg, "state": str(state), "batches": batches})
-    )
-    command = ["-m", "dlckpt.strategies.compare", "grain-restore", str(request), str(result_path)]
-    completed = subprocess.run(
-        [sys.executable, *command], capture_output=True, text=True, check=False,
-    )  # fmt: skip
-    if not result_path.exists():
-        tail = " | ".join(completed.stderr.strip().splitlines()[-3:])
-        return RestoreResult(
-            DigestStream([], 0, False),
-            0.0,
-            f"restore process exited {completed.returncode}: {tail}",
-        )
-    data = json.loads(result_path.read_text())
-    return RestoreResult(stream_from_json(data), data["restore_seconds"], data.get("error"))
 
 
 # --- the pointer the small-buffer script prints ---------------------------------------------
@@ -339,14 +281,4 @@ def strategies_pointer_line(
     return (
         "Smaller checkpoints: `make strategies` measures shuffle strategies whose checkpoint "
         "is kilobytes (DISK_SPACE_SOLUTIONS.md)"
-    )
-
-
-if __name__ == "__main__":
-    import sys
-
-    if sys.argv[1:2] == ["grain-restore"]:
-        sys.exit(_grain_restore_main(sys.argv[2:]))
-    sys.exit(
-        f"usage: {sys.argv[0]} grain-restore REQUEST RESULT (internal: Grain's restore process)"
     )

@@ -1,0 +1,50 @@
+"""Walks of a tf.data graph in Python: the shuffle buffer, the caches, the autotuned buffers."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+
+def autotunes_buffers(options: Any) -> bool:
+    """Whether TensorFlow's autotuner may deepen the pipeline's buffers (tf.data.Options):
+    not when autotune is off, nor with a symbolic checkpoint (buffers are not saved)."""
+    if options.autotune.enabled is False:
+        return False
+    return not options.experimental_symbolic_checkpoint
+
+
+def find_shuffle_node(dataset: Any) -> Any | None:
+    """The _ShuffleDataset nearest the output, following `_input_dataset` links (None: none)."""
+    node = dataset
+    while node is not None and type(node).__name__ != "_ShuffleDataset":
+        node = getattr(node, "_input_dataset", None)
+    return node
+
+
+def _cache_filenames(dataset: Any) -> list[str]:
+    """The filename of every Dataset.cache() at or upstream of `dataset` ("" = in memory)."""
+    names: list[str] = []
+    stack, seen = [dataset], set()
+    while stack:
+        node = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        filename = getattr(node, "_filename", None)
+        if type(node).__name__ == "CacheDataset" and filename is not None:
+            names.append(filename.numpy().decode() if hasattr(filename, "numpy") else str(filename))
+        with contextlib.suppress(AttributeError, TypeError):
+            stack.extend(node._inputs())
+    return names
+
+
+def cache_file_prefixes(dataset: Any) -> list[str]:
+    """The filenames of every Dataset.cache(filename) in the pipeline's graph."""
+    return [name for name in _cache_filenames(dataset) if name]
+
+
+def memory_cache_before(shuffle_node: Any) -> bool:
+    """True when an in-memory Dataset.cache() feeds the shuffle buffer (it keeps every element
+    read, so the checkpoint grows with the elements read, not only with the buffer)."""
+    return "" in _cache_filenames(shuffle_node._input_dataset)
