@@ -36,7 +36,7 @@ class EstimateSettings:
     # Buffer sizes the measured estimate fills, saves and fits a line through.
     calibration_buffer_sizes: list[int] = field(default_factory=lambda: [8, 32, 64])
     # Where the calibration samples the stream: one chunk of elements from each offset, so
-    # the per-element figure holds data from across the stream (see _calibration.py).
+    # the per-element figure holds data from across the stream (see estimate.calibrate.py).
     calibration_offsets: list[int] = field(
         default_factory=lambda: [0, 64, 128, 256, 512, 1024, 2048, 4096]
     )
@@ -51,10 +51,10 @@ class RoundTripSettings:
     # The buffer the small-buffer test runs with (the production value stays in the config).
     small_buffer_size: int = 100
     batches_before_save: int = 3
-    # The fewest batches compared after the restore; the window usually needs more (_window).
+    # The fewest batches compared after the restore; the window usually needs more (see window).
     batches_to_compare: int = 5
     # Batches compared beyond the buffers' volume at save time, so elements drawn fresh from
-    # upstream after the restore reach the comparison (see _window.py).
+    # upstream after the restore reach the comparison (see roundtrip.window.py).
     fresh_batches: int = 10
     # ...and at least this many elements' worth of batches (matters for small batches).
     fresh_elements: int = 100
@@ -139,7 +139,7 @@ SETTING_RANGES: dict[str, tuple[float, float | None, str]] = {
     "roundtrip.batches_before_save": (0, None, "batches read before the save"),
     "roundtrip.batches_to_compare": (1, None, "batches compared after the restore"),
 }
-# The reference builder's numeric keyword arguments (_pipeline.build_robot_dataset); the
+# The reference builder's numeric keyword arguments (pipeline.robot.build_robot_dataset); the
 # same names mean the same in most loaders, so they are checked whatever the builder.
 # -1 is tf.data.AUTOTUNE where a parallelism or prefetch depth is meant.
 DATALOADER_INT_RANGES: dict[str, tuple[int, int | None, tuple[int, ...]]] = {

@@ -66,7 +66,7 @@ def real_checkpoint_bytes(cfg: Any, buffer: int, scratch: Path) -> int:
     """Bytes of a real iterator checkpoint at `buffer`, saved as a training job saves it.
 
     Reads roundtrip.batches_before_save batches, lets the background buffers fill, then
-    takes the settled size as the calibration's anchors do (_calibration.steady_save_bytes).
+    takes the settled size as the calibration's anchors do (estimate.calibrate.steady_save_bytes).
     """
     from dlckpt.config import with_buffer_size
     from dlckpt.estimate.saves import steady_save_bytes

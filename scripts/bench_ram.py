@@ -3,7 +3,7 @@
 
 For each case it calibrates (cache off), takes the row's bytes per buffered element, and
 measures a real fill-and-save's RSS high-water mark per element at two buffers, each in a
-fresh process (_bench.ram). Prints both and their ratio; writes bench/ram.json. The saves
+fresh process (bench.ram). Prints both and their ratio; writes bench/ram.json. The saves
 go to a scratch folder that is removed.
 
     python scripts/bench_ram.py                    # the small preset, the test family, and

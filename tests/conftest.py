@@ -63,7 +63,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
 @pytest.fixture(autouse=True)
 def _no_watchdog_left_armed() -> Iterator[None]:
-    """A test that leaves an interrupt's cleanup watchdog armed (_signals) fails here, naming
+    """A test that leaves an interrupt's cleanup watchdog armed (runtime.signals) fails here, naming
     the signal and the line it landed on; the timer is cancelled, or it would end this
     worker with os._exit 90 s later, in whatever test then runs."""
     yield
@@ -106,7 +106,7 @@ def gcs_endpoint(gcs_server: EmbeddedGcs) -> str:
 @pytest.fixture
 def gcs_client(gcs_endpoint: str, monkeypatch: pytest.MonkeyPatch):
     """A google-cloud-storage client talking to the loopback server."""
-    from dlckpt.storage.destination import make_client
+    from dlckpt.storage.gcs import make_client
 
     monkeypatch.setenv("STORAGE_EMULATOR_HOST", gcs_endpoint)
     return make_client()

@@ -166,7 +166,7 @@ def test_ram_row_is_within_25_percent_of_a_real_saves_peak_memory(
     Small elements with several tensors are where tensor bytes alone miss: 14 B of data
     per element here, ~1.6 KB of RSS at a save's peak. The measurement is the kernel's
     high-water mark from just before the fill to the end of the save, at two buffers in
-    fresh processes (_bench.ram.save_peak_per_element).
+    fresh processes (bench.ram.save_peak_per_element).
     """
     from bench_estimate import shape_config
 

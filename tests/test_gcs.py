@@ -14,15 +14,8 @@ from pathlib import Path
 import pytest
 
 from dlckpt.errors import UsageError
-from dlckpt.storage.destination import (
-    MARKER_NAME,
-    RESUMABLE_CHUNK_BYTES,
-    GcsDestination,
-    GcsLocation,
-    TransferError,
-    crc32c_of_file,
-    parse_gcs_uri,
-)
+from dlckpt.storage.gcs import RESUMABLE_CHUNK_BYTES, GcsDestination, GcsLocation, parse_gcs_uri
+from dlckpt.storage.transfer import MARKER_NAME, TransferError, crc32c_of_file
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from conftest import run_script, script_env
 
-from dlckpt.storage.destination import MARKER_NAME
+from dlckpt.storage.transfer import MARKER_NAME
 
 SCRIPT = "test_dataloader_checkpoint_local_staging.py"
 

@@ -379,7 +379,7 @@ def test_an_unexpected_error_still_writes_the_report(tmp_path):
 )
 def test_bad_input_credentials_file_names_the_variable(tmp_path, monkeypatch, content, expected):
     from dlckpt.errors import UsageError
-    from dlckpt.storage.destination import make_client
+    from dlckpt.storage.gcs import make_client
 
     key = tmp_path / "key.json"
     if content == "folder":
@@ -429,7 +429,7 @@ def test_bad_input_fit_budget_with_a_comma_exits_2(tmp_path):
 
 def test_bad_input_a_file_as_the_destination_is_called_a_file(tmp_path):
     from dlckpt.errors import UsageError
-    from dlckpt.storage.destination import LocalDestination
+    from dlckpt.storage.local import LocalDestination
 
     (tmp_path / "a-file").write_text("mine")
     with pytest.raises(UsageError, match="is a file, not a folder"):
@@ -445,7 +445,7 @@ RUN = "run-1"
 @contextlib.contextmanager
 def _own_server() -> Iterator[tuple[object, list[psutil.Process]]]:
     """A GCS server process of this test's own (the session's stays healthy), and a client."""
-    from dlckpt.storage.destination import embedded_gcs_server, make_client
+    from dlckpt.storage.gcs import embedded_gcs_server, make_client
 
     me = psutil.Process()
     before = {child.pid for child in me.children(recursive=True)}
@@ -495,7 +495,7 @@ class _FaultAt(io.RawIOBase):
 @pytest.fixture
 def staged_files(tmp_path: Path) -> list[Path]:
     """A checkpoint's files: a small index and a shard that goes up in two chunks."""
-    from dlckpt.storage.destination import RESUMABLE_CHUNK_BYTES
+    from dlckpt.storage.gcs import RESUMABLE_CHUNK_BYTES
 
     folder = tmp_path / "staged"
     folder.mkdir()
@@ -508,7 +508,7 @@ def staged_files(tmp_path: Path) -> list[Path]:
 
 def _faulty_destination(client, servers, files, fault_name):  # type: ignore[no-untyped-def]
     """A destination with short transfer bounds, and an opener that breaks the server."""
-    from dlckpt.storage.destination import RESUMABLE_CHUNK_BYTES, GcsDestination, GcsLocation
+    from dlckpt.storage.gcs import RESUMABLE_CHUNK_BYTES, GcsDestination, GcsLocation
 
     client.create_bucket("fault-bkt")
     client.bucket("fault-bkt").blob("user/keep.txt").upload_from_string(b"the user's object")
@@ -547,7 +547,7 @@ def _faulty_destination(client, servers, files, fault_name):  # type: ignore[no-
 
 @pytest.mark.parametrize("fault", ["kill", "freeze"], ids=["fault-killed", "fault-frozen"])
 def test_fault_server_lost_mid_upload_reports_the_first_error_and_what_is_left(staged_files, fault):
-    from dlckpt.storage.destination import MARKER_NAME, TransferError
+    from dlckpt.storage.transfer import MARKER_NAME, TransferError
 
     with _own_server() as (client, servers):
         destination, opener = _faulty_destination(client, servers, staged_files, fault)
@@ -599,7 +599,7 @@ def test_fault_interrupt_during_a_frozen_upload_is_bounded(staged_files):
 
 def test_fault_cleanup_against_a_dead_server_is_bounded_and_quiet(staged_files):
     from dlckpt.runtime import cleanup as _cleanup
-    from dlckpt.storage.destination import GcsDestination, GcsLocation
+    from dlckpt.storage.gcs import GcsDestination, GcsLocation
 
     _cleanup.reset()
     with _own_server() as (client, servers):
@@ -628,7 +628,8 @@ def test_fault_cleanup_against_a_dead_server_is_bounded_and_quiet(staged_files):
 
 
 def test_fault_full_local_destination_is_one_line_and_keeps_the_source(small_disk, tmp_path):
-    from dlckpt.storage.destination import LocalDestination, TransferError
+    from dlckpt.storage.local import LocalDestination
+    from dlckpt.storage.transfer import TransferError
 
     source = tmp_path / "staged"
     source.mkdir()
@@ -647,7 +648,8 @@ def test_fault_full_local_destination_is_one_line_and_keeps_the_source(small_dis
 
 
 def test_fault_destination_that_is_the_staging_folder_never_loses_the_checkpoint(tmp_path):
-    from dlckpt.storage.destination import LocalDestination, TransferError
+    from dlckpt.storage.local import LocalDestination
+    from dlckpt.storage.transfer import TransferError
 
     staged = tmp_path / RUN  # LOCAL_STAGING_DIR/<run prefix>, where the checkpoint was saved
     staged.mkdir()

@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 from dlckpt.config import Settings, load_config, with_buffer_size
 from dlckpt.roundtrip.digest import DigestStream, digest_element, first_mismatch
 from dlckpt.roundtrip.scenario import run_round_trip
-from dlckpt.storage.destination import LocalDestination
+from dlckpt.storage.local import LocalDestination
 
 
 @pytest.fixture(autouse=True)

@@ -1,7 +1,7 @@
 """TensorFlow's own gs:// filesystem against the embedded GCS server, end to end, no mocks.
 
 TensorFlow runs in fresh processes (tests/tf_gcs_job.py) with only the embedded server's
-variables (_gcs_server.tensorflow_env); google-cloud-storage checks what landed. The
+variables (storage.embedded.server.tensorflow_env); google-cloud-storage checks what landed. The
 production failure is reproduced on a real small tmpfs, and the server's processes are
 checked by PID after a stop and after its parent is SIGKILLed.
 """

@@ -167,7 +167,7 @@ class ServerProcesses:
 
 def gcs_bucket(client: Any) -> Any:
     """The embedded server's bucket (created once; the server starts empty)."""
-    from dlckpt.storage.destination import EMBEDDED_BUCKET
+    from dlckpt.storage.gcs import EMBEDDED_BUCKET
 
     bucket = client.bucket(EMBEDDED_BUCKET)
     return bucket if bucket.exists() else client.create_bucket(EMBEDDED_BUCKET)
@@ -189,16 +189,11 @@ def transfer_vs_plain(
 ) -> dict[str, Any]:
     """GcsDestination.put / fetch against plain upload_from_filename / download_to_filename.
 
-    Same files, same embedded server (started here through _storage.embedded_gcs_server),
+    Same files, same embedded server (started here through storage.embedded_gcs_server),
     one client; every object is removed after its repeat so the server's memory does not
     grow across repeats. Seconds and per-repeat ratios (project path / plain path).
     """
-    from dlckpt.storage.destination import (
-        GcsDestination,
-        GcsLocation,
-        embedded_gcs_server,
-        make_client,
-    )
+    from dlckpt.storage.gcs import GcsDestination, GcsLocation, embedded_gcs_server, make_client
 
     times: dict[str, list[float]] = {"put": [], "upload": [], "fetch": [], "download": []}
     with embedded_gcs_server():

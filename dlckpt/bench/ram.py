@@ -22,9 +22,9 @@ def save_peak_per_element(
 ) -> float | None:
     """Bytes of RSS high-water mark per buffered element over a fill and a save.
 
-    `request` names the config for _bench.child (config, overrides, config_dir). Each
+    `request` names the config for bench.child (config, overrides, config_dir). Each
     buffer is filled and saved in its own process; the kernel's high-water mark is reset
-    just before the fill (_bench.child.save). None where it cannot be reset. Raises
+    just before the fill (bench.child.save). None where it cannot be reset. Raises
     RuntimeError when a child fails. The saves are removed.
     """
     peaks = {}

@@ -32,12 +32,7 @@ FITTED = (
 
 def server_rss_after_upload(files: list[Path]) -> dict[str, int | None]:
     """RSS of a fresh embedded GCS server, idle and after GcsDestination.put of `files`."""
-    from dlckpt.storage.destination import (
-        GcsDestination,
-        GcsLocation,
-        embedded_gcs_server,
-        make_client,
-    )
+    from dlckpt.storage.gcs import GcsDestination, GcsLocation, embedded_gcs_server, make_client
 
     before = ServerProcesses.snapshot()
     with embedded_gcs_server():

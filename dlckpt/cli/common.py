@@ -23,6 +23,7 @@ from dlckpt.report import (
     start_report,
     write_exit_report,
 )
+from dlckpt.runtime import cleanup
 from dlckpt.runtime.signals import exit_code, interrupts_raise, received_interrupt, signal_name
 
 
@@ -85,12 +86,10 @@ def run_main(
     itself, it is written to --report with `exit_code` (and `error`) on every exit.
     Exit codes: 2 bad input, 3 preflight refused, 4 an unexpected error (--debug prints
     its traceback), 130 / 143 / 129 interrupted by SIGINT / SIGTERM / SIGHUP (see
-    _signals: the same cleanup runs for each). What a cleanup could not remove is named.
+    runtime.signals: the same cleanup runs for each). What a cleanup could not remove is named.
     """
-    from dlckpt.runtime import cleanup as _cleanup
-
     report = report if report is not None else {}
-    _cleanup.reset()
+    cleanup.reset()
     reset_report()
     with interrupts_raise():  # the last lines too: a second signal must not cut them off
         try:
@@ -112,8 +111,8 @@ def run_main(
         )
         if line:
             print(line, file=sys.stderr)
-        elif _cleanup.left_behind():  # a pass or a failed check whose cleanup fell short
-            print(f"⚠ {_cleanup.summary().removeprefix('; ')}", file=sys.stderr)
+        elif cleanup.left_behind():  # a pass or a failed check whose cleanup fell short
+            print(f"⚠ {cleanup.summary().removeprefix('; ')}", file=sys.stderr)
         if problem:
             print(f"✗ {problem}", file=sys.stderr)
             return code or EXIT_USAGE
@@ -143,9 +142,7 @@ def _unexpected(error: Exception, argv: Sequence[str] | None) -> tuple[int, str]
 
 
 def _interrupted_line(interrupt: KeyboardInterrupt) -> str:
-    from dlckpt.runtime import cleanup as _cleanup
-
-    left = _cleanup.summary()
+    left = cleanup.summary()
     return f"✗ interrupted by {signal_name(interrupt)}; " + (
         f"could not remove all the run's own files{left}"
         if left

@@ -2,7 +2,7 @@
 
 An entry is trusted only when it parses, carries this estimator's version and every
 field has the type and range a calibration produces; anything else is removed and the
-pipeline is measured again. A cross-check miss (see _estimate.cross_check) also drops it.
+pipeline is measured again. A cross-check miss (see estimate.estimator.cross_check) also drops it.
 """
 
 from __future__ import annotations

@@ -453,7 +453,7 @@ def calibrate(
     Raises UsageError (exit 2) for a pipeline that yields nothing or stalls past
     estimate.calibration_timeout_seconds, PreflightRefusal (exit 3) when the calibration's
     own RAM or scratch folder is too small or a save fills the disk, and
-    _roundtrip.UnsaveablePipeline when TensorFlow cannot save the iterator.
+    roundtrip.child.UnsaveablePipeline when TensorFlow cannot save the iterator.
     The scratch folder (under `scratch_root`, else the temp folder) is always removed.
     """
 

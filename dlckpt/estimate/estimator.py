@@ -2,13 +2,13 @@
 
 The rule of thumb (buffer x bytes of one buffered element x 1.5) ignores that TensorFlow
 compresses the serialized iterator state and that other buffers hold decoded data, so on
-real pipelines it is off by 1.7x to 50x. The measured estimate (see _calibration) saves
+real pipelines it is off by 1.7x to 50x. The measured estimate (see estimate.calibrate) saves
 the user's own pipeline and fits
 
     bytes(buffer) = fixed + per_element x held(buffer) + slot_bytes x empty slots
 
 with the per-element figure taken from the shuffle buffer alone. Results are cached by a
-hash of the resolved config and the pipeline's source (see _estimate_cache). Every real
+hash of the resolved config and the pipeline's source (see estimate.cache). Every real
 save a script makes is compared with the estimate by `cross_check`.
 """
 
@@ -87,7 +87,7 @@ class EstimateResult:
     num_hosts: int = 1
     formula_overhead: float = 1.5
     notes: list[str] = field(default_factory=list)
-    # Filled by _common.estimate_and_preflight: the report's `locations` and `fit_budget`.
+    # Filled by cli.common.estimate_and_preflight: the report's `locations` and `fit_budget`.
     locations: list[dict[str, Any]] = field(default_factory=list)
     fit_budget: dict[str, Any] | None = None
     # The cache entry the calibration came from or went to (None: not cached).

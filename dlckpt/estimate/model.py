@@ -92,7 +92,7 @@ class Calibration:
     def ram_per_element(self) -> int:
         """Host bytes one buffered element needs at a save's peak: what the allocator holds
         for it (its tensor bytes when that was not measured) plus the save's working memory
-        (_memory.save_working_bytes); twice that when an in-memory cache() feeds the buffer
+        (estimate.memory.save_working_bytes); twice that when an in-memory cache() feeds the buffer
         (the cache keeps its own copy of every element read, and saves it too)."""
         held = self.memory_element_bytes or self.raw_element_bytes
         one = held + save_working_bytes(max(self.tensors_per_element, 1))
@@ -101,7 +101,7 @@ class Calibration:
     def ram_bytes_for(self, buffer_size: int) -> int:
         """Host bytes for a `buffer_size`-element shuffle buffer while its iterator is saved:
         its elements (ram_per_element) and its empty slots (a stream shorter than the
-        buffer leaves some; _memory.SAVE_WORKING_BYTES_PER_SLOT). 0 when the checkpoint does
+        buffer leaves some; estimate.memory.SAVE_WORKING_BYTES_PER_SLOT). 0 when the checkpoint does
         not grow with the buffer: it then holds no elements worth counting."""
         if self.constant:
             return 0

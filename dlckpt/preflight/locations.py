@@ -120,7 +120,7 @@ def tensorflow_gcs_locations(
     TensorFlow stages each checkpoint file whole in its temp folder; nothing else is
     written locally. With the embedded server (`embedded_dir`: where its objects go on
     disk) its storage and its memory are rows too: fake-gcs-server holds an upload whole
-    while it reads it (_gcs_server.SERVER_RAM_BYTES_PER_BYTE, measured by
+    while it reads it (storage.embedded.server.SERVER_RAM_BYTES_PER_BYTE, measured by
     scripts/bench_tf_gcs.py).
     """
     from dlckpt.storage.embedded.server import SERVER_RAM_BASE_BYTES, SERVER_RAM_BYTES_PER_BYTE

@@ -34,7 +34,7 @@ class Mismatch:
 def digest_element(element: Any) -> Digest:
     """Key path -> dtype, shape and sha256 of the exact bytes (strings length-prefixed).
 
-    Composite tensors are digested by their components (see _tensors.element_leaves), so
+    Composite tensors are digested by their components (see pipeline.tensors.element_leaves), so
     ragged and sparse values compare by value, and a change of structure is a mismatch.
     """
     digests = {}

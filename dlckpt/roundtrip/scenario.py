@@ -20,17 +20,18 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from dlckpt.errors import EXIT_FAILED, EXIT_PASSED, PipelineTooShort
+from dlckpt.preflight.locations import tensorflow_gcs_locations as gs_write_rows
 from dlckpt.report import write_report
-from dlckpt.storage.destination import (
+from dlckpt.storage.gcs import (
     EMBEDDED_BUCKET,
     GcsDestination,
     GcsLocation,
-    LocalDestination,
-    TransferError,
     embedded_gcs_server,
     make_client,
     parse_gcs_uri,
 )
+from dlckpt.storage.local import LocalDestination
+from dlckpt.storage.transfer import TransferError
 from dlckpt.tempdir import disk_full_text, is_disk_full
 from dlckpt.units import format_bytes
 
@@ -84,8 +85,8 @@ class RoundTripOutcome:
     restore_seconds: float = 0.0
     batches_compared: int = 0
     elements_compared: int = 0
-    fresh_elements_compared: int = 0  # expected, see _window.expected_fresh_elements
-    window_batches: int = 0  # what the window planned (see _window.Window)
+    fresh_elements_compared: int = 0  # expected, see roundtrip.window.expected_fresh_elements
+    window_batches: int = 0  # what the window planned (see roundtrip.window.Window)
     window_covers_buffers: bool = False
     risks: list[dict[str, str]] = field(default_factory=list)
     risks_checked: list[str] = field(default_factory=list)
@@ -117,9 +118,9 @@ class _RoundTrip:
     outcome: RoundTripOutcome
     scratch: Path
     say: Callable[[str], None]
-    analysis: Any = None  # _risks.PipelineAnalysis
-    window: Any = None  # _window.Window
-    expected: Any = None  # _roundtrip.DigestStream
+    analysis: Any = None  # pipeline.risks.PipelineAnalysis
+    window: Any = None  # roundtrip.window.Window
+    expected: Any = None  # roundtrip.digest.DigestStream
 
 
 def _name_risks(run: _RoundTrip, dataset: Any) -> None:
@@ -302,10 +303,8 @@ def tensorflow_gcs_locations_for(setting: str | None) -> Callable[[Any], list[An
 
 
 def _tensorflow_gcs_rows(embedded: bool, uri: str) -> Callable[[Any], list[Any]]:
-    from dlckpt.preflight import locations as _locations
-
     def rows(estimate: Any) -> list[Any]:
-        return _locations.tensorflow_gcs_locations(
+        return gs_write_rows(
             estimate, embedded_dir=tempfile.gettempdir() if embedded else None, gcs_uri=uri
         )
 
@@ -383,8 +382,8 @@ def run_round_trip(
 ) -> RoundTripOutcome:
     """Save after K batches, read a window on, restore in a new process, compare.
 
-    Stages: name the risks and plan the window (_risks, _window) → fill → save → read the
-    expected window → restore and compare (the saved copy, and/or the copy fetched back
+    Stages: name the risks and plan the window (pipeline.risks, window) → fill → save →
+    read the expected window → restore and compare (the saved copy, and/or the copy fetched back
     from `destination`). Only one iterator over the user's pipeline is alive at a time:
     the original is dropped before any restore starts.
 
@@ -528,8 +527,8 @@ def finish(
 ) -> int:
     """Print the verdict (last line: ✓ ALL TESTS PASSED or the ✗ line), write the report.
 
-    With the run's `estimate` (an _estimate.EstimateResult) and a saved checkpoint, the
-    real bytes are held against the estimate for the tested buffer (_estimate.cross_check):
+    With the run's `estimate` (an estimate.estimator.EstimateResult) and a saved checkpoint, the
+    real bytes are held against the estimate for the tested buffer (estimate.estimator.cross_check):
     the line is printed and the report gets `estimate_cross_check`.
     """
     exit_code = EXIT_PASSED if outcome.passed else EXIT_FAILED

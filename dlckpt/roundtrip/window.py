@@ -5,7 +5,7 @@ are bit-identical by construction. Divergence that starts upstream of the shuffl
 (nondeterministic parallel ops, skipped random state, new epoch seeds) shows only once
 elements drawn from upstream after the restore reach the output. The window therefore
 covers the buffers' volume at save time (shuffle buffer plus the prefetch, parallel-map
-and interleave buffers, from _risks.analyze), then `fresh_batches` more (and at least
+and interleave buffers, from pipeline.risks.analyze), then `fresh_batches` more (and at least
 `fresh_elements` elements' worth, so small batches still reach many fresh elements; one
 batch of 1 per fresh element caught 19 of 20 runs of a nondeterministic map with 10
 fresh elements in `scripts/bench_catch_rate.py`), and extends past
@@ -43,7 +43,7 @@ class Window:
 
 
 def plan_window(analysis: Any, settings: Any) -> Window:
-    """The window for a pipeline (a _risks.PipelineAnalysis) under `roundtrip.*` settings.
+    """The window for a pipeline (a pipeline.risks.PipelineAnalysis) under `roundtrip.*` settings.
 
     Never fewer than `roundtrip.batches_to_compare` batches. Raises UsageError (exit 2)
     naming the setting when a `roundtrip.*` number is out of range.

@@ -1,8 +1,8 @@
 """What a failed or interrupted run could not remove, so its last line can say where it is.
 
 Cleanup after a failure must never hide the failure: each cleanup step is bounded (see
-FAILURE_PATH_* and _storage), never raises, and notes here what it could not remove.
-`_common.run_main` adds these notes to the run's last line.
+FAILURE_PATH_* and storage), never raises, and notes here what it could not remove.
+`cli.common.run_main` adds these notes to the run's last line.
 """
 
 from __future__ import annotations

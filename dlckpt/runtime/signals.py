@@ -10,7 +10,7 @@ call returns, then raised: raising inside TensorFlow can crash the process. Only
 signal raises: later ones arrive while that cleanup runs and are ignored, so a terminal's
 Ctrl-C to the whole process group cannot cut a cleanup short.
 The cleanup is bounded (every storage call on the failure path has a deadline, see
-_storage); as a last guard a watchdog ends the process CLEANUP_LIMIT_SECONDS after the
+storage); as a last guard a watchdog ends the process CLEANUP_LIMIT_SECONDS after the
 first signal, with the signal's exit code and a line saying so.
 
 `die_with_parent(command)` wraps a child's command line so that Linux kills the child
@@ -278,10 +278,10 @@ def set_parent_death_signal(sig: int = signal.SIGKILL) -> bool:
 
 
 def _launch(argv: list[str]) -> int:
-    """Launcher entry: `_signals.py PARENT_PID -- command...`."""
+    """Launcher entry: `runtime.signals.py PARENT_PID -- command...`."""
     parent, separator, *command = argv
     if separator != "--" or not command:
-        sys.stderr.write("usage: _signals.py PARENT_PID -- command ...\n")
+        sys.stderr.write("usage: runtime.signals.py PARENT_PID -- command ...\n")
         return 2
     set_parent_death_signal(signal.SIGKILL)
     if os.getppid() != int(parent):  # the parent ended before the signal was armed

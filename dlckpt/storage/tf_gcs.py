@@ -1,7 +1,7 @@
 """TensorFlow's own gs:// save: where it stages and how much, its GCS_* settings, its failure line.
 
 TensorFlow's GCS filesystem writes each checkpoint file whole into its local temp folder
-(TEST_TMPDIR, else TMPDIR, else TMP, else /tmp: _locations.tf_temp_dir) and uploads it
+(TEST_TMPDIR, else TMPDIR, else TMP, else /tmp: tempdir.tf_temp_dir) and uploads it
 when the file is closed. A save to gs:// therefore needs the largest file's size free
 there, which is what fails in production with "Could not append to the internal
 temporary file".

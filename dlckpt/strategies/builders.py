@@ -1,7 +1,7 @@
 """The shuffle strategies' dataset builders: the same episodes, very different checkpoints.
 
-Each `build_*` below turns the files of `_strategy_episodes` into a training dataset and is
-a Hydra target, so `_roundtrip.restore_in_new_process` can rebuild it in a new process.
+Each `build_*` below turns the files of `strategies.episodes` into a training dataset and is
+a Hydra target, so `roundtrip.child.restore_in_new_process` can rebuild it in a new process.
 Every builder takes the same keywords (see `_hydra_builder`) and yields the same element
 (then batched):
 {"observation": {"image_primary": uint8[window, S, S, 3], "image_wrist": ... (if any),

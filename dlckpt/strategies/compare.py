@@ -2,8 +2,8 @@
 
 Which strategies there are (`STRATEGIES`), how each is measured (throughput, shuffle quality,
 checkpoint size and time, exact resume in a new process), and the line the small-buffer
-script ends with. The episode files are written by `_strategy_episodes`; each strategy's
-dataset is built by its Hydra target in `_strategy_builders`.
+script ends with. The episode files are written by `strategies.episodes`; each strategy's
+dataset is built by its Hydra target in `strategies.builders`.
 """
 
 from __future__ import annotations
@@ -97,7 +97,7 @@ class StrategyResult:
     resumes_exactly: bool = False
     quality: dict[str, float] = field(default_factory=dict)
     error: str | None = None
-    # "your pipeline" (the config's own loader) or "synthetic episodes" (_strategy_user).
+    # "your pipeline" (the config's own loader) or "synthetic episodes" (strategies.user).
     measured_on: str = "synthetic episodes"
 
     def to_json(self) -> dict[str, Any]:
@@ -117,7 +117,7 @@ class PendingRestore:
     strategy: Strategy
     dataloader_cfg: dict[str, Any]
     checkpoint: Path  # the tf.train.Checkpoint prefix, or Grain's JSON state file
-    expected: Any  # _roundtrip.DigestStream
+    expected: Any  # roundtrip.child.DigestStream
     workdir: Path
 
 

@@ -1,6 +1,6 @@
 """The episode files every shuffle strategy reads, written once per data spec.
 
-The synthetic episodes of `_pipeline` are written the way a training job reads them:
+The synthetic episodes of `pipeline.robot` are written the way a training job reads them:
 TFRecord shards of `tf.train.Example`s with JPEG-encoded frames, the same records one file
 each (the random-access layout the index strategies read), and for Grain one ArrayRecord
 file. A folder is keyed by its `DataSpec`, so a later run with the same spec reuses it.
@@ -25,7 +25,7 @@ ARRAY_RECORD_FILE = "episodes.array_record"
 
 @dataclass(frozen=True)
 class DataSpec:
-    """What is written: the config's episode shape (see `_pipeline.build_robot_dataset`)."""
+    """What is written: the config's episode shape (see `pipeline.robot.build_robot_dataset`)."""
 
     image_size: int = 64
     wrist_image_size: int = 0

@@ -144,7 +144,7 @@ def measure_variant(
     compare_batches: int,
 ) -> VariantRun:  # fmt: skip
     """Warm up, time, save, take the expected digests; the new-process restore is left to
-    `_strategies.finish_restore`. Throughput is samples (leading dimensions) per second."""
+    `strategies.compare.finish_restore`. Throughput is samples (leading dimensions) per second."""
     from omegaconf import OmegaConf
 
     from dlckpt.ckpt_io import UnsaveablePipeline, save_iterator

@@ -19,7 +19,7 @@ from dlckpt.config import shuffle_buffer_size, with_buffer_size
 from dlckpt.preflight.run import estimate_and_preflight, finish_estimate_only
 from dlckpt.roundtrip.scenario import finish, open_destination, run_round_trip
 from dlckpt.runtime.signals import exit_process
-from dlckpt.storage.destination import new_run_prefix
+from dlckpt.storage.transfer import new_run_prefix
 
 __all__ = [
     "add_estimate_args",

@@ -42,6 +42,7 @@ from _common import (
 )
 
 from dlckpt.errors import UsageError
+from dlckpt.preflight.locations import scenario_locations
 from dlckpt.roundtrip.scenario import (
     tensorflow_gcs_locations,
     tensorflow_gcs_locations_for,
@@ -54,7 +55,7 @@ SCRIPT = "original"
 def tensorflow_temp_dir(option: Path | None = None) -> tuple[Path, str]:
     """The folder TensorFlow stages gs:// writes in, and where that choice came from.
 
-    Without `option` it is resolved as TensorFlow resolves it (_locations.tf_temp_dir), so
+    Without `option` it is resolved as TensorFlow resolves it (tempdir.tf_temp_dir), so
     the run saves where the preflight table says. With `option` (--tmpdir), TMPDIR (and
     TEST_TMPDIR, if set, since TensorFlow reads it first) are pointed at it for this
     process and the restore process it starts.
@@ -102,10 +103,9 @@ def _locations(temp_dir: Path) -> Any:
     The run saves where TensorFlow's gs:// writer would stage the files and copies with
     google-cloud-storage, so TensorFlow's own staging row would count the folder twice.
     """
-    from dlckpt.preflight import locations as _locations
 
     def rows(estimate: Any) -> list[Any]:
-        found = _locations.scenario_locations(
+        found = scenario_locations(
             "full", estimate, scratch_dir=str(temp_dir), download_dir=str(temp_dir)
         )
         return [row for row in found if not row.role.startswith("TensorFlow temp folder")]

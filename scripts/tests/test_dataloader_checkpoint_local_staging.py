@@ -42,6 +42,7 @@ from _common import (
 )
 
 from dlckpt.errors import UsageError
+from dlckpt.preflight.locations import scenario_locations
 from dlckpt.units import format_gb
 
 SCRIPT = "local_staging"
@@ -95,10 +96,9 @@ def _preflight(
     host RAM, and GCS. TensorFlow's gs:// staging folder is not used here: the upload
     goes through google-cloud-storage from the staged copy.
     """
-    from dlckpt.preflight import locations as _locations
 
     def rows(estimate: Any) -> list[Any]:
-        found = _locations.scenario_locations(
+        found = scenario_locations(
             "local_staging",
             estimate,
             staging_dir=str(staging_root),

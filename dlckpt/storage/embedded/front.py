@@ -20,7 +20,7 @@ fake-gcs-server is this process's child and keeps objects on disk under <workdir
 The process dies with its parent (PR_SET_PDEATHSIG, plus a watcher of the parent's PID
 where prctl is missing), taking the server with it; it removes the objects when it stops,
 and the whole workdir when its parent is gone. When ready it prints one
-JSON line: {"port", "server_pid", "server_port", "ca_file"}. Run by _gcs_server.embedded_gcs.
+JSON line: {"port", "server_pid", "server_port", "ca_file"}. Run by server.embedded_gcs.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The embedded GCS server that TensorFlow's gs:// filesystem and google-cloud-storage share.
 
-`embedded_gcs()` starts one process (_gcs_front.py: fake-gcs-server behind an HTTPS front,
+`embedded_gcs()` starts one process (front.py: fake-gcs-server behind an HTTPS front,
 objects on disk under the run's scratch) and yields an EmbeddedGcs with the variables each
 kind of client needs. Nothing is set machine-wide or in this process's environment unless
 the caller applies `EmbeddedGcs.env` itself; a real bucket (GCS_TEST_BUCKET=gs://...)

@@ -1,10 +1,7 @@
-"""Where a run's checkpoint goes: a local folder or Google Cloud Storage.
+"""Google Cloud Storage as the checkpoint's destination: one client, resumable verified copies.
 
-All GCS access is here, through google-cloud-storage with one client passed in.
-Every run writes under its own run prefix; listing and deletion never leave it.
-Uploads are resumable with the library's retries and crc32c checks, the checkpoint's
-files move in parallel, and a marker object written last tells a whole upload from a
-half one.
+GCS_TEST_BUCKET=gs://bucket/prefix names the user's bucket (ADC credentials); without it
+the embedded server (storage.embedded) stands in on 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -12,14 +9,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import secrets
-import shutil
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -29,122 +22,23 @@ from dlckpt.runtime.cleanup import (
     FAILURE_PATH_TIMEOUT_SECONDS,
     note_left_behind,
 )
+from dlckpt.storage.transfer import (
+    MARKER_NAME,
+    Cancelled,
+    TransferError,
+    cancellable,
+    crc32c_of_file,
+    file_manifest,
+    in_parallel,
+    is_cancelled,
+    one_line,
+    progress_bar,
+)
 
-MARKER_NAME = "_COMPLETE.json"
 EMBEDDED_BUCKET = "dlckpt-test"
+
+
 RESUMABLE_CHUNK_BYTES = 16 * 1024 * 1024
-TRANSFER_WORKERS = 4
-
-
-class TransferError(Exception):
-    """An object that does not match its source (size or crc32c) or a missing marker."""
-
-
-def _one_line(error: BaseException, limit: int = 200) -> str:
-    return f"{type(error).__name__}: {' '.join(str(error).split())[:limit]}"
-
-
-def new_run_prefix(script: str) -> str:
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    return f"dlckpt-{script}-{stamp}-{secrets.token_hex(3)}"
-
-
-def crc32c_of_file(path: Path) -> str:
-    """Base64 crc32c, the form GCS reports in object metadata."""
-    import base64
-
-    import google_crc32c
-
-    checksum = google_crc32c.Checksum()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(8 * 1024 * 1024), b""):
-            checksum.update(chunk)
-    return base64.b64encode(checksum.digest()).decode("ascii")
-
-
-class Cancelled(Exception):
-    """A transfer stopped because another one failed or the run was interrupted."""
-
-
-def _in_parallel(
-    work: Callable[[Any, threading.Event], Any],
-    items: list[Any],
-    *,
-    grace_seconds: float = FAILURE_PATH_TIMEOUT_SECONDS,
-) -> list[Any]:
-    """work(item, cancel) on TRANSFER_WORKERS threads, results in order; the FIRST error raised.
-
-    On the first error or an interrupt, `cancel` is set: transfers not yet started never
-    start, running ones stop at their next chunk (their progress callbacks raise
-    Cancelled). Running ones are waited for at most `grace_seconds` (one blocked on a
-    frozen endpoint may never return); any still running is named in `stragglers` of
-    _cleanup's notes and abandoned (the threads are daemons, so exit is not held).
-    """
-    cancel = threading.Event()
-    pending = list(enumerate(items))
-    results: list[Any] = [None] * len(items)
-    errors: list[BaseException] = []
-    running: dict[int, Any] = {}
-    lock = threading.Lock()
-
-    def worker() -> None:
-        while not cancel.is_set():
-            with lock:
-                if not pending:
-                    return
-                index, item = pending.pop(0)
-                running[index] = item
-            try:
-                results[index] = work(item, cancel)
-            except BaseException as error:
-                with lock:
-                    errors.append(error)
-                cancel.set()
-            finally:
-                with lock:
-                    running.pop(index, None)
-
-    threads = [threading.Thread(target=worker, daemon=True) for _ in range(TRANSFER_WORKERS)]
-    for thread in threads:
-        thread.start()
-    try:
-        # Short waits, so a signal is handled between them and the first error is seen.
-        while any(thread.is_alive() for thread in threads) and not cancel.wait(0.1):
-            pass
-    except BaseException:
-        cancel.set()
-        raise
-    finally:
-        if cancel.is_set():
-            _join_within(threads, grace_seconds)
-            _note_stragglers(running, lock)
-    if errors:
-        raise errors[0]
-    return results
-
-
-def _join_within(threads: list[threading.Thread], seconds: float) -> None:
-    deadline = time.monotonic() + seconds
-    for thread in threads:
-        thread.join(max(0.0, deadline - time.monotonic()))
-
-
-def _note_stragglers(running: dict[int, Any], lock: threading.Lock) -> None:
-    with lock:
-        stuck = [str(item) for item in running.values()]
-    if stuck:
-        note_left_behind(
-            f"{len(stuck)} transfer(s) still blocked on the endpoint when the run gave up "
-            f"on them ({', '.join(stuck)})"
-        )
-
-
-def _manifest(files: list[Path]) -> dict[str, dict[str, Any]]:
-    """Every file's size and crc32c: what the marker records and each copy is checked against."""
-    return {p.name: {"size": p.stat().st_size, "crc32c": crc32c_of_file(p)} for p in files}
-
-
-# --- destination parsing -------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -193,141 +87,6 @@ def parse_gcs_uri(uri: str, source: str = "GCS_TEST_BUCKET") -> GcsLocation:
     return GcsLocation(bucket, path)
 
 
-# --- local folder --------------------------------------------------------------------
-
-
-class LocalDestination:
-    """A folder the user named; the run writes only under <folder>/<run prefix>/.
-
-    It removes only run folders it created itself, so a failure can never delete a
-    folder that was already there (such as the staged checkpoint, when GCS_TEST_BUCKET
-    names LOCAL_STAGING_DIR). I/O errors become one-line TransferErrors, as for GCS.
-    """
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self._created: set[str] = set()
-
-    @classmethod
-    def from_setting(cls, value: str, source: str = "GCS_TEST_BUCKET") -> LocalDestination:
-        root = Path(value).expanduser().resolve()
-        if root.exists() and not root.is_dir():
-            raise UsageError(
-                f"{source}={value!r}: is a file, not a folder "
-                "(expected gs://bucket[/prefix] or an existing local folder)"
-            )
-        if not root.is_dir():
-            raise UsageError(
-                f"{source}={value!r}: no such folder "
-                "(expected gs://bucket[/prefix] or an existing local folder)"
-            )
-        if not os.access(root, os.W_OK | os.X_OK):
-            raise UsageError(
-                f"{source}={value!r}: folder is not writable (expected a writable folder)"
-            )
-        return cls(root)
-
-    def uri(self, run_prefix: str) -> str:
-        return str(self.root / run_prefix)
-
-    def put(self, files: list[Path], run_prefix: str) -> None:
-        """Copy, check each copy's size and crc32c, then write the marker (as for GCS).
-
-        TransferError when the run folder already exists (it is left as it is) or a copy
-        fails (the partial run folder is removed, and the error names the free space).
-        """
-        if not run_prefix:
-            raise ValueError("put() needs a run prefix")
-        target = self.root / run_prefix
-        if any(path.resolve().parent == target.resolve() for path in files):
-            raise TransferError(
-                f"{target}: is the folder the checkpoint was saved in, so copying it there "
-                "would overwrite it; set GCS_TEST_BUCKET to another folder "
-                "(it is left as it is)"
-            )
-        try:
-            target.mkdir(parents=True, exist_ok=False)
-        except FileExistsError:
-            raise TransferError(
-                f"{target}: already exists; a run copies only into a new run folder "
-                "(it is left as it is)"
-            ) from None
-        except OSError as error:
-            raise TransferError(f"{target}: {_os_error(error, self.root)}") from None
-        self._created.add(run_prefix)
-        try:
-            manifest = _manifest(files)
-            for path in files:
-                shutil.copy2(path, target / path.name)
-            self._check(target, manifest)
-            (target / MARKER_NAME).write_text(json.dumps({"files": manifest}))
-        except OSError as error:
-            self.remove(run_prefix)
-            raise TransferError(
-                f"{target}: copy failed ({_os_error(error, self.root)}); "
-                f"the partial copy was removed, no {MARKER_NAME} marker was written"
-            ) from None
-        except TransferError:
-            self.remove(run_prefix)
-            raise
-
-    def fetch(self, run_prefix: str, into: Path) -> list[Path]:
-        """Copy a complete run (marker present) into `into`, checking every file."""
-        source = self.root / run_prefix
-        try:
-            manifest = dict(json.loads((source / MARKER_NAME).read_text())["files"])
-        except (OSError, ValueError, KeyError) as error:
-            raise TransferError(
-                f"{source}: no readable {MARKER_NAME} marker, so the copy is incomplete ({error})"
-            ) from None
-        try:
-            into.mkdir(parents=True, exist_ok=True)
-            copies = [Path(shutil.copy2(source / name, into / name)) for name in sorted(manifest)]
-        except OSError as error:
-            raise TransferError(
-                f"copying {source} back into {into} failed ({_os_error(error, into)})"
-            ) from None
-        self._check(into, manifest)
-        return copies
-
-    @staticmethod
-    def _check(folder: Path, manifest: dict[str, dict[str, Any]]) -> None:
-        for name, expected in manifest.items():
-            found = {
-                "size": (folder / name).stat().st_size,
-                "crc32c": crc32c_of_file(folder / name),
-            }
-            if found != expected:
-                raise TransferError(
-                    f"{folder / name}: {found['size']} bytes crc32c {found['crc32c']}, "
-                    f"expected {expected['size']} bytes crc32c {expected['crc32c']}"
-                )
-
-    def remove(self, run_prefix: str) -> None:
-        """Remove the run folder if this destination created it; never raises."""
-        if not run_prefix or run_prefix not in self._created:
-            return
-        folder = self.root / run_prefix
-        shutil.rmtree(folder, ignore_errors=True)
-        if folder.exists():
-            note_left_behind(f"{folder} (could not be removed)")
-
-
-def _os_error(error: OSError, folder: Path) -> str:
-    """'No space left on device, 0 B free in /mnt/x' - the OS's reason and the free space."""
-    from dlckpt.units import format_bytes
-
-    reason = error.strerror or type(error).__name__
-    try:
-        free = f", {format_bytes(shutil.disk_usage(folder).free)} free in {folder}"
-    except OSError:
-        free = ""
-    return f"{reason}{free}"
-
-
-# --- Google Cloud Storage -------------------------------------------------------------
-
-
 def make_client() -> Any:
     """One storage client for the run.
 
@@ -348,7 +107,7 @@ def make_client() -> Any:
         if os.environ.get("GOOGLE_APPLICATION_CREDENTIALS"):
             raise UsageError(
                 f"GOOGLE_APPLICATION_CREDENTIALS={os.environ['GOOGLE_APPLICATION_CREDENTIALS']}: "
-                f"not usable credentials ({_one_line(error, 160)}); expected a service-account "
+                f"not usable credentials ({one_line(error, 160)}); expected a service-account "
                 "or authorized-user JSON key file, or unset it to use "
                 "`gcloud auth application-default login`"
             ) from None
@@ -377,20 +136,6 @@ def _check_credentials_file(value: str | None) -> None:
         raise UsageError(f"{name}={value}: is not JSON ({expected})") from None
     if not isinstance(data, dict) or "type" not in data:
         raise UsageError(f'{name}={value}: has no "type" field ({expected})')
-
-
-def _progress(total: int, description: str) -> Any:
-    from tqdm import tqdm
-
-    return tqdm(
-        total=total,
-        desc=description,
-        unit="B",
-        unit_scale=True,
-        unit_divisor=1024,
-        disable=not sys.stderr.isatty(),
-        leave=False,
-    )
 
 
 class GcsDestination:
@@ -454,7 +199,7 @@ class GcsDestination:
         except (api_exceptions.Unauthorized, RefreshError) as error:
             raise UsageError(
                 f"GCS_TEST_BUCKET={self.location.uri()}: the Application Default Credentials "
-                f"were refused ({_one_line(error, 120)}); run "
+                f"were refused ({one_line(error, 120)}); run "
                 "`gcloud auth application-default login` or set "
                 "GOOGLE_APPLICATION_CREDENTIALS=/path/key.json"
             ) from None
@@ -478,7 +223,7 @@ class GcsDestination:
 
         A storage error becomes a TransferError naming the first failure and what is left
         (see _put and remove); an interrupt propagates as itself, with what is left noted
-        for the run's last line (_cleanup).
+        for the run's last line (runtime.cleanup).
         """
         if not run_prefix:
             raise ValueError("put() needs a run prefix")
@@ -486,7 +231,7 @@ class GcsDestination:
             existing = self.list_run(run_prefix)
         except Exception as error:
             raise TransferError(
-                f"{self.uri(run_prefix)}: could not list the run prefix ({_one_line(error)}); "
+                f"{self.uri(run_prefix)}: could not list the run prefix ({one_line(error)}); "
                 "nothing was uploaded"
             ) from None
         if existing:  # not this run's objects: never touched
@@ -500,7 +245,7 @@ class GcsDestination:
             raise
         except Exception as error:
             first = str(error) if isinstance(error, TransferError) else (
-                f"{self.uri(run_prefix)}: upload failed ({_one_line(error)}); "
+                f"{self.uri(run_prefix)}: upload failed ({one_line(error)}); "
                 f"no {MARKER_NAME} marker was written"
             )  # fmt: skip
             left = self._discard(run_prefix)
@@ -531,8 +276,8 @@ class GcsDestination:
         from tqdm.utils import CallbackIOWrapper
 
         open_file = opener or (lambda path: path.open("rb"))
-        manifest = _manifest(files)
-        with _progress(sum(m["size"] for m in manifest.values()), "upload") as bar:
+        manifest = file_manifest(files)
+        with progress_bar(sum(m["size"] for m in manifest.values()), "upload") as bar:
 
             def upload(path: Path, cancel: threading.Event) -> None:
                 blob = self.bucket.blob(
@@ -543,7 +288,7 @@ class GcsDestination:
                         # if_generation_match=0 (create only) makes the upload idempotent,
                         # so retrying a transient error cannot overwrite anything.
                         blob.upload_from_file(
-                            CallbackIOWrapper(_cancellable(bar.update, cancel), handle, "read"),
+                            CallbackIOWrapper(cancellable(bar.update, cancel), handle, "read"),
                             size=manifest[path.name]["size"],
                             checksum="crc32c",
                             if_generation_match=0,
@@ -551,15 +296,15 @@ class GcsDestination:
                             retry=self._retry(),
                         )
                 except Exception as error:
-                    if cancel.is_set() and _is_cancelled(error):
+                    if cancel.is_set() and is_cancelled(error):
                         raise Cancelled(path.name) from None
                     raise TransferError(
                         f"{self.uri(run_prefix)}/{path.name}: upload of {path} failed "
-                        f"({_one_line(error)}); no {MARKER_NAME} marker was written"
+                        f"({one_line(error)}); no {MARKER_NAME} marker was written"
                     ) from error
                 self._verify(blob, manifest[path.name])
 
-            _in_parallel(upload, files)
+            in_parallel(upload, files)
         marker = self.bucket.blob(self.location.key(run_prefix, MARKER_NAME))
         marker.upload_from_string(
             json.dumps({"files": manifest}),
@@ -594,7 +339,7 @@ class GcsDestination:
             ) from None
         except (ValueError, KeyError, TypeError) as error:
             raise TransferError(
-                f"{self.uri(run_prefix)}/{MARKER_NAME}: unreadable marker ({_one_line(error)})"
+                f"{self.uri(run_prefix)}/{MARKER_NAME}: unreadable marker ({one_line(error)})"
             ) from None
 
     def fetch(self, run_prefix: str, into: Path) -> list[Path]:
@@ -605,7 +350,7 @@ class GcsDestination:
             raise
         except Exception as error:
             raise TransferError(
-                f"{self.uri(run_prefix)}: download failed ({_one_line(error)})"
+                f"{self.uri(run_prefix)}: download failed ({one_line(error)})"
             ) from None
 
     def _fetch(self, run_prefix: str, into: Path) -> list[Path]:
@@ -620,7 +365,7 @@ class GcsDestination:
 
         manifest = self.read_marker(run_prefix)
         into.mkdir(parents=True, exist_ok=True)
-        with _progress(sum(m["size"] for m in manifest.values()), "download") as bar:
+        with progress_bar(sum(m["size"] for m in manifest.values()), "download") as bar:
 
             def download(name: str, cancel: threading.Event) -> Path:
                 blob = self.bucket.blob(self.location.key(run_prefix, name))
@@ -629,7 +374,7 @@ class GcsDestination:
                     self._verify(blob, manifest[name])
                     with target.open("wb") as handle:
                         blob.download_to_file(
-                            CallbackIOWrapper(_cancellable(bar.update, cancel), handle, "write"),
+                            CallbackIOWrapper(cancellable(bar.update, cancel), handle, "write"),
                             checksum="crc32c",
                             timeout=self.request_timeout,
                             retry=self._retry(),
@@ -641,10 +386,10 @@ class GcsDestination:
                 except TransferError:
                     raise
                 except Exception as error:
-                    if cancel.is_set() and _is_cancelled(error):
+                    if cancel.is_set() and is_cancelled(error):
                         raise Cancelled(name) from None
                     raise TransferError(
-                        f"{self.uri(run_prefix)}/{name}: download failed ({_one_line(error)})"
+                        f"{self.uri(run_prefix)}/{name}: download failed ({one_line(error)})"
                     ) from None
                 local = {"size": target.stat().st_size, "crc32c": crc32c_of_file(target)}
                 if local != manifest[name]:
@@ -655,7 +400,7 @@ class GcsDestination:
                     )
                 return target
 
-            return _in_parallel(download, sorted(manifest))
+            return in_parallel(download, sorted(manifest))
 
     def list_run(
         self, run_prefix: str, *, timeout: float | None = None, retry: Any = ...
@@ -679,7 +424,7 @@ class GcsDestination:
         """Delete the run's objects (the marker first, so a partial run never looks whole).
 
         Bounded and quiet, as cleanup after a failure must be: it never raises, and what
-        it could not delete is noted for the run's last line (see _cleanup).
+        it could not delete is noted for the run's last line (see runtime.cleanup).
         """
         left = self._discard(run_prefix)
         if left and left not in self._told:
@@ -708,7 +453,7 @@ class GcsDestination:
                     raise TimeoutError(f"removal stopped after {FAILURE_PATH_BUDGET_SECONDS:.0f} s")
                 self._delete(name)
         except Exception as error:
-            self._unanswered = _one_line(error, 120)
+            self._unanswered = one_line(error, 120)
             return self._left(where, names, self._unanswered)
         return ""
 
@@ -732,36 +477,14 @@ class GcsDestination:
         )
 
 
-def _cancellable(update: Callable[[int], Any], cancel: threading.Event) -> Callable[[int], Any]:
-    """A progress callback that stops its transfer at the next chunk once `cancel` is set."""
-
-    def callback(count: int) -> Any:
-        if cancel.is_set():
-            raise Cancelled("another transfer failed or the run was interrupted")
-        return update(count)
-
-    return callback
-
-
-def _is_cancelled(error: BaseException | None) -> bool:
-    while error is not None:
-        if isinstance(error, Cancelled):
-            return True
-        error = error.__cause__ or error.__context__
-    return False
-
-
-# --- the embedded GCS server -----------------------------------------------------------
-
-
 @contextlib.contextmanager
 def embedded_gcs_server(scratch_root: Path | None = None) -> Iterator[str]:
-    """Start the embedded GCS server (see _gcs_server) and yield its endpoint.
+    """Start the embedded GCS server (see storage.embedded.server) and yield its endpoint.
 
     fake-gcs-server behind an HTTPS front on 127.0.0.1, objects on disk under a
     `dlckpt-gcs-*` folder in `scratch_root` (default: the temp folder). While the block
     runs, this process (and what it starts) has STORAGE_EMULATOR_HOST plus the variables
-    that send TensorFlow's own GCS filesystem there (_gcs_server.tensorflow_env); they are
+    that send TensorFlow's own GCS filesystem there (embedded.server.tensorflow_env); they are
     restored on exit, and the server is stopped with its storage removed.
     """
     from dlckpt.storage.embedded.server import applied, embedded_gcs
