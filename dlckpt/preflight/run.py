@@ -15,9 +15,10 @@ from typing import Any
 from omegaconf import DictConfig
 
 from dlckpt.errors import EXIT_PASSED, EXIT_PREFLIGHT, PreflightRefusal
-from dlckpt.estimate.estimator import estimate
+from dlckpt.estimate.estimator import EstimateResult, estimate
 from dlckpt.estimate.fit import fit_budget
 from dlckpt.preflight.locations import (
+    Location,
     check_locations,
     configured_fit_line,
     configured_locations,
@@ -45,7 +46,7 @@ def estimate_and_preflight(
     report: dict[str, Any] | None = None,
     say: Callable[[str], None] = print,
     tested_line: str | None = None,
-) -> Any:
+) -> EstimateResult:
     """Estimate the checkpoint (measured, cached or formula), show where its bytes go, refuse.
 
     Production answers first: the line saying whether the configured buffer's checkpoint
@@ -68,34 +69,14 @@ def estimate_and_preflight(
     result = estimate(cfg, tested_buffer=tested_buffer, scratch_root=scratch_root, say=say)
     _say_headlines(result, say, tested_line)
     processes = int(cfg.estimate.get("processes_per_host") or 1)
-    configured = check_locations(configured_locations(result, processes))
     separate = scenario != "full" or result.tested_buffer != result.original_buffer
     estimate_only = getattr(args, "estimate_only", False)
-    if estimate_only and separate:
-        say(
-            f"Where the configured buffer's checkpoint goes ({result.original_buffer:,} "
-            "elements, what training saves):"
-        )
-        say(locations_table(configured))
-    say(configured_fit_line(configured, result))
+    configured = _say_configured_answer(result, processes, say, table=estimate_only and separate)
     production = {
         "configured_locations": [row.report() for row in configured],
         "configured_fits": all(row.ok for row in configured),
     }
-    rows = locations(result) if locations is not None else None
-    rows = check_locations(rows if rows is not None else scenario_locations(scenario, result))
-    if separate and estimate_only:
-        say(
-            f"The folders a test run would fill (buffer {result.tested_buffer:,}; "
-            "--estimate-only fills none):"
-        )
-    elif separate:
-        say(f"The folders this run fills (buffer {result.tested_buffer:,}):")
-    say(locations_table(rows))
-    _, _, tmp_warning = tf_temp_dir()
-    if tmp_warning:
-        say(f"⚠ {tmp_warning}")
-    result.locations = [row.report() for row in rows]
+    rows = _say_run_rows(result, scenario, locations, say, separate, estimate_only)
     if getattr(args, "fit_budget", None) is not None:
         tightest = tightest_budget(configured) // processes
         ram_limit = ram_buffer_limit(configured, result)
@@ -115,6 +96,48 @@ def estimate_and_preflight(
     if report is not None:
         report.update({**estimate_report(result), **production})
     return result
+
+
+def _say_configured_answer(
+    result: EstimateResult, processes: int, say: Callable[[str], None], *, table: bool
+) -> list[Location]:
+    """The production answer: does the configured buffer's checkpoint (what training saves,
+    `processes` of them per host) fit where the job writes; its table when `table`."""
+    configured = check_locations(configured_locations(result, processes))
+    if table:
+        say(
+            f"Where the configured buffer's checkpoint goes ({result.original_buffer:,} "
+            "elements, what training saves):"
+        )
+        say(locations_table(configured))
+    say(configured_fit_line(configured, result))
+    return configured
+
+
+def _say_run_rows(
+    result: EstimateResult,
+    scenario: str,
+    locations: Callable[[Any], list[Any]] | None,
+    say: Callable[[str], None],
+    separate: bool,
+    estimate_only: bool,
+) -> list[Location]:
+    """The folders this run fills (or would, with --estimate-only), checked and printed."""
+    rows = locations(result) if locations is not None else None
+    rows = check_locations(rows if rows is not None else scenario_locations(scenario, result))
+    if separate and estimate_only:
+        say(
+            f"The folders a test run would fill (buffer {result.tested_buffer:,}; "
+            "--estimate-only fills none):"
+        )
+    elif separate:
+        say(f"The folders this run fills (buffer {result.tested_buffer:,}):")
+    say(locations_table(rows))
+    _, _, tmp_warning = tf_temp_dir()
+    if tmp_warning:
+        say(f"⚠ {tmp_warning}")
+    result.locations = [row.report() for row in rows]
+    return rows
 
 
 def _budget_arg(args: argparse.Namespace) -> int | None:

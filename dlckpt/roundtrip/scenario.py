@@ -404,87 +404,134 @@ def run_round_trip(
     resumed training job does (`expected_bytes`, the estimate, goes into the line for a
     save that runs out of room where TensorFlow stages it).
     """
-    from dlckpt.pipeline.robot import instantiate_dataset
-
     dataloader_cfg: dict[str, Any] = OmegaConf.to_container(cfg.dataloader, resolve=True)  # type: ignore[assignment]
-    outcome = RoundTripOutcome()
     scratch = Path(tempfile.mkdtemp(prefix=f"{run_prefix}-", dir=scratch_root))
-    run = _RoundTrip(cfg, dataloader_cfg, outcome, scratch, say)
-    save_dir = checkpoint_dir if checkpoint_dir is not None else scratch / "checkpoint"
-    uploaded = False
+    run = _RoundTrip(cfg, dataloader_cfg, RoundTripOutcome(), scratch, say)
+    held = _RunPrefix(destination, run_prefix)
     try:
-        dataset = instantiate_dataset(cfg.dataloader)
-        _name_risks(run, dataset)
-        iterator = iter(dataset)
-        _fill(run, iterator)
         if tensorflow_gcs and isinstance(destination, GcsDestination):
-            uploaded = True  # TensorFlow writes under the run prefix from here on
-            on_gcs = _save_to_gcs(run, iterator, destination, run_prefix, expected_bytes)
-            if on_gcs is None:
-                uploaded = False  # nothing is left under the run prefix
-                return outcome
-            _read_expected(run, iterator)
-            del iterator, dataset  # one live iterator at a time
-            _restore_and_compare(run, "bucket (gs://, TensorFlow's filesystem)", on_gcs.prefix)
-            _say_risks_checked(run)
-            return outcome
-        saved = _save(run, iterator, save_dir, disk_full_hint)
-        if saved is None:
-            return outcome
-        outcome.checkpoint_bytes, outcome.checkpoint_files = saved.bytes, saved.files
-        outcome.save_seconds = saved.save_seconds
-        outcome.checkpoint_uri = str(saved.prefix.parent)
-        if checkpoint_dir is not None:
-            outcome.staged_path = str(checkpoint_dir)
-        say(
-            f"✓ Saved the iterator after {cfg.roundtrip.batches_before_save} batches into "
-            f"{saved.prefix.parent}: {saved.files} files, {format_bytes(saved.bytes)} "
-            f"in {saved.save_seconds:.1f} s"
-        )
-        _read_expected(run, iterator)
-        del iterator, dataset  # one live iterator at a time (cache files, readers)
-
-        if (compare_before_upload or destination is None) and not _restore_and_compare(
-            run, "saved copy", saved.prefix
-        ):
-            return outcome
-        if destination is not None:
-            files = sorted(saved.prefix.parent.iterdir())
-            uploaded = True
-            try:
-                destination.put(files, run_prefix)
-            except TransferError:
-                uploaded = False
-                destination.remove(run_prefix)  # no marker: the objects are of no use
-                raise
-            _upload_and_compare(run, destination, saved, run_prefix)
-        _say_risks_checked(run)
-        return outcome
+            _trip_through_tensorflow_gcs(run, held, destination, expected_bytes)
+        else:
+            save_dir = checkpoint_dir if checkpoint_dir is not None else scratch / "checkpoint"
+            _trip_through_a_saved_copy(
+                run, held, save_dir, checkpoint_dir is not None, compare_before_upload,
+                disk_full_hint,
+            )  # fmt: skip
     except TransferError as error:
-        outcome.failure = f"TRANSFER FAILED: {error}"
-        return outcome
+        run.outcome.failure = f"TRANSFER FAILED: {error}"
     except KeyboardInterrupt:
-        outcome.failure = "interrupted"
-        if uploaded and destination is not None:
-            destination.remove(run_prefix)
+        held.interrupted = True
+        held.remove()
         raise
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-        if uploaded and destination is not None and outcome.failure is None:
-            if keep and getattr(destination, "ephemeral", False):
-                say("--keep: the embedded server's copy goes when it stops; set GCS_TEST_BUCKET")
-            elif keep:
-                say(f"Kept {outcome.checkpoint_uri} (--keep)")
-            else:
-                destination.remove(run_prefix)
-        elif (
-            uploaded
-            and outcome.failure not in (None, "interrupted")
-            and not getattr(destination, "ephemeral", False)
-        ):
-            outcome.notes.append(
-                f"the checkpoint is kept for inspection at {outcome.checkpoint_uri}"
-            )
+        _release(run, held, keep)
+    return run.outcome
+
+
+@dataclass
+class _RunPrefix:
+    """The run's objects under `run_prefix` at the destination, and what may remove them.
+
+    `written` is True from the moment something may exist under the prefix; only then
+    is it removed (after a pass unless --keep, after an interrupt, after a failed upload).
+    """
+
+    destination: Destination | None
+    run_prefix: str
+    written: bool = False
+    interrupted: bool = False
+
+    def remove(self) -> None:
+        if self.written and self.destination is not None:
+            self.destination.remove(self.run_prefix)
+
+
+def _open_and_fill(run: _RoundTrip) -> tuple[Any, Any]:
+    """Build the pipeline, name its risks, plan the window and fill the buffers."""
+    from dlckpt.pipeline.robot import instantiate_dataset
+
+    dataset = instantiate_dataset(run.cfg.dataloader)
+    _name_risks(run, dataset)
+    iterator = iter(dataset)
+    _fill(run, iterator)
+    return dataset, iterator
+
+
+def _trip_through_tensorflow_gcs(
+    run: _RoundTrip, held: _RunPrefix, destination: GcsDestination, expected_bytes: int
+) -> None:
+    """TensorFlow saves straight to gs://<run prefix>/iterator; a new process restores there."""
+    dataset, iterator = _open_and_fill(run)
+    held.written = True  # TensorFlow writes under the run prefix from here on
+    on_gcs = _save_to_gcs(run, iterator, destination, held.run_prefix, expected_bytes)
+    if on_gcs is None:
+        held.written = False  # nothing is left under the run prefix
+        return
+    _read_expected(run, iterator)
+    del iterator, dataset  # one live iterator at a time
+    _restore_and_compare(run, "bucket (gs://, TensorFlow's filesystem)", on_gcs.prefix)
+    _say_risks_checked(run)
+
+
+def _trip_through_a_saved_copy(
+    run: _RoundTrip,
+    held: _RunPrefix,
+    save_dir: Path,
+    staged: bool,
+    compare_before_upload: bool,
+    disk_full_hint: str,
+) -> None:
+    """Save into `save_dir`, compare that copy, and/or upload, fetch back and compare."""
+    dataset, iterator = _open_and_fill(run)
+    saved = _save(run, iterator, save_dir, disk_full_hint)
+    if saved is None:
+        return
+    outcome = run.outcome
+    outcome.checkpoint_bytes, outcome.checkpoint_files = saved.bytes, saved.files
+    outcome.save_seconds = saved.save_seconds
+    outcome.checkpoint_uri = str(saved.prefix.parent)
+    if staged:
+        outcome.staged_path = str(save_dir)
+    run.say(
+        f"✓ Saved the iterator after {run.cfg.roundtrip.batches_before_save} batches into "
+        f"{saved.prefix.parent}: {saved.files} files, {format_bytes(saved.bytes)} "
+        f"in {saved.save_seconds:.1f} s"
+    )
+    _read_expected(run, iterator)
+    del iterator, dataset  # one live iterator at a time (cache files, readers)
+    destination = held.destination
+    if (compare_before_upload or destination is None) and not _restore_and_compare(
+        run, "saved copy", saved.prefix
+    ):
+        return
+    if destination is not None:
+        held.written = True
+        try:
+            destination.put(sorted(saved.prefix.parent.iterdir()), held.run_prefix)
+        except TransferError:
+            held.remove()  # no marker: the objects are of no use
+            held.written = False
+            raise
+        _upload_and_compare(run, destination, saved, held.run_prefix)
+    _say_risks_checked(run)
+
+
+def _release(run: _RoundTrip, held: _RunPrefix, keep: bool) -> None:
+    """After the run: remove the run prefix after a pass (unless --keep), or say it is kept."""
+    outcome, destination = run.outcome, held.destination
+    if not held.written or destination is None or held.interrupted:
+        return
+    ephemeral = getattr(destination, "ephemeral", False)
+    if outcome.failure is None:
+        if keep and ephemeral:
+            run.say("--keep: the embedded server's copy goes when it stops; set GCS_TEST_BUCKET")
+        elif keep:
+            run.say(f"Kept {outcome.checkpoint_uri} (--keep)")
+        else:
+            held.remove()
+    elif not ephemeral:
+        outcome.notes.append(f"the checkpoint is kept for inspection at {outcome.checkpoint_uri}")
 
 
 def round_trip_report(outcome: RoundTripOutcome) -> dict[str, Any]:
