@@ -146,6 +146,10 @@ class GcsDestination:
     (remove) is bounded instead: FAILURE_PATH_TIMEOUT_SECONDS a request, no retries,
     FAILURE_PATH_BUDGET_SECONDS in all; once the endpoint has not answered, later
     cleanup calls do not wait for it again.
+
+    Larger than the house's ~200 lines on purpose: upload, verify, fetch and cleanup share
+    the one client, its retry and timeouts, and the record of which run prefixes this run
+    created (cleanup may remove only those); the pieces with no such state are in transfer.py.
     """
 
     def __init__(
