@@ -20,28 +20,58 @@ from dlckpt.runtime.tf_import import import_tensorflow
 CHECKPOINT_NAME = "iterator"
 
 
-class UnsaveablePipeline(Exception):
-    """TensorFlow refused to serialize the iterator; names the op and what to do instead."""
+def unsaveable_errors(tf: Any) -> tuple[type[Exception], ...]:
+    """The errors TensorFlow raises for an iterator it cannot serialize: FailedPrecondition
+    for a stateful op, Unimplemented for a dataset with no checkpoint support (a generator,
+    the copy under prefetch_to_device)."""
+    return (tf.errors.FailedPreconditionError, tf.errors.UnimplementedError)
 
-    def __init__(self, op: str, detail: str) -> None:
+
+class UnsaveablePipeline(Exception):
+    """TensorFlow refused to serialize the iterator; names the op (and, where it can be
+    told, the transformation the user wrote) and a fix that works for it."""
+
+    def __init__(self, op: str, detail: str, transformation: str | None = None) -> None:
         self.op = op
         self.detail = detail
-        super().__init__(
-            f"TensorFlow cannot save this pipeline's iterator: op {op} is stateful "
-            f"(its state lives outside the dataset, so a resume could not reproduce it); {detail}"
-        )
+        self.transformation = transformation
+        if transformation is not None:
+            text = (
+                f"TensorFlow cannot save this pipeline's iterator: {transformation} keeps "
+                f"state outside the dataset (op {op}), so a resume could not reproduce it; "
+                f"{detail}"
+            )
+        else:
+            text = (
+                f"TensorFlow cannot save this pipeline's iterator: op {op} is stateful (its "
+                f"state lives outside the dataset, so a resume could not reproduce it); {detail}"
+            )
+        super().__init__(text)
 
     @classmethod
     def from_tf_error(cls, error: Exception) -> UnsaveablePipeline:
         from dlckpt.pipeline.risks import ADVICE, generic_advice, stateful_kind
 
-        match = re.search(r"(\w+) is stateful", str(error))
+        text = str(error)
+        match = re.search(r"(\w+) is stateful", text) or re.search(
+            r"(\w+) does not support checkpointing", text
+        )
         if match is None:
-            said = " ".join(str(error).split())[:200]
+            said = " ".join(text.split())[:200]
             return cls("unknown", f"TensorFlow said: {said}; {generic_advice('the stateful op')}")
         op = match.group(1)
-        kind = stateful_kind(op)
+        kind = "py" if op == "GeneratorDataset" else stateful_kind(op)
         return cls(op, ADVICE[kind] if kind else generic_advice(op))
+
+    def naming(self, dataset: Any) -> UnsaveablePipeline:
+        """The same refusal, naming the transformation in `dataset` that holds the op and
+        its own fix, where that can be told (else self)."""
+        from dlckpt.pipeline.risks import TRANSFORMATION_FIXES, unsaveable_transformation
+
+        found = unsaveable_transformation(dataset, self.op)
+        if found is None:
+            return self
+        return UnsaveablePipeline(self.op, TRANSFORMATION_FIXES[found], found)
 
 
 @dataclass
@@ -60,7 +90,7 @@ def save_iterator(iterator: Any, directory: Path) -> SavedCheckpoint:
     started = time.perf_counter()
     try:
         checkpoint.write(str(directory / CHECKPOINT_NAME))
-    except tf.errors.FailedPreconditionError as error:
+    except unsaveable_errors(tf) as error:
         raise UnsaveablePipeline.from_tf_error(error) from None
     seconds = time.perf_counter() - started
     files = [p for p in directory.iterdir() if p.name.startswith(CHECKPOINT_NAME)]

@@ -88,3 +88,47 @@ def test_a_pipeline_shorter_than_the_test_is_exit_2_with_the_counts(tmp_path: Pa
     result, data = _run_case("c15", tmp_path, "roundtrip.batches_before_save=0")
     assert result.returncode == 0, result.stdout + result.stderr
     assert data["verification"]["batches_compared"] == 1
+
+
+@pytest.mark.slow
+def test_an_unseeded_file_shuffle_under_interleave_cannot_pass(tmp_path: Path):
+    """c22: a TFDS-style reader whose file list is shuffled without a seed. The compared
+    window matches, but the next pass over the files draws another order: never a pass."""
+    result, data = _run_case("c22", tmp_path)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "✓ ALL TESTS PASSED" not in result.stdout
+    [line] = [line for line in result.stdout.splitlines() if line.startswith("✗ ")]
+    assert line.startswith("✗ CANNOT VERIFY AN EXACT RESUME: the "), line
+    assert "but Shuffle without a seed feeding ParallelInterleave(" in line
+    assert "under a repeat" in line
+    assert "list_files(..., seed=N)" in line and "ReadConfig(shuffle_seed=N)" in line
+    assert data["passed"] is False and data["exit_code"] == 1
+    assert any(r["kind"] == "unseeded_shuffle" for r in data["verification"]["risks"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("name", "transformation", "fix"),
+    [
+        ("c24", "rejection_resample", "passing it a seed does not make it saveable"),
+        ("c27", "scan", "carry the value in scan's own state"),
+        ("c31", "prefetch_to_device", "end it with a plain prefetch(...)"),
+    ],
+)
+def test_an_unsaveable_transformation_is_named_with_a_fix_that_works_for_it(
+    name: str, transformation: str, fix: str, tmp_path: Path
+):
+    """Whatever TensorFlow raises for it (FailedPrecondition for a stateful op,
+    Unimplemented for prefetch_to_device's generator): exit 1, the transformation the user
+    wrote and its own fix, and no "FITS … writes" line for a checkpoint that cannot exist."""
+    result, data = _run_case(name, tmp_path)
+    assert result.returncode == 1, result.stdout + result.stderr
+    last = result.stdout.rstrip().splitlines()[-1]
+    assert last.startswith(
+        f"✗ CHECKPOINT CANNOT BE SAVED: TensorFlow cannot save this pipeline's iterator: "
+        f"{transformation} keeps state outside the dataset (op "
+    ), last
+    assert fix in last and "stateless_* with" not in last and "with the model" not in last
+    assert "THE CONFIGURED BUFFER FITS" not in result.stdout
+    assert "⚠ NO CHECKPOINT CAN BE WRITTEN: TensorFlow refuses to save" in result.stdout
+    assert data["passed"] is False and data["exit_code"] == 1

@@ -94,6 +94,9 @@ class EstimateResult:
     cache_key: str | None = None
     # Filled by cross_check after each real save: the report's `cross_checks`.
     cross_checks: list[dict[str, Any]] = field(default_factory=list)
+    # Why TensorFlow refused to save the pipeline while calibrating (None: it saved): no
+    # checkpoint can be written, so no buffer "fits"; the figures are the formula's.
+    unsaveable: str | None = None
 
     @property
     def uncertainty(self) -> float | None:
@@ -239,8 +242,9 @@ class EstimateResult:
 
 def _calibration_for(
     cfg: Any, scratch_root: Path | None, say: Callable[[str], None]
-) -> tuple[Calibration | None, bool, str | None]:
-    """(calibration or None when TensorFlow cannot save the pipeline, cached?, cache key)."""
+) -> tuple[Calibration | None, bool, str | None, str | None]:
+    """(calibration or None when TensorFlow cannot save the pipeline, cached?, cache key,
+    why TensorFlow cannot save it or None)."""
     from dlckpt.ckpt_io import UnsaveablePipeline
     from dlckpt.estimate.cache import config_hash, load_cached, store_cached
     from dlckpt.estimate.calibrate import calibrate
@@ -250,7 +254,7 @@ def _calibration_for(
     use_cache = bool(cfg.estimate.get("cache", True))
     calibration = load_cached(key) if use_cache else None
     if calibration is not None:
-        return calibration, True, key
+        return calibration, True, key, None
     say(
         f"Measuring the checkpoint size: whole-pipeline saves at buffers {settings.buffer_sizes}, "
         f"isolated shuffle-buffer saves sampled up to {max(settings.offsets):,} elements in "
@@ -261,10 +265,10 @@ def _calibration_for(
     except UnsaveablePipeline as error:
         # No checkpoint to measure: the formula stands, the round trip reports why.
         say(f"  cannot measure: {error}")
-        return None, False, None
+        return None, False, None, str(error)
     if use_cache:
         store_cached(key, calibration)
-    return calibration, False, key if use_cache else None
+    return calibration, False, key if use_cache else None, None
 
 
 def estimate(
@@ -282,8 +286,8 @@ def estimate(
     original = shuffle_buffer_size(cfg)
     tested = tested_buffer or original
     hosts = estimate_settings(cfg.estimate).num_hosts
-    calibration, cached, key = (
-        _calibration_for(cfg, scratch_root, say) if measure else (None, False, None)
+    calibration, cached, key, unsaveable = (
+        _calibration_for(cfg, scratch_root, say) if measure else (None, False, None, None)
     )
     sample_bytes = cfg.estimate.get("bytes_per_sample")
     source = "estimate.bytes_per_sample"
@@ -312,6 +316,7 @@ def estimate(
         formula_overhead=overhead,
         cached=cached,
         cache_key=key,
+        unsaveable=unsaveable,
     )
     if calibration is None:
         return result

@@ -48,6 +48,12 @@ _PY_OPS = {"PyFunc", "EagerPyFunc", "PyFuncStateless"}
 
 # Advice by kind: what to use instead. The round trip's save error uses the same table.
 ADVICE = {
+    "shuffle_seed": (
+        "a shuffle built inside a function passed to flat_map / interleave / Dataset.load's "
+        "reader_func holds a seed generator the iterator checkpoint cannot hold, with a seed "
+        "or without; shuffle outside the function instead (after the flat_map / interleave, "
+        "or the file list before it), with shuffle(..., seed=N)"
+    ),
     "generator": (
         "tf.random.Generator keeps its state in a variable outside the dataset, which the "
         "iterator checkpoint cannot hold; draw with tf.random.stateless_* and a seed derived "
@@ -79,8 +85,79 @@ ADVICE = {
 }
 
 
+# Transformations whose state TensorFlow cannot save, named as the user wrote them, and a
+# fix that works for each (the op's own advice would not: rejection_resample's seed does not
+# make it saveable, and a scan's variable cannot move to the model).
+TRANSFORMATION_FIXES = {
+    "prefetch_to_device": (
+        "leave prefetch_to_device (and copy_to_device, built on a generator that cannot be "
+        "checkpointed) out of the pipeline whose iterator is saved: end it with a plain "
+        "prefetch(...) and copy each batch to the device in the train step (or let the "
+        "distribution strategy do it)"
+    ),
+    "rejection_resample": (
+        "rejection_resample draws its accept/reject decisions with a stateful random op "
+        "inside TensorFlow's own filter, so passing it a seed does not make it saveable; "
+        "resample with stateless draws keyed on the element instead, e.g. filter(lambda e: "
+        "tf.random.stateless_uniform([], seed=tf.stack([SEED, e['index']])) < keep[label]), "
+        "or mix per-class datasets with sample_from_datasets(weights, seed=...)"
+    ),
+    "scan": (
+        "scan's function updates a tf.Variable, which lives outside the dataset and cannot "
+        "be saved with the iterator; carry the value in scan's own state instead: "
+        "scan(initial_state, lambda state, x: (new_state, output)), e.g. a count as "
+        "state + 1"
+    ),
+}
+
+
+def unsaveable_transformation(dataset: Any, op: str) -> str | None:
+    """The key in TRANSFORMATION_FIXES of the transformation in `dataset` that holds `op`
+    (a stateful op, or a dataset TensorFlow cannot checkpoint), or None if none is known."""
+    if _python_chain_has(dataset, ("CopyToDevice", "PrefetchToDevice")):
+        return "prefetch_to_device"
+    try:
+        graph_def = _graph_def(dataset)
+    except Exception:  # a graph TensorFlow cannot serialize: nothing more to tell
+        return None
+    ops_by_function = _function_ops(graph_def.library)
+    for node in graph_def.node:
+        for function in _functions_of(node):
+            found = _transformation_of(node, function, op)
+            if op in ops_by_function.get(function, ()) and found is not None:
+                return found
+    return None
+
+
+def _transformation_of(node: Any, function: str, op: str) -> str | None:
+    """The TRANSFORMATION_FIXES key for `op` run by `function` of graph `node`, if known."""
+    # TensorFlow's rejection_resample filters with its own `_reject` function.
+    if node.op.startswith("Filter") and "_reject" in function:
+        return "rejection_resample"
+    if node.op.startswith("Scan") and stateful_kind(op) == "variable":
+        return "scan"
+    return None
+
+
+def _python_chain_has(dataset: Any, fragments: tuple[str, ...], depth: int = 0) -> bool:
+    """Whether a dataset object of a type named with one of `fragments` feeds `dataset`."""
+    if depth > 200 or dataset is None:
+        return False
+    if any(fragment in type(dataset).__name__ for fragment in fragments):
+        return True
+    inputs: list[Any] = getattr(dataset, "_inputs", lambda: [])()
+    return any(_python_chain_has(i, fragments, depth + 1) for i in inputs)
+
+
+# The seed generators a shuffle makes: inside a function (flat_map, interleave, a load
+# reader) TensorFlow cannot save them, seeded or not (tests/test_graph_shuffles.py).
+_SEED_GENERATOR_OPS = {"DummySeedGenerator", "AnonymousSeedGenerator", "SeedGenerator"}
+
+
 def stateful_kind(op: str) -> str | None:
     """The kind of a stateful op type ("generator", "random", ...), or None."""
+    if op in _SEED_GENERATOR_OPS:
+        return "shuffle_seed"
     for kind, ops in (
         ("generator", _GENERATOR_OPS),
         ("random", _RANDOM_OPS),
@@ -112,6 +189,9 @@ class Risk:
     where: str
     why: str
     fix: str
+    # True when no comparison this run makes can reach the divergence (a shuffle that draws
+    # a new order at a pass the window cannot reach): the run cannot end in a pass.
+    unverifiable: bool = False
 
     def line(self) -> str:
         return f"{self.where}: {self.why}; {self.fix}"
@@ -132,6 +212,9 @@ class PipelineAnalysis:
     elements_per_batch: int = 1
     # Output batches per epoch when a repeat re-runs a reshuffling shuffle (else None).
     epoch_batches: int | None = None
+    # Graph nodes the buffer walk judged (the line from the output back, up to where one
+    # input makes an unknown number of outputs); the whole-graph scan judges the rest.
+    walked: set[str] = field(default_factory=set)
     notes: list[str] = field(default_factory=list)
     checked: list[str] = field(default_factory=list)
 
@@ -251,7 +334,10 @@ def _stateful_op_risks(graph_def: Any, policy: str) -> Iterable[Risk]:
                     else f"the checkpoint skips its state (external-state policy {policy}), "
                     "so a restored iterator computes different values"
                 )
-                yield Risk("stateful_op", f"{_where(node)} uses {op}", consequence, ADVICE[kind])
+                transformation = _transformation_of(node, function, op)
+                fix = TRANSFORMATION_FIXES[transformation] if transformation else ADVICE[kind]
+                where = f"{transformation or _where(node)} uses {op}"
+                yield Risk("stateful_op", where, consequence, fix)
 
 
 def _shuffle_facts(nodes: dict[str, Any], node: Any) -> tuple[int | None, bool, bool]:
@@ -313,10 +399,97 @@ def analyze(dataset: Any) -> PipelineAnalysis:
         "deterministic=False on parallel ops and in options",
         f"external-state policy ({policy})",
         "stateful ops in the pipeline's functions",
-        "shuffle seeds across epochs",
+        "shuffle seeds across epochs, anywhere in the graph",
     ]
     _walk_buffers(dataset, graph_def, nodes, analysis)
+    analysis.risks.extend(_redrawing_shuffle_risks(graph_def, analysis.walked))
+    for risk in analysis.risks:
+        if risk.kind == "unseeded_shuffle" and analysis.epoch_batches is None:
+            risk.unverifiable = True  # no window can be planned to its next draw
     return analysis
+
+
+SHUFFLE_SEED_FIX = (
+    "give that shuffle a seed: shuffle(..., seed=N), list_files(..., seed=N), TFDS "
+    "ReadConfig(shuffle_seed=N), or tf.random.set_seed(N) before building the pipeline"
+)
+
+
+def _redrawing_shuffle_risks(graph_def: Any, walked: set[str]) -> list[Risk]:
+    """Unseeded reshuffling shuffles the buffer walk did not judge, anywhere in the graph.
+
+    Every input of every dataset node is followed (zip, sample_from_datasets /
+    choose_from_datasets, the input side of interleave), and every function a node carries
+    (interleave / flat_map / Dataset.load reader functions) is read for the datasets it
+    builds. A shuffle draws a new order when a repeat above it starts a new pass, or, inside
+    a function, at every call: from seeds the iterator checkpoint does not hold.
+    """
+    nodes = {node.name: node for node in graph_def.node}
+    functions = {f.signature.name: f for f in graph_def.library.function}
+    output = next((n for n in graph_def.node if n.op == "_Retval"), None)
+    if output is None or not output.input:
+        return []
+    risks: list[Risk] = []
+    seen: set[tuple[str, bool]] = set()
+    read_functions: set[str] = set()
+    stack = [(output.input[0].split(":")[0], False, "the output")]
+    while stack:
+        name, repeat_above, consumer = stack.pop()
+        node = nodes.get(name)
+        if (name, repeat_above) in seen or node is None or "Dataset" not in node.op:
+            continue
+        seen.add((name, repeat_above))
+        if node.op.startswith("Shuffle") and name not in walked and repeat_above:
+            _, seeded, reshuffle = _shuffle_facts(nodes, node)
+            if reshuffle and not seeded:
+                risks.append(_redraw_risk(node, f"feeding {consumer} under a repeat"))
+        repeat_below = repeat_above or node.op.startswith("Repeat")
+        # A repeat is named by the clause "under a repeat": the consumer named is the next one.
+        label = consumer if node.op.startswith("Repeat") else _consumer_label(node)
+        inputs = [i.split(":")[0] for i in node.input if not i.startswith("^")]
+        stack += [(name, repeat_below, label) for name in inputs]
+        for function in _functions_of(node):
+            risks += _function_shuffle_risks(functions, function, _where(node), read_functions)
+    return risks
+
+
+def _consumer_label(node: Any) -> str:
+    """How a person wrote the node: the Python call where the op name hides it."""
+    if node.op.startswith("DirectedInterleave"):
+        return "sample_from_datasets / choose_from_datasets"
+    if node.op.startswith("Zip"):
+        return "zip"
+    return _where(node)
+
+
+def _function_shuffle_risks(
+    functions: dict[str, Any], name: str, caller: str, read: set[str]
+) -> list[Risk]:
+    """Unseeded reshuffling shuffles built inside `name` (and the functions it calls)."""
+    if name in read or name not in functions:
+        return []
+    read.add(name)
+    body = {node.name: node for node in functions[name].node_def}
+    risks = []
+    for node in functions[name].node_def:
+        if node.op.startswith("Shuffle"):
+            _, seeded, reshuffle = _shuffle_facts(body, node)
+            if reshuffle and not seeded:
+                risks.append(_redraw_risk(node, f"inside {caller}, built anew at every call"))
+        for called in [*_functions_of(node), *([node.op] if node.op in functions else [])]:
+            risks += _function_shuffle_risks(functions, called, caller, read)
+    return risks
+
+
+def _redraw_risk(node: Any, place: str) -> Risk:
+    return Risk(
+        "unseeded_shuffle",
+        f"{node.op.split('Dataset')[0]} without a seed {place}",
+        "it draws a new order at its next pass from seeds the iterator checkpoint does not "
+        "hold, so a resumed job reads its input in another order from then on",
+        SHUFFLE_SEED_FIX,
+        unverifiable=True,
+    )
 
 
 def _walk_buffers(
@@ -328,6 +501,7 @@ def _walk_buffers(
     for node in _main_chain(graph_def):
         if scale is None:
             break
+        analysis.walked.add(node.name)
         if node.op.startswith("Shuffle"):
             buffer, seeded, reshuffle = _shuffle_facts(nodes, node)
             if buffer is not None and buffer > 0:

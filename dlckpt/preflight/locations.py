@@ -193,6 +193,13 @@ def configured_locations(estimate: EstimateResult, processes: int = 1) -> list[L
 def configured_fit_line(rows: Sequence[Location], estimate: EstimateResult) -> str:
     """One line: does the configured buffer's checkpoint fit every location, and where."""
     buffer = f"shuffle_buffer_size {estimate.original_buffer:,}"
+    if estimate.unsaveable:
+        return (
+            f"⚠ NO CHECKPOINT CAN BE WRITTEN: TensorFlow refuses to save this pipeline's "
+            f"iterator, so no {buffer} fits or overflows anything; the sizes above are the "
+            "README's formula, not a measurement (the ✗ line of a test run names the "
+            "transformation and the fix)"
+        )
     failing = [row for row in rows if not row.ok]
     if not failing:
         room = " and ".join(

@@ -166,14 +166,14 @@ def _too_short(yielded: int, before: int) -> PipelineTooShort:
     )
 
 
-def _save(run: _RoundTrip, iterator: Any, save_dir: Path, disk_full_hint: str) -> Any:
+def _save(run: _RoundTrip, dataset: Any, iterator: Any, save_dir: Path, disk_full_hint: str) -> Any:
     """Save the iterator; None (and the ✗ line in the outcome) when it cannot be saved."""
     from dlckpt.ckpt_io import UnsaveablePipeline, save_iterator
 
     try:
         return save_iterator(iterator, save_dir)
     except UnsaveablePipeline as error:
-        run.outcome.failure = f"CHECKPOINT CANNOT BE SAVED: {error}"
+        run.outcome.failure = f"CHECKPOINT CANNOT BE SAVED: {error.naming(dataset)}"
     except Exception as error:
         if not is_disk_full(error):
             raise
@@ -312,7 +312,12 @@ def _tensorflow_gcs_rows(embedded: bool, uri: str) -> Callable[[Any], list[Any]]
 
 
 def _save_to_gcs(
-    run: _RoundTrip, iterator: Any, destination: GcsDestination, run_prefix: str, needed: int
+    run: _RoundTrip,
+    dataset: Any,
+    iterator: Any,
+    destination: GcsDestination,
+    run_prefix: str,
+    needed: int,
 ) -> Any:
     """Save straight to gs://<run prefix>/iterator through TensorFlow, as a training job does.
 
@@ -334,7 +339,7 @@ def _save_to_gcs(
             iterator, destination.location.uri(run_prefix, CHECKPOINT_NAME)
         )
     except UnsaveablePipeline as error:
-        outcome.failure = f"CHECKPOINT CANNOT BE SAVED: {error}"
+        outcome.failure = f"CHECKPOINT CANNOT BE SAVED: {error.naming(dataset)}"
         return None
     except Exception as error:
         if not is_disk_full(error):
@@ -353,6 +358,19 @@ def _save_to_gcs(
         f"{saved.temp_dir} from {saved.temp_source}, at most {format_bytes(saved.temp_peak_bytes)})"
     )
     return saved
+
+
+def _refuse_an_unverifiable_pass(run: _RoundTrip) -> None:
+    """A match is not a pass when a risk lies beyond what any compared window reaches (an
+    unseeded shuffle that draws again at a later pass): the run ends "cannot verify", exit 1."""
+    risks = run.analysis.risks if run.analysis is not None else []
+    blocking = [risk for risk in risks if risk.unverifiable]
+    if run.outcome.passed and blocking:
+        run.outcome.failure = (
+            f"CANNOT VERIFY AN EXACT RESUME: the {run.outcome.batches_compared} batches compared "
+            f"match, but {blocking[0].line()}"
+            + (f" ({len(blocking) - 1} more above)" if len(blocking) > 1 else "")
+        )
 
 
 def _say_risks_checked(run: _RoundTrip) -> None:
@@ -464,13 +482,14 @@ def _trip_through_tensorflow_gcs(
     """TensorFlow saves straight to gs://<run prefix>/iterator; a new process restores there."""
     dataset, iterator = _open_and_fill(run)
     held.written = True  # TensorFlow writes under the run prefix from here on
-    on_gcs = _save_to_gcs(run, iterator, destination, held.run_prefix, expected_bytes)
+    on_gcs = _save_to_gcs(run, dataset, iterator, destination, held.run_prefix, expected_bytes)
     if on_gcs is None:
         held.written = False  # nothing is left under the run prefix
         return
     _read_expected(run, iterator)
     del iterator, dataset  # one live iterator at a time
     _restore_and_compare(run, "bucket (gs://, TensorFlow's filesystem)", on_gcs.prefix)
+    _refuse_an_unverifiable_pass(run)
     _say_risks_checked(run)
 
 
@@ -484,7 +503,7 @@ def _trip_through_a_saved_copy(
 ) -> None:
     """Save into `save_dir`, compare that copy, and/or upload, fetch back and compare."""
     dataset, iterator = _open_and_fill(run)
-    saved = _save(run, iterator, save_dir, disk_full_hint)
+    saved = _save(run, dataset, iterator, save_dir, disk_full_hint)
     if saved is None:
         return
     outcome = run.outcome
@@ -514,6 +533,7 @@ def _trip_through_a_saved_copy(
             held.written = False
             raise
         _upload_and_compare(run, destination, saved, held.run_prefix)
+    _refuse_an_unverifiable_pass(run)
     _say_risks_checked(run)
 
 

@@ -124,7 +124,7 @@ def save_iterator_to_gcs(iterator: Any, prefix: str) -> GcsSave:
     Raises UnsaveablePipeline when TensorFlow refuses the pipeline; other TensorFlow
     errors propagate (see staging_full_line for the disk-full one).
     """
-    from dlckpt.ckpt_io import UnsaveablePipeline
+    from dlckpt.ckpt_io import UnsaveablePipeline, unsaveable_errors
     from dlckpt.runtime.tf_import import import_tensorflow
     from dlckpt.tempdir import tf_temp_dir
 
@@ -134,7 +134,7 @@ def save_iterator_to_gcs(iterator: Any, prefix: str) -> GcsSave:
         started = time.perf_counter()
         try:
             tf.train.Checkpoint(iterator=iterator).write(prefix)
-        except tf.errors.FailedPreconditionError as error:
+        except unsaveable_errors(tf) as error:
             raise UnsaveablePipeline.from_tf_error(error) from None
         seconds = time.perf_counter() - started
     files = tf.io.gfile.glob(prefix + "*")

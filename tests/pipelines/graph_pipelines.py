@@ -1,0 +1,83 @@
+"""Pipelines whose shuffles sit off the graph's main line: under interleave, in mixtures,
+under zip, inside flat_map and Dataset.load reader functions. Each takes `seed`: None
+leaves the off-line shuffle unseeded (a resumed job diverges at its next draw), an
+integer seeds it (resumes exactly). The main-line shuffle is always seeded, so a false
+pass would come from the off-line one alone."""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+
+def _finish(dataset: tf.data.Dataset, shuffle_buffer_size: int, batch_size: int) -> tf.data.Dataset:
+    return dataset.shuffle(shuffle_buffer_size, seed=7).batch(batch_size)
+
+
+def file_list_under_interleave(
+    *,
+    shuffle_buffer_size: int,
+    batch_size: int = 4,
+    seed: int | None = None,
+    parallel: bool = True,
+) -> tf.data.Dataset:
+    """A "file list" shuffled, repeated and read through an interleave (TFDS's reader)."""
+    files = tf.data.Dataset.range(6).shuffle(6, seed=seed).repeat()
+    reads = files.interleave(
+        lambda f: tf.data.Dataset.range(f * 50, f * 50 + 50),
+        cycle_length=2, block_length=5,
+        num_parallel_calls=tf.data.AUTOTUNE if parallel else None, deterministic=True,
+    )  # fmt: skip
+    return _finish(reads, shuffle_buffer_size, batch_size)
+
+
+def mixture_of_shuffled_sources(
+    *,
+    shuffle_buffer_size: int,
+    batch_size: int = 4,
+    seed: int | None = None,
+    choose: bool = False,
+) -> tf.data.Dataset:
+    """Two sources, each reshuffled every pass, mixed (sample_ or choose_from_datasets)."""
+    sources = [
+        tf.data.Dataset.range(k * 1000, k * 1000 + 40).shuffle(40, seed=seed).repeat()
+        for k in range(2)
+    ]
+    if choose:
+        picks = tf.data.Dataset.range(2).repeat()
+        mixed = tf.data.Dataset.choose_from_datasets(sources, picks)
+    else:
+        mixed = tf.data.Dataset.sample_from_datasets(sources, weights=[0.5, 0.5], seed=3)
+    return _finish(mixed, shuffle_buffer_size, batch_size)
+
+
+def zipped_with_a_shuffled_side(
+    *, shuffle_buffer_size: int, batch_size: int = 4, seed: int | None = None
+) -> tf.data.Dataset:
+    """zip(ordered ids, reshuffled labels), repeated: the second input is off the main line."""
+    ids = tf.data.Dataset.range(30)
+    labels = tf.data.Dataset.range(30).shuffle(30, seed=seed)
+    pairs = tf.data.Dataset.zip((ids, labels)).repeat().map(lambda a, b: a * 100 + b)
+    return _finish(pairs, shuffle_buffer_size, batch_size)
+
+
+def shuffle_inside_flat_map(
+    *, shuffle_buffer_size: int, batch_size: int = 4, seed: int | None = None
+) -> tf.data.Dataset:
+    """Each element expands into a small dataset shuffled inside the flat_map function."""
+    groups = tf.data.Dataset.range(10**6)
+    items = groups.flat_map(lambda g: tf.data.Dataset.range(g * 8, g * 8 + 8).shuffle(8, seed=seed))
+    return _finish(items, shuffle_buffer_size, batch_size)
+
+
+def loaded_with_a_shuffling_reader(
+    *, shuffle_buffer_size: int, path: str, batch_size: int = 4, seed: int | None = None
+) -> tf.data.Dataset:
+    """Dataset.load whose reader_func shuffles its shards, as TensorFlow's docs show."""
+    if not tf.io.gfile.exists(path):
+        tf.data.Dataset.range(400).save(path, shard_func=lambda x: x % 4)
+
+    def reader(shards: tf.data.Dataset) -> tf.data.Dataset:
+        return shards.shuffle(4, seed=seed).interleave(lambda shard: shard, cycle_length=2)
+
+    loaded = tf.data.Dataset.load(path, reader_func=reader).repeat()
+    return _finish(loaded, shuffle_buffer_size, batch_size)

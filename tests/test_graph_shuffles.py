@@ -1,0 +1,108 @@
+"""Shuffles off the graph's main line: under interleave, in mixtures, under zip, inside
+flat_map and Dataset.load reader functions (tests/pipelines/graph_pipelines.py).
+
+An unseeded one draws a new order at a pass no compared window reaches, so it is named as
+a risk before the run and the run cannot end in a pass; a seeded one is no risk at all.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import graph_pipelines
+import pytest
+from omegaconf import OmegaConf
+
+from dlckpt.config import Settings
+from dlckpt.pipeline.risks import analyze
+from dlckpt.roundtrip.scenario import run_round_trip
+
+# (builder, extra keyword arguments, where the risk is said to sit)
+KINDS = [
+    ("file_list_under_interleave", {}, "feeding ParallelInterleave(lambda) under a repeat"),
+    ("file_list_under_interleave", {"parallel": False}, "feeding Interleave(lambda) under a repeat"),
+    ("mixture_of_shuffled_sources", {}, "feeding sample_from_datasets"),
+    ("mixture_of_shuffled_sources", {"choose": True}, "feeding sample_from_datasets / choose_from_datasets"),
+    ("zipped_with_a_shuffled_side", {}, "feeding zip under a repeat"),
+    ("shuffle_inside_flat_map", {}, "inside FlatMap(lambda), built anew at every call"),
+    ("loaded_with_a_shuffling_reader", {"path": None}, "inside Load("),
+]  # fmt: skip
+
+
+def _build(name: str, extra: dict, seed: int | None, tmp_path: Path):
+    kwargs = {**extra, "seed": seed, "shuffle_buffer_size": 16}
+    if "path" in kwargs:
+        kwargs["path"] = str(tmp_path / "saved")
+    return getattr(graph_pipelines, name)(**kwargs)
+
+
+@pytest.mark.parametrize(("name", "extra", "where"), KINDS)
+def test_an_unseeded_shuffle_anywhere_in_the_graph_is_an_unverifiable_risk(
+    name, extra, where, tmp_path
+):
+    risks = [
+        r for r in analyze(_build(name, extra, None, tmp_path)).risks if r.kind != "stateful_op"
+    ]
+    assert risks, "no risk named"
+    assert all(r.kind == "unseeded_shuffle" and r.unverifiable for r in risks)
+    assert any(where in r.where for r in risks), [r.where for r in risks]
+    assert all("seed" in r.fix for r in risks)
+
+
+@pytest.mark.parametrize(("name", "extra", "where"), KINDS)
+def test_the_same_shuffle_with_a_seed_draws_no_new_order(name, extra, where, tmp_path):
+    """Seeded, no shuffle redraws; one built inside a function is still refused by
+    TensorFlow's save (its seed generator), which the risk says with the fix that works."""
+    risks = analyze(_build(name, extra, 5, tmp_path)).risks
+    assert not [r for r in risks if r.kind == "unseeded_shuffle"]
+    inside = "inside" in where
+    assert [r.where.split(" uses ")[1] for r in risks] == (["DummySeedGenerator"] if inside else [])
+    assert all("shuffle outside the function" in r.fix for r in risks)
+
+
+def _round_trip(target: str, seed: int | None, tmp_path: Path, lines: list[str]):
+    cfg = OmegaConf.merge(
+        OmegaConf.structured(Settings),
+        {
+            "dataloader": {
+                "_target_": f"graph_pipelines.{target}",
+                "shuffle_buffer_size": 16,
+                "seed": seed,
+            }
+        },
+    )
+    return run_round_trip(
+        cfg, scratch_root=tmp_path, destination=None, run_prefix="dlckpt-graph",
+        keep=False, say=lines.append,
+    )  # fmt: skip
+
+
+# What each unseeded kind ends in: the window cannot reach the next pass over the files
+# ("cannot verify"); a mixture of 40-element sources reaches it and shows the mismatch; a
+# shuffle inside flat_map makes a seed generator TensorFlow refuses to save. Never a pass,
+# and each names the unseeded shuffle's fix.
+ENDINGS = [
+    ("file_list_under_interleave", "CANNOT VERIFY AN EXACT RESUME: the "),
+    ("mixture_of_shuffled_sources", "CHECKPOINT DOES NOT RESUME EXACTLY (saved copy): batch "),
+    ("shuffle_inside_flat_map", "CHECKPOINT CANNOT BE SAVED: "),
+]
+
+
+@pytest.mark.parametrize(("target", "ending"), ENDINGS)
+def test_an_unseeded_shuffle_off_the_main_line_never_passes(target, ending, tmp_path, monkeypatch):
+    monkeypatch.setenv("PYTHONPATH", str(Path(graph_pipelines.__file__).parent))
+    lines: list[str] = []
+    outcome = _round_trip(target, None, tmp_path, lines)
+    assert outcome.failure is not None and outcome.failure.startswith(ending), outcome.failure
+    assert "without a seed" in outcome.failure or "DummySeedGenerator" in outcome.failure
+    assert "shuffle(..., seed=N)" in outcome.failure
+    assert not any(line.startswith("✓ No risk") for line in lines)
+
+    seeded: list[str] = []
+    failure = _round_trip(target, 5, tmp_path, seeded).failure
+    if ending.startswith("CHECKPOINT CANNOT BE SAVED"):  # seeded or not, inside a function
+        assert failure is not None and "shuffle outside the function instead" in failure
+    else:
+        assert failure is None, seeded
+        assert any(line.startswith("✓ No risk to an exact resume found") for line in seeded)
+    assert list(tmp_path.iterdir()) == []  # scratch removed
