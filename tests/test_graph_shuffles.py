@@ -106,3 +106,45 @@ def test_an_unseeded_shuffle_off_the_main_line_never_passes(target, ending, tmp_
         assert failure is None, seeded
         assert any(line.startswith("✓ No risk to an exact resume found") for line in seeded)
     assert list(tmp_path.iterdir()) == []  # scratch removed
+
+
+def _estimate_and_real(tmp_path: Path, target: str, **dataloader):
+    from bench_estimate import real_checkpoint_bytes
+
+    from dlckpt.estimate.estimator import estimate
+
+    cfg = OmegaConf.merge(
+        OmegaConf.structured(Settings),
+        {"dataloader": {"_target_": target, "shuffle_buffer_size": 1000, **dataloader}},
+        {"estimate": {"cache": False}},
+    )
+    result = estimate(cfg, scratch_root=tmp_path, say=lambda _: None)
+    buffer = 20 * max(cfg.estimate.calibration_buffer_sizes)
+    return result, buffer, real_checkpoint_bytes(cfg, buffer, tmp_path)
+
+
+def test_shuffles_under_zip_are_not_called_constant_and_the_estimate_covers_a_real_save(
+    tmp_path,
+):
+    result, buffer, real = _estimate_and_real(tmp_path, "graph_pipelines.zipped_shuffles")
+    assert not result.calibration.constant
+    assert result.bytes_for(buffer) > 10 * result.bytes_for(8)  # it grows with the buffer
+    error = result.bytes_for(buffer) / real - 1
+    assert abs(error) <= result.uncertainty_for(buffer), (error, result.report())
+    assert any("sit off the line from the output" in note for note in result.notes)
+
+
+def test_a_mixture_of_shuffled_sources_is_never_under_its_real_save(tmp_path, monkeypatch):
+    """c30: sample_from_datasets of two shuffled sources, one capped by its own input
+    (min(size, 500)): measured from whole-pipeline saves, it grows, and a real save at
+    20x is never above the estimate's upper bound (the cap makes it an over-count)."""
+    cases = Path(__file__).parent / "cases"
+    monkeypatch.syspath_prepend(str(cases))
+    monkeypatch.setenv("CASES_DATA", str(tmp_path / "data"))
+    result, buffer, real = _estimate_and_real(tmp_path, "c30_stop_on_empty.make")
+    assert not result.calibration.constant
+    assert result.bytes_for(buffer) > 5 * result.bytes_for(8)
+    assert real <= result.bytes_for(buffer) * (1 + result.uncertainty_for(buffer)), (
+        real,
+        result.report(),
+    )

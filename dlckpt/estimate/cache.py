@@ -20,7 +20,7 @@ from dlckpt.estimate.model import Calibration
 
 # Bump when the calibration procedure changes: old cache entries then no longer match.
 # 8: the shuffle buffer is measured isolated from the pipeline's other buffers (issue 9).
-ESTIMATOR_VERSION = 12  # 12: an in-memory cache's growth at fixed buffer depths
+ESTIMATOR_VERSION = 13  # 13: growth between anchors when no shuffle is on the main line
 
 
 def cache_dir() -> Path:

@@ -605,6 +605,29 @@ def _made_count(element_bytes_: int, stream: int | None) -> int:
     return min(count, stream) if stream is not None else count
 
 
+# A whole-pipeline save moves by whole batches in transit with thread timing (a model's
+# transit_bytes is three): growth between the smallest and largest anchor within twice that
+# is no growth. Growth found from anchors alone carries this relative error, for elements
+# beyond the largest anchor that were never seen (the sampled path measures them).
+GROWTH_NOISE_BATCHES = 6
+ANCHOR_GROWTH_ERROR = 0.25
+
+
+def _growth_between_anchors(
+    anchors: list[list[int]], batch_bytes: int
+) -> tuple[float, float] | None:
+    """(bytes per buffer element, its error) the whole-pipeline saves grow by, or None."""
+    smallest, largest = min(anchors)[0], max(anchors)[0]
+    if largest <= smallest:
+        return None
+    low = statistics.median(size for buffer, size in anchors if buffer == smallest)
+    high = statistics.median(size for buffer, size in anchors if buffer == largest)
+    if high - low <= GROWTH_NOISE_BATCHES * batch_bytes:
+        return None
+    per_element = (high - low) / (largest - smallest)
+    return per_element, ANCHOR_GROWTH_ERROR * per_element
+
+
 def _without_shuffle(
     anchors: list[list[int]],
     sample_bytes: int,
@@ -612,16 +635,31 @@ def _without_shuffle(
     started: float,
     notes: list[str],
 ) -> Calibration:
-    """No shuffle node: the checkpoint is what the whole-pipeline saves hold, any buffer."""
+    """No shuffle node on the line from the output: constant only when the whole-pipeline
+    saves at different buffers show no growth; else their growth per buffer element, from
+    those saves alone (a shuffle under zip / sample_from_datasets / interleave)."""
     sizes = [size for _, size in anchors]
-    notes.append(
-        "no shuffle buffer in the pipeline (an index shuffle, or none): the checkpoint holds "
-        "positions, not elements, so its size does not depend on shuffle_buffer_size"
-    )
+    growth = _growth_between_anchors(anchors, batch_bytes)
+    if growth is None:
+        notes.append(
+            "no shuffle buffer in the pipeline (an index shuffle, or none): the checkpoint holds "
+            "positions, not elements, so its size does not depend on shuffle_buffer_size"
+        )
+    else:
+        smallest, largest = min(anchors)[0], max(anchors)[0]
+        notes.append(
+            "the shuffle buffers sit off the line from the output (under zip, "
+            "sample_from_datasets or interleave), so they were not sampled one by one: the "
+            f"whole-pipeline saves grow by ~{format_bytes(growth[0])} per buffer element "
+            f"between buffers {smallest:,} and {largest:,}, extrapolated with a wide ± (a "
+            "buffer capped by its own input, e.g. min(size, N), is over-counted)"
+        )
     return Calibration(
         anchors=anchors,
         chunks=[],
-        constant=True,
+        constant=growth is None,
+        extra_per_element=growth[0] if growth else 0.0,
+        extra_error=growth[1] if growth else 0.0,
         slot_bytes=0.0,
         raw_element_bytes=sample_bytes,
         sample_bytes=sample_bytes,

@@ -171,9 +171,11 @@ class EstimateResult:
             # Every term of the headline, so it can be rebuilt from this line.
             cached = (
                 f"{format_size(cal.extra_per_element)} for the in-memory cache()'s copy of it + "
-                if cal.extra_per_element
+                if cal.extra_per_element and cal.chunks
                 else ""
             )
+            if not cal.chunks:  # buffers off the line from the output: whole-pipeline growth
+                per_element = cal.extra_per_element
             lines.append(
                 f"  measured: {format_size(per_element)} per buffered element + {cached}"
                 f"{format_size(cal.fixed)} fixed (prefetch/map buffers: about "
