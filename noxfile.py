@@ -113,15 +113,18 @@ def bench(session: nox.Session) -> None:
 def tests(session: nox.Session) -> None:
     """The test suite (pytest; arguments after -- replace the defaults)."""
     _install_locked(session, "test")
-    # Three workers on two cores: many tests wait on a child process or a server, and a
-    # third worker fills that time (measured: 658 s with 2 workers, 585-602 s with 3, all
-    # on this 2-core machine). loadgroup: tests marked xdist_group share one worker, so a
-    # module's slow fixture is measured once, not once per worker. No worker restarts:
+    # Four workers on two cores: many tests wait on a child process or a server, and the
+    # extra workers fill that time (measured on this 2-core machine with two CPU hogs
+    # running: 377 s of pytest with 3 workers, 352 s with 4; earlier, without hogs, 658 s
+    # with 2 and 585-602 s with 3). The slow tests are collected first (conftest), so no
+    # long one is left alone at the end. loadgroup: tests marked xdist_group share one
+    # worker, so a module's slow fixture is measured once, not once per worker. No worker
+    # restarts:
     # pytest-xdist 3.8's loadgroup can wait forever for work after it replaces a crashed
     # worker (pytest-xdist issues #1323, #1327, #1378); a crash should end the run, naming
     # the test it was running.
     # (The slowest steps are listed through pyproject's addopts, --durations=8.)
-    defaults = ["-q", "--numprocesses=3", "--dist=loadgroup", "--max-worker-restart=0"]
+    defaults = ["-q", "--numprocesses=4", "--dist=loadgroup", "--max-worker-restart=0"]
     session.run("pytest", *(session.posargs or defaults))
 
 
