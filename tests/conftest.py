@@ -237,3 +237,19 @@ def tmpfs_mount(folder: Path, options: str) -> Iterator[Path]:
         yield folder
     finally:
         subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+def round_trip_in_process(dataloader: dict, tmp_path: Path, lines: list[str]):
+    """The round trip on `dataloader` (its `_target_` and arguments) under the default
+    settings, into `tmp_path`, its printed lines collected in `lines` (the restore still
+    runs in a new process)."""
+    from omegaconf import OmegaConf
+
+    from dlckpt.config import Settings
+    from dlckpt.roundtrip.scenario import run_round_trip
+
+    cfg = OmegaConf.merge(OmegaConf.structured(Settings), {"dataloader": dataloader})
+    return run_round_trip(
+        cfg, scratch_root=tmp_path, destination=None, run_prefix="dlckpt-verdict",
+        keep=False, say=lines.append,
+    )  # fmt: skip

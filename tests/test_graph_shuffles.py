@@ -11,11 +11,11 @@ from pathlib import Path
 
 import graph_pipelines
 import pytest
+from conftest import round_trip_in_process
 from omegaconf import OmegaConf
 
 from dlckpt.config import Settings
 from dlckpt.pipeline.risks import analyze
-from dlckpt.roundtrip.scenario import run_round_trip
 
 # (builder, extra keyword arguments, where the risk is said to sit)
 KINDS = [
@@ -61,20 +61,8 @@ def test_the_same_shuffle_with_a_seed_draws_no_new_order(name, extra, where, tmp
 
 
 def _round_trip(target: str, seed: int | None, tmp_path: Path, lines: list[str]):
-    cfg = OmegaConf.merge(
-        OmegaConf.structured(Settings),
-        {
-            "dataloader": {
-                "_target_": f"graph_pipelines.{target}",
-                "shuffle_buffer_size": 16,
-                "seed": seed,
-            }
-        },
-    )
-    return run_round_trip(
-        cfg, scratch_root=tmp_path, destination=None, run_prefix="dlckpt-graph",
-        keep=False, say=lines.append,
-    )  # fmt: skip
+    dataloader = {"_target_": f"graph_pipelines.{target}", "shuffle_buffer_size": 16, "seed": seed}
+    return round_trip_in_process(dataloader, tmp_path, lines)
 
 
 # What each unseeded kind ends in: the window cannot reach the next pass over the files

@@ -10,11 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import TESTS_DIR
+from conftest import TESTS_DIR, round_trip_in_process
 from omegaconf import OmegaConf
 
 from dlckpt.config import Settings
-from dlckpt.roundtrip.scenario import run_round_trip
 
 
 @pytest.fixture(autouse=True)
@@ -23,20 +22,12 @@ def _test_pipelines_importable(monkeypatch: pytest.MonkeyPatch):
 
 
 def _round_trip(target: str, buffer: int, batch: int, tmp_path: Path, lines: list[str]):
-    cfg = OmegaConf.merge(
-        OmegaConf.structured(Settings),
-        {
-            "dataloader": {
-                "_target_": f"dlckpt.bench.pipelines.resume_pipelines.{target}",
-                "shuffle_buffer_size": buffer,
-                "batch_size": batch,
-            },
-        },
-    )
-    return run_round_trip(
-        cfg, scratch_root=tmp_path, destination=None, run_prefix="dlckpt-verdict",
-        keep=False, say=lines.append,
-    )  # fmt: skip
+    dataloader = {
+        "_target_": f"dlckpt.bench.pipelines.resume_pipelines.{target}",
+        "shuffle_buffer_size": buffer,
+        "batch_size": batch,
+    }
+    return round_trip_in_process(dataloader, tmp_path, lines)
 
 
 # (pipeline, buffer, batch size, what the ✗ line names as the likely cause)
