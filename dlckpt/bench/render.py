@@ -126,6 +126,7 @@ def transfer_section(data: dict[str, Any] | None) -> list[str]:
     ]
 
 
+# The page is one table and its paragraph per section: long, but a straight line of rows.
 def scaling_section(data: dict[str, Any] | None) -> list[str]:
     if not data:
         return []
@@ -308,6 +309,7 @@ def markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
+# One figure, drawn panel by panel: splitting it would only pass the axes around.
 def plot(results: dict[str, Any], path: Path) -> None:
     """Checkpoint bytes and peak RSS against buffer size, fitted lines, tightest free space."""
     import matplotlib

@@ -27,6 +27,8 @@ INSTRUCTIONS = (
 )
 
 
+# One straight line of stages, as big_vision and octo write a pipeline; its length is the
+# stages themselves, each a line or two.
 def build_robot_dataset(
     *,
     shuffle_buffer_size: int,

@@ -71,13 +71,7 @@ def restore_in_new_process(
     # Each restore writes its own result: a process that dies must not leave an earlier
     # restore's result to be read as its own.
     result_path.unlink(missing_ok=True)
-    child_env = {**os.environ, **(env or {})}
-    # The restore's temp files (TensorFlow's autograph writes generated code there) go in
-    # this run's folder, removed with it: a restore stopped by an interrupt is killed and
-    # cannot remove them itself. It only reads the checkpoint, so nothing large lands here.
-    child_tmp = workdir / "restore-tmp"
-    child_tmp.mkdir(exist_ok=True)
-    child_env["TMPDIR"] = str(child_tmp)
+    child_env = _child_env(workdir, env)
     try:
         completed = subprocess.run(
             die_with_parent(
@@ -105,6 +99,18 @@ def restore_in_new_process(
         )
     data = json.loads(result_path.read_text())
     return RestoreResult(stream_from_json(data), data["restore_seconds"], data.get("error"))
+
+
+def _child_env(workdir: Path, extra: dict[str, str] | None) -> dict[str, str]:
+    """This process's environment, plus `extra`, with TMPDIR in the run's own folder.
+
+    The restore's temp files (TensorFlow's autograph writes generated code there) go in
+    this run's folder, removed with it: a restore stopped by an interrupt is killed and
+    cannot remove them itself. It only reads the checkpoint, so nothing large lands here.
+    """
+    child_tmp = workdir / "restore-tmp"
+    child_tmp.mkdir(exist_ok=True)
+    return {**os.environ, **(extra or {}), "TMPDIR": str(child_tmp)}
 
 
 def _build_tf(dataloader_cfg: dict[str, Any]) -> Any:
