@@ -3,7 +3,8 @@
 The two halves are symmetric: `save_iterator` writes `<directory>/iterator.*` and says
 what it wrote; `restore_iterator` reads a prefix into a fresh iterator and asserts that
 every saved value was consumed. A Grain iterator's state is JSON instead
-(`restore_grain_iterator`).
+(`restore_grain_iterator`). A save straight to gs:// through TensorFlow's own GCS
+filesystem, with its local staging measured, is storage.tf_gcs.save_iterator_to_gcs.
 """
 
 from __future__ import annotations

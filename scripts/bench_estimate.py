@@ -70,7 +70,7 @@ def real_checkpoint_bytes(cfg: Any, buffer: int, scratch: Path) -> int:
     """
     from dlckpt.config import with_buffer_size
     from dlckpt.estimate.saves import steady_save_bytes
-    from dlckpt.pipeline.robot import instantiate_dataset
+    from dlckpt.pipeline.build import instantiate_dataset
 
     iterator = iter(instantiate_dataset(with_buffer_size(cfg, buffer).dataloader))
     for _ in range(cfg.roundtrip.batches_before_save):

@@ -291,7 +291,7 @@ def test_bad_input_builder_that_raises_is_one_line_with_its_type(
     from omegaconf import OmegaConf
 
     from dlckpt.errors import UsageError
-    from dlckpt.pipeline.robot import instantiate_dataset
+    from dlckpt.pipeline.build import instantiate_dataset
 
     name = f"raising_{exception.lower()}"  # one module per case: imports are cached
     raised = message.strip("'")

@@ -21,7 +21,7 @@ POLL_SECONDS = 0.02
 
 def _dataset(request: dict[str, Any], buffer: int) -> Any:
     from dlckpt.config import load_config, with_buffer_size
-    from dlckpt.pipeline.robot import instantiate_dataset
+    from dlckpt.pipeline.build import instantiate_dataset
 
     folder = request.get("config_dir")
     cfg = load_config(

@@ -61,7 +61,7 @@ def filled_iterator(config: str, buffer: int) -> tuple[Any, Any]:
     """(dataset, iterator) with its shuffle buffer filled and its prefetch settled."""
     from dlckpt.bench.child import settle
     from dlckpt.config import load_config, with_buffer_size
-    from dlckpt.pipeline.robot import instantiate_dataset
+    from dlckpt.pipeline.build import instantiate_dataset
 
     dataset = instantiate_dataset(with_buffer_size(load_config(config), buffer).dataloader)
     iterator = iter(dataset)

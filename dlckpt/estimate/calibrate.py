@@ -160,7 +160,7 @@ class _Run:
 
     def dataset(self, buffer: int) -> Any:
         from dlckpt.config import with_buffer_size
-        from dlckpt.pipeline.robot import instantiate_dataset
+        from dlckpt.pipeline.build import instantiate_dataset
 
         return instantiate_dataset(with_buffer_size(self.cfg, buffer).dataloader)
 

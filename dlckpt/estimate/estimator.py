@@ -283,7 +283,7 @@ def estimate(
 ) -> EstimateResult:
     """The configured and the tested buffer's checkpoint size: measured, cached or formula."""
     from dlckpt.config import shuffle_buffer_size, with_buffer_size
-    from dlckpt.pipeline.robot import instantiate_dataset
+    from dlckpt.pipeline.build import instantiate_dataset
 
     original = shuffle_buffer_size(cfg)
     tested = tested_buffer or original

@@ -1,4 +1,4 @@
-"""The reference robot-data dataloader, and how a config's `dataloader` node becomes one.
+"""The reference robot-data dataloader the presets in conf/ build (pipeline.build builds any).
 
 `build_robot_dataset` stands in for an RLDS / Octo / OpenVLA-style training loader:
 deterministic synthetic episodes (two cameras, proprio state, actions, a language
@@ -12,7 +12,6 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from dlckpt.errors import UsageError
 from dlckpt.runtime.tf_import import import_tensorflow
 
 INSTRUCTIONS = (
@@ -142,40 +141,3 @@ def _frame(tf: Any, seed: int, camera_id: int, episode: Any, step: Any, size: in
     noise = tf.random.stateless_normal([size, size, 3], seed=noise_seed)
     image += noise * noise_level * textured[..., None]
     return tf.cast(tf.clip_by_value(tf.round(image), 0.0, 255.0), tf.uint8)
-
-
-def instantiate_dataset(dataloader_cfg: Any) -> Any:
-    """Call the config's `dataloader._target_` with the rest of the node as keyword arguments."""
-    from hydra.errors import InstantiationException
-    from hydra.utils import instantiate
-
-    # Import TensorFlow our way (quiet) before the user's module imports it its way.
-    tf = import_tensorflow()
-    target = dataloader_cfg.get("_target_")
-    try:
-        dataset = instantiate(dataloader_cfg, _convert_="all")
-    except InstantiationException as exc:
-        cause = exc.__cause__ or exc
-        if isinstance(cause, (ImportError, AttributeError)) or "Error locating target" in str(exc):
-            raise UsageError(
-                f"dataloader._target_={target!r} does not import "
-                f"(expected module.function on PYTHONPATH): {' '.join(str(cause).split())[:300]}"
-            ) from None
-        if isinstance(cause, TypeError):
-            # A misspelled or extra key in the dataloader node: the function's own message
-            # names the argument.
-            raise UsageError(
-                f"dataloader: {target} does not accept these settings "
-                f"(expected its keyword arguments): {' '.join(str(cause).split())[:300]}"
-            ) from None
-        # The builder itself raised: the user's code, so bad input rather than our failure.
-        raise UsageError(
-            f"dataloader: {target} raised {type(cause).__name__} while building the dataset: "
-            f"{' '.join(str(cause).split())[:300]}"
-        ) from None
-    if not isinstance(dataset, tf.data.Dataset):
-        raise UsageError(
-            f"dataloader._target_={target!r} returned {type(dataset).__name__}, "
-            "expected a tf.data.Dataset"
-        )
-    return dataset

@@ -116,7 +116,7 @@ def _child_env(workdir: Path, extra: dict[str, str] | None) -> dict[str, str]:
 def _build_tf(dataloader_cfg: dict[str, Any]) -> Any:
     from omegaconf import OmegaConf
 
-    from dlckpt.pipeline.robot import instantiate_dataset
+    from dlckpt.pipeline.build import instantiate_dataset
 
     return instantiate_dataset(OmegaConf.create(dataloader_cfg))
 

@@ -260,7 +260,7 @@ def _restore_and_compare(run: _RoundTrip, source: str, prefix: Path | str) -> bo
     ending = ", then the end of data" if expected.ended else ""
     run.say(
         f"✓ {len(expected.digests)} batches ({expected.elements:,} elements) after the restore "
-        f"match the original bit for bit ({keys} keys each{ending}): "
+        f"match the original bit for bit ({keys} {'key' if keys == 1 else 'keys'} each{ending}): "
         + (
             f"{run.window.reason()}, ~{outcome.fresh_elements_compared:,} elements drawn fresh "
             "from upstream"
@@ -467,7 +467,7 @@ class _RunPrefix:
 
 def _open_and_fill(run: _RoundTrip) -> tuple[Any, Any]:
     """Build the pipeline, name its risks, plan the window and fill the buffers."""
-    from dlckpt.pipeline.robot import instantiate_dataset
+    from dlckpt.pipeline.build import instantiate_dataset
 
     dataset = instantiate_dataset(run.cfg.dataloader)
     _name_risks(run, dataset)

@@ -138,7 +138,7 @@ def measure_strategy(
     from omegaconf import OmegaConf
 
     from dlckpt.ckpt_io import UnsaveablePipeline, save_iterator
-    from dlckpt.pipeline.robot import instantiate_dataset
+    from dlckpt.pipeline.build import instantiate_dataset
     from dlckpt.roundtrip.digest import take_digests
 
     result = StrategyResult(strategy.name)

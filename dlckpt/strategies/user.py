@@ -124,7 +124,7 @@ def measured_sample_bytes(dataloader: dict[str, Any]) -> int:
     from omegaconf import OmegaConf
 
     from dlckpt.estimate.estimator import measured_sample_bytes as measure
-    from dlckpt.pipeline.robot import instantiate_dataset
+    from dlckpt.pipeline.build import instantiate_dataset
 
     node = OmegaConf.create({**dataloader, "shuffle_buffer_size": 8})
     return measure(instantiate_dataset(node), batches=1)
@@ -148,7 +148,7 @@ def measure_variant(
     from omegaconf import OmegaConf
 
     from dlckpt.ckpt_io import UnsaveablePipeline, save_iterator
-    from dlckpt.pipeline.robot import instantiate_dataset
+    from dlckpt.pipeline.build import instantiate_dataset
     from dlckpt.pipeline.tensors import leading_dimension
     from dlckpt.roundtrip.digest import take_digests
     from dlckpt.strategies.compare import PendingRestore, Strategy, StrategyResult

@@ -13,7 +13,9 @@ few small buffers, extrapolated), shows every folder the bytes go through and re
 (exit 3) a run that cannot fit. --estimate-only stops there; --fit-budget SIZE prints the
 largest buffer whose checkpoint fits; --force runs anyway.
 
-Exit codes: 0 passed, 1 the checkpoint failed a check, 2 bad input, 3 preflight refused.
+Exit codes: 0 passed, 1 the checkpoint failed a check, 2 bad input, 3 preflight refused,
+4 an unexpected error before a verdict, 130 / 143 / 129 interrupted (SIGINT / SIGTERM /
+SIGHUP).
 """
 
 from __future__ import annotations
