@@ -43,6 +43,7 @@ NOT_RESUMING = [
     ("unseeded_random_ignore", 1000, 4, "Map(lambda) uses RandomUniform"),
     ("unseeded_random_warn", 50, 16, "external-state policy WARN"),
     ("reshuffled_epochs_no_seed", 10, 2, "without a seed, then repeat"),
+    ("fixed_order_epochs_no_seed", 10, 2, "reshuffle_each_iteration=False) without a seed"),
 ]
 
 

@@ -416,13 +416,14 @@ SHUFFLE_SEED_FIX = (
 
 
 def _redrawing_shuffle_risks(graph_def: Any, walked: set[str]) -> list[Risk]:
-    """Unseeded reshuffling shuffles the buffer walk did not judge, anywhere in the graph.
+    """Unseeded shuffles the buffer walk did not judge, anywhere in the graph.
 
     Every input of every dataset node is followed (zip, sample_from_datasets /
     choose_from_datasets, the input side of interleave), and every function a node carries
     (interleave / flat_map / Dataset.load reader functions) is read for the datasets it
     builds. A shuffle draws a new order when a repeat above it starts a new pass, or, inside
-    a function, at every call: from seeds the iterator checkpoint does not hold.
+    a function, at every call: from seeds the iterator checkpoint does not hold (with
+    reshuffle_each_iteration=False too: its one order is drawn anew in every process).
     """
     nodes = {node.name: node for node in graph_def.node}
     functions = {f.signature.name: f for f in graph_def.library.function}
@@ -440,8 +441,8 @@ def _redrawing_shuffle_risks(graph_def: Any, walked: set[str]) -> list[Risk]:
             continue
         seen.add((name, repeat_above))
         if node.op.startswith("Shuffle") and name not in walked and repeat_above:
-            _, seeded, reshuffle = _shuffle_facts(nodes, node)
-            if reshuffle and not seeded:
+            _, seeded, _ = _shuffle_facts(nodes, node)
+            if not seeded:
                 risks.append(_redraw_risk(node, f"feeding {consumer} under a repeat"))
         repeat_below = repeat_above or node.op.startswith("Repeat")
         # A repeat is named by the clause "under a repeat": the consumer named is the next one.
@@ -465,7 +466,7 @@ def _consumer_label(node: Any) -> str:
 def _function_shuffle_risks(
     functions: dict[str, Any], name: str, caller: str, read: set[str]
 ) -> list[Risk]:
-    """Unseeded reshuffling shuffles built inside `name` (and the functions it calls)."""
+    """Unseeded shuffles built inside `name` (and the functions it calls)."""
     if name in read or name not in functions:
         return []
     read.add(name)
@@ -473,8 +474,8 @@ def _function_shuffle_risks(
     risks = []
     for node in functions[name].node_def:
         if node.op.startswith("Shuffle"):
-            _, seeded, reshuffle = _shuffle_facts(body, node)
-            if reshuffle and not seeded:
+            _, seeded, _ = _shuffle_facts(body, node)
+            if not seeded:
                 risks.append(_redraw_risk(node, f"inside {caller}, built anew at every call"))
         for called in [*_functions_of(node), *([node.op] if node.op in functions else [])]:
             risks += _function_shuffle_risks(functions, called, caller, read)
@@ -509,13 +510,22 @@ def _walk_buffers(
                     analysis.shuffle_buffer = buffer
                     analysis.elements_per_batch = max(round(1 / scale), 1)
                 analysis.buffered_batches += buffer * scale
-            if repeat_below and reshuffle and not seeded:
+            # Without a seed the order is drawn from seeds the checkpoint does not carry:
+            # anew each epoch (reshuffle_each_iteration=True), or once per process (False),
+            # so a resumed job's next epoch differs either way.
+            if repeat_below and not seeded:
                 analysis.risks.append(
                     Risk(
                         "unseeded_shuffle",
-                        "shuffle(reshuffle_each_iteration=True) without a seed, then repeat",
-                        "each new epoch draws fresh random seeds that the checkpoint does "
-                        "not carry, so the order diverges after the epoch boundary",
+                        f"shuffle(reshuffle_each_iteration={reshuffle}) without a seed, "
+                        "then repeat",
+                        (
+                            "each new epoch draws fresh random seeds that the checkpoint does "
+                            "not carry, so the order diverges after the epoch boundary"
+                            if reshuffle
+                            else "its fixed order is drawn anew in every new process, so a "
+                            "resumed job's next epoch comes in another order"
+                        ),
                         "pass shuffle(..., seed=N) (or call tf.random.set_seed before building)",
                     )
                 )

@@ -101,6 +101,16 @@ def unseeded_shuffle(*, shuffle_buffer_size: int, batch_size: int = 4) -> tf.dat
     return dataset.shuffle(shuffle_buffer_size).batch(batch_size)
 
 
+def fixed_order_epochs_no_seed(
+    *, shuffle_buffer_size: int, batch_size: int = 4, items: int = 40
+) -> tf.data.Dataset:
+    """shuffle(reshuffle_each_iteration=False) with no seed, repeated; stateless. One order
+    for every epoch, but drawn anew in each process: a resumed job's next epoch differs."""
+    dataset = tf.data.Dataset.from_tensor_slices(tf.range(items, dtype=tf.int64))
+    dataset = dataset.shuffle(min(shuffle_buffer_size, items), reshuffle_each_iteration=False)
+    return dataset.repeat().batch(batch_size)
+
+
 def reshuffled_epochs_no_seed(
     *, shuffle_buffer_size: int, batch_size: int = 4, items: int = 40
 ) -> tf.data.Dataset:
