@@ -34,12 +34,6 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("PYTHONFAULTHANDLER", "1")
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The slow tests first: pytest-xdist hands tests out in collection order, so a long test
-    collected last would run alone at the end while the other workers sit idle."""
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
-
-
 def pytest_configure(config: pytest.Config) -> None:
     """A pytest-xdist worker killed by a signal, or ended by os._exit, dies without a word
     ("node down: Not properly terminated", blamed on whatever test it was running): print

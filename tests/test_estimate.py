@@ -233,7 +233,6 @@ def test_two_estimates_of_one_pipeline_agree_within_1_percent(family, tmp_path):
         ("sensor", []),
     ],
 )  # fmt: skip
-@pytest.mark.slow
 def test_estimate_within_3_percent_of_the_real_checkpoint_at_20x(config_name, overrides, tmp_path):
     from dlckpt.config import load_config
     from dlckpt.estimate.estimator import estimate

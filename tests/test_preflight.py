@@ -30,7 +30,6 @@ def _refusal(result: subprocess.CompletedProcess[str]) -> str:
     return lines[0]
 
 
-@pytest.mark.slow
 def test_a_save_that_cannot_fit_is_refused_with_exit_3_naming_the_path(
     small_disk, tmp_path, script_estimate_cache
 ):

@@ -22,7 +22,6 @@ def _one_clear_line(result: subprocess.CompletedProcess[str]) -> str:
     return lines[0]
 
 
-@pytest.mark.slow
 def test_default_config_prints_both_estimates_and_passes():
     result = run_script(SCRIPT)
     assert result.returncode == 0, result.stdout + result.stderr

@@ -40,7 +40,6 @@ def small_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[object, dict, P
     return completed, json.loads(report_path.read_text()), work
 
 
-@pytest.mark.slow
 def test_every_strategy_resumes_exactly_in_a_new_process(small_run) -> None:
     completed, report, _ = small_run
     names = [s["name"] for s in report["strategies"]]
@@ -138,7 +137,6 @@ def test_smallest_resuming_strategy_without_a_report(tmp_path: Path) -> None:
     )
 
 
-@pytest.mark.slow
 def test_strategies_run_on_the_users_own_loader(tmp_path: Path) -> None:
     """`make strategies` on a user's own loader (with an encoded/decoded switch), plus one
     random-access strategy, which can only run on synthetic episodes; then the pointer line
