@@ -116,8 +116,9 @@ def tests(session: nox.Session) -> None:
     # Four workers on two cores: many tests wait on a child process or a server, and the
     # extra workers fill that time (measured on this 2-core machine with two CPU hogs
     # running: 377 s of pytest with 3 workers, 352 s with 4; earlier, without hogs, 658 s
-    # with 2 and 585-602 s with 3). The slow tests are collected first (conftest), so no
-    # long one is left alone at the end. loadgroup: tests marked xdist_group share one
+    # with 2 and 585-602 s with 3). Collecting the slow tests first was tried and made it
+    # slower (515 s against 481 s unsorted, one run each, both with two hogs): the heavy
+    # tests then all start together. loadgroup: tests marked xdist_group share one
     # worker, so a module's slow fixture is measured once, not once per worker. No worker
     # restarts:
     # pytest-xdist 3.8's loadgroup can wait forever for work after it replaces a crashed
