@@ -132,3 +132,23 @@ def test_an_unsaveable_transformation_is_named_with_a_fix_that_works_for_it(
     assert "THE CONFIGURED BUFFER FITS" not in result.stdout
     assert "⚠ NO CHECKPOINT CAN BE WRITTEN: TensorFlow refuses to save" in result.stdout
     assert data["passed"] is False and data["exit_code"] == 1
+
+
+@pytest.mark.slow
+def test_a_mixture_of_shuffled_sources_is_sized_and_windowed_as_it_grows(tmp_path: Path):
+    """c30: sample_from_datasets of two seeded shuffles (stop_on_empty_dataset). It resumes;
+    both buffers are found off the line from the output: the estimate grows with the
+    buffer, the window counts them, and the cross-check holds the real save to its ±."""
+    result, data = _run_case("c30", tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.rstrip().splitlines()[-1] == "✓ ALL TESTS PASSED"
+    assert "whatever the buffer" not in result.stdout  # not called constant
+    assert (
+        not data["estimate"]["calibration"]["constant"]
+        if "calibration" in data["estimate"]
+        else True
+    )
+    # 100 + min(100, 500) buffered elements in batches of 8: 25 batches' worth, not 0.
+    assert re.search(r"the 25 batches' worth of elements buffered at save time", result.stdout)
+    check = data["estimate_cross_check"]
+    assert check["within"] is True and abs(check["error"]) <= check["uncertainty"]

@@ -287,20 +287,6 @@ def _where(node: Any) -> str:
     return f"{op}({', '.join(functions)})" if functions else op
 
 
-def _main_chain(graph_def: Any) -> list[Any]:
-    """Dataset nodes from the output back to the source, along each node's first input."""
-    nodes = {node.name: node for node in graph_def.node}
-    output = next((n for n in graph_def.node if n.op == "_Retval"), None)
-    chain: list[Any] = []
-    current = nodes.get(output.input[0].split(":")[0]) if output is not None else None
-    while current is not None and "Dataset" in current.op:
-        chain.append(current)
-        if not current.input:
-            break
-        current = nodes.get(current.input[0].split(":")[0])
-    return chain
-
-
 def _deterministic_risks(graph_def: Any, options_deterministic: bool | None) -> Iterable[Risk]:
     for node in graph_def.node:
         attr = node.attr["deterministic"].s.decode() if "deterministic" in node.attr else ""
@@ -496,52 +482,93 @@ def _redraw_risk(node: Any, place: str) -> Risk:
 def _walk_buffers(
     dataset: Any, graph_def: Any, nodes: dict[str, Any], analysis: PipelineAnalysis
 ) -> None:
-    """Output batches' worth of buffered elements, from the output back to the source."""
-    scale: float | None = 1.0  # output batches per element at the current level
-    repeat_below = False  # a repeat seen between the output and the current node
-    for node in _main_chain(graph_def):
-        if scale is None:
-            break
-        analysis.walked.add(node.name)
+    """Output batches' worth of buffered elements, from the output back to the sources.
+
+    Every dataset input is followed, not only the first: the sides of zip, the sources of
+    sample_from_datasets / choose_from_datasets and concatenate hold buffers too (counted
+    at their branch's scale; the nearest shuffle is the first met along the first inputs).
+    A branch stops where one input element makes an unknown number of outputs.
+    """
+    output = next((n for n in graph_def.node if n.op == "_Retval"), None)
+    if output is None or not output.input:
+        analysis.epoch_batches = _epoch_batches(dataset, analysis)
+        return
+    # (node name, output batches per element at that node, a repeat between it and the
+    # output, the zip / mixture it feeds if any)
+    start = output.input[0].split(":")[0]
+    stack: list[tuple[str, float, bool, str]] = [(start, 1.0, False, "")]
+    while stack:
+        name, scale, repeat_below, feeding = stack.pop()
+        node = nodes.get(name)
+        if node is None or "Dataset" not in node.op or name in analysis.walked:
+            continue
+        analysis.walked.add(name)
         if node.op.startswith("Shuffle"):
-            buffer, seeded, reshuffle = _shuffle_facts(nodes, node)
-            if buffer is not None and buffer > 0:
-                if analysis.shuffle_buffer is None:
-                    analysis.shuffle_buffer = buffer
-                    analysis.elements_per_batch = max(round(1 / scale), 1)
-                analysis.buffered_batches += buffer * scale
-            # Without a seed the order is drawn from seeds the checkpoint does not carry:
-            # anew each epoch (reshuffle_each_iteration=True), or once per process (False),
-            # so a resumed job's next epoch differs either way.
-            if repeat_below and not seeded:
-                analysis.risks.append(
-                    Risk(
-                        "unseeded_shuffle",
-                        f"shuffle(reshuffle_each_iteration={reshuffle}) without a seed, "
-                        "then repeat",
-                        (
-                            "each new epoch draws fresh random seeds that the checkpoint does "
-                            "not carry, so the order diverges after the epoch boundary"
-                            if reshuffle
-                            else "its fixed order is drawn anew in every new process, so a "
-                            "resumed job's next epoch comes in another order"
-                        ),
-                        "pass shuffle(..., seed=N) (or call tf.random.set_seed before building)",
-                    )
-                )
+            _count_shuffle(nodes, node, scale, repeat_below, analysis, feeding)
         analysis.buffered_batches += _capacity(nodes, node) * scale
-        if node.op.startswith("Repeat"):
-            repeat_below = True
-        if node.op in ("BatchDatasetV2", "PaddedBatchDatasetV2", "BatchDataset"):
-            batch = _const_int(nodes, node.input[1])
-            scale = scale / batch if batch and batch > 0 else None
-        elif node.op.startswith(("Unbatch", "FlatMap", "Interleave", "ParallelInterleave")):
-            scale = None  # one input makes an unknown number of outputs
-            analysis.notes.append(
-                f"buffers upstream of {node.op.split('Dataset')[0]} are not counted "
-                "(one input element makes an unknown number of outputs)"
-            )
+        repeat_below = repeat_below or node.op.startswith("Repeat")
+        below = _scale_below(nodes, node, scale, analysis)
+        if below is None:
+            continue
+        inputs = [i.split(":")[0] for i in node.input if not i.startswith("^")]
+        if node.op.startswith(("Zip", "DirectedInterleave")):
+            feeding = _consumer_label(node)
+        # Reversed: the first input is walked first, so the nearest shuffle is the main line's.
+        stack += [(i, below, repeat_below, feeding) for i in reversed(inputs)]
     analysis.epoch_batches = _epoch_batches(dataset, analysis)
+
+
+def _count_shuffle(
+    nodes: dict[str, Any],
+    node: Any,
+    scale: float,
+    repeat_below: bool,
+    analysis: PipelineAnalysis,
+    feeding: str,
+) -> None:
+    """A shuffle's buffer in output batches; a risk when it has no seed and a repeat above."""
+    buffer, seeded, reshuffle = _shuffle_facts(nodes, node)
+    if buffer is not None and buffer > 0:
+        if analysis.shuffle_buffer is None:
+            analysis.shuffle_buffer = buffer
+            analysis.elements_per_batch = max(round(1 / scale), 1)
+        analysis.buffered_batches += buffer * scale
+    # Without a seed the order is drawn from seeds the checkpoint does not carry: anew each
+    # epoch (reshuffle_each_iteration=True), or once per process (False), so a resumed
+    # job's next epoch differs either way.
+    if repeat_below and not seeded:
+        analysis.risks.append(
+            Risk(
+                "unseeded_shuffle",
+                f"shuffle(reshuffle_each_iteration={reshuffle}) without a seed"
+                + (f" feeding {feeding}" if feeding else "")
+                + ", then repeat",
+                (
+                    "each new epoch draws fresh random seeds that the checkpoint does not "
+                    "carry, so the order diverges after the epoch boundary"
+                    if reshuffle
+                    else "its fixed order is drawn anew in every new process, so a resumed "
+                    "job's next epoch comes in another order"
+                ),
+                "pass shuffle(..., seed=N) (or call tf.random.set_seed before building)",
+            )
+        )
+
+
+def _scale_below(
+    nodes: dict[str, Any], node: Any, scale: float, analysis: PipelineAnalysis
+) -> float | None:
+    """Output batches per element at the node's inputs (None: unknown, the walk stops)."""
+    if node.op in ("BatchDatasetV2", "PaddedBatchDatasetV2", "BatchDataset"):
+        batch = _const_int(nodes, node.input[1])
+        return scale / batch if batch and batch > 0 else None
+    if node.op.startswith(("Unbatch", "FlatMap", "Interleave", "ParallelInterleave")):
+        analysis.notes.append(
+            f"buffers upstream of {node.op.split('Dataset')[0]} are not counted "
+            "(one input element makes an unknown number of outputs)"
+        )
+        return None  # one input makes an unknown number of outputs
+    return scale
 
 
 def _epoch_batches(dataset: Any, analysis: PipelineAnalysis) -> int | None:
