@@ -114,16 +114,16 @@ def tests(session: nox.Session) -> None:
     """The test suite (pytest; arguments after -- replace the defaults)."""
     _install_locked(session, "test")
     # Four workers on two cores: many tests wait on a child process or a server, and the
-    # extra workers fill that time (measured on this 2-core machine with two CPU hogs
-    # running: 377 s of pytest with 3 workers, 352 s with 4; earlier, without hogs, 658 s
-    # with 2 and 585-602 s with 3). Collecting the slow tests first was tried and made it
-    # slower (515 s against 481 s unsorted, one run each, both with two hogs): the heavy
-    # tests then all start together. loadgroup: tests marked xdist_group share one
-    # worker, so a module's slow fixture is measured once, not once per worker. No worker
-    # restarts:
-    # pytest-xdist 3.8's loadgroup can wait forever for work after it replaces a crashed
-    # worker (pytest-xdist issues #1323, #1327, #1378); a crash should end the run, naming
-    # the test it was running.
+    # extra workers fill that time. Measured on this 2-core machine as
+    # `yes >/dev/null & yes >/dev/null & make test ARGS="-q -n N ..."; kill %1 %2`, one run
+    # each (this VM's speed varies ~1.5x between runs): 377 s of pytest with 3 workers and
+    # 352 s with 4 (310 tests); earlier, without the hogs, 658 s with 2 and 585-602 s with
+    # 3. Collecting the slow tests first was tried and was slower (515 s against 481 s, 346
+    # tests): the heavy tests then all start together. loadgroup: tests marked xdist_group
+    # share one worker, so a module's slow fixture is measured once, not once per worker.
+    # No worker restarts: pytest-xdist 3.8's loadgroup can wait forever for work after it
+    # replaces a crashed worker (pytest-xdist issues #1323, #1327, #1378); a crash should
+    # end the run, naming the test it was running.
     # (The slowest steps are listed through pyproject's addopts, --durations=8.)
     defaults = ["-q", "--numprocesses=4", "--dist=loadgroup", "--max-worker-restart=0"]
     session.run("pytest", *(session.posargs or defaults))
