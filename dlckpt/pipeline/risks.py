@@ -401,6 +401,17 @@ SHUFFLE_SEED_FIX = (
 )
 
 
+def _output_node(graph_def: Any) -> str | None:
+    """The name of the dataset node the serialized graph returns (None: none found)."""
+    output = next((n for n in graph_def.node if n.op == "_Retval"), None)
+    return output.input[0].split(":")[0] if output is not None and output.input else None
+
+
+def _data_inputs(node: Any) -> list[str]:
+    """The names of the nodes feeding `node` (control inputs left out)."""
+    return [i.split(":")[0] for i in node.input if not i.startswith("^")]
+
+
 def _redrawing_shuffle_risks(graph_def: Any, walked: set[str]) -> list[Risk]:
     """Unseeded shuffles the buffer walk did not judge, anywhere in the graph.
 
@@ -413,13 +424,13 @@ def _redrawing_shuffle_risks(graph_def: Any, walked: set[str]) -> list[Risk]:
     """
     nodes = {node.name: node for node in graph_def.node}
     functions = {f.signature.name: f for f in graph_def.library.function}
-    output = next((n for n in graph_def.node if n.op == "_Retval"), None)
-    if output is None or not output.input:
+    start = _output_node(graph_def)
+    if start is None:
         return []
     risks: list[Risk] = []
     seen: set[tuple[str, bool]] = set()
     read_functions: set[str] = set()
-    stack = [(output.input[0].split(":")[0], False, "the output")]
+    stack = [(start, False, "the output")]
     while stack:
         name, repeat_above, consumer = stack.pop()
         node = nodes.get(name)
@@ -433,8 +444,7 @@ def _redrawing_shuffle_risks(graph_def: Any, walked: set[str]) -> list[Risk]:
         repeat_below = repeat_above or node.op.startswith("Repeat")
         # A repeat is named by the clause "under a repeat": the consumer named is the next one.
         label = consumer if node.op.startswith("Repeat") else _consumer_label(node)
-        inputs = [i.split(":")[0] for i in node.input if not i.startswith("^")]
-        stack += [(name, repeat_below, label) for name in inputs]
+        stack += [(name, repeat_below, label) for name in _data_inputs(node)]
         for function in _functions_of(node):
             risks += _function_shuffle_risks(functions, function, _where(node), read_functions)
     return risks
@@ -489,13 +499,12 @@ def _walk_buffers(
     at their branch's scale; the nearest shuffle is the first met along the first inputs).
     A branch stops where one input element makes an unknown number of outputs.
     """
-    output = next((n for n in graph_def.node if n.op == "_Retval"), None)
-    if output is None or not output.input:
+    start = _output_node(graph_def)
+    if start is None:
         analysis.epoch_batches = _epoch_batches(dataset, analysis)
         return
     # (node name, output batches per element at that node, a repeat between it and the
     # output, the zip / mixture it feeds if any)
-    start = output.input[0].split(":")[0]
     stack: list[tuple[str, float, bool, str]] = [(start, 1.0, False, "")]
     while stack:
         name, scale, repeat_below, feeding = stack.pop()
@@ -510,7 +519,7 @@ def _walk_buffers(
         below = _scale_below(nodes, node, scale, analysis)
         if below is None:
             continue
-        inputs = [i.split(":")[0] for i in node.input if not i.startswith("^")]
+        inputs = _data_inputs(node)
         if node.op.startswith(("Zip", "DirectedInterleave")):
             feeding = _consumer_label(node)
         # Reversed: the first input is walked first, so the nearest shuffle is the main line's.
@@ -550,7 +559,7 @@ def _count_shuffle(
                     else "its fixed order is drawn anew in every new process, so a resumed "
                     "job's next epoch comes in another order"
                 ),
-                "pass shuffle(..., seed=N) (or call tf.random.set_seed before building)",
+                SHUFFLE_SEED_FIX,
             )
         )
 
