@@ -1,4 +1,9 @@
-"""The pipelines from public bug reports (tests/cases), each run as a user runs it."""
+"""The pipelines from public bug reports (tests/cases), each run as a user runs it.
+
+The script's main(argv) runs in the test's process (conftest.run_in_process: the same
+arguments, environment and output; the restore still in a new process): what only a
+script's own process shows is covered in test_small_buffer_script.py and test_reliability.py.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,7 @@ import re
 from pathlib import Path
 
 import pytest
-from conftest import TESTS_DIR, run_script, script_env
+from conftest import TESTS_DIR, run_in_process, script_env
 
 SCRIPT = "test_dataloader_checkpoint_small_buffer.py"
 CASES = TESTS_DIR / "cases"
@@ -18,7 +23,7 @@ def _run_case(name: str, tmp_path: Path, *overrides: str):
     report = tmp_path / f"{name}.json"
     env = script_env(CASES_DATA=str(tmp_path / "data"), GCS_TEST_BUCKET=str(tmp_path))
     env["PYTHONPATH"] = os.pathsep.join([str(CASES), env["PYTHONPATH"]])
-    result = run_script(
+    result = run_in_process(
         SCRIPT, "--config-dir", str(CASES / "conf"), "--config-name", name,
         "--report", str(report), *overrides, env=env,
     )  # fmt: skip

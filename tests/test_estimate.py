@@ -9,12 +9,13 @@ family (dlckpt/bench/pipelines/estimate_shapes.py) holds shapes unlike the prese
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from conftest import SMALL_CHEAP, run_script, script_env
+from conftest import SMALL_CHEAP, run_in_process, run_script, script_env
 
 SCRIPT = "test_dataloader_checkpoint_small_buffer.py"
 SENSOR = "dlckpt.bench.pipelines.estimate_pipelines.sensor_log_dataset"
@@ -323,7 +324,7 @@ def test_estimate_only_prints_the_measured_headline_and_writes_the_report(
     scratch = tmp_path / "tmp"
     scratch.mkdir()
     env = script_env(XDG_CACHE_HOME=str(small_estimate_copy), TMPDIR=str(scratch))
-    result = run_script(
+    result = run_in_process(
         SCRIPT, "--config-name", "small", *SMALL_CHEAP, "--estimate-only", "--report", str(report),
         env=env,
     )  # fmt: skip
@@ -351,7 +352,7 @@ def test_estimate_only_prints_the_measured_headline_and_writes_the_report(
     )
     assert list(scratch.iterdir()) == []  # nothing written to TMPDIR
 
-    again = run_script(
+    again = run_in_process(
         SCRIPT, "--config-name", "small", *SMALL_CHEAP, "--estimate-only", "--fit-budget", "1MB",
         env=env,
     )  # fmt: skip
@@ -565,9 +566,42 @@ def test_cross_check_states_the_miss_and_drops_the_cache_entry(tmp_path, seeded_
     assert list(cache_dir().glob("*.json"))  # kept
     miss = cross_check(result, 640, real * 2)
     assert miss.within is False and miss.cache_dropped
-    assert miss.message().startswith("⚠ ") and "outside the stated ±" in miss.message()
+    assert miss.message().startswith("✗ ") and "outside the stated ±" in miss.message()
+    assert miss.failure().startswith("THE SIZE ESTIMATE MISSED THE REAL CHECKPOINT: ")
     assert list(cache_dir().glob("*.json")) == []  # the next run measures again
     assert [c["within"] for c in result.report()["cross_checks"]] == [True, False]
+
+
+def test_a_real_save_outside_the_stated_range_fails_the_run(tmp_path, seeded_cache):
+    """A measurement that no longer fits the pipeline (here a cached one 20x too large,
+    as data changed under an unchanged config would): the round trip passes, but the
+    sizes and the preflight rest on the estimate, so the run ends with exit 1 and ✗."""
+    from dlckpt.config import load_config
+    from dlckpt.estimate.cache import cache_dir, config_hash
+
+    entry = cache_dir() / f"{config_hash(load_config('small', SMALL_CHEAP))}.json"
+    data = json.loads(entry.read_text())
+    data["calibration"]["anchors"] = [[b, 20 * size] for b, size in data["calibration"]["anchors"]]
+    entry.write_text(json.dumps(data))
+    destination, report = tmp_path / "dest", tmp_path / "r.json"
+    destination.mkdir()
+    result = run_in_process(
+        SCRIPT, "--config-name", "small", *SMALL_CHEAP, "--report", str(report),
+        env=script_env(XDG_CACHE_HOME=os.environ["XDG_CACHE_HOME"], GCS_TEST_BUCKET=str(destination)),
+    )  # fmt: skip
+    assert result.returncode == 1, result.stdout + result.stderr
+    lines = result.stdout.rstrip().splitlines()
+    assert lines[-1].startswith("✗ THE SIZE ESTIMATE MISSED THE REAL CHECKPOINT: "), lines[-1]
+    assert "The round trip itself passed" in lines[-1]
+    written = json.loads(report.read_text())
+    tested = written["shuffle_buffer_size"]["tested"]
+    assert any(line.startswith(f"✗ estimate cross-check at buffer {tested}: ") for line in lines)
+    assert "✓ ALL TESTS PASSED" not in result.stdout
+    assert (written["passed"], written["exit_code"]) == (False, 1)
+    assert written["verification"]["passed"] is True
+    assert written["estimate_cross_check"]["within"] is False
+    assert not entry.exists()  # the next run measures again
+    assert list(destination.iterdir()) == []
 
 
 @_same_worker("cached_first")

@@ -1,5 +1,6 @@
 """Shuffles off the graph's main line: under interleave, in mixtures, under zip, inside
-flat_map and Dataset.load reader functions (tests/pipelines/graph_pipelines.py).
+flat_map and Dataset.load reader functions (dlckpt/bench/pipelines/graph_pipelines.py,
+which the catch-rate bench also runs).
 
 An unseeded one draws a new order at a pass no compared window reaches, so it is named as
 a risk before the run and the run cannot end in a pass; a seeded one is no risk at all.
@@ -9,11 +10,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import graph_pipelines
 import pytest
 from conftest import round_trip_in_process
 from omegaconf import OmegaConf
 
+from dlckpt.bench.pipelines import graph_pipelines
 from dlckpt.config import Settings
 from dlckpt.pipeline.risks import analyze
 
@@ -64,7 +65,7 @@ def test_the_same_shuffle_with_a_seed_draws_no_new_order(
 
 
 def _round_trip(target: str, seed: int | None, tmp_path: Path, lines: list[str]):
-    dataloader = {"_target_": f"graph_pipelines.{target}", "shuffle_buffer_size": 16, "seed": seed}
+    dataloader = {"_target_": f"{graph_pipelines.__name__}.{target}", "shuffle_buffer_size": 16, "seed": seed}
     return round_trip_in_process(dataloader, tmp_path, lines)
 
 
@@ -82,8 +83,7 @@ ENDINGS = [
 
 
 @pytest.mark.parametrize(("target", "ending"), ENDINGS)
-def test_an_unseeded_shuffle_off_the_main_line_never_passes(target, ending, tmp_path, monkeypatch):
-    monkeypatch.setenv("PYTHONPATH", str(Path(graph_pipelines.__file__).parent))
+def test_an_unseeded_shuffle_off_the_main_line_never_passes(target, ending, tmp_path):
     lines: list[str] = []
     outcome = _round_trip(target, None, tmp_path, lines)
     assert outcome.failure is not None and outcome.failure.startswith(ending), outcome.failure
@@ -119,7 +119,7 @@ def _estimate_and_real(tmp_path: Path, target: str, **dataloader):
 def test_shuffles_under_zip_are_not_called_constant_and_the_estimate_covers_a_real_save(
     tmp_path,
 ):
-    result, buffer, real = _estimate_and_real(tmp_path, "graph_pipelines.zipped_shuffles")
+    result, buffer, real = _estimate_and_real(tmp_path, f"{graph_pipelines.__name__}.zipped_shuffles")
     assert not result.calibration.constant
     assert result.bytes_for(buffer) > 10 * result.bytes_for(8)  # it grows with the buffer
     error = result.bytes_for(buffer) / real - 1

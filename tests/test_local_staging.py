@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import run_script, script_env
+from conftest import run_in_process, run_script, script_env
 
 from dlckpt.storage.transfer import MARKER_NAME
 
@@ -37,7 +37,7 @@ def test_staged_checkpoint_is_uploaded_verified_and_restored_from_gcs(
         GCS_TEST_BUCKET=f"gs://{gcs_bucket.name}/p",
         STORAGE_EMULATOR_HOST=gcs_endpoint,
     )
-    result = run_script(
+    result = run_in_process(
         SCRIPT, "--config-name", "small", "--keep", "--report", str(report), env=env
     )
 
@@ -87,7 +87,7 @@ def test_staged_checkpoint_is_uploaded_verified_and_restored_from_gcs(
 def test_without_a_bucket_it_stages_compares_and_cleans(tmp_path):
     staging = tmp_path / "staging"
     staging.mkdir()
-    result = run_script(
+    result = run_in_process(
         SCRIPT, "--config-name", "small", "--clean", env=script_env(LOCAL_STAGING_DIR=str(staging))
     )
 

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import SCRIPTS_DIR, run_script, script_env
+from conftest import SCRIPTS_DIR, run_in_process, run_script, script_env
 
 SCRIPT = "test_dataloader_checkpoint_small_buffer.py"
 
@@ -98,7 +98,7 @@ def test_a_checkpoint_that_does_not_resume_exits_1_naming_batch_and_key(tmp_path
         "dataloader:\n  _target_: user_pipelines.stateful_augmentation_dataset\n  shuffle_buffer_size: 1000\n"
     )
     report = tmp_path / "r.json"
-    result = run_script(
+    result = run_in_process(
         SCRIPT, "--config-dir", str(tmp_path), "--config-name", "aug", "--buffer-size", "20",
         "--report", str(report), env=script_env(GCS_TEST_BUCKET=str(tmp_path)),
     )  # fmt: skip

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import run_script
+from conftest import run_in_process, run_script
 
 from dlckpt.strategies.builders import grain_available
 from dlckpt.strategies.compare import (
@@ -32,7 +32,7 @@ def small_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[object, dict, P
     200 recorded steps, a 64-element buffer): each checkpoint restored in a new process."""
     work = tmp_path_factory.mktemp("strategies")
     report_path = work / "report.json"
-    completed = run_script(
+    completed = run_in_process(
         SCRIPT, "--config-name", "small", "--work-dir", str(work), "--report", str(report_path),
         "--timed-batches", "4",
     )  # fmt: skip
@@ -145,10 +145,10 @@ def test_strategies_run_on_the_users_own_loader(tmp_path: Path) -> None:
         "dataloader:\n  _target_: user_pipelines.robot_frames_dataset\n  shuffle_buffer_size: 40\n"
     )
     report_path = tmp_path / "report.json"
-    completed = run_script(
+    completed = run_in_process(
         SCRIPT, "--config-dir", str(tmp_path), "--config-name", "mine", "--work-dir", str(tmp_path),
         "--report", str(report_path), "--timed-batches", "2",
-        "--strategies", "index_permutation_symbolic", timeout=900,
+        "--strategies", "index_permutation_symbolic",
     )  # fmt: skip
     assert completed.returncode == 0, completed.stdout + completed.stderr
     report = json.loads(report_path.read_text())

@@ -365,8 +365,18 @@ class CrossCheck:
             if self.cache_dropped
             else ""
         )
-        # ⚠, not ✗: the estimate missed, the checkpoint itself did not fail a check.
-        return f"⚠ {head}, outside {stated}){dropped}"
+        # ✗: the sizes and the preflight's FITS rest on this estimate (finish fails the run).
+        return f"✗ {head}, outside {stated}){dropped}"
+
+    def failure(self) -> str:
+        """The run's last line when the real save falls outside the stated ± (without ✗)."""
+        return (
+            f"THE SIZE ESTIMATE MISSED THE REAL CHECKPOINT: {format_size(self.actual_bytes)} "
+            f"saved at buffer {self.buffer_size:,}, {format_size(self.estimated_bytes)} "
+            f"estimated ({self.error:+.1%}, outside the stated ±{self.uncertainty or 0:.1%}). "
+            "The round trip itself passed, but the sizes and the preflight's FITS above rest "
+            "on this estimate: run again to measure it anew"
+        )
 
     def report(self) -> dict[str, Any]:
         return {

@@ -596,22 +596,26 @@ def finish(
 
     With the run's `estimate` (an estimate.estimator.EstimateResult) and a saved checkpoint, the
     real bytes are held against the estimate for the tested buffer (estimate.estimator.cross_check):
-    the line is printed and the report gets `estimate_cross_check`.
+    the line is printed and the report gets `estimate_cross_check`. A real save outside the
+    estimate's stated ± fails the run (exit 1): the sizes and the preflight rest on it.
     """
-    exit_code = EXIT_PASSED if outcome.passed else EXIT_FAILED
+    failure = outcome.failure if not outcome.passed else None
     if estimate is not None and outcome.checkpoint_bytes > 0:
         from dlckpt.estimate.estimator import cross_check
 
         check = cross_check(estimate, estimate.tested_buffer, outcome.checkpoint_bytes)
         print(check.message())
         report["estimate_cross_check"] = check.report()
+        if check.within is False and failure is None:
+            failure = check.failure()
     for line in closing_lines:
         print(line)
-    print("✓ ALL TESTS PASSED" if outcome.passed else f"✗ {outcome.failure}")
+    print("✓ ALL TESTS PASSED" if failure is None else f"✗ {failure}")
     for note in outcome.notes:
         print(f"  ({note})")
+    exit_code = EXIT_PASSED if failure is None else EXIT_FAILED
     write_report(
         args.report,
-        {**report, **round_trip_report(outcome), "passed": outcome.passed, "exit_code": exit_code},
+        {**report, **round_trip_report(outcome), "passed": failure is None, "exit_code": exit_code},
     )
     return exit_code
