@@ -65,7 +65,11 @@ def test_the_same_shuffle_with_a_seed_draws_no_new_order(
 
 
 def _round_trip(target: str, seed: int | None, tmp_path: Path, lines: list[str]):
-    dataloader = {"_target_": f"{graph_pipelines.__name__}.{target}", "shuffle_buffer_size": 16, "seed": seed}
+    dataloader = {
+        "_target_": f"{graph_pipelines.__name__}.{target}",
+        "shuffle_buffer_size": 16,
+        "seed": seed,
+    }
     return round_trip_in_process(dataloader, tmp_path, lines)
 
 
@@ -119,7 +123,9 @@ def _estimate_and_real(tmp_path: Path, target: str, **dataloader):
 def test_shuffles_under_zip_are_not_called_constant_and_the_estimate_covers_a_real_save(
     tmp_path,
 ):
-    result, buffer, real = _estimate_and_real(tmp_path, f"{graph_pipelines.__name__}.zipped_shuffles")
+    result, buffer, real = _estimate_and_real(
+        tmp_path, f"{graph_pipelines.__name__}.zipped_shuffles"
+    )
     assert not result.calibration.constant
     assert result.bytes_for(buffer) > 10 * result.bytes_for(8)  # it grows with the buffer
     error = result.bytes_for(buffer) / real - 1
