@@ -84,6 +84,17 @@ def _shared_matplotlib_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
     os.environ["MPLCONFIGDIR"] = str(tmp_path_factory.mktemp("matplotlib"))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _run_estimate_cache(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """One estimate cache (XDG_CACHE_HOME) for the whole run, every worker and every process
+    it starts: a config's calibration is measured at most once per worker (entries are
+    written atomically), never read from an earlier run, and never written into the home
+    folder of whoever runs the tests. A test that needs its own cache sets its own."""
+    folder = str(_shared_folder(tmp_path_factory) / "run-estimate-cache")
+    os.environ["XDG_CACHE_HOME"] = folder
+    return folder
+
+
 @pytest.fixture(scope="session")
 def gcs_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedGcs]:
     """The embedded GCS server (fake-gcs-server behind its HTTPS front) for the whole session.
@@ -225,32 +236,51 @@ SMALL_CHEAP = [
 ]
 
 
-@pytest.fixture(scope="session")
-def small_estimate_cache(tmp_path_factory: pytest.TempPathFactory):
-    """(XDG_CACHE_HOME holding the `small` config's estimate under SMALL_CHEAP, the estimate),
-    measured once per run: the first pytest-xdist worker to ask measures it (~30 s of CPU)
-    while the others wait on a file lock, then each reads the same cache folder and the
-    measuring run's result (pickled). Runs with these overrides and that cache reuse it."""
+def _shared_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The run's own base temp folder, which every pytest-xdist worker shares (each worker's
+    base temp folder is inside it); without xdist, the base temp folder itself."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
+def _measured_once(shared: Path, name: str, overrides: list[str], cache: Path):
+    """The `small` config's estimate under `overrides`, measured once per run into `cache`
+    (an XDG_CACHE_HOME): the first pytest-xdist worker to ask measures it while the others
+    wait on a file lock, then each reads the measuring run's result (pickled)."""
     import fcntl
     import pickle
 
     from dlckpt.config import load_config
     from dlckpt.estimate.estimator import estimate
 
-    # Under pytest-xdist each worker's base temp folder is inside the run's own, which all
-    # workers share; without xdist the base temp folder is the run's own.
-    base = tmp_path_factory.getbasetemp()
-    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
-    cache, saved = shared / "small-estimate-cache", shared / "small-estimate.pickle"
-    with open(shared / "small-estimate.lock", "w") as lock:
+    saved = shared / f"{name}.pickle"
+    with open(shared / f"{name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
         if not saved.exists():
             with pytest.MonkeyPatch.context() as patch:
                 patch.setenv("XDG_CACHE_HOME", str(cache))
-                result = estimate(load_config("small", SMALL_CHEAP), say=lambda _: None)
+                result = estimate(load_config("small", overrides), say=lambda _: None)
             assert result.calibration is not None and not result.cached
             saved.write_bytes(pickle.dumps(result))
-    return cache, pickle.loads(saved.read_bytes())
+    return pickle.loads(saved.read_bytes())
+
+
+@pytest.fixture(scope="session")
+def small_estimate_cache(tmp_path_factory: pytest.TempPathFactory):
+    """(XDG_CACHE_HOME holding the `small` config's estimate under SMALL_CHEAP, the estimate),
+    measured once per run (~15 s of CPU). Runs with these overrides and that cache reuse it."""
+    shared = _shared_folder(tmp_path_factory)
+    cache = shared / "small-estimate-cache"
+    return cache, _measured_once(shared, "small-estimate", SMALL_CHEAP, cache)
+
+
+@pytest.fixture(scope="session")
+def small_default_estimate(tmp_path_factory: pytest.TempPathFactory, _run_estimate_cache: str):
+    """The `small` config's estimate under its own settings (~30 s of CPU), measured once per
+    run into the run's estimate cache: script runs of `--config-name small` that ask for it
+    find it there instead of each worker measuring it at once."""
+    shared = _shared_folder(tmp_path_factory)
+    return _measured_once(shared, "small-default-estimate", [], Path(_run_estimate_cache))
 
 
 @pytest.fixture
@@ -263,10 +293,10 @@ def small_estimate_copy(small_estimate_cache, tmp_path: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def script_estimate_cache(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """One estimate cache (XDG_CACHE_HOME) for a module's script runs: each config is
-    calibrated once per worker (the runs of one module share a worker via xdist_group)."""
-    return str(tmp_path_factory.mktemp("script-estimate-cache"))
+def script_estimate_cache(_run_estimate_cache: str) -> str:
+    """The run's estimate cache (XDG_CACHE_HOME), for script runs given an environment of
+    their own: runs with the same config and overrides share one calibration."""
+    return _run_estimate_cache
 
 
 @contextlib.contextmanager

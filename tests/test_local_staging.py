@@ -25,7 +25,7 @@ def _stdout_lines(result: subprocess.CompletedProcess[str]) -> list[str]:
 
 @pytest.mark.slow
 def test_staged_checkpoint_is_uploaded_verified_and_restored_from_gcs(
-    gcs_endpoint, gcs_client, gcs_bucket, tmp_path
+    gcs_endpoint, gcs_client, gcs_bucket, tmp_path, small_default_estimate
 ):
     """A bucket the test made (not the script), reached through STORAGE_EMULATOR_HOST."""
     staging = tmp_path / "staging"
@@ -84,7 +84,7 @@ def test_staged_checkpoint_is_uploaded_verified_and_restored_from_gcs(
 
 
 @pytest.mark.slow
-def test_without_a_bucket_it_stages_compares_and_cleans(tmp_path):
+def test_without_a_bucket_it_stages_compares_and_cleans(tmp_path, small_default_estimate):
     staging = tmp_path / "staging"
     staging.mkdir()
     result = run_in_process(

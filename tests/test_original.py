@@ -17,7 +17,7 @@ def _lines(text: str) -> list[str]:
 
 
 @pytest.mark.slow
-def test_round_trip_under_the_tensorflow_temp_folder(tmp_path):
+def test_round_trip_under_the_tensorflow_temp_folder(tmp_path, small_default_estimate):
     """TMPDIR from the environment picks the folder; the embedded GCS server is the destination."""
     temp = tmp_path / "tf-temp"
     temp.mkdir()
@@ -54,7 +54,9 @@ def test_round_trip_under_the_tensorflow_temp_folder(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="needs RLIMIT_FSIZE")
-def test_a_save_that_runs_out_of_room_ends_with_the_figure_and_the_fix(tmp_path):
+def test_a_save_that_runs_out_of_room_ends_with_the_figure_and_the_fix(
+    tmp_path, small_default_estimate
+):
     """A file-size limit makes TensorFlow's checkpoint write fail as a full disk would."""
     import resource
 
@@ -99,7 +101,7 @@ def test_a_save_that_runs_out_of_room_ends_with_the_figure_and_the_fix(tmp_path)
     assert list(temp.iterdir()) == []
 
 
-def test_preflight_refuses_a_checkpoint_that_cannot_fit(tmp_path):
+def test_preflight_refuses_a_checkpoint_that_cannot_fit(tmp_path, small_default_estimate):
     """A buffer no disk can hold: exit 3 before anything is filled or saved."""
     temp = tmp_path / "tf-temp"
     temp.mkdir()

@@ -785,7 +785,7 @@ def _restore_wrote_temp_files(run: _Script, scratch: Path) -> Callable[[], bool]
     ids=[f"fault-{p}-{signal.Signals(s).name}{'-group' if g else ''}" for p, s, g, _ in PHASES],
 )
 def test_signal_at_each_phase_cleans_up_and_exits_128_plus_n(
-    tmp_path, phase, sig, group, destination
+    tmp_path, phase, sig, group, destination, small_default_estimate
 ):
     scratch, dest, report = tmp_path / "tmp", tmp_path / "dest", tmp_path / "r.json"
     scratch.mkdir()
@@ -831,7 +831,9 @@ def test_signal_at_each_phase_cleans_up_and_exits_128_plus_n(
 
 
 @pytest.mark.slow
-def test_fault_sigkill_of_the_script_takes_the_restore_process_with_it(tmp_path):
+def test_fault_sigkill_of_the_script_takes_the_restore_process_with_it(
+    tmp_path, small_default_estimate
+):
     scratch, dest = tmp_path / "tmp", tmp_path / "dest"
     scratch.mkdir()
     dest.mkdir()
@@ -845,7 +847,9 @@ def test_fault_sigkill_of_the_script_takes_the_restore_process_with_it(tmp_path)
 
 
 @pytest.mark.slow
-def test_fault_staging_folder_as_destination_keeps_the_staged_checkpoint(tmp_path):
+def test_fault_staging_folder_as_destination_keeps_the_staged_checkpoint(
+    tmp_path, small_default_estimate
+):
     """GCS_TEST_BUCKET=LOCAL_STAGING_DIR was a traceback, then the staged copy was deleted."""
     staging = tmp_path / "staging"
     staging.mkdir()

@@ -141,7 +141,7 @@ def test_missing_bucket_exits_2(gcs_endpoint: str):
     assert "bucket 'no-such-bucket-here' does not exist" in _one_clear_line(result)
 
 
-def test_ctrl_c_leaves_nothing_in_the_run_prefix(tmp_path: Path):
+def test_ctrl_c_leaves_nothing_in_the_run_prefix(tmp_path: Path, small_default_estimate):
     destination = tmp_path / "dest"
     destination.mkdir()
     process = subprocess.Popen(

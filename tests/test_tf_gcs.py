@@ -177,7 +177,7 @@ SMALL_BUFFER_SCRIPT = "test_dataloader_checkpoint_small_buffer.py"
 TOO_BIG = "1000"
 SCRIPT_SECONDS = 900  # generous: a busy 2-core machine, not a timing claim
 SMALL_CONFIG = ["--config-name", "small", "dataloader.image_size=64",
-                "estimate.calibration_buffer_sizes=[4,16]", "estimate.calibration_offsets=[0]"]  # fmt: skip
+                "estimate.calibration_buffer_sizes=[8,32]", "estimate.calibration_offsets=[0]"]  # fmt: skip
 
 
 def _failure_line(result: subprocess.CompletedProcess[str]) -> str:
