@@ -11,7 +11,8 @@ The job's environment: --env-file FILE (`env > job.env` in the job's shell, or a
 /proc/PID/environ), then upper-case KEY=VALUE arguments (e.g. TMPDIR=/scratch; `KEY=`
 unsets). Lower-case key=value arguments are Hydra overrides, as in the other scripts.
 
-Exit codes: 0 nothing here explains a failure, 1 a cause was found, 2 bad input.
+Exit codes: 0 nothing here explains a failure (the last line then says the config fits, ✓),
+1 a cause was found, 2 bad input.
 """
 
 from __future__ import annotations
@@ -23,7 +24,14 @@ from typing import Any
 
 from dlckpt.cli.common import common_parser, parse_args, run_main
 from dlckpt.config import load_config, shuffle_buffer_size
-from dlckpt.diagnose.checks import Job, diagnose, findings_table, most_likely_line, next_steps
+from dlckpt.diagnose.checks import (
+    Job,
+    diagnose,
+    findings_table,
+    most_likely_line,
+    next_steps,
+    pass_line,
+)
 from dlckpt.diagnose.job_env import (
     TEMP_VARIABLES,
     detect_processes,
@@ -79,6 +87,8 @@ def _run(parser: Any, argv: Sequence[str] | None, report: dict[str, Any]) -> int
     report.update(result.report(), cause_found=best is not None, exit_code=exit_code)
     write_report(args.report, report)
     print(line)
+    if best is None:  # what someone checking a fix reads: the config fits, checked
+        print(pass_line(result))
     return exit_code
 
 

@@ -196,6 +196,7 @@ def run_in_process(
         if entry and entry not in sys.path
     ]  # fmt: skip
     saved_env, saved_cwd, saved_modules = dict(os.environ), os.getcwd(), set(sys.modules)
+    saved_seed = _tensorflow_global_seed()
     out, err = io.StringIO(), io.StringIO()
     # The one sys.path edit in the suite: what PYTHONPATH gives the script's own process.
     sys.path[:0] = extra
@@ -215,11 +216,30 @@ def run_in_process(
         os.chdir(saved_cwd)
         tempfile.tempdir = None
         del sys.path[: len(extra)]
+        # A pipeline that calls tf.random.set_seed (tests/cases/c02) would otherwise seed
+        # every unseeded shuffle the worker's later tests build, hiding their risks.
+        _restore_tensorflow_global_seed(saved_seed)
         for name in set(sys.modules) - saved_modules:
             origin = getattr(sys.modules[name], "__file__", None) or ""
             if any(origin.startswith(entry) for entry in extra):
                 del sys.modules[name]
     return subprocess.CompletedProcess([script, *args], code, out.getvalue(), err.getvalue())
+
+
+def _tensorflow_global_seed() -> int | None:
+    """TensorFlow's global random seed in this process (None: unset, or not imported)."""
+    if "tensorflow" not in sys.modules:
+        return None
+    from tensorflow.python.eager import context
+
+    return context.global_seed()
+
+
+def _restore_tensorflow_global_seed(seed: int | None) -> None:
+    if "tensorflow" in sys.modules and _tensorflow_global_seed() != seed:
+        import tensorflow as tf
+
+        tf.random.set_seed(seed)
 
 
 @pytest.fixture

@@ -127,14 +127,18 @@ def test_ram_that_cannot_hold_the_buffer_is_refused():
         formula_original_bytes=buffer * per_sample, formula_tested_bytes=buffer * per_sample,
         bytes_per_sample=per_sample, bytes_per_sample_source="test",
     )  # fmt: skip
-    rows = check_locations([Location(RAM_ROW, RAM, estimate.ram_bytes_for(buffer))])
+
+    def rows_at(sized):  # type: ignore[no-untyped-def]
+        return [Location(RAM_ROW, RAM, sized.ram_bytes_for(sized.tested_buffer))]
+
+    rows = check_locations(rows_at(estimate))
     assert not rows[0].ok
     with pytest.raises(PreflightRefusal) as refused:
-        preflight(rows, estimate, force=False)
+        preflight(rows, estimate, rows_at, force=False)
     message = str(refused.value)
     assert message.startswith(f"{RAM_ROW}: needs ")
     largest = int(
         message.split("dataloader.shuffle_buffer_size=")[1].split(" ")[0].replace(",", "")
     )
     assert 0 < largest * per_sample <= available
-    assert preflight(rows, estimate, force=True) == [message]
+    assert preflight(rows, estimate, rows_at, force=True) == [message]

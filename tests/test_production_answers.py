@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 from pathlib import Path
 
 import pytest
@@ -97,3 +99,95 @@ def test_fit_budget_says_when_the_configured_buffer_fits(estimate_only, tmp_path
     assert " + uncertainty) fits in 1.0 GB (your budget); the largest " in fit
     assert report["fit_budget"]["configured_fits"] is True
     assert report["fit_budget"]["shuffle_buffer_size"] > CONFIGURED
+
+
+def _advised(stderr: str) -> int | None:
+    """The buffer a refusal advises; None where it says no buffer fits at all."""
+    found = re.search(r"set dataloader\.shuffle_buffer_size=([\d,]+) or less", stderr)
+    if found is None:
+        assert "no buffer size fits every location" in stderr, stderr
+        return None
+    return int(found.group(1).replace(",", ""))
+
+
+@pytest.mark.parametrize(
+    "script", ["test_dataloader_checkpoint", "test_dataloader_checkpoint_small_buffer"]
+)
+def test_following_the_advice_passes_the_preflight_first_time(
+    script, small_estimate_cache, tmp_path, monkeypatch, capsys
+):
+    """A property over refused configs, not one example: three real tmpfs sizes as TMPDIR,
+    1, 3 and 8 processes per host, two configured buffers. Every refusal's advised buffer,
+    rerun, passes the same preflight; and no run prints FITS above a refusal."""
+    import importlib
+
+    main = importlib.import_module(script).main
+    cache, _ = small_estimate_cache
+    monkeypatch.setenv("XDG_CACHE_HOME", str(cache))
+    monkeypatch.setenv("GCS_TEST_BUCKET", str(tmp_path))  # a folder: no server rows
+    for name in ("TEST_TMPDIR", "TMP"):
+        monkeypatch.delenv(name, raising=False)
+    full = script == "test_dataloader_checkpoint"
+
+    def run(buffer: int, processes: int) -> tuple[int, str, str]:
+        tested = [] if full else ["--buffer-size", str(buffer)]
+        code = main(
+            ["--config-name", "small", *SMALL_CHEAP, f"dataloader.shuffle_buffer_size={buffer}",
+             f"estimate.processes_per_host={processes}", "--estimate-only", *tested]
+        )  # fmt: skip
+        out = capsys.readouterr()
+        assert not ("✓ THE CONFIGURED BUFFER FITS" in out.out and "PREFLIGHT REFUSED" in out.err)
+        return code, out.out, out.err
+
+    advised_runs = 0
+    for size in ("4m", "12m", "30m"):
+        with tmpfs_mount(tmp_path / f"tmp-{size}", f"size={size}") as folder:
+            monkeypatch.setenv("TMPDIR", str(folder))
+            for processes in (1, 3, 8):
+                for configured in (1_500, 40_000):
+                    code, _, err = run(configured, processes)
+                    if code == 0:
+                        continue
+                    assert code == 3, err
+                    advised = _advised(err)
+                    if advised is None:  # nothing fits: said so, and no buffer is offered
+                        continue
+                    advised_runs += 1
+                    code, out, err = run(advised, processes)
+                    assert code == 0, (size, processes, configured, advised, err)
+                    if full:  # the run fills the configured buffer: the headline agrees
+                        assert "✓ THE CONFIGURED BUFFER FITS" in out, out
+    assert advised_runs >= 6  # the property was exercised, not skipped by roomy folders
+
+
+def test_fit_budget_holds_every_process_of_the_host(small_estimate_cache, monkeypatch, capsys):
+    """--fit-budget is the room on one host: with 8 processes each saving its own
+    checkpoint, the largest buffer's 8 checkpoints (at the upper end of the ±) fit it and
+    one element more would not; with 1 process the answer is over 8 times larger."""
+    from test_dataloader_checkpoint_small_buffer import main
+
+    from dlckpt.preflight.locations import AtBuffer
+
+    cache, result = small_estimate_cache
+    monkeypatch.setenv("XDG_CACHE_HOME", str(cache))
+    budget = 64 * 2**20
+
+    def largest(processes: int) -> tuple[int, str]:
+        report = Path(cache).parent / f"fit-{processes}-{os.getpid()}.json"
+        code = main(
+            ["--config-name", "small", *SMALL_CHEAP, "dataloader.shuffle_buffer_size=250000",
+             f"estimate.processes_per_host={processes}", "--estimate-only", "--fit-budget",
+             "64MiB", "--report", str(report)]
+        )  # fmt: skip
+        assert code == 0
+        line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("FIT BUDGET"))
+        answer = json.loads(report.read_text())["fit_budget"]
+        assert answer["processes_per_host"] == processes and answer["budget_bytes"] == budget
+        return answer["shuffle_buffer_size"], line
+
+    eight, line = largest(8)
+    assert "does NOT fit in 67.1 MB (your budget)" in line and "× 8 processes per host" in line
+    assert AtBuffer(result, eight).original_bytes * 8 <= budget
+    assert AtBuffer(result, eight + 1).original_bytes * 8 > budget
+    one, _ = largest(1)
+    assert one > 8 * eight

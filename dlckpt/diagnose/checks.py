@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from dlckpt.diagnose.job_env import TEMP_VARIABLES
+from dlckpt.preflight.locations import ADVICE_MARGIN
 from dlckpt.tempdir import roomy_folder, tf_temp_dir
 from dlckpt.units import format_bytes
 
@@ -237,11 +238,22 @@ def _move_fix(job: Job, folder: Folder, variable: str) -> str:
         fixes.append(
             f"export TMPDIR={roomy[0]} ({format_bytes(roomy[1])} free) before the job starts"
         )
-    largest = job.largest_buffer_within(max(folder.free // max(job.processes, 1), 0))
+    # The same margin as every other advice (preflight.locations.ADVICE_MARGIN); the
+    # estimate's own ± is inside largest_buffer_within.
+    room = int(max(folder.free, 0) * (1 - ADVICE_MARGIN)) // max(job.processes, 1)
+    largest = job.largest_buffer_within(room)
     if largest:
         size = job.bytes_for(largest)
-        measured = f"a {format_bytes(size)} checkpoint, " if size else ""
-        fixes.append(f"or dataloader.shuffle_buffer_size={largest} ({measured}fits {folder.path})")
+        each = f"a {format_bytes(size)} checkpoint per process" if size else "per process"
+        node = (
+            f", {format_bytes(size * job.processes)} for the {job.processes} processes"
+            if size and job.processes > 1
+            else ""
+        )
+        fixes.append(
+            f"or dataloader.shuffle_buffer_size={largest:,} ({each}{node}: fits {folder.path} "
+            f"with {ADVICE_MARGIN:.0%} to spare at the upper end of the estimate's ±)"
+        )
     fixes.append("or LOCAL_STAGING_DIR=<big disk> make local-staging (save locally, then upload)")
     return "; ".join(fixes)
 
@@ -628,6 +640,22 @@ def next_steps(job: Job, folder: Folder) -> list[str]:
         f"watch the folder while the job saves: watch -n1 df -h {folder.path}",
         "set estimate.processes_per_host if several processes per host save at once",
     ]
+
+
+def pass_line(diagnosis: Diagnosis) -> str:
+    """The last line when no check found a cause: the fit answer, for the environment read.
+
+    A ✓ only for what was checked (the checkpoint per process times the processes, against the
+    folder TensorFlow stages in, as the job's variables resolve it): what a user checking a
+    fix reads, distinct from the MOST LIKELY CAUSE line above it.
+    """
+    job = diagnosis.job
+    return (
+        f"✓ THIS CONFIG FITS WHERE THE JOB STAGES ITS SAVES: the checkpoint "
+        f"({_need_text(job)}) fits in {_where(job, diagnosis.folder)} "
+        f"({format_bytes(diagnosis.folder.free)} free; environment: {job.env_source}) and no "
+        "other check here found a cause"
+    )
 
 
 def most_likely_line(diagnosis: Diagnosis) -> str:

@@ -8,9 +8,10 @@ against the sum of its rows. Checking never writes: free space comes from statvf
 
 from __future__ import annotations
 
+import math
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -223,15 +224,18 @@ def configured_fit_line(rows: Sequence[Location], estimate: EstimateResult) -> s
     )
 
 
-def check_locations(rows: Sequence[Location]) -> list[Location]:
-    """Fill in free space and OK: folders on one disk are checked against their sum."""
+def check_locations(rows: Sequence[Location], margin: float = 0.0) -> list[Location]:
+    """Fill in free space and OK: folders on one disk are checked against their sum, every
+    RAM row against the same available memory; `margin` of each stays unused (the advice's
+    ADVICE_MARGIN; 0 for the preflight itself)."""
     import psutil
 
     by_device: dict[int, list[Location]] = {}
     for row in rows:
         if row.path == RAM:  # every RAM row counts against the same memory
             row.free_bytes = int(psutil.virtual_memory().available)
-            row.ok = sum(r.required_bytes for r in rows if r.path == RAM) <= row.free_bytes
+            needed = sum(r.required_bytes for r in rows if r.path == RAM)
+            row.ok = needed <= row.free_bytes * (1 - margin)
         elif row.path.startswith("gs://"):
             row.free_bytes, row.ok = None, True
         else:
@@ -241,7 +245,7 @@ def check_locations(rows: Sequence[Location]) -> list[Location]:
     for group in by_device.values():
         total = sum(r.required_bytes for r in group)
         for row in group:
-            row.ok = total <= (row.free_bytes or 0)
+            row.ok = total <= (row.free_bytes or 0) * (1 - margin)
             if len(group) > 1:
                 others = len(group) - 1
                 row.note = (
@@ -281,65 +285,124 @@ def _disk_groups(rows: Sequence[Location]) -> list[list[Location]]:
     return list(groups.values())
 
 
-def tightest_budget(rows: Sequence[Location], margin: float = ADVICE_MARGIN) -> int:
-    """The checkpoint size every disk can take with `margin` to spare, given its rows' share.
-
-    Each disk holds one copy of the checkpoint per row on it, so its budget is its free
-    space (less the margin) divided by those rows. 0 when no row names a folder.
-    """
-    budgets = [
-        int((group[0].free_bytes or 0) * (1 - margin)) // len(group) for group in _disk_groups(rows)
+def tightest_room(rows: Sequence[Location], margin: float = ADVICE_MARGIN) -> int:
+    """The smallest room a disk of `rows` leaves one of its rows (free space less `margin`,
+    shared by the rows on it), in bytes: what "the tightest location" offers. 0: no folder."""
+    checked = check_locations(rows)
+    rooms = [
+        int((group[0].free_bytes or 0) * (1 - margin)) // len(group)
+        for group in _disk_groups(checked)
     ]
-    return min(budgets) if budgets else 0
+    return min(rooms) if rooms else 0
 
 
-def ram_buffer_limit(
-    rows: Sequence[Location], estimate: EstimateResult, margin: float = ADVICE_MARGIN
-) -> int | None:
-    """The largest buffer whose elements fit in available RAM with `margin` (None: no RAM row)."""
-    ram = [row for row in rows if row.path == RAM and row.free_bytes is not None]
-    if not ram:
-        return None
-    per_element = estimate.ram_bytes_for(estimate.tested_buffer) / max(estimate.tested_buffer, 1)
-    allowed = (ram[0].free_bytes or 0) * (1 - margin)
-    return int(allowed // per_element) if per_element > 0 else None
+class AtBuffer:
+    """An estimate's sizes for another shuffle buffer, at the upper end of its stated ±.
 
-
-def advised_buffer(
-    rows: Sequence[Location], estimate: EstimateResult, margin: float = ADVICE_MARGIN
-) -> int:
-    """The largest shuffle buffer that fits EVERY row: each disk (with its rows' share), RAM.
-
-    The GCS total per `num_hosts` has no free space to check, so it sets no limit. Every
-    location keeps `margin` of its free space unused; the checkpoint side also carries the
-    estimate's stated ± (see EstimateResult.largest_buffer_within). 0: no buffer fits.
+    What every row builder reads (`tested_*`, `original_*`, `ram_bytes_for`, `num_hosts`),
+    so the rows a run or a job would fill can be rebuilt for any buffer and the advice
+    holds even when the estimate is low by its whole ±. Bytes are ceilings.
     """
-    limits = []
-    if _disk_groups(rows):
-        limits.append(estimate.largest_buffer_within(tightest_budget(rows, margin)))
-    ram = ram_buffer_limit(rows, estimate, margin)
-    if ram is not None:
-        limits.append(ram)
-    return max(min(limits), 0) if limits else estimate.tested_buffer
+
+    def __init__(self, estimate: EstimateResult, buffer: int) -> None:
+        self._estimate = estimate
+        self._factor = 1 + (estimate.uncertainty_for(buffer) or 0.0)
+        self.original_buffer = self.tested_buffer = buffer
+        self.original_bytes = self.tested_bytes = math.ceil(
+            estimate.bytes_for(buffer) * self._factor
+        )
+        self.num_hosts = estimate.num_hosts
+        self.unsaveable = estimate.unsaveable
+
+    def ram_bytes_for(self, buffer: int) -> int:
+        return math.ceil(self._estimate.ram_bytes_for(buffer) * self._factor)
 
 
-def refusal_message(row: Location, rows: Sequence[Location], estimate: EstimateResult) -> str:
+# Rows for a buffer: the rows a run or a job fills, built from an estimate (or an AtBuffer).
+RowsAt = Callable[[Any], list[Location]]
+# No buffer size changes a constant checkpoint: the search stops here.
+NO_LIMIT = 10**12
+
+
+def largest_fitting_buffer(
+    rows_at: RowsAt | Sequence[RowsAt],
+    estimate: EstimateResult,
+    *,
+    margin: float = ADVICE_MARGIN,
+    budget: int | None = None,
+    copies: int = 1,
+) -> int:
+    """The one fit arithmetic: the largest shuffle buffer whose rows all fit (0: none).
+
+    Every row `rows_at` builds for a buffer (several builders: each table on its own; disks
+    with their rows' share, every RAM row against one memory: the embedded server's too) is
+    sized at the upper end of the
+    estimate's ± (AtBuffer) and must fit its free space less `margin`; with a `budget`
+    (bytes), `copies` checkpoints (processes per host) must also fit in it. The preflight
+    checks the same rows at the estimate itself with no margin, so a buffer from here
+    passes it. NO_LIMIT when every buffer fits (a constant checkpoint).
+    """
+
+    builders = [rows_at] if callable(rows_at) else list(rows_at)
+
+    def fits(buffer: int) -> bool:
+        sized = AtBuffer(estimate, buffer)
+        if budget is not None and sized.original_bytes * copies > budget:
+            return False
+        return all(
+            row.ok for build in builders for row in check_locations(build(sized), margin=margin)
+        )
+
+    if not fits(1):
+        return 0
+    low, high = 1, 2
+    while fits(high):
+        low, high = high, high * 2
+        if high > NO_LIMIT:
+            return NO_LIMIT
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (middle, high) if fits(middle) else (low, middle)
+    return low
+
+
+def refusal_message(
+    row: Location,
+    rows: Sequence[Location],
+    estimate: EstimateResult,
+    rows_at: RowsAt | Sequence[RowsAt],
+) -> str:
     """Names the location, required vs free, and each fix that applies with its numbers.
 
-    The suggested buffer fits every location at once (advised_buffer), not only this one.
+    The suggested buffer fits every row `rows_at` builds at once (largest_fitting_buffer):
+    rerun with it, the same preflight passes.
     """
     free = row.free_bytes or 0
     fixes = []
-    largest = advised_buffer(rows, estimate)
+    largest = largest_fitting_buffer(rows_at, estimate)
     percent = f"{ADVICE_MARGIN:.0%}"
     if largest >= 1:
         fixes.append(
             f"set dataloader.shuffle_buffer_size={largest:,} or less (fits every location "
-            f"with {percent} to spare; checkpoint ~{format_bytes(estimate.bytes_for(largest))}, "
+            f"with {percent} to spare at the upper end of the estimate's ±; checkpoint "
+            f"~{format_bytes(estimate.bytes_for(largest))}, "
             f"RAM ~{format_bytes(estimate.ram_bytes_for(largest))})"
+        )
+    elif any(r.role.startswith("embedded GCS server") for r in rows):
+        fixes.append(
+            "no buffer size fits with the embedded GCS server, which holds an upload whole in "
+            "RAM: set GCS_TEST_BUCKET to a bucket of yours or to a local folder"
         )
     else:
         fixes.append("no buffer size fits every location")
+    if row.role.startswith("embedded GCS server") and largest >= 1:
+        fixes.insert(
+            1,
+            (
+                "or keep the buffer and use a destination that does not hold the upload in this "
+                "host's RAM: GCS_TEST_BUCKET=gs://your-bucket/prefix or a local folder"
+            ),
+        )
     if row.path == RAM:
         what = (
             f"{row.role}: needs {format_bytes(row.required_bytes)}, {format_bytes(free)} available"
@@ -363,12 +426,19 @@ def refusal_message(row: Location, rows: Sequence[Location], estimate: EstimateR
     return f"{what}. Fixes: " + "; ".join(fixes)
 
 
-def preflight(rows: Sequence[Location], estimate: EstimateResult, *, force: bool) -> list[str]:
-    """Raise PreflightRefusal for the first row that does not fit; with `force`, return warnings."""
+def preflight(
+    rows: Sequence[Location],
+    estimate: EstimateResult,
+    rows_at: RowsAt | Sequence[RowsAt],
+    *,
+    force: bool,
+) -> list[str]:
+    """Raise PreflightRefusal for the first row that does not fit; with `force`, return
+    warnings. `rows_at` rebuilds `rows` for another buffer (the advice)."""
     failing = [row for row in rows if not row.ok]
     if not failing:
         return []
-    messages = [refusal_message(row, rows, estimate) for row in failing]
+    messages = [refusal_message(row, rows, estimate, rows_at) for row in failing]
     if not force:
         raise PreflightRefusal(messages[0])
     return messages

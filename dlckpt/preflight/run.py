@@ -1,8 +1,9 @@
 """The estimate and the preflight, as every script runs them before it fills a buffer.
 
 Measure the checkpoint (estimate.estimator), say whether the configured buffer fits where
-the job writes, show the folders this run fills, answer --fit-budget (estimate.fit) and
-refuse (exit 3) a save that cannot fit (preflight.locations).
+the job writes, show the folders this run fills, answer --fit-budget (preflight.fit) and
+refuse (exit 3) a save that cannot fit (preflight.locations). Every "how big may the buffer
+be" answer comes from one search over the same rows (locations.largest_fitting_buffer).
 """
 
 from __future__ import annotations
@@ -16,16 +17,15 @@ from omegaconf import DictConfig
 
 from dlckpt.errors import EXIT_PASSED, EXIT_PREFLIGHT, PreflightRefusal
 from dlckpt.estimate.estimator import EstimateResult, estimate
-from dlckpt.estimate.fit import fit_budget
+from dlckpt.preflight.fit import fit_budget
 from dlckpt.preflight.locations import (
     Location,
+    RowsAt,
     check_locations,
     configured_fit_line,
     configured_locations,
     locations_table,
-    ram_buffer_limit,
     scenario_locations,
-    tightest_budget,
 )
 from dlckpt.preflight.locations import (
     preflight as refuse_or_warn,
@@ -71,19 +71,33 @@ def estimate_and_preflight(
     processes = int(cfg.estimate.get("processes_per_host") or 1)
     separate = scenario != "full" or result.tested_buffer != result.original_buffer
     estimate_only = getattr(args, "estimate_only", False)
-    configured = _say_configured_answer(result, processes, say, table=estimate_only and separate)
+
+    def job_rows(sized: Any) -> list[Location]:
+        return configured_locations(sized, processes)
+
+    def run_rows(sized: Any) -> list[Location]:
+        built = locations(sized) if locations is not None else None
+        return built if built is not None else scenario_locations(scenario, sized)
+
+    rows = check_locations(run_rows(result))
+    # A run of the configured buffer fills its own rows too: the headline counts them, so
+    # it cannot say FITS above a table that refuses.
+    also = [] if separate else [row for row in rows if not row.ok]
+    configured = _say_configured_answer(
+        result, processes, say, table=estimate_only and separate, also=also
+    )
     production = {
         "configured_locations": [row.report() for row in configured],
-        "configured_fits": all(row.ok for row in configured),
+        "configured_fits": all(row.ok for row in configured) and not also,
     }
-    rows = _say_run_rows(result, scenario, locations, say, separate, estimate_only)
+    _say_run_rows(result, rows, say, separate, estimate_only)
     if getattr(args, "fit_budget", None) is not None:
-        tightest = tightest_budget(configured) // processes
-        ram_limit = ram_buffer_limit(configured, result)
-        ram_limit = None if ram_limit is None else ram_limit // processes
-        result.fit_budget = fit_budget(result, budget, tightest, say, ram_limit)
+        result.fit_budget = fit_budget(result, budget, processes, job_rows, say)
+    # The advice must pass this preflight and, for a run of the configured buffer, make the
+    # headline say FITS too: both tables are held to it, each on its own.
+    rows_at: list[RowsAt] = [run_rows] if separate else [run_rows, job_rows]
     try:
-        warnings = refuse_or_warn(rows, result, force=getattr(args, "force", False))
+        warnings = refuse_or_warn(rows, result, rows_at, force=getattr(args, "force", False))
     except PreflightRefusal as refusal:
         write_report(
             args.report,
@@ -99,10 +113,16 @@ def estimate_and_preflight(
 
 
 def _say_configured_answer(
-    result: EstimateResult, processes: int, say: Callable[[str], None], *, table: bool
+    result: EstimateResult,
+    processes: int,
+    say: Callable[[str], None],
+    *,
+    table: bool,
+    also: list[Location],
 ) -> list[Location]:
     """The production answer: does the configured buffer's checkpoint (what training saves,
-    `processes` of them per host) fit where the job writes; its table when `table`."""
+    `processes` of them per host) fit where the job writes, and the rows of this run that
+    `also` fail (a run of the configured buffer); its table when `table`."""
     configured = check_locations(configured_locations(result, processes))
     if table:
         say(
@@ -110,21 +130,18 @@ def _say_configured_answer(
             "elements, what training saves):"
         )
         say(locations_table(configured))
-    say(configured_fit_line(configured, result))
+    say(configured_fit_line([*configured, *also], result))
     return configured
 
 
 def _say_run_rows(
     result: EstimateResult,
-    scenario: str,
-    locations: Callable[[Any], list[Any]] | None,
+    rows: list[Location],
     say: Callable[[str], None],
     separate: bool,
     estimate_only: bool,
-) -> list[Location]:
-    """The folders this run fills (or would, with --estimate-only), checked and printed."""
-    rows = locations(result) if locations is not None else None
-    rows = check_locations(rows if rows is not None else scenario_locations(scenario, result))
+) -> None:
+    """The folders this run fills (or would, with --estimate-only), already checked."""
     if separate and estimate_only:
         say(
             f"The folders a test run would fill (buffer {result.tested_buffer:,}; "
@@ -137,7 +154,6 @@ def _say_run_rows(
     if tmp_warning:
         say(f"⚠ {tmp_warning}")
     result.locations = [row.report() for row in rows]
-    return rows
 
 
 def _budget_arg(args: argparse.Namespace) -> int | None:

@@ -46,7 +46,7 @@ PURE = [
     "dlckpt.tempdir",
     "dlckpt.config",
     "dlckpt.estimate.model",
-    "dlckpt.estimate.fit",
+    "dlckpt.preflight.fit",
     "dlckpt.estimate.watchdog",
     "dlckpt.preflight.locations",
     "dlckpt.preflight.disk_check",
