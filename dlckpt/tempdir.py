@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import errno
 import os
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 
 def tf_temp_dir(environ: dict[str, str] | None = None) -> tuple[str, str, str | None]:
@@ -45,24 +47,29 @@ def existing_ancestor(path: str) -> Path:
     return candidate
 
 
-def roomy_folder(needed: int, exclude: str) -> tuple[str, int] | None:
-    """A writable folder on another disk with at least `needed` bytes free (the roomiest)."""
+def roomy_folder(
+    needed: int, exclude: str, env: Mapping[str, str] | None = None
+) -> tuple[str, int] | None:
+    """A folder on another disk with at least `needed` bytes free (the roomiest) that the
+    user of `env` can write: the job's own HOME and LOCAL_STAGING_DIR, /tmp, /var/tmp, /mnt
+    and the mount points. `env` is the job's environment (default: this process's); when it
+    names a USER other than this process's, a folder counts only if that user may write it
+    by its mode bits (so a root shell never advises /root to a job that runs as someone else).
+    """
     import psutil
 
+    env = os.environ if env is None else env
     excluded_device = existing_ancestor(exclude).stat().st_dev
-    candidates = [
-        os.environ.get("LOCAL_STAGING_DIR", ""),
-        str(Path.home()),
-        os.getcwd(),
-        "/tmp",
-        "/var/tmp",
-        "/mnt",
-    ]
+    candidates = [env.get("LOCAL_STAGING_DIR", ""), env.get("HOME", "")]
+    if env is os.environ:
+        candidates.append(os.getcwd())
+    candidates += ["/tmp", "/var/tmp", "/mnt"]
     candidates += [p.mountpoint for p in psutil.disk_partitions(all=False)]
+    writable = _writable_for(env.get("USER") or env.get("LOGNAME") or "")
     best: tuple[str, int] | None = None
     seen: set[int] = set()
     for folder in candidates:
-        if not folder or not os.path.isdir(folder) or not os.access(folder, os.W_OK):
+        if not folder or not os.path.isdir(folder) or not writable(folder):
             continue
         device = os.stat(folder).st_dev
         if device == excluded_device or device in seen:
@@ -72,6 +79,43 @@ def roomy_folder(needed: int, exclude: str) -> tuple[str, int] | None:
         if free >= needed and (best is None or free > best[1]):
             best = (folder, free)
     return best
+
+
+def _writable_for(user: str) -> Callable[[str], bool]:
+    """Whether `user` (a login name; "" or this process's own: os.access) may write a folder."""
+    import pwd
+    import stat
+
+    try:
+        account = pwd.getpwnam(user) if user else None
+    except KeyError:
+        account = None
+    if account is None or account.pw_uid == os.geteuid():
+        return lambda folder: os.access(folder, os.W_OK)
+    if account.pw_uid == 0:
+        return lambda folder: True
+    groups = {account.pw_gid} | {g.gr_gid for g in _groups_of(user)}
+
+    def allows(path: Path, owner: int, group: int, other: int) -> bool:
+        info = path.stat()
+        if info.st_uid == account.pw_uid:
+            return bool(info.st_mode & owner)
+        if info.st_gid in groups:
+            return bool(info.st_mode & group)
+        return bool(info.st_mode & other)
+
+    def may_write(folder: str) -> bool:
+        path = Path(folder).resolve()
+        reachable = all(allows(p, stat.S_IXUSR, stat.S_IXGRP, stat.S_IXOTH) for p in path.parents)
+        return reachable and allows(path, stat.S_IWUSR, stat.S_IWGRP, stat.S_IWOTH)
+
+    return may_write
+
+
+def _groups_of(user: str) -> list[Any]:
+    import grp
+
+    return [group for group in grp.getgrall() if user in group.gr_mem]
 
 
 # Texts TensorFlow (or the OS) uses when a checkpoint write runs out of room. The first is

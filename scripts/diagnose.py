@@ -17,9 +17,7 @@ Exit codes: 0 nothing here explains a failure (the last line then says the confi
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from dlckpt.cli.common import common_parser, parse_args, run_main
@@ -32,13 +30,11 @@ from dlckpt.diagnose.checks import (
     next_steps,
     pass_line,
 )
-from dlckpt.diagnose.job_env import (
+from dlckpt.errors import EXIT_FAILED, EXIT_PASSED, UsageError
+from dlckpt.job_env import (
     TEMP_VARIABLES,
     detect_processes,
-    job_environment,
-    split_env_assignments,
 )
-from dlckpt.errors import EXIT_FAILED, EXIT_PASSED, UsageError
 from dlckpt.paths import PROJECT_ROOT
 from dlckpt.report import write_report
 from dlckpt.units import parse_size
@@ -48,10 +44,6 @@ SCRATCH = PROJECT_ROOT / ".work" / "diagnose"  # the estimate's saves, away from
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = common_parser("diagnose.py", __doc__.splitlines()[0])
-    parser.add_argument(
-        "--env-file", type=Path,
-        help="the failed job's environment: KEY=VALUE lines (`env > job.env`) or /proc/PID/environ",
-    )  # fmt: skip
     parser.add_argument(
         "--checkpoint-size", metavar="SIZE",
         help="use this checkpoint size per process (e.g. 91MB) instead of measuring the config",
@@ -63,8 +55,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run(parser: Any, argv: Sequence[str] | None, report: dict[str, Any]) -> int:
     args = parse_args(parser, argv)
     report["config_name"] = args.config_name
-    assignments, args.overrides = split_env_assignments(args.overrides)
-    env, env_source = job_environment(args.env_file, assignments, os.environ)
+    env, env_source = args.job_env, args.env_source  # parse_args read the job's environment
     cfg = load_config(args.config_name, args.overrides, args.config_dir)
     print(f"Config: {args.config_name} · dataloader: {cfg.dataloader._target_}")
     shown = ", ".join(f"{k}={env[k]}" if env.get(k) else f"{k} unset" for k in TEMP_VARIABLES)

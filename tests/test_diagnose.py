@@ -10,10 +10,12 @@ from __future__ import annotations
 import errno
 import json
 import os
+import pwd
 import re
 import resource
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -272,8 +274,8 @@ def test_bad_input_exits_2_with_one_line(args, message, tmp_path):
 
 
 def test_env_file_formats(tmp_path):
-    from dlckpt.diagnose.job_env import job_environment, parse_env_file
     from dlckpt.errors import UsageError
+    from dlckpt.job_env import job_environment, parse_env_file
 
     shell = tmp_path / "job.env"
     shell.write_text("export TMPDIR=\"/scratch/a b\"\nTMP='/t'\n\nPATH=/bin\n")
@@ -288,3 +290,31 @@ def test_env_file_formats(tmp_path):
     bad.write_text("1TMPDIR=/x\n")
     with pytest.raises(UsageError, match=r"line 1: '1TMPDIR=/x' is not KEY=VALUE"):
         parse_env_file(bad)
+
+
+def test_a_fix_folder_is_one_the_jobs_user_can_write(tmpfs_4m, tmp_path):
+    """Run as root for a job that runs as `nobody` with HOME=/root (mode 700): /root is no
+    fix for that job. Its own HOME (owned by it) is, and /tmp (sticky, world-writable)."""
+    from dlckpt.tempdir import roomy_folder
+
+    assert os.geteuid() == 0 and (os.stat("/root").st_mode & 0o777) == 0o700
+    job_root = roomy_folder(1, str(tmpfs_4m), {"USER": "nobody", "HOME": "/root"})
+    assert job_root is not None and job_root[0] != "/root"
+    assert roomy_folder(1, str(tmpfs_4m), {"HOME": "/root"}) == (
+        "/root",
+        pytest.approx(job_root[1], rel=0.01),
+    )  # this shell's own user (root) may write it
+    nobody = pwd.getpwnam("nobody")
+    home = Path(tempfile.mkdtemp(prefix="home-of-nobody-", dir="/tmp"))  # /tmp: reachable
+    try:
+        os.chown(home, nobody.pw_uid, nobody.pw_gid)
+        found = roomy_folder(1, str(tmpfs_4m), {"USER": "nobody", "HOME": str(home)})
+        assert found is not None and found[0] == str(home)
+        # The same folder where that user cannot reach it (tmp_path's parents are mode 700).
+        hidden = tmp_path / "hidden-home"
+        hidden.mkdir()
+        os.chown(hidden, nobody.pw_uid, nobody.pw_gid)
+        found = roomy_folder(1, str(tmpfs_4m), {"USER": "nobody", "HOME": str(hidden)})
+        assert found is not None and found[0] != str(hidden)
+    finally:
+        home.rmdir()

@@ -191,3 +191,55 @@ def test_fit_budget_holds_every_process_of_the_host(small_estimate_cache, monkey
     assert AtBuffer(result, eight + 1).original_bytes * 8 > budget
     one, _ = largest(1)
     assert one > 8 * eight
+
+
+@pytest.mark.parametrize(
+    "script", ["test_dataloader_checkpoint_small_buffer", "test_dataloader_checkpoint"]
+)
+def test_the_jobs_env_file_is_what_every_command_checks(
+    script, small_estimate_cache, tmp_path, monkeypatch, capsys
+):
+    """The shell has a roomy TMPDIR; the job (--env-file) stages in a real 4 MiB tmpfs with
+    8 GPUs. The answers are for the job's folder and count, and say so; the shell's
+    environment is left as it was."""
+    import importlib
+
+    main = importlib.import_module(script).main
+    cache, result = small_estimate_cache
+    roomy = tmp_path / "roomy"
+    roomy.mkdir()
+    monkeypatch.setenv("XDG_CACHE_HOME", str(cache))
+    monkeypatch.setenv("TMPDIR", str(roomy))
+    monkeypatch.setenv("GCS_TEST_BUCKET", str(tmp_path))
+    for name in ("TEST_TMPDIR", "TMP", "CUDA_VISIBLE_DEVICES", "LOCAL_WORLD_SIZE"):
+        monkeypatch.delenv(name, raising=False)
+    configured = 600  # ~5 MB a process: over the job's 4 MiB, well within the shell's room
+    args = ["--config-name", "small", *SMALL_CHEAP, f"dataloader.shuffle_buffer_size={configured}",
+            "--estimate-only", "--report", str(tmp_path / "r.json")]  # fmt: skip
+
+    assert main(args) == 0  # this shell: room enough
+    shell = capsys.readouterr().out
+    assert "✓ THE CONFIGURED BUFFER FITS" in shell and f"which fits {roomy} (" in shell
+    assert "checked in this shell's environment (the job's own: --env-file job.env" in shell
+
+    with tmpfs_mount(tmp_path / "job-tmp", "size=4m") as job_tmp:
+        env_file = tmp_path / "job.env"
+        env_file.write_text(
+            f"TMPDIR={job_tmp}\nCUDA_VISIBLE_DEVICES=0,1,2,3,4,5,6,7\nGCS_TEST_BUCKET={tmp_path}\n"
+        )
+        code = main([*args, "--env-file", str(env_file)])
+        out, err = capsys.readouterr()
+        report = json.loads((tmp_path / "r.json").read_text())
+    assert os.environ["TMPDIR"] == str(roomy)  # the shell's, restored
+    assert "Processes per host saving at once: 8 (CUDA_VISIBLE_DEVICES=0,1,2,3,4,5,6,7" in out
+    warning = next(line for line in out.splitlines() if line.startswith("⚠ THE CONFIGURED"))
+    assert f"(TMPDIR, 8 processes) {job_tmp} needs " in warning
+    assert f"checked in the job's environment (--env-file {env_file})" in warning
+    assert str(roomy) not in warning
+    [job_row] = [r for r in report["configured_locations"] if r["path"] == str(job_tmp)]
+    assert job_row["required_bytes"] == 8 * result.bytes_for(configured)
+    if script == "test_dataloader_checkpoint":  # it fills the configured buffer: refused
+        assert code == 3 and f"{job_tmp}" in err and "PREFLIGHT REFUSED" in err
+        assert "THE CONFIGURED BUFFER FITS" not in out
+    else:  # the test's own buffer fits; the answer for the configured one does not
+        assert code == 0, err

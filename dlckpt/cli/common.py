@@ -8,6 +8,7 @@ config, pipeline, roundtrip, estimate, preflight, storage, diagnose, strategies.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import traceback
 from collections.abc import Callable, Sequence
@@ -18,6 +19,7 @@ from omegaconf import DictConfig
 
 from dlckpt.config import load_config
 from dlckpt.errors import EXIT_ERROR, EXIT_PREFLIGHT, EXIT_USAGE, PreflightRefusal, UsageError
+from dlckpt.job_env import APPLIED_VARIABLES, job_environment, split_env_assignments
 from dlckpt.report import (
     reset_report,
     start_report,
@@ -49,14 +51,37 @@ def common_parser(prog: str, description: str) -> argparse.ArgumentParser:
     parser.add_argument(
         "--debug", action="store_true", help="show the traceback of an unexpected error"
     )
-    parser.add_argument("overrides", nargs="*", metavar="key=value", help="Hydra overrides")
+    parser.add_argument(
+        "--env-file", type=Path,
+        help="the job's environment (`env > job.env` in its shell, or /proc/PID/environ): "
+        "its TMPDIR, TEST_TMPDIR, TMP, GCS_TEST_BUCKET, LOCAL_STAGING_DIR, HOME, USER, "
+        "LOCAL_WORLD_SIZE and CUDA_VISIBLE_DEVICES are checked instead of this shell's",
+    )  # fmt: skip
+    parser.add_argument(
+        "overrides", nargs="*", metavar="key=value",
+        help="Hydra overrides; upper-case KEY=VALUE (TMPDIR=/scratch) sets the job's variable",
+    )  # fmt: skip
     return parser
 
 
 def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
-    """Parse the command line; check --report is writable and clear a stale report there."""
+    """Parse the command line; check --report is writable and clear a stale report there.
+
+    The job's environment (--env-file, then upper-case KEY=VALUE arguments) replaces this
+    shell's APPLIED_VARIABLES for the rest of the run (run_main restores them): every folder
+    and bucket is then checked where the job writes. `args.job_env` holds all its
+    JOB_VARIABLES (the process count, HOME and USER shape the answers); `args.env_source`
+    says which environment that is ("this shell", or "--env-file job.env + TMPDIR=/x").
+    """
     args = parser.parse_intermixed_args(list(sys.argv[1:] if argv is None else argv))
     start_report(args.report, script=parser.prog)
+    assignments, args.overrides = split_env_assignments(args.overrides)
+    args.job_env, args.env_source = job_environment(args.env_file, assignments, os.environ)
+    for name in APPLIED_VARIABLES:
+        if name in args.job_env:
+            os.environ[name] = args.job_env[name]
+        elif args.env_file is not None or name in assignments:
+            os.environ.pop(name, None)  # unset in the job, or `KEY=`
     return args
 
 
@@ -91,6 +116,15 @@ def run_main(
     report = report if report is not None else {}
     cleanup.reset()
     reset_report()
+    environment = dict(os.environ)  # parse_args applies the job's; restored on the way out
+    try:
+        return _run_body(body, argv, report)
+    finally:
+        os.environ.clear()
+        os.environ.update(environment)
+
+
+def _run_body(body: Callable[[], int], argv: Sequence[str] | None, report: dict[str, Any]) -> int:
     with interrupts_raise():  # the last lines too: a second signal must not cut them off
         try:
             code, line = body(), ""

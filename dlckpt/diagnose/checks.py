@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dlckpt.diagnose.job_env import TEMP_VARIABLES
+from dlckpt.job_env import TEMP_VARIABLES
 from dlckpt.preflight.locations import ADVICE_MARGIN
 from dlckpt.tempdir import roomy_folder, tf_temp_dir
 from dlckpt.units import format_bytes
@@ -233,7 +233,9 @@ def _move_fix(job: Job, folder: Folder, variable: str) -> str:
         fixes.append(f"unset TEST_TMPDIR in the job, so TensorFlow uses {overridden}")
     elif variable == "TEST_TMPDIR":
         fixes.append("unset TEST_TMPDIR in the job (or point it at the same folder as TMPDIR)")
-    roomy = roomy_folder(job.needed, folder.path) if folder.exists and not overridden else None
+    roomy = (
+        roomy_folder(job.needed, folder.path, job.env) if folder.exists and not overridden else None
+    )
     if roomy is not None:
         fixes.append(
             f"export TMPDIR={roomy[0]} ({format_bytes(roomy[1])} free) before the job starts"

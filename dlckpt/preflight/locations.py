@@ -11,11 +11,12 @@ from __future__ import annotations
 import math
 import os
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from dlckpt.errors import PreflightRefusal, UsageError
+from dlckpt.job_env import THIS_SHELL
 from dlckpt.tempdir import existing_ancestor, roomy_folder, tf_temp_dir
 from dlckpt.units import format_bytes
 
@@ -191,8 +192,17 @@ def configured_locations(estimate: EstimateResult, processes: int = 1) -> list[L
     ]
 
 
-def configured_fit_line(rows: Sequence[Location], estimate: EstimateResult) -> str:
-    """One line: does the configured buffer's checkpoint fit every location, and where."""
+def configured_fit_line(
+    rows: Sequence[Location], estimate: EstimateResult, environment: str = THIS_SHELL
+) -> str:
+    """One line: does the configured buffer's checkpoint fit every location, and where, for
+    which `environment` (job_env's source: this shell's, or the job's from --env-file)."""
+    checked = (
+        f"checked in {environment}'s environment (the job's own: --env-file job.env, or "
+        "TMPDIR=… as an argument)"
+        if environment == THIS_SHELL
+        else f"checked in the job's environment ({environment})"
+    )
     buffer = f"shuffle_buffer_size {estimate.original_buffer:,}"
     if estimate.unsaveable:
         return (
@@ -212,15 +222,16 @@ def configured_fit_line(rows: Sequence[Location], estimate: EstimateResult) -> s
         )
         return (
             f"✓ THE CONFIGURED BUFFER FITS: {buffer} writes a "
-            f"{format_bytes(estimate.original_bytes)} checkpoint, which fits {room}. If a save "
-            "still fails with `Could not append to the internal temporary file`, the cause is "
-            "elsewhere: make diagnose"
+            f"{format_bytes(estimate.original_bytes)} checkpoint, which fits {room}; {checked}. "
+            "If a save still fails with `Could not append to the internal temporary file`, the "
+            "cause is elsewhere: make diagnose"
         )
     row = failing[0]
     return (
         f"⚠ THE CONFIGURED BUFFER DOES NOT FIT: {buffer}: {row.role} {row.path} needs "
-        f"{format_bytes(row.required_bytes)}, {format_bytes(row.free_bytes or 0)} free "
-        "(--fit-budget gives the largest buffer that fits; make diagnose checks the other causes)"
+        f"{format_bytes(row.required_bytes)}, {format_bytes(row.free_bytes or 0)} free; "
+        f"{checked} (--fit-budget gives the largest buffer that fits; make diagnose checks the "
+        "other causes)"
     )
 
 
@@ -371,6 +382,7 @@ def refusal_message(
     rows: Sequence[Location],
     estimate: EstimateResult,
     rows_at: RowsAt | Sequence[RowsAt],
+    env: Mapping[str, str] | None = None,
 ) -> str:
     """Names the location, required vs free, and each fix that applies with its numbers.
 
@@ -410,7 +422,7 @@ def refusal_message(
     else:
         same_disk = next((g for g in _disk_groups(rows) if row in g), [row])
         total = sum(r.required_bytes for r in same_disk)
-        roomy = roomy_folder(total, row.path)
+        roomy = roomy_folder(total, row.path, env)
         if roomy is not None and row.variable:
             fixes.append(f"export {row.variable}={roomy[0]} ({format_bytes(roomy[1])} free)")
         what = (
@@ -432,13 +444,14 @@ def preflight(
     rows_at: RowsAt | Sequence[RowsAt],
     *,
     force: bool,
+    env: Mapping[str, str] | None = None,
 ) -> list[str]:
     """Raise PreflightRefusal for the first row that does not fit; with `force`, return
     warnings. `rows_at` rebuilds `rows` for another buffer (the advice)."""
     failing = [row for row in rows if not row.ok]
     if not failing:
         return []
-    messages = [refusal_message(row, rows, estimate, rows_at) for row in failing]
+    messages = [refusal_message(row, rows, estimate, rows_at, env) for row in failing]
     if not force:
         raise PreflightRefusal(messages[0])
     return messages

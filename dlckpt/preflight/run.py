@@ -9,7 +9,7 @@ be" answer comes from one search over the same rows (locations.largest_fitting_b
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,7 @@ from omegaconf import DictConfig
 
 from dlckpt.errors import EXIT_PASSED, EXIT_PREFLIGHT, PreflightRefusal
 from dlckpt.estimate.estimator import EstimateResult, estimate
+from dlckpt.job_env import THIS_SHELL, processes_from_env
 from dlckpt.preflight.fit import fit_budget
 from dlckpt.preflight.locations import (
     Location,
@@ -68,7 +69,11 @@ def estimate_and_preflight(
     budget = _budget_arg(args)
     result = estimate(cfg, tested_buffer=tested_buffer, scratch_root=scratch_root, say=say)
     _say_headlines(result, say, tested_line)
-    processes = int(cfg.estimate.get("processes_per_host") or 1)
+    job_env = getattr(args, "job_env", None)
+    environment = getattr(args, "env_source", THIS_SHELL)
+    processes, source = processes_per_host(cfg, job_env or {})
+    if processes > 1:
+        say(f"Processes per host saving at once: {processes} ({source})")
     separate = scenario != "full" or result.tested_buffer != result.original_buffer
     estimate_only = getattr(args, "estimate_only", False)
 
@@ -84,8 +89,9 @@ def estimate_and_preflight(
     # it cannot say FITS above a table that refuses.
     also = [] if separate else [row for row in rows if not row.ok]
     configured = _say_configured_answer(
-        result, processes, say, table=estimate_only and separate, also=also
-    )
+        result, processes, say, table=estimate_only and separate, also=also,
+        environment=environment,
+    )  # fmt: skip
     production = {
         "configured_locations": [row.report() for row in configured],
         "configured_fits": all(row.ok for row in configured) and not also,
@@ -97,7 +103,10 @@ def estimate_and_preflight(
     # headline say FITS too: both tables are held to it, each on its own.
     rows_at: list[RowsAt] = [run_rows] if separate else [run_rows, job_rows]
     try:
-        warnings = refuse_or_warn(rows, result, rows_at, force=getattr(args, "force", False))
+        warnings = refuse_or_warn(
+            rows, result, rows_at, force=getattr(args, "force", False),
+            env=job_env if environment != THIS_SHELL else None,
+        )  # fmt: skip
     except PreflightRefusal as refusal:
         write_report(
             args.report,
@@ -119,6 +128,7 @@ def _say_configured_answer(
     *,
     table: bool,
     also: list[Location],
+    environment: str,
 ) -> list[Location]:
     """The production answer: does the configured buffer's checkpoint (what training saves,
     `processes` of them per host) fit where the job writes, and the rows of this run that
@@ -130,7 +140,7 @@ def _say_configured_answer(
             "elements, what training saves):"
         )
         say(locations_table(configured))
-    say(configured_fit_line([*configured, *also], result))
+    say(configured_fit_line([*configured, *also], result, environment))
     return configured
 
 
@@ -154,6 +164,17 @@ def _say_run_rows(
     if tmp_warning:
         say(f"⚠ {tmp_warning}")
     result.locations = [row.report() for row in rows]
+
+
+def processes_per_host(cfg: DictConfig, job_env: Mapping[str, str]) -> tuple[int, str]:
+    """(processes per host that each save a checkpoint, where the figure comes from):
+    estimate.processes_per_host, else the job's LOCAL_WORLD_SIZE or CUDA_VISIBLE_DEVICES,
+    else 1. The shell's own devices are not counted: the job may run elsewhere."""
+    configured = cfg.estimate.get("processes_per_host")
+    if configured:
+        return int(configured), "estimate.processes_per_host"
+    found = processes_from_env(job_env)
+    return found if found is not None else (1, "one process: set estimate.processes_per_host")
 
 
 def _budget_arg(args: argparse.Namespace) -> int | None:

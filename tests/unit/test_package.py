@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "dlckpt"
 
 # Each room (a folder or top-level module of dlckpt) and the rooms it may import.
-LOW = {"errors", "units", "paths", "report", "runtime", "tempdir"}
+LOW = {"errors", "units", "paths", "report", "runtime", "tempdir", "job_env"}
 ALLOWED: dict[str, set[str]] = {
     "errors": set(),
     "paths": set(),
@@ -27,6 +27,7 @@ ALLOWED: dict[str, set[str]] = {
     "report": {"errors", "units"},
     "runtime": {"errors"},
     "tempdir": {"errors", "units"},
+    "job_env": {"errors"},
     "config": LOW,
     "pipeline": LOW | {"config"},
     "ckpt_io": LOW | {"pipeline"},
@@ -44,6 +45,7 @@ ALLOWED: dict[str, set[str]] = {
 PURE = [
     "dlckpt.units",
     "dlckpt.tempdir",
+    "dlckpt.job_env",
     "dlckpt.config",
     "dlckpt.estimate.model",
     "dlckpt.preflight.fit",

@@ -1,8 +1,9 @@
-"""The failed job's environment as the diagnosis sees it: --env-file, KEY=VALUE, accelerators.
+"""The job's environment, an input of every command: --env-file, KEY=VALUE, accelerators.
 
-The shell `make diagnose` runs in is often not the job's, so the job's temp-folder variables
-come from a copy of its environment (`env > job.env`, or /proc/PID/environ) and from
-upper-case KEY=VALUE arguments; the processes per host from the accelerators found.
+The shell a command runs in is often not the job's, so the job's temp-folder variables, its
+bucket, staging folder, user and process count come from a copy of its environment
+(`env > job.env`, or /proc/PID/environ) and from upper-case KEY=VALUE arguments; the
+processes per host from those variables or the accelerators found.
 """
 
 from __future__ import annotations
@@ -14,8 +15,16 @@ from pathlib import Path
 from dlckpt.errors import UsageError
 
 TEMP_VARIABLES = ("TEST_TMPDIR", "TMPDIR", "TMP")
-# The job environment's variables the diagnosis reads (everything else in --env-file is ignored).
-JOB_VARIABLES = (*TEMP_VARIABLES, "CUDA_VISIBLE_DEVICES")
+# The job environment's variables the commands read (everything else in --env-file is ignored).
+JOB_VARIABLES = (
+    *TEMP_VARIABLES, "CUDA_VISIBLE_DEVICES", "LOCAL_WORLD_SIZE", "GCS_TEST_BUCKET",
+    "LOCAL_STAGING_DIR", "HOME", "USER",
+)  # fmt: skip
+# The ones a command applies to its own process for the run (where it writes and uploads);
+# the rest (HOME, USER, the process count) only shape the answers, so the tool's own cache,
+# home and devices stay this shell's.
+APPLIED_VARIABLES = (*TEMP_VARIABLES, "GCS_TEST_BUCKET", "LOCAL_STAGING_DIR")
+THIS_SHELL = "this shell"
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
@@ -73,7 +82,7 @@ def job_environment(
     env_file: Path | None, assignments: Mapping[str, str], base: Mapping[str, str]
 ) -> tuple[dict[str, str], str]:
     """The job's variables: --env-file (else this shell's), then KEY=VALUE; `KEY=` unsets."""
-    source = "this shell"
+    source = THIS_SHELL
     if env_file is not None:
         chosen: Mapping[str, str] = parse_env_file(env_file)
         source = f"--env-file {env_file}"
@@ -90,13 +99,26 @@ def job_environment(
     return env, source
 
 
-def detect_processes(env: Mapping[str, str]) -> tuple[int, str]:
-    """(processes, how it was found): one process per accelerator the job would use."""
+def processes_from_env(env: Mapping[str, str]) -> tuple[int, str] | None:
+    """(processes per host, how it was found) from the job's variables alone, or None:
+    LOCAL_WORLD_SIZE (torchrun, Accelerate), else one per GPU in CUDA_VISIBLE_DEVICES."""
+    local = env.get("LOCAL_WORLD_SIZE", "").strip()
+    if local.isdigit() and int(local) >= 1:
+        return int(local), f"LOCAL_WORLD_SIZE={local}"
     visible = env.get("CUDA_VISIBLE_DEVICES")
     if visible:
         devices = [d for d in visible.split(",") if d.strip() and d.strip() != "-1"]
         if devices:
             return len(devices), f"CUDA_VISIBLE_DEVICES={visible}: {len(devices)} GPU(s)"
+    return None
+
+
+def detect_processes(env: Mapping[str, str]) -> tuple[int, str]:
+    """(processes, how it was found): the job's variables, else one process per accelerator
+    found on this host."""
+    found = processes_from_env(env)
+    if found is not None:
+        return found
     dev = Path("/dev")
     gpus = [p.name for p in dev.glob("nvidia*") if re.fullmatch(r"nvidia\d+", p.name)]
     if gpus:
