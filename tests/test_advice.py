@@ -45,7 +45,7 @@ def _follow(result, rows_for, hosts: int = 1) -> tuple[int, list]:
     result = dataclasses.replace(result, num_hosts=hosts)
     rows = check_locations(rows_for(result))
     with pytest.raises(PreflightRefusal) as refused:
-        preflight(rows, result, force=False)
+        preflight(rows, result, rows_for, force=False)
     advised = _advised(str(refused.value))
     assert "fits every location with 10% to spare" in str(refused.value)
     return advised, check_locations(rows_for(_with_buffer(result, advised)))
@@ -64,7 +64,7 @@ def test_advice_for_a_buffer_ram_cannot_hold_fits_ram_and_every_disk(zero_frames
         return scenario_locations("small_buffer", result, scratch_dir=str(tmp_path))
 
     advised, rows = _follow(huge, rows_for)
-    assert preflight(rows, _with_buffer(huge, advised), force=False) == []
+    assert preflight(rows, _with_buffer(huge, advised), rows_for, force=False) == []
     ram = next(row for row in rows if row.path == RAM)
     assert ram.required_bytes <= 0.9 * psutil.virtual_memory().available * 1.01
     assert advised * zero_frames.calibration.ram_per_element <= ram.free_bytes
@@ -81,7 +81,7 @@ def test_advice_for_a_small_disk_shared_by_two_rows_fits_both(zero_frames, small
     big = _with_buffer(zero_frames, 200_000)
     advised, rows = _follow(big, rows_for, hosts=8)
     assert advised > 0
-    assert preflight(rows, _with_buffer(big, advised), force=False) == []
+    assert preflight(rows, _with_buffer(big, advised), rows_for, force=False) == []
     on_disk = [row for row in rows if row.path == str(small_disk)]
     assert len(on_disk) == 2
     # Both copies together, plus the estimate's stated ±, within 90% of the disk.
@@ -95,11 +95,11 @@ def test_advice_for_a_small_disk_shared_by_two_rows_fits_both(zero_frames, small
 
 
 def test_tightest_budget_splits_a_disk_between_its_rows(small_disk):
-    from dlckpt.preflight.locations import Location, check_locations, tightest_budget
+    from dlckpt.preflight.locations import Location, check_locations, tightest_room
 
     rows = check_locations(
         [Location("a", str(small_disk), 1), Location("b", str(small_disk / "sub"), 1)]
     )
     free = rows[0].free_bytes
-    assert tightest_budget(rows, margin=0.1) == int(free * 0.9) // 2
+    assert tightest_room(rows, margin=0.1) == int(free * 0.9) // 2
     assert list(Path(small_disk).iterdir()) == []
