@@ -38,15 +38,30 @@ def _install_locked(session: nox.Session, *groups: str) -> None:
     )
 
 
+# One environment for every command a user runs (small-buffer, estimate, diagnose, ...):
+# installed from uv.lock once, so the fourth command does not install TensorFlow a fourth
+# time, and the estimate cache (keyed on TensorFlow's version, among others) serves them all.
+RUN_ENV = ROOT / ".nox" / "run"
+
+
+def _run_python(session: nox.Session) -> str:
+    """Sync the shared run environment from uv.lock (a no-op once it is) and return its python."""
+    session.run_install(
+        "uv", "sync", "--frozen", "--no-default-groups", "--compile-bytecode",
+        env={"UV_PROJECT_ENVIRONMENT": str(RUN_ENV), "UV_PYTHON_DOWNLOADS": "never"},
+    )  # fmt: skip
+    return str(RUN_ENV / "bin" / "python")
+
+
 def _run_script(session: nox.Session, script: str, env: dict[str, str] | None = None) -> None:
-    _install_locked(session)
-    session.run("python", str(SCRIPTS / script), *session.posargs, env=env or {})
+    python = _run_python(session)
+    session.run(python, str(SCRIPTS / script), *session.posargs, env=env or {}, external=True)
 
 
 def _run_top_script(session: nox.Session, script: str) -> None:
     """Like _run_script, for a script in scripts/ itself (it finds scripts/tests on its own)."""
-    _install_locked(session)
-    session.run("python", str(ROOT / "scripts" / script), *session.posargs)
+    python = _run_python(session)
+    session.run(python, str(ROOT / "scripts" / script), *session.posargs, external=True)
 
 
 @nox.session
@@ -82,9 +97,9 @@ def strategies(session: nox.Session) -> None:
 @nox.session
 def estimate(session: nox.Session) -> None:
     """Measured checkpoint size, where its bytes go and the preflight, no round trip."""
-    _install_locked(session)
+    python = _run_python(session)
     script = SCRIPTS / "test_dataloader_checkpoint_small_buffer.py"
-    session.run("python", str(script), "--estimate-only", *session.posargs)
+    session.run(python, str(script), "--estimate-only", *session.posargs, external=True)
 
 
 @nox.session(default=False)
@@ -96,8 +111,7 @@ def diagnose(session: nox.Session) -> None:
 @nox.session
 def disk_check(session: nox.Session) -> None:
     """Free space of every folder a checkpoint passes through, and RAM, vs what a test needs."""
-    _install_locked(session)  # --config-name runs the estimate in this environment
-    python = str(Path(session.virtualenv.location) / "bin" / "python")
+    python = _run_python(session)  # --config-name runs the estimate in this environment
     script = str(SCRIPTS / "check_disk_space.sh")
     session.run("bash", script, *session.posargs, env={"PYTHON": python}, external=True)
 
