@@ -166,10 +166,14 @@ def test_fit_budget_holds_every_process_of_the_host(small_estimate_cache, monkey
     one element more would not; with 1 process the answer is over 8 times larger."""
     from test_dataloader_checkpoint_small_buffer import main
 
+    from dlckpt.config import load_config
+    from dlckpt.estimate.estimator import estimate
     from dlckpt.preflight.locations import AtBuffer
 
-    cache, result = small_estimate_cache
+    cache, _ = small_estimate_cache
     monkeypatch.setenv("XDG_CACHE_HOME", str(cache))
+    result = estimate(load_config("small", SMALL_CHEAP), say=lambda _: None)
+    assert result.cached  # the script reads the same entry
     budget = 64 * 2**20
 
     def largest(processes: int) -> tuple[int, str]:

@@ -32,7 +32,9 @@ def small_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[object, dict, P
     200 recorded steps, a 64-element buffer): each checkpoint restored in a new process."""
     work = tmp_path_factory.mktemp("strategies")
     report_path = work / "report.json"
-    completed = run_in_process(
+    # A process of its own: the strategies' size comparisons rest on TensorFlow's autotuned
+    # buffers, which a test worker's busy thread pools deepen (seen once under two CPU hogs).
+    completed = run_script(
         SCRIPT, "--config-name", "small", "--work-dir", str(work), "--report", str(report_path),
         "--timed-batches", "4",
     )  # fmt: skip
