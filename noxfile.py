@@ -48,7 +48,10 @@ def _run_python(session: nox.Session) -> str:
     """Sync the shared run environment from uv.lock (a no-op once it is) and return its python."""
     session.run_install(
         "uv", "sync", "--frozen", "--no-default-groups", "--compile-bytecode",
-        env={"UV_PROJECT_ENVIRONMENT": str(RUN_ENV), "UV_PYTHON_DOWNLOADS": "never"},
+        env={
+            "UV_PROJECT_ENVIRONMENT": str(RUN_ENV), "VIRTUAL_ENV": str(RUN_ENV),
+            "UV_PYTHON_DOWNLOADS": "never",
+        },
     )  # fmt: skip
     return str(RUN_ENV / "bin" / "python")
 

@@ -107,7 +107,7 @@ def _job(cfg: Any, args: Any, env: dict[str, str], env_source: str) -> Job:
     if args.checkpoint_size is not None:
         size = parse_size(args.checkpoint_size, "--checkpoint-size")
         return Job(env, env_source, size, "--checkpoint-size", processes, source, detected,
-                   lambda budget: 0)  # fmt: skip
+                   lambda _folder, _processes: 0)  # fmt: skip
     from omegaconf import OmegaConf
 
     from dlckpt.estimate.estimator import estimate
@@ -126,8 +126,22 @@ def _job(cfg: Any, args: Any, env: dict[str, str], env_source: str) -> Job:
     checkpoint_source = f"{how}, buffer {buffer:,}"
     return Job(
         env, env_source, result.original_bytes, checkpoint_source, processes, source, detected,
-        result.largest_buffer_within, result.bytes_for,
+        _largest_fitting(result), result.bytes_for,
     )  # fmt: skip
+
+
+def _largest_fitting(result: Any) -> Any:
+    """(folder, processes) -> the largest buffer whose `processes` checkpoints fit the folder,
+    by the one search every advice uses."""
+    from dlckpt.preflight.locations import Location, largest_fitting_buffer
+
+    def largest(folder: str, processes: int) -> int:
+        def rows(sized: Any) -> list[Location]:
+            return [Location("staging folder", folder, sized.original_bytes * processes)]
+
+        return largest_fitting_buffer(rows, result)
+
+    return largest
 
 
 if __name__ == "__main__":

@@ -247,3 +247,20 @@ def test_the_jobs_env_file_is_what_every_command_checks(
         assert "THE CONFIGURED BUFFER FITS" not in out
     else:  # the test's own buffer fits; the answer for the configured one does not
         assert code == 0, err
+
+
+def test_a_bare_fit_budget_before_an_override_means_the_tightest_location(
+    small_estimate_cache, monkeypatch, capsys
+):
+    """`--fit-budget dataloader.shuffle_buffer_size=3000`: the override is not taken as SIZE."""
+    from test_dataloader_checkpoint_small_buffer import main
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(small_estimate_cache[0]))
+    code = main(
+        ["--config-name", "small", *SMALL_CHEAP, "--estimate-only", "--fit-budget",
+         f"dataloader.shuffle_buffer_size={CONFIGURED}"]
+    )  # fmt: skip
+    out = capsys.readouterr().out
+    assert code == 0, out
+    fit = next(line for line in out.splitlines() if line.startswith("FIT BUDGET"))
+    assert f"shuffle_buffer_size {CONFIGURED:,} (~" in fit and "(the tightest location)" in fit

@@ -73,7 +73,7 @@ def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> a
     JOB_VARIABLES (the process count, HOME and USER shape the answers); `args.env_source`
     says which environment that is ("this shell", or "--env-file job.env + TMPDIR=/x").
     """
-    args = parser.parse_intermixed_args(list(sys.argv[1:] if argv is None else argv))
+    args = parser.parse_intermixed_args(_bare_fit_budget(sys.argv[1:] if argv is None else argv))
     start_report(args.report, script=parser.prog)
     assignments, args.overrides = split_env_assignments(args.overrides)
     args.job_env, args.env_source = job_environment(args.env_file, assignments, os.environ)
@@ -83,6 +83,21 @@ def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> a
         elif args.env_file is not None or name in assignments:
             os.environ.pop(name, None)  # unset in the job, or `KEY=`
     return args
+
+
+def _bare_fit_budget(argv: Sequence[str]) -> list[str]:
+    """`--fit-budget` followed by an override or an option means the tightest location: argparse
+    would take `dataloader.shuffle_buffer_size=3000` as its SIZE."""
+    items = list(argv)
+    for index, item in enumerate(items):
+        following = items[index + 1] if index + 1 < len(items) else None
+        if (
+            item == "--fit-budget"
+            and following is not None
+            and ("=" in following or following.startswith("-"))
+        ):
+            items.insert(index + 1, "tightest")
+    return items
 
 
 def load_from_args(args: argparse.Namespace) -> DictConfig:

@@ -121,7 +121,9 @@ class Job:
     processes: int
     processes_source: str
     processes_detected: bool  # True: assumed from the accelerators found, not configured
-    largest_buffer_within: Callable[[int], int] = field(default=lambda _: 0)
+    # (staging folder, processes) -> the largest buffer whose checkpoints fit it there
+    # (preflight.locations.largest_fitting_buffer, as every advice); 0: none, or not measured.
+    largest_fitting: Callable[[str, int], int] = field(default=lambda _folder, _processes: 0)
     bytes_for: Callable[[int], int] = field(default=lambda _: 0)  # checkpoint of a buffer
 
     @property
@@ -240,10 +242,9 @@ def _move_fix(job: Job, folder: Folder, variable: str) -> str:
         fixes.append(
             f"export TMPDIR={roomy[0]} ({format_bytes(roomy[1])} free) before the job starts"
         )
-    # The same margin as every other advice (preflight.locations.ADVICE_MARGIN); the
-    # estimate's own ± is inside largest_buffer_within.
-    room = int(max(folder.free, 0) * (1 - ADVICE_MARGIN)) // max(job.processes, 1)
-    largest = job.largest_buffer_within(room)
+    # The same search as every other advice: the folder keeps ADVICE_MARGIN free with every
+    # process's checkpoint at the upper end of the estimate's ±.
+    largest = job.largest_fitting(folder.path, max(job.processes, 1))
     if largest:
         size = job.bytes_for(largest)
         each = f"a {format_bytes(size)} checkpoint per process" if size else "per process"
@@ -653,8 +654,8 @@ def pass_line(diagnosis: Diagnosis) -> str:
     """
     job = diagnosis.job
     return (
-        f"✓ THIS CONFIG FITS WHERE THE JOB STAGES ITS SAVES: the checkpoint "
-        f"({_need_text(job)}) fits in {_where(job, diagnosis.folder)} "
+        f"✓ THIS CONFIG FITS WHERE THE JOB STAGES ITS SAVES: the checkpoint, "
+        f"{_need_text(job)}, fits in {_where(job, diagnosis.folder)} "
         f"({format_bytes(diagnosis.folder.free)} free; environment: {job.env_source}) and no "
         "other check here found a cause"
     )

@@ -5,7 +5,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from dlckpt.preflight.locations import NO_LIMIT, RowsAt, largest_fitting_buffer, tightest_room
+from dlckpt.preflight.locations import (
+    NO_LIMIT,
+    RAM,
+    Location,
+    RowsAt,
+    largest_fitting_buffer,
+    tightest_room,
+)
 from dlckpt.units import format_size
 
 if TYPE_CHECKING:
@@ -23,14 +30,20 @@ def fit_budget(
 
     `budget` (bytes; None: the job's own locations) is the room on one host, shared by its
     `processes` (estimate.processes_per_host): each saves its own checkpoint, so the budget
-    holds `processes` of them. The answer also fits every row `rows_at` builds (the job's
-    temp folder and RAM, per host), each at the upper end of the estimate's ± and with
-    ADVICE_MARGIN to spare (preflight.locations.largest_fitting_buffer), so following it
-    passes the preflight's rows too. Prints one FIT BUDGET line; returns the report's
-    `fit_budget`.
+    holds `processes` of them, and host RAM (the RAM rows `rows_at` builds) still caps it.
+    Without a budget the answer fits every row `rows_at` builds (the job's temp folder and
+    RAM, per host). Either way each figure is taken at the upper end of the estimate's ±,
+    with ADVICE_MARGIN to spare (preflight.locations.largest_fitting_buffer). Prints one
+    FIT BUDGET line; returns the report's `fit_budget`.
     """
     original = result.original_buffer
-    largest = largest_fitting_buffer(rows_at, result, budget=budget, copies=processes)
+
+    def ram_rows(sized: Any) -> list[Location]:
+        return [row for row in rows_at(sized) if row.path == RAM]
+
+    # Your budget stands for the folders; host RAM still caps it.
+    limits: RowsAt = ram_rows if budget is not None else rows_at
+    largest = largest_fitting_buffer(limits, result, budget=budget, copies=processes)
     configured_fits = largest >= original
     each = result.bytes_for(original)
     per_host = f" × {processes} processes per host" if processes > 1 else ""

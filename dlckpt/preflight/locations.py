@@ -193,7 +193,10 @@ def configured_locations(estimate: EstimateResult, processes: int = 1) -> list[L
 
 
 def configured_fit_line(
-    rows: Sequence[Location], estimate: EstimateResult, environment: str = THIS_SHELL
+    rows: Sequence[Location],
+    estimate: EstimateResult,
+    environment: str = THIS_SHELL,
+    largest: int | None = None,
 ) -> str:
     """One line: does the configured buffer's checkpoint fit every location, and where, for
     which `environment` (job_env's source: this shell's, or the job's from --env-file)."""
@@ -230,8 +233,14 @@ def configured_fit_line(
     return (
         f"⚠ THE CONFIGURED BUFFER DOES NOT FIT: {buffer}: {row.role} {row.path} needs "
         f"{format_bytes(row.required_bytes)}, {format_bytes(row.free_bytes or 0)} free; "
-        f"{checked} (--fit-budget gives the largest buffer that fits; make diagnose checks the "
-        "other causes)"
+        f"{checked}. "
+        + (
+            f"The largest that fits: dataloader.shuffle_buffer_size={largest:,} (with "
+            f"{ADVICE_MARGIN:.0%} to spare at the upper end of the estimate's ±); "
+            if largest
+            else ""
+        )
+        + "make diagnose checks the other causes"
     )
 
 

@@ -25,6 +25,7 @@ from dlckpt.preflight.locations import (
     check_locations,
     configured_fit_line,
     configured_locations,
+    largest_fitting_buffer,
     locations_table,
     scenario_locations,
 )
@@ -134,13 +135,18 @@ def _say_configured_answer(
     `processes` of them per host) fit where the job writes, and the rows of this run that
     `also` fail (a run of the configured buffer); its table when `table`."""
     configured = check_locations(configured_locations(result, processes))
+    largest = None
+    if not all(row.ok for row in [*configured, *also]):  # the same search as every advice
+        largest = largest_fitting_buffer(
+            lambda sized: configured_locations(sized, processes), result
+        )
     if table:
         say(
             f"Where the configured buffer's checkpoint goes ({result.original_buffer:,} "
             "elements, what training saves):"
         )
         say(locations_table(configured))
-    say(configured_fit_line([*configured, *also], result, environment))
+    say(configured_fit_line([*configured, *also], result, environment, largest))
     return configured
 
 
