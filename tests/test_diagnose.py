@@ -195,6 +195,10 @@ def test_eight_processes_per_host_against_a_folder_that_holds_one(cached, tmpfs_
     )  # fmt: skip
     assert code == 0 and "nothing here explains it" in _most_likely(lines)
     assert lines[-1].startswith(PASS) and "(8 processes" not in lines[-1]
+    # What to try next leaves out what was given: the variables and the process count.
+    hints = "\n".join(lines)
+    assert "pass its variables" not in hints and "set estimate.processes_per_host" not in hints
+    assert "run `make diagnose` there" in hints
 
 
 def test_an_inode_exhaustedtmpfs_mount(cached, tmp_path, capsys):

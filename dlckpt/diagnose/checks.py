@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dlckpt.job_env import TEMP_VARIABLES
+from dlckpt.job_env import TEMP_VARIABLES, THIS_SHELL
 from dlckpt.preflight.locations import ADVICE_MARGIN
 from dlckpt.tempdir import roomy_folder, tf_temp_dir
 from dlckpt.units import format_bytes
@@ -633,16 +633,20 @@ def findings_table(findings: Sequence[Finding]) -> str:
 
 
 def next_steps(job: Job, folder: Folder) -> list[str]:
-    """What to try when nothing on this host explains the failure."""
-    return [
-        "the job may run with another environment or on another host: pass its variables "
+    """What to try when nothing on this host explains the failure (not what was given)."""
+    steps = [
+        "the job may run on another host: run `make diagnose` there"
+        if job.env_source != THIS_SHELL
+        else "the job may run with another environment or on another host: pass its variables "
         "(--env-file job.env, from `env > job.env` in the job's shell, or TMPDIR=... "
         "TEST_TMPDIR=...) or run `make diagnose` there",
         f"reproduce the save with the full buffer where the job stages: TMPDIR={folder.path} "
         'make original ARGS="--config-name=…" (refuses first when it cannot fit)',
         f"watch the folder while the job saves: watch -n1 df -h {folder.path}",
-        "set estimate.processes_per_host if several processes per host save at once",
     ]
+    if job.processes == 1 and job.processes_source != "estimate.processes_per_host":
+        steps.append("set estimate.processes_per_host if several processes per host save at once")
+    return steps
 
 
 def pass_line(diagnosis: Diagnosis) -> str:
