@@ -145,13 +145,15 @@ def test_following_the_advice_passes_the_preflight_first_time(
             monkeypatch.setenv("TMPDIR", str(folder))
             for processes in (1, 3, 8):
                 for configured in (1_500, 40_000):
-                    code, _, err = run(configured, processes)
+                    code, out, err = run(configured, processes)
                     if code == 0:
                         continue
                     assert code == 3, err
                     advised = _advised(err)
                     if advised is None:  # nothing fits: said so, and no buffer is offered
                         continue
+                    if full:  # the headline above the refusal names the same buffer
+                        assert f"fits: dataloader.shuffle_buffer_size={advised:,} (" in out
                     advised_runs += 1
                     code, out, err = run(advised, processes)
                     assert code == 0, (size, processes, configured, advised, err)

@@ -85,13 +85,16 @@ def estimate_and_preflight(
         built = locations(sized) if locations is not None else None
         return built if built is not None else scenario_locations(scenario, sized)
 
+    # Every buffer this run advises (the headline's largest, a refusal's) fits these: the
+    # run's own rows and, for a run of the configured buffer, the job's too, each on its own.
+    rows_at: list[RowsAt] = [run_rows] if separate else [run_rows, job_rows]
     rows = check_locations(run_rows(result))
     # A run of the configured buffer fills its own rows too: the headline counts them, so
     # it cannot say FITS above a table that refuses.
     also = [] if separate else [row for row in rows if not row.ok]
     configured = _say_configured_answer(
         result, processes, say, table=estimate_only and separate, also=also,
-        environment=environment,
+        environment=environment, advice_rows=[job_rows] if separate else rows_at,
     )  # fmt: skip
     production = {
         "configured_locations": [row.report() for row in configured],
@@ -100,9 +103,6 @@ def estimate_and_preflight(
     _say_run_rows(result, rows, say, separate, estimate_only)
     if getattr(args, "fit_budget", None) is not None:
         result.fit_budget = fit_budget(result, budget, processes, job_rows, say)
-    # The advice must pass this preflight and, for a run of the configured buffer, make the
-    # headline say FITS too: both tables are held to it, each on its own.
-    rows_at: list[RowsAt] = [run_rows] if separate else [run_rows, job_rows]
     try:
         warnings = refuse_or_warn(
             rows, result, rows_at, force=getattr(args, "force", False),
@@ -130,16 +130,17 @@ def _say_configured_answer(
     table: bool,
     also: list[Location],
     environment: str,
+    advice_rows: list[RowsAt],
 ) -> list[Location]:
     """The production answer: does the configured buffer's checkpoint (what training saves,
     `processes` of them per host) fit where the job writes, and the rows of this run that
-    `also` fail (a run of the configured buffer); its table when `table`."""
+    `also` fail (a run of the configured buffer); its table when `table`. When it does not
+    fit, the line names the largest buffer whose `advice_rows` all fit (the same search and
+    rows as the run's own refusal advice)."""
     configured = check_locations(configured_locations(result, processes))
     largest = None
-    if not all(row.ok for row in [*configured, *also]):  # the same search as every advice
-        largest = largest_fitting_buffer(
-            lambda sized: configured_locations(sized, processes), result
-        )
+    if not all(row.ok for row in [*configured, *also]):
+        largest = largest_fitting_buffer(advice_rows, result)
     if table:
         say(
             f"Where the configured buffer's checkpoint goes ({result.original_buffer:,} "
