@@ -99,6 +99,26 @@ def job_environment(
     return env, source
 
 
+def applied_environ(
+    base: Mapping[str, str],
+    job_env: Mapping[str, str],
+    replace: bool,
+    assignments: Mapping[str, str],
+) -> dict[str, str]:
+    """`base` (this shell's variables) with the job's APPLIED_VARIABLES in their place.
+
+    A variable the job sets replaces the shell's; one it lacks is removed when the whole
+    environment came from the job (`replace`: --env-file) or was unset with `KEY=`.
+    """
+    env = dict(base)
+    for name in APPLIED_VARIABLES:
+        if name in job_env:
+            env[name] = job_env[name]
+        elif replace or name in assignments:
+            env.pop(name, None)
+    return env
+
+
 def processes_from_env(env: Mapping[str, str]) -> tuple[int, str] | None:
     """(processes per host, how it was found) from the job's variables alone, or None:
     LOCAL_WORLD_SIZE (torchrun, Accelerate), else one per GPU in CUDA_VISIBLE_DEVICES."""

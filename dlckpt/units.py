@@ -1,4 +1,4 @@
-"""Sizes: bytes (ints) inside, decimal units for people (as disks and GCS bill), one parser."""
+"""Sizes: bytes (ints) inside, binary units for people (as `df -h` shows them), one parser."""
 
 from __future__ import annotations
 
@@ -7,38 +7,40 @@ from decimal import Decimal
 
 from dlckpt.errors import UsageError
 
-
-def format_bytes(count: float) -> str:
-    """Decimal units, as disks and GCS bill them: 187.5 GB, 12.7 MB, 812 B."""
-    for unit, scale in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
-        if abs(count) >= scale:
-            return f"{count / scale:.1f} {unit}"
-    return f"{round(count)} B"  # rounded as the JSON report rounds
-
-
-def format_gb(count: float) -> str:
-    """The headline unit: always GB, with enough digits to show a small figure."""
-    gigabytes = count / 1e9
-    return f"{gigabytes:.1f} GB" if gigabytes >= 1 else f"{gigabytes:.4f} GB"
+# Binary units, as `df -h`, `free -h` and `du -h` show them ("4.0G" is 4.0 GiB), so a
+# figure here can be held against the user's own tools: a 4 GiB tmpfs is "4.0 GiB", not the
+# "4.3 GB" that decimal units made of it. The IEC labels keep them apart from the decimal
+# GB a user may type (parse_size reads both).
+_BINARY = (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10))
 
 
 def format_size(count: float) -> str:
-    """GB from 1 GB up (the headline unit), else MB, KB or B: never "0.0000 GB"."""
-    from dlckpt.units import format_bytes, format_gb
+    """The one formatter for sizes shown to people: `174.6 GiB`, `12.1 MiB`, `812 B`.
 
-    return format_gb(count) if abs(count) >= 1e9 else format_bytes(count)
+    count: bytes (int or float, may be negative for a difference). One decimal in the
+    largest unit that is at most the figure, so a small checkpoint reads `4.8 KiB`, never
+    `0.0000 GiB`; under 1 KiB, whole bytes, rounded as the JSON report rounds.
+    """
+    for unit, scale in _BINARY:
+        if abs(count) >= scale:
+            return f"{count / scale:.1f} {unit}"
+    return f"{round(count)} B"
 
 
 _UNITS = {
     "": 1, "b": 1,
-    "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6,
-    "g": 10**9, "gb": 10**9, "t": 10**12, "tb": 10**12,
+    "k": 2**10, "kb": 10**3, "m": 2**20, "mb": 10**6,
+    "g": 2**30, "gb": 10**9, "t": 2**40, "tb": 10**12,
     "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40,
 }  # fmt: skip
 
 
 def parse_size(text: str, name: str = "--fit-budget") -> int:
-    """`15GB`, `15 GB`, `1.5TB`, `500MiB` or a byte count -> bytes (GB = 10^9, as disks bill).
+    """`15GB`, `15 GB`, `1.5TB`, `4G`, `500MiB` or a byte count -> bytes.
+
+    GB, MB, KB, TB are decimal (10^9, as a user types a disk's billed size); GiB and the
+    bare letters of `df -h` (`4.0G`, `512M`) are binary, so a figure copied from `df -h`
+    means what it meant there.
 
     A comma is refused, not guessed: `1,5GB` is 1.5 GB in much of Europe and would read
     as 15 GB here. UsageError (one line) for anything else that is not a size above zero.
@@ -52,7 +54,7 @@ def parse_size(text: str, name: str = "--fit-budget") -> int:
     unit = match.group(2).lower() if match else ""
     if not match or unit not in _UNITS:
         raise UsageError(
-            f"{name} {text!r}: expected a size such as 15GB, 500MB, 1.5TB or a byte count"
+            f"{name} {text!r}: expected a size such as 15GB, 4GiB, 500M, 1.5TB or a byte count"
         )
     number = match.group(1).replace("_", "")
     # Exact for integers of any size; a decimal is scaled in Decimal, not float, so a

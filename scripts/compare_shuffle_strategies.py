@@ -50,7 +50,7 @@ from dlckpt.strategies.user import (
     synthetic_spec_like,
     user_variants,
 )
-from dlckpt.units import format_bytes
+from dlckpt.units import format_size
 
 # The decoded-frame buffer is really filled; past this it would not fit a shared machine.
 MAX_DECODED_BUFFER_BYTES = 2_000_000_000
@@ -127,7 +127,7 @@ def _run(parser: Any, argv: Sequence[str] | None) -> int:
         print(
             f"Config: {args.config_name} · {spec.num_records:,} steps ({spec.num_episodes} "
             f"episodes × {spec.steps_per_episode}), frames {frames}, window {spec.window_size} "
-            f"· buffer {buffer:,} · {format_bytes(_decoded_sample(spec))} per decoded sample"
+            f"· buffer {buffer:,} · {format_size(_decoded_sample(spec))} per decoded sample"
         )
         results = _run_synthetic(strategies, spec, buffer, settings, dataloader)
         report.update(records=spec.num_records, decoded_sample_bytes=_decoded_sample(spec))
@@ -166,7 +166,7 @@ def _check_synthetic(spec: DataSpec, buffer: int) -> None:
     if buffer * decoded_sample > MAX_DECODED_BUFFER_BYTES:
         raise UsageError(
             f"--buffer-size {buffer:,}: the decoded-frame buffer would hold "
-            f"{format_bytes(buffer * decoded_sample)} in memory ({format_bytes(decoded_sample)} "
+            f"{format_size(buffer * decoded_sample)} in memory ({format_size(decoded_sample)} "
             f"per sample); pass --buffer-size 1000 to compare the strategies at a size that fits"
         )
     if spec.num_records <= buffer:
@@ -206,13 +206,13 @@ def _run_users_loader(
     if buffer * sample > MAX_DECODED_BUFFER_BYTES:
         raise UsageError(
             f"--buffer-size {buffer:,}: your loader's buffer would hold about "
-            f"{format_bytes(buffer * sample)} in memory ({format_bytes(sample)} per sample); "
+            f"{format_size(buffer * sample)} in memory ({format_size(sample)} per sample); "
             "pass --buffer-size 1000 to compare the strategies at a size that fits"
         )
     settings.work_dir.mkdir(parents=True, exist_ok=True)
     print(
         f"Config: {args.config_name} · your loader {dataloader['_target_']} · buffer {buffer:,} "
-        f"· {format_bytes(sample)} per sample (measured)"
+        f"· {format_size(sample)} per sample (measured)"
     )
     variants, notes = user_variants(dataloader, buffer)
     for note in notes:
@@ -236,7 +236,7 @@ def _run_users_loader(
         print(
             f"The index strategies need your loader to {RANDOM_ACCESS_NEEDS}. Shown on "
             f"SYNTHETIC episodes instead (not your data): {spec.image_size}×{spec.image_size} "
-            f"frames, {format_bytes(_decoded_sample(spec))} per sample like yours:"
+            f"frames, {format_size(_decoded_sample(spec))} per sample like yours:"
         )
         results += _run_synthetic(synthetic, spec, buffer, settings, {"seed": 0})
     return results, {
@@ -260,7 +260,7 @@ def _measure_then_restore(
             scratch = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=settings.work_dir))
             scratches.append(scratch)
             measured.append(job(scratch))
-            saved = format_bytes(measured[-1][0].checkpoint_bytes)
+            saved = format_size(measured[-1][0].checkpoint_bytes)
             print(f"· {name}: measured, checkpoint saved ({saved})")
         with ThreadPoolExecutor(max_workers=2) as pool:
             futures = [
@@ -273,7 +273,7 @@ def _measure_then_restore(
                 results.append(result)
                 mark = "✓" if result.resumes_exactly else "✗"
                 status = "resumes exactly" if result.resumes_exactly else result.error
-                size = format_bytes(result.checkpoint_bytes)
+                size = format_size(result.checkpoint_bytes)
                 print(f"{mark} {result.name}: checkpoint {size}, {status}")
     finally:
         for scratch in scratches:
@@ -333,7 +333,7 @@ def format_table(results: list[StrategyResult], *, batch_size: int = 0) -> str:
             )
         quality = r.quality
         rows.append([
-            r.name, r.measured_on, format_bytes(r.checkpoint_bytes), ratio,
+            r.name, r.measured_on, format_size(r.checkpoint_bytes), ratio,
             f"{r.save_seconds:.2f}", f"{r.restore_seconds:.2f}", f"{r.elements_per_second:,.0f}",
             f"{quality['mean_displacement']:,.0f}" if quality else "n/a",
             f"{quality['same_episode_consecutive']:.3f}" if quality else "n/a",
@@ -363,12 +363,12 @@ def summary_lines(results: list[StrategyResult]) -> list[str]:
             same = "" if measured_on == ON_YOUR_PIPELINE else " at the same buffer"
             versus = (
                 f", {_ratio(baseline.checkpoint_bytes, best.checkpoint_bytes)} than "
-                f"{baseline.name} ({format_bytes(baseline.checkpoint_bytes)}){same}"
+                f"{baseline.name} ({format_size(baseline.checkpoint_bytes)}){same}"
             )
         label = "ON YOUR PIPELINE" if measured_on == ON_YOUR_PIPELINE else "(synthetic episodes)"
         lines.append(
             f"SMALLEST CHECKPOINT THAT RESUMES EXACTLY {label}: {best.name}, "
-            f"{format_bytes(best.checkpoint_bytes)}{versus}"
+            f"{format_size(best.checkpoint_bytes)}{versus}"
         )
     for r in results:
         if not r.resumes_exactly:

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, SMALL_CHEAP, run_script, script_env, tmpfs_mount
 
-from dlckpt.units import format_bytes
+from dlckpt.units import format_size
 
 SCRIPT = "./diagnose.py"  # run_script: a "/" means relative to scripts/
 SMALL = ["--config-name", "small", *SMALL_CHEAP]
@@ -116,8 +116,8 @@ def test_a_small_tmpfs_as_tmpdir(cached, tmpfs_4m, capsys):
     assert need > 4 * 2**20 and report["checkpoint_bytes"] == need
     assert code == 1
     line = _most_likely(lines)
-    assert line.startswith(f"MOST LIKELY CAUSE: TMPDIR={tmpfs_4m} (a 4.2 MB tmpfs")
-    assert line.endswith(f"the checkpoint needs {format_bytes(need)} there")
+    assert line.startswith(f"MOST LIKELY CAUSE: TMPDIR={tmpfs_4m} (a 4.0 MiB tmpfs")
+    assert line.endswith(f"the checkpoint needs {format_size(need)} there")
     # The fixes: a folder with room, and a buffer whose measured checkpoint fits this one.
     fix = report["findings"][0]["fix"]
     assert "export TMPDIR=" in fix
@@ -126,7 +126,7 @@ def test_a_small_tmpfs_as_tmpdir(cached, tmpfs_4m, capsys):
     )
     assert found, fix
     smaller = int(found.group(1).replace(",", ""))
-    assert found.group(2) == format_bytes(cached.bytes_for(smaller))
+    assert found.group(2) == format_size(cached.bytes_for(smaller))
     # It fits with the advice's margin at the upper end of the estimate's ±.
     upper = cached.bytes_for(smaller) * (1 + cached.uncertainty_for(smaller))
     assert upper <= 0.9 * report["temp_folder"]["free_bytes"]
@@ -142,9 +142,9 @@ def test_test_tmpdir_over_a_big_tmpdir_from_the_jobs_env_file(cached, tmpfs_4m, 
     )
     assert code == 1
     line = _most_likely(lines)
-    assert line.startswith(f"MOST LIKELY CAUSE: TEST_TMPDIR={tmpfs_4m} (a 4.2 MB tmpfs")
+    assert line.startswith(f"MOST LIKELY CAUSE: TEST_TMPDIR={tmpfs_4m} (a 4.0 MiB tmpfs")
     assert f"overrides TMPDIR={big} (" in line
-    assert line.endswith(f"the checkpoint needs {format_bytes(report['checkpoint_bytes'])} there")
+    assert line.endswith(f"the checkpoint needs {format_size(report['checkpoint_bytes'])} there")
     # Only the job's variables are read: its HOME (for fix folders it can write), not "# comment".
     assert report["environment"] == {
         "HOME": "/root", "TEST_TMPDIR": str(tmpfs_4m), "TMPDIR": str(big)
@@ -167,7 +167,7 @@ def test_leftover_staging_files_filling_a_smalltmpfs_mount(cached, tmpfs_4m, cap
     assert code == 1
     line = _most_likely(lines)
     assert line.startswith("MOST LIKELY CAUSE: 3 leftover tmp_file_tensorflow_* file(s) hold ")
-    assert f"of {tmpfs_4m} (a 4.2 MB tmpfs" in line
+    assert f"of {tmpfs_4m} (a 4.0 MiB tmpfs" in line
     assert "find " in "\n".join(lines) and "-delete" in "\n".join(lines)  # printed, not run
     assert all(path.stat().st_size == 1_000_000 for path in leftovers)  # nothing deleted
 
@@ -184,9 +184,9 @@ def test_eight_processes_per_host_against_a_folder_that_holds_one(cached, tmpfs_
     assert code == 1
     line = _most_likely(lines)
     assert line.startswith(
-        f"MOST LIKELY CAUSE: 8 processes per host each stage {format_bytes(need)}"
+        f"MOST LIKELY CAUSE: 8 processes per host each stage {format_size(need)}"
     )
-    assert f"together they need {format_bytes(8 * need)}" in line
+    assert f"together they need {format_size(8 * need)}" in line
     assert report["processes_per_host"] == 8
     # One process fits the same folder: nothing explains a failure then.
     code, lines, _ = _diagnose(
@@ -239,7 +239,7 @@ def test_a_file_size_limit_in_the_process(small_estimate_cache, tmp_path):
     assert completed.returncode == 1, completed.stdout + completed.stderr
     line = _most_likely(completed.stdout.splitlines())
     assert line.startswith(
-        f"MOST LIKELY CAUSE: the file-size limit (ulimit -f) is {format_bytes(limit)}"
+        f"MOST LIKELY CAUSE: the file-size limit (ulimit -f) is {format_size(limit)}"
     )
 
 
@@ -253,8 +253,8 @@ def test_a_given_checkpoint_size_skips_the_measurement(tmpfs_4m, capsys, monkeyp
     assert report["checkpoint_source"] == "--checkpoint-size"
     assert not any("Measuring the checkpoint size" in line for line in lines)
     assert _most_likely(lines) == (
-        f"MOST LIKELY CAUSE: TEST_TMPDIR={tmpfs_4m} (a 4.2 MB tmpfs, 4.2 MB free) is too small; "
-        "the checkpoint needs 91.0 MB there"
+        f"MOST LIKELY CAUSE: TEST_TMPDIR={tmpfs_4m} (a 4.0 MiB tmpfs, 4.0 MiB free) is too small; "
+        "the checkpoint needs 86.8 MiB there"
     )
 
 

@@ -43,10 +43,10 @@ def test_every_location_is_reported_and_a_small_disk_fails(small_disk, tmp_path)
     )
     assert result.returncode == 1, result.stdout + result.stderr
     out = result.stdout
-    assert "small-buffer test needs 100.0 MB" in out
+    assert "small-buffer test needs 95.4 MiB" in out
     tf_row = _row(out, "TensorFlow temp folder (TMPDIR)")
     assert str(small_disk) in tf_row and tf_row[-4:] == ["NOT", "OK", "NOT", "OK"]
-    assert "MB" in tf_row  # the tmpfs's ~21 MB
+    assert "MiB" in tf_row  # the tmpfs's ~20 MiB
     for label in ("/tmp ", "LOCAL_STAGING_DIR", "home", "current folder", "RAM (available)"):
         assert _row(out, label), label
     assert str(staging) in _row(out, "LOCAL_STAGING_DIR")
@@ -116,6 +116,29 @@ def test_a_missing_staging_folder_is_reported_missing_not_measured_at_its_parent
     assert not missing.exists()
 
 
+@pytest.mark.parametrize(("processes", "code"), [(8, 1), (1, 0)])
+def test_the_jobs_env_file_is_checked_not_this_shells(small_disk, tmp_path, processes, code):
+    """The job stages in a 20 MB tmpfs with 8 processes a host; this shell's TMPDIR is roomy.
+    3 MB a process fits the tmpfs once, not eight times."""
+    env_file = tmp_path / "job.env"
+    env_file.write_text(f"TMPDIR={small_disk}\nLOCAL_WORLD_SIZE={processes}\nHOME={tmp_path}\n")
+    result = _run(
+        "--for", "full", "--small", "1KB", "--full", "3MB", "--env-file", str(env_file),
+        TMPDIR=str(tmp_path),
+    )  # fmt: skip
+    assert result.returncode == code, result.stdout + result.stderr
+    out = result.stdout
+    assert f"checked in the job's environment (--env-file {env_file})" in out
+    tf_row = _row(out, "TensorFlow temp folder (TMPDIR)")
+    assert tf_row[4] == str(small_disk)
+    if processes == 8:
+        assert "full test 22.9 MiB" in out and "× 8 processes per host (LOCAL_WORLD_SIZE=8)" in out
+        assert tf_row[-2:] == ["NOT", "OK"]
+    else:
+        assert "full test 2.9 MiB" in out and tf_row[-1] == "OK"
+    assert _row(out, "home")[1] == str(tmp_path)
+
+
 def test_thresholds_come_from_the_measured_estimate(small_estimate_cache):
     cache, _ = small_estimate_cache  # the session's measured estimate (SMALL_CHEAP)
     result = _run(
@@ -126,7 +149,7 @@ def test_thresholds_come_from_the_measured_estimate(small_estimate_cache):
     assert first.startswith(
         "thresholds: measured estimate of --config-name small; small-buffer test needs "
     )
-    assert " KB, full test " in first  # the small preset's checkpoints are a few hundred KB
+    assert " KiB, full test " in first  # the small preset's checkpoints are a few hundred KB
 
 
 def test_shellcheck_clean():

@@ -199,7 +199,7 @@ def test_a_pipeline_without_a_shuffle_buffer_is_reported_constant(family):
     assert result.bytes_for(10) == result.bytes_for(10**9)
     headline = result.headline("original")
     assert "constant" in headline and "whatever the buffer" in headline
-    assert " GB" not in headline  # a few KB, shown as such
+    assert " GiB" not in headline  # a few KB, shown as such
     assert not any("elements" in line for line in result.describe()[:1])
 
 
@@ -362,14 +362,14 @@ def test_estimate_only_prints_the_measured_headline_and_writes_the_report(
     assert list(scratch.iterdir()) == []  # nothing written to TMPDIR
 
     again = run_in_process(
-        SCRIPT, "--config-name", "small", *SMALL_CHEAP, "--estimate-only", "--fit-budget", "1MB",
+        SCRIPT, "--config-name", "small", *SMALL_CHEAP, "--estimate-only", "--fit-budget", "1MiB",
         env=env,
     )  # fmt: skip
     assert again.returncode == 0, again.stderr
     assert "cached measurement" in again.stdout
     assert headline in again.stdout
     fit = next(line for line in again.stdout.splitlines() if line.startswith("FIT BUDGET"))
-    assert "fits in 1.0 MB (your budget) is " in fit  # not "0.0010 GB"
+    assert "fits in 1.0 MiB (your budget) is " in fit  # not "0.0010 GiB"
 
 
 def test_fit_budget_answer_is_the_largest_buffer_that_fits(small_estimate_cache):
@@ -409,6 +409,19 @@ def test_bad_estimate_input_exits_2_with_one_line(args, expected):
     assert len(lines) == 1 and expected in lines[0], result.stderr
 
 
+def test_sizes_read_as_df_h_shows_them():
+    """One formatter, binary units: a 4 GiB tmpfs reads 4.0 GiB, as `df -h` shows `4.0G`."""
+    from dlckpt.units import format_size, parse_size
+
+    assert format_size(4 * 2**30) == "4.0 GiB"
+    assert format_size(parse_size("4G")) == "4.0 GiB"
+    assert format_size(187_500_000_000) == "174.6 GiB"  # the README's 187.5 GB
+    assert format_size(4_915) == "4.8 KiB"  # never "0.0000 GiB"
+    assert format_size(1023) == "1023 B"
+    assert format_size(3 * 2**40) == "3.0 TiB"
+    assert format_size(-2 * 2**20) == "-2.0 MiB"  # a difference keeps its sign
+
+
 def test_parse_size_units():
     from dlckpt.errors import UsageError
     from dlckpt.units import parse_size
@@ -417,6 +430,8 @@ def test_parse_size_units():
     assert parse_size("1.5 TB") == 1_500_000_000_000
     assert parse_size("500MiB") == 500 * 2**20
     assert parse_size("2_000") == 2000
+    assert parse_size("4.0G") == 4 * 2**30  # as `df -h` prints a 4 GiB tmpfs
+    assert parse_size("512M") == 512 * 2**20
     for bad in ("", "GB", "15 parsecs", "-1GB"):
         with pytest.raises(UsageError):
             parse_size(bad)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from conftest import SMALL_CHEAP, tmpfs_mount
 
-from dlckpt.units import format_bytes
+from dlckpt.units import format_size
 
 CONFIGURED = 3000  # ~24 MB of checkpoint for the `small` frames; the test buffer stays 16
 
@@ -45,7 +45,7 @@ def test_the_configured_buffer_comes_first_and_fits_in_one_line(
     monkeypatch.setenv("TMPDIR", str(roomy))
     code, lines, report = run()
     assert code == 0
-    need = format_bytes(result.bytes_for(CONFIGURED))
+    need = format_size(result.bytes_for(CONFIGURED))
     heading = f"Where the configured buffer's checkpoint goes ({CONFIGURED:,} elements, what training saves):"
     first = lines.index(heading)
     assert lines[first + 3].startswith("TensorFlow temp folder for gs:// writes (TMPDIR)")
@@ -77,7 +77,7 @@ def test_a_configured_buffer_that_does_not_fit_says_so_and_fit_budget_answers_fo
     assert warning.startswith(
         f"⚠ THE CONFIGURED BUFFER DOES NOT FIT: shuffle_buffer_size {CONFIGURED:,}: "
         f"TensorFlow temp folder for gs:// writes (TMPDIR) {small} needs "
-        f"{format_bytes(result.bytes_for(CONFIGURED))}, "
+        f"{format_size(result.bytes_for(CONFIGURED))}, "
     )
     fit = next(line for line in lines if line.startswith("FIT BUDGET"))
     assert f"the configured shuffle_buffer_size {CONFIGURED:,} (~" in fit
@@ -92,11 +92,11 @@ def test_a_configured_buffer_that_does_not_fit_says_so_and_fit_budget_answers_fo
 def test_fit_budget_says_when_the_configured_buffer_fits(estimate_only, tmp_path, monkeypatch):
     _, run = estimate_only
     monkeypatch.setenv("TMPDIR", str(tmp_path))
-    code, lines, report = run("--fit-budget", "1GB")
+    code, lines, report = run("--fit-budget", "1GiB")
     assert code == 0
     fit = next(line for line in lines if line.startswith("FIT BUDGET"))
     assert fit.startswith(f"FIT BUDGET: the configured shuffle_buffer_size {CONFIGURED:,} (~")
-    assert " + uncertainty) fits in 1.0 GB (your budget); the largest " in fit
+    assert " + uncertainty) fits in 1.0 GiB (your budget); the largest " in fit
     assert report["fit_budget"]["configured_fits"] is True
     assert report["fit_budget"]["shuffle_buffer_size"] > CONFIGURED
 
@@ -192,7 +192,7 @@ def test_fit_budget_holds_every_process_of_the_host(small_estimate_cache, monkey
         return answer["shuffle_buffer_size"], line
 
     eight, line = largest(8)
-    assert "does NOT fit in 67.1 MB (your budget)" in line and "× 8 processes per host" in line
+    assert "does NOT fit in 64.0 MiB (your budget)" in line and "× 8 processes per host" in line
     assert AtBuffer(result, eight).original_bytes * 8 <= budget
     assert AtBuffer(result, eight + 1).original_bytes * 8 > budget
     one, _ = largest(1)

@@ -31,19 +31,19 @@ def test_default_config_prints_both_estimates_and_passes():
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
     original = re.search(
-        r"^ORIGINAL CONFIG CHECKPOINT SIZE ESTIMATE: ([\d.]+) GB \(measured ±(\d+)%; README's rule of thumb 187.5 GB\)$",
+        r"^ORIGINAL CONFIG CHECKPOINT SIZE ESTIMATE: ([\d.]+) GiB \(measured ±(\d+)%; README's rule of thumb 174.6 GiB\)$",
         out,
         re.M,
     )
     tested = re.search(
-        r"^NEW CONFIG CHECKPOINT SIZE ESTIMATE: ([\d.]+) MB \(measured ±\d+%; README's rule of thumb 75.0 MB\)$",
+        r"^NEW CONFIG CHECKPOINT SIZE ESTIMATE: ([\d.]+) MiB \(measured ±\d+%; README's rule of thumb 71.5 MiB\)$",
         out,
         re.M,
     )
     assert original and tested, out
     # The measured figure is below the formula's (TensorFlow compresses the state) but of its order.
-    assert 40 < float(original.group(1)) < 187.5
-    assert float(tested.group(1)) < 75.0
+    assert 40 < float(original.group(1)) < 174.6
+    assert float(tested.group(1)) < 71.5
     assert "Destination: embedded GCS server at http://127.0.0.1:" in out
     lines = out.rstrip().splitlines()
     assert lines[-1] == "✓ ALL TESTS PASSED"

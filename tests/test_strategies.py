@@ -16,7 +16,7 @@ from dlckpt.strategies.compare import (
     smallest_resuming_strategy,
     strategies_pointer_line,
 )
-from dlckpt.units import format_bytes
+from dlckpt.units import format_size
 
 # One pytest-xdist worker runs this module (--dist=loadgroup), and small_run is session-scoped
 # (a module fixture is torn down whenever another module's test comes between): one real run.
@@ -54,7 +54,7 @@ def test_every_strategy_resumes_exactly_in_a_new_process(small_run) -> None:
             "elements_per_second", "resumes_exactly", "quality",
         }  # fmt: skip
         assert strategy["elements_per_second"] > 0
-        size = format_bytes(strategy["checkpoint_bytes"])
+        size = format_size(strategy["checkpoint_bytes"])
         assert f"✓ {strategy['name']}: checkpoint {size}, resumes exactly" in completed.stdout
 
 
@@ -98,7 +98,7 @@ def test_table_summary_and_cache_name_the_smallest(small_run) -> None:
     name, size = best
     assert size == min(s["checkpoint_bytes"] for s in report["strategies"])
     assert (
-        f"SMALLEST CHECKPOINT THAT RESUMES EXACTLY (synthetic episodes): {name}, {format_bytes(size)}"
+        f"SMALLEST CHECKPOINT THAT RESUMES EXACTLY (synthetic episodes): {name}, {format_size(size)}"
         in completed.stdout
     )
     assert smallest_resuming_strategy(report) == best
@@ -114,7 +114,7 @@ def test_table_summary_and_cache_name_the_smallest(small_run) -> None:
         pointer = strategies_pointer_line(work / LAST_REPORT_NAME, pipeline=pipeline)
         assert pointer.startswith(
             "Smaller checkpoints, measured on synthetic episodes and not on your pipeline "
-            f"(last `make strategies`): {name}, {format_bytes(size)} at buffer 64; "
+            f"(last `make strategies`): {name}, {format_size(size)} at buffer 64; "
         )
 
 
@@ -191,7 +191,7 @@ def test_strategies_run_on_the_users_own_loader(tmp_path: Path) -> None:
     same = strategies_pointer_line(report, pipeline="user_pipelines.robot_frames_dataset")
     assert same == (
         "SMALLEST CHECKPOINT THAT RESUMES EXACTLY ON YOUR PIPELINE (last `make strategies`): "
-        f"{yours['name']}, {format_bytes(yours['checkpoint_bytes'])}; its code is in "
+        f"{yours['name']}, {format_size(yours['checkpoint_bytes'])}; its code is in "
         "DISK_SPACE_SOLUTIONS.md"
     )
     other = strategies_pointer_line(report, pipeline="dlckpt.pipeline.robot.build_robot_dataset")

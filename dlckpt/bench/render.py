@@ -6,13 +6,15 @@ import json
 from pathlib import Path
 from typing import Any
 
+from dlckpt.units import format_size
+
 REGENERATE = "python scripts/bench.py --render-only"
 MEASURE = "make bench"
 PLOT_NAME = "benchmarks.png"
 
 
-def mb(value: float | None) -> str:
-    return "n/a" if value is None else f"{value / 1e6:,.1f} MB"
+def size_cell(value: float | None) -> str:
+    return "n/a" if value is None else format_size(value)
 
 
 def spread(stats: dict[str, Any] | None, digits: int = 2, unit: str = "") -> str:
@@ -51,7 +53,7 @@ def machine_section(results: dict[str, Any]) -> list[str]:
             "",
         ]
     rows = [
-        [role, fs["folder"], fs["fstype"], fs["mountpoint"], mb(fs["free_bytes"])]
+        [role, fs["folder"], fs["fstype"], fs["mountpoint"], size_cell(fs["free_bytes"])]
         for role, fs in machine["filesystems"].items()
     ]
     lines += [_table(["folder", "path", "filesystem", "mount", "free"], rows), ""]
@@ -85,7 +87,7 @@ def save_restore_section(data: dict[str, Any] | None) -> list[str]:
         "## 1. Save and restore against raw disk I/O",
         "",
         f"tf.train.Checkpoint save of a filled iterator (then fsync) against a raw sequential "
-        f"write of the same {mb(data['raw_bytes'])} to the same folder (fsync'd); restore "
+        f"write of the same {size_cell(data['raw_bytes'])} to the same folder (fsync'd); restore "
         "against a sequential read, both read back with their pages evicted from the cache. "
         f"Preset `{data['config']}` at buffer {data['buffer']:,}.",
         "",
@@ -111,7 +113,8 @@ def transfer_section(data: dict[str, Any] | None) -> list[str]:
         "",
         f"`GcsDestination.put` / `fetch` (parallel, crc32c-verified, marker last) against one "
         f"plain `upload_from_filename` / `download_to_filename` per file, for the same "
-        f"{data['files']} checkpoint files ({mb(data['bytes'])}) on the same embedded GCS server.",
+        f"{data['files']} checkpoint files ({size_cell(data['bytes'])}) on the same embedded "
+        "GCS server.",
         "",
         _table(
             ["step", "seconds min / median / max", "ratio to plain, min / median / max"],
@@ -132,9 +135,9 @@ def scaling_section(data: dict[str, Any] | None) -> list[str]:
         return []
     rows = [
         [
-            f"{r['buffer']:,}", mb(r["bytes"]), f"{r['save_seconds']:.2f}",
-            f"{r['restore_seconds']:.2f}", mb(r["peak_rss_bytes"]),
-            mb(r["restore_peak_rss_bytes"]), mb(r.get("server_rss_bytes")),
+            f"{r['buffer']:,}", size_cell(r["bytes"]), f"{r['save_seconds']:.2f}",
+            f"{r['restore_seconds']:.2f}", size_cell(r["peak_rss_bytes"]),
+            size_cell(r["restore_peak_rss_bytes"]), size_cell(r.get("server_rss_bytes")),
         ]
         for r in data["rows"]
     ]  # fmt: skip
@@ -182,16 +185,17 @@ def scaling_section(data: dict[str, Any] | None) -> list[str]:
         _table(["quantity", "slope per element", "intercept", "r²"], fit_rows),
         "",
         f"**Preflight RAM row vs measurement** at buffer {ram['buffer']:,}: the preflight's "
-        f'"host RAM" row says {mb(ram["estimate_ram_bytes"])} '
+        f'"host RAM" row says {size_cell(ram["estimate_ram_bytes"])} '
         f"({ram.get('ram_bytes_per_element')} B per element: the allocator's bytes for an "
         f"element of {ram['raw_bytes_per_element']} B of data, plus the save's working "
         "memory). The saving "
-        f"process peaked at {mb(ram['measured_peak_rss_bytes'])} (the kernel's high-water "
-        f"mark, {mb(ram['measured_peak_rss_kernel_bytes'])}, also counts start-up transients "
-        f"such as importing TensorFlow: it is {mb(data['rows'][0].get('peak_rss_kernel_bytes'))}"
+        f"process peaked at {size_cell(ram['measured_peak_rss_bytes'])} (the kernel's high-water "
+        f"mark, {size_cell(ram['measured_peak_rss_kernel_bytes'])}, also counts start-up "
+        "transients such as importing TensorFlow: it is "
+        f"{size_cell(data['rows'][0].get('peak_rss_kernel_bytes'))}"
         f" at buffer {data['rows'][0]['buffer']:,}), of which "
-        f"{mb(ram['process_baseline_bytes'])} is the process with an empty buffer (the "
-        f"intercept) and {mb(ram['measured_buffer_bytes'])} the buffer "
+        f"{size_cell(ram['process_baseline_bytes'])} is the process with an empty buffer (the "
+        f"intercept) and {size_cell(ram['measured_buffer_bytes'])} the buffer "
         f"({ram['measured_bytes_per_element']:,.0f} B per element). The row {verdict} "
         f"{ram['tolerance']:.0%} of the buffer's measured memory (estimate/measured = "
         f"{'n/a' if ratio is None else f'{ratio:.3f}'}). It does not count the process "
@@ -342,7 +346,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
                 color=color,
                 alpha=0.6,
                 label=(
-                    f"fit: {fit['slope']:,.0f} B/element + {fit['intercept'] / 1e6:,.0f} MB"
+                    f"fit: {fit['slope']:,.0f} B/element + {format_size(fit['intercept'])}"
                     if style == "-"
                     else None
                 ),
@@ -350,7 +354,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
     where = data["tightest_location"]
     axes.axhline(
         free, color="black", linestyle="--",
-        label=f"free space, tightest folder ({where['path']}): {free / 1e9:,.1f} GB",
+        label=f"free space, tightest folder ({where['path']}): {format_size(free)}",
     )  # fmt: skip
     available = results["machine"].get("ram_available_bytes")
     if available:
@@ -359,7 +363,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
             color="tab:red",
             linestyle="-.",
             alpha=0.5,
-            label=f"RAM available at the start: {available / 1e9:,.1f} GB",
+            label=f"RAM available at the start: {format_size(available)}",
         )
     axes.set_xscale("log")
     axes.set_xlabel("shuffle buffer (elements); dotted: the fitted lines extrapolated")

@@ -19,7 +19,12 @@ from omegaconf import DictConfig
 
 from dlckpt.config import load_config
 from dlckpt.errors import EXIT_ERROR, EXIT_PREFLIGHT, EXIT_USAGE, PreflightRefusal, UsageError
-from dlckpt.job_env import APPLIED_VARIABLES, job_environment, split_env_assignments
+from dlckpt.job_env import (
+    APPLIED_VARIABLES,
+    applied_environ,
+    job_environment,
+    split_env_assignments,
+)
 from dlckpt.report import (
     reset_report,
     start_report,
@@ -77,10 +82,11 @@ def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> a
     start_report(args.report, script=parser.prog)
     assignments, args.overrides = split_env_assignments(args.overrides)
     args.job_env, args.env_source = job_environment(args.env_file, assignments, os.environ)
+    applied = applied_environ(os.environ, args.job_env, args.env_file is not None, assignments)
     for name in APPLIED_VARIABLES:
-        if name in args.job_env:
-            os.environ[name] = args.job_env[name]
-        elif args.env_file is not None or name in assignments:
+        if name in applied:
+            os.environ[name] = applied[name]
+        else:
             os.environ.pop(name, None)  # unset in the job, or `KEY=`
     return args
 

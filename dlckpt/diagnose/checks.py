@@ -25,7 +25,7 @@ from typing import Any
 from dlckpt.job_env import TEMP_VARIABLES, THIS_SHELL
 from dlckpt.preflight.locations import ADVICE_MARGIN
 from dlckpt.tempdir import roomy_folder, tf_temp_dir
-from dlckpt.units import format_bytes
+from dlckpt.units import format_size
 
 CONFIRMED, LIKELY, RULED_OUT, CANNOT_TELL = "confirmed", "likely", "ruled out", "cannot tell"
 LEFTOVER_PATTERN = "tmp_file_tensorflow_*"
@@ -88,13 +88,13 @@ class Folder:
         )
 
     def describe(self) -> str:
-        """`a 20.0 MB tmpfs` / `ext4 at /, 80.1 GB free`."""
+        """`a 20.0 MiB tmpfs` / `ext4 at /, 74.6 GiB free`."""
         if not self.exists:
             return "does not exist on this host"
         if self.fstype == "tmpfs":
-            return f"a {format_bytes(self.total)} tmpfs, {format_bytes(self.free)} free"
+            return f"a {format_size(self.total)} tmpfs, {format_size(self.free)} free"
         where = f"{self.fstype or 'filesystem'} at {self.mountpoint or '?'}"
-        return f"{where}, {format_bytes(self.free)} free of {format_bytes(self.total)}"
+        return f"{where}, {format_size(self.free)} free of {format_size(self.total)}"
 
 
 def _mount_of(path: str) -> Any:
@@ -179,7 +179,7 @@ def check_variables(job: Job, folder: Folder, variable: str) -> Finding:
         elif not os.path.isdir(value):
             parts.append(f"{name}={value} (missing here: TensorFlow skips it)")
         else:
-            parts.append(f"{name}={value} ({format_bytes(Folder.read(value).free)} free)")
+            parts.append(f"{name}={value} ({format_size(Folder.read(value).free)} free)")
     evidence = "; ".join(parts) + f" → TensorFlow stages in {folder.path} ({folder.describe()})"
     cause = "TEST_TMPDIR / TMPDIR / TMP point somewhere small"
     skipped = [n for n in TEMP_VARIABLES if job.env.get(n) and not os.path.isdir(job.env[n])]
@@ -206,7 +206,7 @@ def check_variables(job: Job, folder: Folder, variable: str) -> Finding:
 
 
 def _overridden_roomy(job: Job, variable: str) -> str:
-    """`TMPDIR=/big (80 GB free)` when the winning variable hides a later one that would fit."""
+    """`TMPDIR=/big (74.5 GiB free)` when the winning variable hides a later one that would fit."""
     later = TEMP_VARIABLES[TEMP_VARIABLES.index(variable) + 1 :] if variable != "default" else ()
     for name in later:
         value = job.env.get(name)
@@ -215,17 +215,17 @@ def _overridden_roomy(job: Job, variable: str) -> str:
             if other.free >= job.needed and os.path.realpath(value) != os.path.realpath(
                 job.env[variable]
             ):
-                return f"{name}={value} ({format_bytes(other.free)} free)"
+                return f"{name}={value} ({format_size(other.free)} free)"
     return ""
 
 
 def _need_text(job: Job) -> str:
     if job.processes > 1:
         return (
-            f"{format_bytes(job.needed)} ({job.processes} processes × "
-            f"{format_bytes(job.checkpoint_bytes)})"
+            f"{format_size(job.needed)} ({job.processes} processes × "
+            f"{format_size(job.checkpoint_bytes)})"
         )
-    return format_bytes(job.checkpoint_bytes)
+    return format_size(job.checkpoint_bytes)
 
 
 def _move_fix(job: Job, folder: Folder, variable: str) -> str:
@@ -240,16 +240,16 @@ def _move_fix(job: Job, folder: Folder, variable: str) -> str:
     )
     if roomy is not None:
         fixes.append(
-            f"export TMPDIR={roomy[0]} ({format_bytes(roomy[1])} free) before the job starts"
+            f"export TMPDIR={roomy[0]} ({format_size(roomy[1])} free) before the job starts"
         )
     # The same search as every other advice: the folder keeps ADVICE_MARGIN free with every
     # process's checkpoint at the upper end of the estimate's ±.
     largest = job.largest_fitting(folder.path, max(job.processes, 1))
     if largest:
         size = job.bytes_for(largest)
-        each = f"a {format_bytes(size)} checkpoint per process" if size else "per process"
+        each = f"a {format_size(size)} checkpoint per process" if size else "per process"
         node = (
-            f", {format_bytes(size * job.processes)} for the {job.processes} processes"
+            f", {format_size(size * job.processes)} for the {job.processes} processes"
             if size and job.processes > 1
             else ""
         )
@@ -291,11 +291,11 @@ def check_tmpfs(job: Job, folder: Folder, variable: str) -> Finding:
     limit, used, source = cgroup_memory()
     memory = psutil.virtual_memory()
     room = int(memory.available + psutil.swap_memory().free)
-    evidence = f"{folder.path}: {folder.describe()}; RAM+swap available {format_bytes(room)}"
+    evidence = f"{folder.path}: {folder.describe()}; RAM+swap available {format_size(room)}"
     if limit is not None:
         room = min(room, max(limit - used, 0))
         evidence += (
-            f"; cgroup memory limit {format_bytes(limit)}, {format_bytes(used)} in use ({source})"
+            f"; cgroup memory limit {format_size(limit)}, {format_size(used)} in use ({source})"
         )
     elif source:
         evidence += "; no cgroup memory limit"
@@ -309,7 +309,7 @@ def check_tmpfs(job: Job, folder: Folder, variable: str) -> Finding:
         return Finding(cause, evidence, CONFIRMED, fix, headline, rank=7)
     if room < job.needed:
         headline = (
-            f"{where} is a tmpfs: its pages are memory, and only {format_bytes(room)} of memory "
+            f"{where} is a tmpfs: its pages are memory, and only {format_size(room)} of memory "
             f"is left for it; the checkpoint needs {_need_text(job)} there"
         )
         return Finding(cause, evidence, LIKELY, fix, headline, rank=7)
@@ -349,8 +349,8 @@ def check_processes(job: Job, folder: Folder) -> Finding:
     cause = "several processes per host saving at once"
     evidence = (
         f"{job.processes} process(es) ({job.processes_source}) × "
-        f"{format_bytes(job.checkpoint_bytes)} = {format_bytes(job.needed)}; "
-        f"{folder.path}: {format_bytes(folder.free)} free"
+        f"{format_size(job.checkpoint_bytes)} = {format_size(job.needed)}; "
+        f"{folder.path}: {format_size(folder.free)} free"
     )
     if job.processes <= 1:
         return Finding(cause, evidence, RULED_OUT, rank=5)
@@ -358,12 +358,12 @@ def check_processes(job: Job, folder: Folder) -> Finding:
         return Finding(cause, evidence, RULED_OUT, rank=5)
     holds = folder.free // max(job.checkpoint_bytes, 1)
     headline = (
-        f"{job.processes} processes per host each stage {format_bytes(job.checkpoint_bytes)} "
+        f"{job.processes} processes per host each stage {format_size(job.checkpoint_bytes)} "
         f"in {folder.path} ({folder.describe()}): it holds {holds} at once, not "
-        f"{job.processes}; together they need {format_bytes(job.needed)}"
+        f"{job.processes}; together they need {format_size(job.needed)}"
     )
     fix = (
-        f"give each process its own TMPDIR on a disk with {format_bytes(job.checkpoint_bytes)} "
+        f"give each process its own TMPDIR on a disk with {format_size(job.checkpoint_bytes)} "
         "free, or save only from process 0 (and the other processes' iterators elsewhere); "
         + _move_fix(job, folder, "TMPDIR")
     )
@@ -381,9 +381,7 @@ def check_leftovers(
     stale = [(p, n) for p, n in leftovers if p not in busy]
     held = sum(n for _, n in stale)
     evidence = (
-        f"{len(stale)} in {folder.path}, {format_bytes(held)}"
-        if stale
-        else f"none in {folder.path}"
+        f"{len(stale)} in {folder.path}, {format_size(held)}" if stale else f"none in {folder.path}"
     )
     if busy:
         evidence += f"; {len(busy)} more open by a running process (a save in progress)"
@@ -400,7 +398,7 @@ def check_leftovers(
         return Finding(cause, evidence, RULED_OUT, fix, rank=4)
     if folder.free + held >= job.needed:
         headline = (
-            f"{len(stale)} leftover {LEFTOVER_PATTERN} file(s) hold {format_bytes(held)} of "
+            f"{len(stale)} leftover {LEFTOVER_PATTERN} file(s) hold {format_size(held)} of "
             f"{folder.path} ({folder.describe()}); the checkpoint needs {_need_text(job)} there, "
             "which fits once they are removed"
         )
@@ -429,7 +427,7 @@ def check_inodes(job: Job, folder: Folder) -> Finding:
     headline = (
         f"{where} ({folder.fstype or 'filesystem'}) has {stat.f_favail:,} free inodes of "
         f"{stat.f_files:,}: no new file can be created there, though "
-        f"{format_bytes(folder.free)} is free; each save needs {needed} files"
+        f"{format_size(folder.free)} is free; each save needs {needed} files"
     )
     fix = f"remove small files there (find {folder.path} -xdev -type f | head) or " + _move_fix(
         job, folder, "TMPDIR"
@@ -454,14 +452,14 @@ def check_file_size_limit(job: Job) -> Finding:
             rank=1,
         )
     evidence = (
-        f"ulimit -f {soft // 1024} (blocks of 1 KiB) = {format_bytes(soft)} per file; the "
-        f"checkpoint's data file is ~{format_bytes(job.checkpoint_bytes)}"
+        f"ulimit -f {soft // 1024} (blocks of 1 KiB) = {format_size(soft)} per file; the "
+        f"checkpoint's data file is ~{format_size(job.checkpoint_bytes)}"
     )
     if soft >= job.checkpoint_bytes:
         return Finding(cause, evidence, RULED_OUT, rank=1)
     headline = (
-        f"the file-size limit (ulimit -f) is {format_bytes(soft)}: no process may write a "
-        f"larger file, and TensorFlow stages the whole ~{format_bytes(job.checkpoint_bytes)} "
+        f"the file-size limit (ulimit -f) is {format_size(soft)}: no process may write a "
+        f"larger file, and TensorFlow stages the whole ~{format_size(job.checkpoint_bytes)} "
         "checkpoint file in its temp folder"
     )
     fix = (
@@ -515,14 +513,14 @@ def check_shared(job: Job, folder: Folder) -> Finding:
     recent, count, scanned, capped = _recent_other_bytes(folder.path)
     evidence = (
         f"{count} other file(s) written into {folder.path} in the last hour, "
-        f"{format_bytes(recent)} (scanned {scanned:,} entries{', capped' if capped else ''}); "
-        f"margin after the checkpoint: {format_bytes(max(folder.free - job.needed, 0))}"
+        f"{format_size(recent)} (scanned {scanned:,} entries{', capped' if capped else ''}); "
+        f"margin after the checkpoint: {format_size(max(folder.free - job.needed, 0))}"
     )
     if recent == 0 or folder.free < job.needed or folder.free - job.needed >= recent:
         return Finding(cause, evidence, RULED_OUT, rank=9)
     headline = (
-        f"{folder.path} has room for the checkpoint ({format_bytes(folder.free)} free, needs "
-        f"{_need_text(job)}) by less than the {format_bytes(recent)} others wrote there in "
+        f"{folder.path} has room for the checkpoint ({format_size(folder.free)} free, needs "
+        f"{_need_text(job)}) by less than the {format_size(recent)} others wrote there in "
         "the last hour"
     )
     fix = "give the job a temp folder of its own: " + _move_fix(job, folder, "TMPDIR")
@@ -660,7 +658,7 @@ def pass_line(diagnosis: Diagnosis) -> str:
     return (
         f"✓ THIS CONFIG FITS WHERE THE JOB STAGES ITS SAVES: the checkpoint, "
         f"{_need_text(job)}, fits in {_where(job, diagnosis.folder)} "
-        f"({format_bytes(diagnosis.folder.free)} free; environment: {job.env_source}) and no "
+        f"({format_size(diagnosis.folder.free)} free; environment: {job.env_source}) and no "
         "other check here found a cause"
     )
 

@@ -56,7 +56,7 @@ from dlckpt.pipeline.graph import (
 )
 from dlckpt.pipeline.tensors import element_bytes, element_leaves, leading_dimension
 from dlckpt.tempdir import is_disk_full
-from dlckpt.units import format_bytes
+from dlckpt.units import format_size
 
 # A sampled chunk aims for this many bytes of elements (in memory), within CHUNK_ELEMENTS:
 # enough slots that the per-slot figure is steady, few enough to place many chunks.
@@ -201,17 +201,17 @@ class _Run:
         free = int(psutil.disk_usage(str(self.scratch)).free)
         if disk > free:
             raise PreflightRefusal(
-                f"calibration scratch folder {self.scratch}: needs ~{format_bytes(disk)} "
+                f"calibration scratch folder {self.scratch}: needs ~{format_size(disk)} "
                 f"({sampled:,} sampled elements and a {largest:,}-element save of "
-                f"{format_bytes(element_bytes_)} each), {format_bytes(free)} free; point "
+                f"{format_size(element_bytes_)} each), {format_size(free)} free; point "
                 "TMPDIR at a roomier folder or lower estimate.calibration_buffer_sizes"
             )
         available = int(psutil.virtual_memory().available)
         if ram > available:
             raise PreflightRefusal(
-                f"host RAM for the calibration: needs ~{format_bytes(ram)} ({largest:,}-element "
-                f"buffer of {format_bytes(element_bytes_)} elements), "
-                f"{format_bytes(available)} available; lower estimate.calibration_buffer_sizes"
+                f"host RAM for the calibration: needs ~{format_size(ram)} ({largest:,}-element "
+                f"buffer of {format_size(element_bytes_)} elements), "
+                f"{format_size(available)} available; lower estimate.calibration_buffer_sizes"
             )
 
     def anchors(self, stage: Stage) -> tuple[list[list[int]], int, int | None]:
@@ -474,7 +474,7 @@ def calibrate(
             calibration.notes.append(
                 "TensorFlow autotunes this pipeline's buffers: a real save may hold up to "
                 f"~{AUTOTUNE_DEPTH_BATCHES} more output batches than a settled one "
-                f"(~{format_bytes(round(calibration.autotune_bytes))}); the ± includes them"
+                f"(~{format_size(round(calibration.autotune_bytes))}); the ± includes them"
             )
         return calibration
     finally:
@@ -650,7 +650,7 @@ def _without_shuffle(
         notes.append(
             "the shuffle buffers sit off the line from the output (under zip, "
             "sample_from_datasets or interleave), so they were not sampled one by one: the "
-            f"whole-pipeline saves grow by ~{format_bytes(growth[0])} per buffer element "
+            f"whole-pipeline saves grow by ~{format_size(growth[0])} per buffer element "
             f"between buffers {smallest:,} and {largest:,}, extrapolated with a wide ± (a "
             "buffer capped by its own input, e.g. min(size, N), is over-counted)"
         )

@@ -130,7 +130,7 @@ class EstimateResult:
         return max(int(budget_bytes // per_element), 0) if per_element > 0 else 0
 
     def headline(self, which: str) -> str:
-        """`96.4 GB (measured ±2%; README's rule of thumb 187.5 GB)` for "original" or "tested"."""
+        """`89.8 GiB (measured ±2%; README's rule of thumb 174.6 GiB)`: "original" or "tested"."""
         measured = self.original_bytes if which == "original" else self.tested_bytes
         formula = self.formula_original_bytes if which == "original" else self.formula_tested_bytes
         buffer = self.original_buffer if which == "original" else self.tested_buffer

@@ -19,9 +19,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dlckpt.errors import UsageError
+from dlckpt.job_env import (
+    THIS_SHELL,
+    applied_environ,
+    job_environment,
+    processes_from_env,
+    split_env_assignments,
+)
 from dlckpt.paths import SCRIPTS_DIR
 from dlckpt.tempdir import tf_temp_dir
-from dlckpt.units import format_bytes, parse_size
+from dlckpt.units import format_size, parse_size
 
 EXIT_FITS, EXIT_DOES_NOT_FIT, EXIT_USAGE = 0, 1, 2
 ROW_FORMAT = "{:<36} {:<34} {:>10}  {:<14} {:<14}"
@@ -70,7 +77,19 @@ def parser() -> argparse.ArgumentParser:
         "(runs the small-buffer script with --estimate-only; cached)",
     )
     parse.add_argument("--config-dir", metavar="DIR", help="your own folder of configs")
-    parse.add_argument("overrides", nargs="*", metavar="key=value", help="Hydra overrides")
+    parse.add_argument(
+        "--env-file",
+        type=Path,
+        metavar="FILE",
+        help="the job's environment (`env > job.env` where it runs): its TMPDIR, "
+        "LOCAL_STAGING_DIR, HOME and process count are checked instead of this shell's",
+    )
+    parse.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="key=value",
+        help="Hydra overrides; upper-case KEY=VALUE (TMPDIR=/scratch) sets the job's variable",
+    )
     return parse  # fmt: skip
 
 
@@ -82,11 +101,16 @@ class Row:
     status: str = ""  # "", "unset" or "missing"
 
 
-def needs_from_config(args: argparse.Namespace) -> tuple[int, int]:
-    """(small-buffer bytes, full bytes) from the small-buffer script's --estimate-only report."""
+def needs_from_config(args: argparse.Namespace, job_args: list[str]) -> tuple[int, int]:
+    """(small-buffer bytes, full bytes) from the small-buffer script's --estimate-only report.
+
+    The full need is what training's save of the configured buffer puts in TensorFlow's temp
+    folder: one checkpoint per process on the host (`job_args`, the job's environment, and
+    `estimate.processes_per_host` decide how many).
+    """
     config_args = [*(["--config-name", args.config_name] if args.config_name else [])]
     config_args += [*(["--config-dir", args.config_dir] if args.config_dir else [])]
-    config_args += list(args.overrides)
+    config_args += [*args.overrides, *job_args]
     script = SCRIPTS_DIR / "test_dataloader_checkpoint_small_buffer.py"
     with tempfile.TemporaryDirectory(prefix="dlckpt-disk-check-") as folder:
         report = Path(folder) / "estimate.json"
@@ -98,8 +122,13 @@ def needs_from_config(args: argparse.Namespace) -> tuple[int, int]:
         if done.returncode != 0:
             reason = (done.stderr.strip().splitlines() or ["no message"])[-1].removeprefix("✗ ")
             raise UsageError(f"the estimate for {' '.join(config_args)} failed: {reason}")
-        estimate = json.loads(report.read_text())["estimate"]
-    return int(estimate["tested_bytes"]), int(estimate["original_bytes"])
+        answer = json.loads(report.read_text())
+    full = next(
+        row["required_bytes"]
+        for row in answer["configured_locations"]
+        if row["role"].startswith("TensorFlow temp folder")
+    )
+    return int(answer["estimate"]["tested_bytes"]), int(full)
 
 
 def free_bytes(folder: str) -> int:
@@ -129,13 +158,15 @@ def folder_row(label: str, value: str | None) -> Row:
     return Row(label, value, free_bytes(str(path)))
 
 
-def locations() -> tuple[list[Row], str | None]:
-    tf_folder, tf_variable, warning = tf_temp_dir()
+def locations(env: dict[str, str], home: str | None = None) -> tuple[list[Row], str | None]:
+    """The rows for the environment `env` (the job's variables over this shell's) and the
+    job's `home` (default: this user's)."""
+    tf_folder, tf_variable, warning = tf_temp_dir(env)
     rows = [
         folder_row(f"TensorFlow temp folder ({tf_variable})", tf_folder),
         folder_row("/tmp", "/tmp"),
-        folder_row("LOCAL_STAGING_DIR", os.environ.get("LOCAL_STAGING_DIR")),
-        folder_row("home", str(Path.home())),
+        folder_row("LOCAL_STAGING_DIR", env.get("LOCAL_STAGING_DIR")),
+        folder_row("home", home or str(Path.home())),
         folder_row("current folder", os.getcwd()),
         Row("RAM (available)", "-", available_ram()),
     ]
@@ -162,27 +193,38 @@ def report(rows: list[Row], small: int, full: int, which: str) -> tuple[list[str
         if (small_mark != "OK" and which != "full") or (full_mark != "OK" and which != "small"):
             status = EXIT_DOES_NOT_FIT
         lines.append(
-            ROW_FORMAT.format(row.label, row.path, format_bytes(row.free), small_mark, full_mark)
+            ROW_FORMAT.format(row.label, row.path, format_size(row.free), small_mark, full_mark)
         )
     return lines, status
 
 
 def run(argv: Sequence[str]) -> int:
-    args = parser().parse_args(list(argv))
+    args = parser().parse_intermixed_args(list(argv))
+    assignments, args.overrides = split_env_assignments(args.overrides)
     for override in args.overrides:
         if "=" not in override:
             raise UsageError(f"check_disk_space.sh: unknown argument {override!r} (see -h)")
+    job_env, environment = job_environment(args.env_file, assignments, os.environ)
+    env = applied_environ(os.environ, job_env, args.env_file is not None, assignments)
+    job_args = [*(["--env-file", str(args.env_file)] if args.env_file else [])]
+    job_args += [f"{key}={value}" for key, value in assignments.items()]
     small, full = parse_size(args.small, "--small"), parse_size(args.full, "--full")
     source = "flags/defaults"
     if args.config_name or args.config_dir or args.overrides:
-        small, full = needs_from_config(args)
+        small, full = needs_from_config(args, job_args)
         source = "measured estimate of --config-name " + (args.config_name or "config")
-    rows, warning = locations()
+    else:
+        full, source = _per_host(full, job_env, source)
+    rows, warning = locations(env, job_env.get("HOME"))
     lines, status = report(rows, small, full, args.which)
     print(
-        f"thresholds: {source}; small-buffer test needs {format_bytes(small)}, "
-        f"full test {format_bytes(full)}"
+        f"thresholds: {source}; small-buffer test needs {format_size(small)}, "
+        f"full test {format_size(full)}"
     )
+    checked = "the job's environment" if args.env_file else "this shell's environment"
+    if environment != THIS_SHELL and not args.env_file:
+        checked = "this shell's environment with the job's variables"
+    print(f"checked in {checked} ({environment})")
     print("\n".join(lines))
     if warning:
         print(f"⚠ {warning}")
@@ -203,6 +245,15 @@ def run(argv: Sequence[str]) -> int:
             "at a bigger disk"
         )
     return status
+
+
+def _per_host(full: int, job_env: dict[str, str], source: str) -> tuple[int, str]:
+    """--full is one process's save; the job's processes per host each stage their own."""
+    found = processes_from_env(job_env)
+    if found is None or found[0] == 1:
+        return full, source
+    processes, how = found
+    return full * processes, f"{source}, × {processes} processes per host ({how})"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from dlckpt.errors import PreflightRefusal, UsageError
 from dlckpt.job_env import THIS_SHELL
 from dlckpt.tempdir import existing_ancestor, roomy_folder, tf_temp_dir
-from dlckpt.units import format_bytes
+from dlckpt.units import format_size
 
 if TYPE_CHECKING:  # at run time nothing here needs NumPy: check_disk_space.sh imports it
     from dlckpt.estimate.estimator import EstimateResult
@@ -217,22 +217,22 @@ def configured_fit_line(
     failing = [row for row in rows if not row.ok]
     if not failing:
         room = " and ".join(
-            f"RAM ({format_bytes(row.free_bytes)} available)"
+            f"RAM ({format_size(row.free_bytes)} available)"
             if row.path == RAM
-            else f"{row.path} ({format_bytes(row.free_bytes)} free)"
+            else f"{row.path} ({format_size(row.free_bytes)} free)"
             for row in rows
             if row.free_bytes is not None
         )
         return (
             f"✓ THE CONFIGURED BUFFER FITS: {buffer} writes a "
-            f"{format_bytes(estimate.original_bytes)} checkpoint, which fits {room}; {checked}. "
+            f"{format_size(estimate.original_bytes)} checkpoint, which fits {room}; {checked}. "
             "If a save still fails with `Could not append to the internal temporary file`, the "
             "cause is elsewhere: make diagnose"
         )
     row = failing[0]
     return (
         f"⚠ THE CONFIGURED BUFFER DOES NOT FIT: {buffer}: {row.role} {row.path} needs "
-        f"{format_bytes(row.required_bytes)}, {format_bytes(row.free_bytes or 0)} free; "
+        f"{format_size(row.required_bytes)}, {format_size(row.free_bytes or 0)} free; "
         f"{checked}. "
         + (
             f"The largest that fits: dataloader.shuffle_buffer_size={largest:,} (with "
@@ -269,7 +269,7 @@ def check_locations(rows: Sequence[Location], margin: float = 0.0) -> list[Locat
             if len(group) > 1:
                 others = len(group) - 1
                 row.note = (
-                    f"shares its disk with {others} other row(s): {format_bytes(total)} in all"
+                    f"shares its disk with {others} other row(s): {format_size(total)} in all"
                 )
     return list(rows)
 
@@ -281,8 +281,8 @@ def locations_table(rows: Sequence[Location]) -> str:
         [
             row.role,
             row.path,
-            "n/a" if row.free_bytes is None else format_bytes(row.free_bytes),
-            format_bytes(row.required_bytes),
+            "n/a" if row.free_bytes is None else format_size(row.free_bytes),
+            format_size(row.required_bytes),
             "OK" if row.ok else "NOT OK",
         ]
         for row in rows
@@ -406,8 +406,8 @@ def refusal_message(
         fixes.append(
             f"set dataloader.shuffle_buffer_size={largest:,} or less (fits every location "
             f"with {percent} to spare at the upper end of the estimate's ±; checkpoint "
-            f"~{format_bytes(estimate.bytes_for(largest))}, "
-            f"RAM ~{format_bytes(estimate.ram_bytes_for(largest))})"
+            f"~{format_size(estimate.bytes_for(largest))}, "
+            f"RAM ~{format_size(estimate.ram_bytes_for(largest))})"
         )
     elif any(r.role.startswith("embedded GCS server") for r in rows):
         fixes.append(
@@ -425,23 +425,21 @@ def refusal_message(
             ),
         )
     if row.path == RAM:
-        what = (
-            f"{row.role}: needs {format_bytes(row.required_bytes)}, {format_bytes(free)} available"
-        )
+        what = f"{row.role}: needs {format_size(row.required_bytes)}, {format_size(free)} available"
     else:
         same_disk = next((g for g in _disk_groups(rows) if row in g), [row])
         total = sum(r.required_bytes for r in same_disk)
         roomy = roomy_folder(total, row.path, env)
         if roomy is not None and row.variable:
-            fixes.append(f"export {row.variable}={roomy[0]} ({format_bytes(roomy[1])} free)")
+            fixes.append(f"export {row.variable}={roomy[0]} ({format_size(roomy[1])} free)")
         what = (
-            f"{row.role} {row.path}: needs {format_bytes(total)}"
+            f"{row.role} {row.path}: needs {format_size(total)}"
             + (f" ({len(same_disk)} rows on this disk)" if len(same_disk) > 1 else "")
-            + f", {format_bytes(free)} free"
+            + f", {format_size(free)} free"
         )
     fixes.append(
         "run the small-buffer test: make small-buffer "
-        f"(checkpoint ~{format_bytes(estimate.bytes_for(100))} at buffer 100)"
+        f"(checkpoint ~{format_size(estimate.bytes_for(100))} at buffer 100)"
     )
     fixes.append("or pass --force to run anyway")
     return f"{what}. Fixes: " + "; ".join(fixes)

@@ -33,7 +33,7 @@ from dlckpt.storage.gcs import (
 from dlckpt.storage.local import LocalDestination
 from dlckpt.storage.transfer import TransferError
 from dlckpt.tempdir import disk_full_text, is_disk_full
-from dlckpt.units import format_bytes
+from dlckpt.units import format_size
 
 Destination = LocalDestination | GcsDestination
 
@@ -180,7 +180,7 @@ def _save(run: _RoundTrip, dataset: Any, iterator: Any, save_dir: Path, disk_ful
         free = shutil.disk_usage(save_dir).free if save_dir.exists() else 0
         run.outcome.failure = (
             f"CHECKPOINT DID NOT FIT: saving the iterator into {save_dir} failed "
-            f"({disk_full_text(error)}); {format_bytes(free)} free there"
+            f"({disk_full_text(error)}); {format_size(free)} free there"
             + (f"; {disk_full_hint}" if disk_full_hint else "")
         )
     return None
@@ -354,8 +354,8 @@ def _save_to_gcs(
     run.say(
         f"✓ Saved the iterator after {run.cfg.roundtrip.batches_before_save} batches straight "
         f"to {outcome.checkpoint_uri} with TensorFlow's own gs:// filesystem: {saved.files} "
-        f"files, {format_bytes(saved.bytes)} in {saved.save_seconds:.1f} s (staged in "
-        f"{saved.temp_dir} from {saved.temp_source}, at most {format_bytes(saved.temp_peak_bytes)})"
+        f"files, {format_size(saved.bytes)} in {saved.save_seconds:.1f} s (staged in "
+        f"{saved.temp_dir} from {saved.temp_source}, at most {format_size(saved.temp_peak_bytes)})"
     )
     return saved
 
@@ -514,7 +514,7 @@ def _trip_through_a_saved_copy(
         outcome.staged_path = str(save_dir)
     run.say(
         f"✓ Saved the iterator after {run.cfg.roundtrip.batches_before_save} batches into "
-        f"{saved.prefix.parent}: {saved.files} files, {format_bytes(saved.bytes)} "
+        f"{saved.prefix.parent}: {saved.files} files, {format_size(saved.bytes)} "
         f"in {saved.save_seconds:.1f} s"
     )
     _read_expected(run, iterator)

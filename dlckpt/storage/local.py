@@ -139,11 +139,11 @@ class LocalDestination:
 
 def _os_error(error: OSError, folder: Path) -> str:
     """'No space left on device, 0 B free in /mnt/x' - the OS's reason and the free space."""
-    from dlckpt.units import format_bytes
+    from dlckpt.units import format_size
 
     reason = error.strerror or type(error).__name__
     try:
-        free = f", {format_bytes(shutil.disk_usage(folder).free)} free in {folder}"
+        free = f", {format_size(shutil.disk_usage(folder).free)} free in {folder}"
     except OSError:
         free = ""
     return f"{reason}{free}"

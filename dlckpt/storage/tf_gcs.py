@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dlckpt.units import format_bytes
+from dlckpt.units import format_size
 
 # The variables TensorFlow's GCS filesystem reads (tensorflow/tsl/platform/cloud/
 # gcs_file_system.cc); shown by `make disk-check` and in the report when set.
@@ -177,12 +177,12 @@ def staging_full_line(
     variable = "TEST_TMPDIR" if source == "TEST_TMPDIR" else "TMPDIR"
     target = roomy[0] if roomy else "/path/on/a/bigger/disk"
     fixes.append(
-        f"export {variable}={target}" + (f" ({format_bytes(roomy[1])} free)" if roomy else "")
+        f"export {variable}={target}" + (f" ({format_size(roomy[1])} free)" if roomy else "")
     )
     fixes.append("save locally and upload instead: make local-staging")
     fixes.append("or a smaller dataloader.shuffle_buffer_size (make estimate ARGS=--fit-budget)")
     return (
         f"CHECKPOINT DID NOT FIT: TensorFlow's gs:// writer stages each checkpoint file in "
-        f"{chosen} and ran out of room ({tf_text}): needs ~{format_bytes(needed_bytes)}, "
-        f"{format_bytes(free)} free there. Fixes: " + "; ".join(fixes)
+        f"{chosen} and ran out of room ({tf_text}): needs ~{format_size(needed_bytes)}, "
+        f"{format_size(free)} free there. Fixes: " + "; ".join(fixes)
     )

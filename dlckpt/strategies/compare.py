@@ -254,7 +254,7 @@ def strategies_pointer_line(
     """The line the small-buffer script ends with. It names a strategy as the smallest only
     when the last `make strategies` measured it on the same loader (`pipeline`, the
     `dataloader._target_`); otherwise it says the figures come from synthetic episodes."""
-    from dlckpt.units import format_bytes
+    from dlckpt.units import format_size
 
     data = _last_report(report)
     same_loader = (
@@ -265,7 +265,7 @@ def strategies_pointer_line(
         if best is not None:
             return (
                 "SMALLEST CHECKPOINT THAT RESUMES EXACTLY ON YOUR PIPELINE (last `make "
-                f"strategies`): {best[0]}, {format_bytes(best[1])}; its code is in "
+                f"strategies`): {best[0]}, {format_size(best[1])}; its code is in "
                 "DISK_SPACE_SOLUTIONS.md"
             )
     synthetic = smallest_resuming_strategy(data, measured_on="synthetic episodes") if data else None
@@ -274,7 +274,7 @@ def strategies_pointer_line(
         at = f" at buffer {buffer:,}" if isinstance(buffer, int) else ""
         return (
             "Smaller checkpoints, measured on synthetic episodes and not on your pipeline "
-            f"(last `make strategies`): {synthetic[0]}, {format_bytes(synthetic[1])}{at}; "
+            f"(last `make strategies`): {synthetic[0]}, {format_size(synthetic[1])}{at}; "
             '`make strategies ARGS="--config-name=YOURS"` runs those your loader allows on it '
             "(DISK_SPACE_SOLUTIONS.md)"
         )

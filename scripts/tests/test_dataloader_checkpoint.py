@@ -47,7 +47,7 @@ from dlckpt.roundtrip.scenario import (
     tensorflow_gcs_locations,
     tensorflow_gcs_locations_for,
 )
-from dlckpt.units import format_gb
+from dlckpt.units import format_size
 
 SCRIPT = "original"
 
@@ -166,7 +166,8 @@ def _run(parser: Any, argv: Sequence[str] | None, report: dict[str, Any]) -> int
             tensorflow_gcs=True,  # straight to gs:// as training saves (a folder: locally)
             expected_bytes=estimate.original_bytes,
             disk_full_hint=(
-                f"this config's checkpoint needs ~{format_gb(estimate.original_bytes)} there; fix: "
+                f"this config's checkpoint needs ~{format_size(estimate.original_bytes)} there; "
+                "fix: "
                 "TMPDIR=/path/on/a/bigger/disk make original (or --tmpdir), stage it on a "
                 "disk you choose with make local-staging, or prove the restore cheaply with "
                 "make small-buffer (see QUICK_FIX.md)"

@@ -43,7 +43,7 @@ from _common import (
 
 from dlckpt.errors import UsageError
 from dlckpt.preflight.locations import scenario_locations
-from dlckpt.units import format_gb
+from dlckpt.units import format_size
 
 SCRIPT = "local_staging"
 STAGING_VARIABLE = "LOCAL_STAGING_DIR"
@@ -155,7 +155,7 @@ def _run(parser: Any, argv: Sequence[str] | None, report: dict[str, Any]) -> int
                 checkpoint_dir=staged,
                 compare_before_upload=True,
                 disk_full_hint=(
-                    f"the checkpoint needs ~{format_gb(estimate.original_bytes)}: point "
+                    f"the checkpoint needs ~{format_size(estimate.original_bytes)}: point "
                     f"{STAGING_VARIABLE} at a disk with more room"
                 ),
             )
