@@ -200,7 +200,12 @@ def test_fit_budget_holds_every_process_of_the_host(small_estimate_cache, monkey
 
 
 @pytest.mark.parametrize(
-    "script", ["test_dataloader_checkpoint_small_buffer", "test_dataloader_checkpoint"]
+    "script",
+    [
+        "test_dataloader_checkpoint_small_buffer",
+        "test_dataloader_checkpoint_local_staging",
+        "test_dataloader_checkpoint",
+    ],
 )
 def test_the_jobs_env_file_is_what_every_command_checks(
     script, small_estimate_cache, tmp_path, monkeypatch, capsys
@@ -217,6 +222,7 @@ def test_the_jobs_env_file_is_what_every_command_checks(
     monkeypatch.setenv("XDG_CACHE_HOME", str(cache))
     monkeypatch.setenv("TMPDIR", str(roomy))
     monkeypatch.setenv("GCS_TEST_BUCKET", str(tmp_path))
+    monkeypatch.setenv("LOCAL_STAGING_DIR", str(roomy))  # the local-staging script's folder
     for name in ("TEST_TMPDIR", "TMP", "CUDA_VISIBLE_DEVICES", "LOCAL_WORLD_SIZE"):
         monkeypatch.delenv(name, raising=False)
     configured = 600  # ~5 MB a process: over the job's 4 MiB, well within the shell's room
@@ -232,6 +238,7 @@ def test_the_jobs_env_file_is_what_every_command_checks(
         env_file = tmp_path / "job.env"
         env_file.write_text(
             f"TMPDIR={job_tmp}\nCUDA_VISIBLE_DEVICES=0,1,2,3,4,5,6,7\nGCS_TEST_BUCKET={tmp_path}\n"
+            f"LOCAL_STAGING_DIR={roomy}\n"
         )
         code = main([*args, "--env-file", str(env_file)])
         out, err = capsys.readouterr()
