@@ -325,3 +325,18 @@ def test_a_fix_folder_is_one_the_jobs_user_can_write(tmpfs_4m, tmp_path):
         assert found is not None and found[0] != str(hidden)
     finally:
         home.rmdir()
+
+
+def test_other_writers_leave_out_tensorflows_own_files(tmp_path):
+    """AutoGraph's generated files (this tool's own measurement writes them) and staging
+    leftovers are not "other writers"; a real recent file is, counted by its blocks."""
+    from dlckpt.diagnose.checks import _recent_other_bytes
+
+    (tmp_path / "__autograph_generated_filexyz12.py").write_bytes(b"x" * 50_000)
+    (tmp_path / "tmp_file_tensorflow_0_abc").write_bytes(b"x" * 50_000)
+    nested = tmp_path / "other-job"
+    nested.mkdir()
+    (nested / "shard.bin").write_bytes(os.urandom(200_000))
+    total, count, scanned, capped = _recent_other_bytes(str(tmp_path))
+    assert count == 1 and 200_000 <= total < 300_000
+    assert scanned == 4 and not capped

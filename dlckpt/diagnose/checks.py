@@ -29,6 +29,10 @@ from dlckpt.units import format_size
 
 CONFIRMED, LIKELY, RULED_OUT, CANNOT_TELL = "confirmed", "likely", "ruled out", "cannot tell"
 LEFTOVER_PATTERN = "tmp_file_tensorflow_*"
+# Files in the temp folder that are not another writer's: AutoGraph's converted functions
+# (TensorFlow writes one per traced Python function, this tool's own measurement included)
+# are a few KB each and would otherwise make every diagnose report "other writers".
+NOT_OTHER_WRITERS = (LEFTOVER_PATTERN, "__autograph_generated_file*")
 # A checkpoint is an index file and a data file; the GCS writer stages each in its own file.
 FILES_PER_SAVE = 2
 QUOTA_OPTIONS = ("quota", "usrquota", "grpquota", "prjquota", "uquota", "gquota", "pquota")
@@ -528,7 +532,8 @@ def check_shared(job: Job, folder: Folder) -> Finding:
 
 
 def _recent_other_bytes(path: str) -> tuple[int, int, int, bool]:
-    """(bytes, files) written under `path` in the last hour by anyone but TensorFlow's stager."""
+    """(bytes, files, entries scanned, capped) written under `path` in the last hour, less
+    TensorFlow's staging files and AutoGraph's (NOT_OTHER_WRITERS)."""
     cutoff = time.time() - RECENT_SECONDS
     total = count = scanned = 0
     device = os.stat(path).st_dev
@@ -551,7 +556,7 @@ def _recent_other_bytes(path: str) -> tuple[int, int, int, bool]:
             elif (
                 entry.is_file(follow_symlinks=False)
                 and info.st_mtime >= cutoff
-                and not fnmatch.fnmatch(entry.name, LEFTOVER_PATTERN)
+                and not any(fnmatch.fnmatch(entry.name, p) for p in NOT_OTHER_WRITERS)
             ):
                 total += info.st_blocks * 512
                 count += 1
