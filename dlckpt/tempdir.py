@@ -82,7 +82,8 @@ def roomy_folder(
 
 
 def _writable_for(user: str) -> Callable[[str], bool]:
-    """Whether `user` (a login name; "" or this process's own: os.access) may write a folder."""
+    """Whether `user` (a login name; "" or this process's own: os.access) may write a folder:
+    by the mode bits of the folder and its parents, as "other" for a user unknown here."""
     import pwd
     import stat
 
@@ -90,15 +91,18 @@ def _writable_for(user: str) -> Callable[[str], bool]:
         account = pwd.getpwnam(user) if user else None
     except KeyError:
         account = None
-    if account is None or account.pw_uid == os.geteuid():
+    if not user or (account is not None and account.pw_uid == os.geteuid()):
         return lambda folder: os.access(folder, os.W_OK)
-    if account.pw_uid == 0:
+    if user == "root" or (account is not None and account.pw_uid == 0):
         return lambda folder: True
-    groups = {account.pw_gid} | {g.gr_gid for g in _groups_of(user)}
+    # A user this host does not know (the job's container or another node): its uid and
+    # groups are unknown here, so only what every user may write counts.
+    uid = account.pw_uid if account is not None else -1
+    groups = {account.pw_gid} | {g.gr_gid for g in _groups_of(user)} if account else set()
 
     def allows(path: Path, owner: int, group: int, other: int) -> bool:
         info = path.stat()
-        if info.st_uid == account.pw_uid:
+        if info.st_uid == uid:
             return bool(info.st_mode & owner)
         if info.st_gid in groups:
             return bool(info.st_mode & group)

@@ -325,6 +325,20 @@ def test_a_fix_folder_is_one_the_jobs_user_can_write(tmpfs_4m, tmp_path):
         assert found is not None and found[0] != str(hidden)
     finally:
         home.rmdir()
+    # A user this host does not know (the job's container): only what every user may write.
+    roots = Path(tempfile.mkdtemp(prefix="home-of-root-", dir="/tmp"))  # reachable by all
+    try:
+        roots.chmod(0o755)  # root's, not writable by others
+        unknown = {"USER": "trainer-not-on-this-host", "HOME": str(roots)}
+        found = roomy_folder(1, str(tmpfs_4m), unknown)
+        assert found is not None and found[0] != str(roots)
+        roots.chmod(0o777)
+        assert roomy_folder(1, str(tmpfs_4m), unknown) == (
+            str(roots),
+            pytest.approx(found[1], rel=0.01),
+        )
+    finally:
+        roots.rmdir()
 
 
 def test_other_writers_leave_out_tensorflows_own_files(tmp_path):

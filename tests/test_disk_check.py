@@ -132,7 +132,7 @@ def test_the_jobs_env_file_is_checked_not_this_shells(small_disk, tmp_path, proc
     tf_row = _row(out, "TensorFlow temp folder (TMPDIR)")
     assert tf_row[4] == str(small_disk)
     if processes == 8:
-        assert "full test 22.9 MiB" in out and "× 8 processes per host (LOCAL_WORLD_SIZE=8)" in out
+        assert "full test 22.9 MiB (8 processes per host × 2.9 MiB: LOCAL_WORLD_SIZE=8)" in out
         assert tf_row[-2:] == ["NOT", "OK"]
     else:
         assert "full test 2.9 MiB" in out and tf_row[-1] == "OK"

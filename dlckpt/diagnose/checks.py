@@ -358,7 +358,12 @@ def check_processes(job: Job, folder: Folder) -> Finding:
     )
     if job.processes <= 1:
         return Finding(cause, evidence, RULED_OUT, rank=5)
-    if folder.free >= job.needed or folder.free < job.checkpoint_bytes:
+    if folder.free < job.checkpoint_bytes:  # the folder's size is the cause, found above
+        evidence += (
+            "; one process's checkpoint alone does not fit, so fewer processes would not help"
+        )
+        return Finding(cause, evidence, RULED_OUT, rank=5)
+    if folder.free >= job.needed:
         return Finding(cause, evidence, RULED_OUT, rank=5)
     holds = folder.free // max(job.checkpoint_bytes, 1)
     headline = (

@@ -213,13 +213,13 @@ def run(argv: Sequence[str]) -> int:
     if args.config_name or args.config_dir or args.overrides:
         small, full = needs_from_config(args, job_args)
         source = "measured estimate of --config-name " + (args.config_name or "config")
+        full_text = format_size(full)
     else:
-        full, source = _per_host(full, job_env, source)
+        full, full_text = _per_host(full, job_env)
     rows, warning = locations(env, job_env.get("HOME"))
     lines, status = report(rows, small, full, args.which)
     print(
-        f"thresholds: {source}; small-buffer test needs {format_size(small)}, "
-        f"full test {format_size(full)}"
+        f"thresholds: {source}; small-buffer test needs {format_size(small)}, full test {full_text}"
     )
     checked = "the job's environment" if args.env_file else "this shell's environment"
     if environment != THIS_SHELL and not args.env_file:
@@ -247,13 +247,18 @@ def run(argv: Sequence[str]) -> int:
     return status
 
 
-def _per_host(full: int, job_env: dict[str, str], source: str) -> tuple[int, str]:
-    """--full is one process's save; the job's processes per host each stage their own."""
+def _per_host(full: int, job_env: dict[str, str]) -> tuple[int, str]:
+    """--full is one process's save; the job's processes per host each stage their own
+    (the small-buffer test is one process, so its need stays as given)."""
     found = processes_from_env(job_env)
     if found is None or found[0] == 1:
-        return full, source
+        return full, format_size(full)
     processes, how = found
-    return full * processes, f"{source}, × {processes} processes per host ({how})"
+    total = full * processes
+    return (
+        total,
+        f"{format_size(total)} ({processes} processes per host × {format_size(full)}: {how})",
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
