@@ -39,9 +39,10 @@ PRESETS: dict[str, tuple[str, list[str]]] = {
 
 
 def _shape_names() -> list[str]:
-    from dlckpt.bench.pipelines.estimate_shapes import FAMILY
+    """The test family's shapes, then the probes (shapes measured here, not in the family)."""
+    from dlckpt.bench.pipelines.estimate_shapes import FAMILY, PROBES
 
-    return list(FAMILY)
+    return [*FAMILY, *PROBES]
 
 
 def shape_config(name: str, folder: Path, overrides: Sequence[str] = ()) -> Any:

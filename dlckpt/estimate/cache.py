@@ -20,7 +20,7 @@ from dlckpt.estimate.model import Calibration
 
 # Bump when the calibration procedure changes: old cache entries then no longer match.
 # 8: the shuffle buffer is measured isolated from the pipeline's other buffers (issue 9).
-ESTIMATOR_VERSION = 14  # 14: notes in binary units; 13: growth between anchors off the main line
+ESTIMATOR_VERSION = 15  # 15: a fused shuffle+repeat fills across passes; 14: binary units
 
 
 def cache_dir() -> Path:

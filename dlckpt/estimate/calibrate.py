@@ -50,6 +50,7 @@ from dlckpt.estimate.saves import (
 from dlckpt.estimate.watchdog import Stage, run_with_stall_limit
 from dlckpt.pipeline.graph import (
     autotunes_buffers,
+    buffer_source,
     cache_file_prefixes,
     find_shuffle_node,
     memory_cache_before,
@@ -153,6 +154,9 @@ class _Run:
         self.batch_bytes = 0
         self.first_batch: Any = None
         self.memory_cache = False
+        # Elements in one pass of the shuffle's input when a fused repeat refills the buffer
+        # across passes (graph.buffer_source), else None.
+        self.pass_elements: int | None = None
         self.cache_growth = (0.0, 0.0)  # (bytes per element, error): an in-memory cache()
         self.element_sizes: list[list[int]] = []
         self.cache_prefixes: list[str] = []
@@ -178,8 +182,11 @@ class _Run:
         if node is None:
             return None, [], None
         self.memory_cache = memory_cache_before(node)
-        source = node._input_dataset
+        source = buffer_source(dataset, node)
         cardinality = int(source.cardinality().numpy())
+        one_pass = int(node._input_dataset.cardinality().numpy())
+        if source is not node._input_dataset and one_pass >= 0:
+            self.pass_elements = one_pass
         elements = []
         with OwnCacheFiles(self.cache_prefixes):
             iterator = iter(source.take(FIRST_LOOK_ELEMENTS))
@@ -334,7 +341,8 @@ class _Run:
         from dlckpt.runtime.tf_import import import_tensorflow
 
         tf = import_tensorflow()
-        node = find_shuffle_node(self.dataset(self.sizes[0]))
+        dataset = self.dataset(self.sizes[0])
+        node = find_shuffle_node(dataset)
         assert node is not None
         starts = tf.constant([s for s, _ in chunks], tf.int64)
         ends = tf.constant([s + n for s, n in chunks], tf.int64)
@@ -344,7 +352,9 @@ class _Run:
 
         path = self.scratch / "sample"
         total = chunks[-1][0] + chunks[-1][1]
-        picked = node._input_dataset.take(total).enumerate().filter(wanted).map(lambda i, e: e)
+        picked = (
+            buffer_source(dataset, node).take(total).enumerate().filter(wanted).map(lambda i, e: e)
+        )
         stage.beat(f"sampling {sum(n for _, n in chunks):,} elements from the first {total:,}")
         stage.watched = path
         try:
@@ -367,13 +377,14 @@ class _Run:
         PNG element in a real fill against 1,606 B loaded. So the shuffle's own input fills
         a buffer of `count` elements here, against one of two, as in `isolated`.
         """
-        node = find_shuffle_node(self.dataset(self.sizes[0]))
+        dataset = self.dataset(self.sizes[0])
+        node = find_shuffle_node(dataset)
         if node is None or count < 3:
             return 0
 
         def held(elements: int) -> int | None:
             stage.beat(f"filling a {count:,}-element buffer from your pipeline's own ops")
-            shuffled = node._input_dataset.take(elements).shuffle(count, seed=1)
+            shuffled = buffer_source(dataset, node).take(elements).shuffle(count, seed=1)
             with OwnCacheFiles(self.cache_prefixes):
                 # the second read finds the input exhausted: the buffer holds elements - 2
                 iterator, allocated = filled(shuffled.with_options(self.options), 2)
@@ -510,6 +521,7 @@ def _calibrate(run: _Run, stage: Stage, started: float) -> Calibration:
         raw_element_bytes=isolated.raw_element_bytes,
         sample_bytes=sample_bytes,
         stream_elements=stream,
+        pass_elements=run.pass_elements,
         seconds=0.0,
         anchor_spread=0.0,
         notes=notes,
@@ -571,6 +583,13 @@ def _stream_notes(run: _Run, stream: int | None, ended_after: int | None) -> lis
         )
     if ended_after is not None:
         notes.append(f"the pipeline ended after {ended_after} batches while calibrating")
+    if run.pass_elements is not None and run.pass_elements < configured:
+        notes.append(
+            f"the shuffle buffer's input yields {run.pass_elements:,} elements a pass and a "
+            "repeat() follows the shuffle: TensorFlow's fused shuffle-and-repeat refills the "
+            "buffer across passes, but how full it gets varies, so the ± spans one pass to a "
+            "full buffer"
+        )
     return notes
 
 

@@ -50,13 +50,13 @@ def buffered_element_bytes(dataset: Any, elements: int = 4) -> tuple[int, str]:
 
     Reads the shuffle node's input when there is one, else the pipeline's output samples.
     """
-    from dlckpt.pipeline.graph import find_shuffle_node
+    from dlckpt.pipeline.graph import buffer_source, find_shuffle_node
 
     node = find_shuffle_node(dataset)
     if node is None:
         return measured_sample_bytes(dataset), "an output sample (measured; no shuffle buffer)"
     total = count = 0
-    iterator = iter(node._input_dataset.take(elements))
+    iterator = iter(buffer_source(dataset, node).take(elements))
     for element in iterator:
         total += element_bytes(element)
         count += 1

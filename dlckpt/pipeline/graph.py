@@ -22,6 +22,29 @@ def find_shuffle_node(dataset: Any) -> Any | None:
     return node
 
 
+def buffer_source(dataset: Any, node: Any) -> Any:
+    """What the shuffle buffer `node` of `dataset` draws from: its input, or, when a
+    `repeat(count)` directly follows it and TensorFlow fuses the two (the default
+    shuffle_and_repeat_fusion), its input repeated: the fused op keeps filling the buffer
+    across passes, so a source shorter than the buffer does not cap it (measured: 3,000
+    elements, buffer 10,000, `.shuffle(...).repeat()`: a 4.3 MB save against 2.5 MB without
+    the repeat)."""
+    downstream = dataset
+    while downstream is not None and getattr(downstream, "_input_dataset", None) is not node:
+        downstream = getattr(downstream, "_input_dataset", None)
+    source = node._input_dataset
+    if type(downstream).__name__ == "_RepeatDataset" and _fuses_shuffle_and_repeat(dataset):
+        return source.repeat(downstream._count)
+    return source
+
+
+def _fuses_shuffle_and_repeat(dataset: Any) -> bool:
+    optimization = dataset.options().experimental_optimization
+    if optimization.shuffle_and_repeat_fusion is not None:
+        return bool(optimization.shuffle_and_repeat_fusion)
+    return optimization.apply_default_optimizations is not False
+
+
 def _cache_filenames(dataset: Any) -> list[str]:
     """The filename of every Dataset.cache() at or upstream of `dataset` ("" = in memory)."""
     names: list[str] = []

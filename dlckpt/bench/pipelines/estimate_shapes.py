@@ -174,6 +174,17 @@ def short_stream(*, shuffle_buffer_size: int, records: int = 700) -> tf.data.Dat
     return dataset.shuffle(shuffle_buffer_size, seed=11).batch(4)
 
 
+def repeated_short_source(*, shuffle_buffer_size: int, records: int = 3000) -> tf.data.Dataset:
+    """3,000 elements shuffled then repeated: TensorFlow fuses the shuffle and the repeat, so
+    a buffer larger than the source keeps filling across passes (not capped at 3,000)."""
+
+    def make(index: tf.Tensor) -> tf.Tensor:
+        return tf.random.stateless_normal([64], seed=_seeded(113, index))
+
+    dataset = tf.data.Dataset.range(records).map(make)
+    return dataset.shuffle(shuffle_buffer_size, seed=13).repeat().batch(4)
+
+
 def autotune_prefetch(*, shuffle_buffer_size: int) -> tf.data.Dataset:
     """AUTOTUNE parallel map and prefetch after the shuffle, decoded frames downstream."""
 
@@ -227,6 +238,11 @@ FAMILY: dict[str, dict[str, object]] = {
         "short_stream", "autotune_prefetch", "index_shuffle",
     )
 }  # fmt: skip
+
+
+# Shapes the bench measures on request (--cases) that are not in the test family: each has
+# a test of its own in tests/test_estimate.py.
+PROBES = ("repeated_short_source",)
 
 
 def zero_frames(*, shuffle_buffer_size: int, frame_bytes: int = 256 * 1024) -> tf.data.Dataset:
