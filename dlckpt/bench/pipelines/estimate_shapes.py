@@ -185,6 +185,33 @@ def repeated_short_source(*, shuffle_buffer_size: int, records: int = 3000) -> t
     return dataset.shuffle(shuffle_buffer_size, seed=13).repeat().batch(4)
 
 
+def zipped_sized_shuffles(*, shuffle_buffer_size: int) -> tf.data.Dataset:
+    """Two shuffle buffers of the configured size under zip, elements of two sizes: none on
+    the line from the output, and a checkpoint that grows with both."""
+
+    def make(size: int, stream: int):  # type: ignore[no-untyped-def]
+        return lambda i: tf.random.stateless_normal([size], seed=_seeded(stream, i))
+
+    ids = tf.data.Dataset.range(10**9).map(make(32, 131)).shuffle(shuffle_buffer_size, seed=14)
+    values = tf.data.Dataset.range(10**9).map(make(16, 132)).shuffle(shuffle_buffer_size, seed=15)
+    return tf.data.Dataset.zip((ids, values)).batch(4)
+
+
+def mixture_of_sized_shuffles(*, shuffle_buffer_size: int) -> tf.data.Dataset:
+    """Octo-style mixture: three sources, each with its own configured shuffle buffer, mixed
+    by weight (sample_from_datasets), no shuffle after the mix."""
+
+    def source(k: int) -> tf.data.Dataset:
+        def make(i: tf.Tensor) -> tf.Tensor:
+            return tf.random.stateless_normal([32], seed=_seeded(140 + k, i))
+
+        return tf.data.Dataset.range(10**9).map(make).shuffle(shuffle_buffer_size, seed=16 + k)
+
+    sources = [source(k) for k in range(3)]
+    mixed = tf.data.Dataset.sample_from_datasets(sources, weights=[0.5, 0.3, 0.2], seed=17)
+    return mixed.batch(4)
+
+
 def autotune_prefetch(*, shuffle_buffer_size: int) -> tf.data.Dataset:
     """AUTOTUNE parallel map and prefetch after the shuffle, decoded frames downstream."""
 
@@ -235,7 +262,8 @@ FAMILY: dict[str, dict[str, object]] = {
     for name in (
         "encoded_frames", "episode_sizes", "interleaved_shards", "parallel_map_first",
         "cached_first", "tiny_elements", "ragged_sparse", "shuffled_batches", "two_shuffles",
-        "short_stream", "autotune_prefetch", "index_shuffle",
+        "short_stream", "autotune_prefetch", "index_shuffle", "zipped_sized_shuffles",
+        "mixture_of_sized_shuffles",
     )
 }  # fmt: skip
 
