@@ -95,11 +95,6 @@ def _family_names(open_misses: bool) -> list[object]:
         # No shuffle buffer: the whole checkpoint (~4.5 KB) is the other buffers. Six real
         # saves at 20x under two CPU hogs: 4,514 B five times and 3,456 B once (31% apart).
         "index_shuffle": "its few-KB checkpoint follows the autotuned prefetch depth (open)",
-        # Buffers off the line from the output are sized from whole-pipeline saves at the
-        # calibration buffers, with a flat ±25% for the elements never seen: within 1% of
-        # real saves at 20x and 100x, but that ± is over the 10% a sampled buffer gets.
-        "zipped_sized_shuffles": "off-line buffers are not sampled one by one: flat ±25% (open)",
-        "mixture_of_sized_shuffles": "off-line buffers are not sampled one by one (open)",
     }
     return [
         pytest.param(

@@ -54,6 +54,7 @@ from dlckpt.pipeline.graph import (
     cache_file_prefixes,
     find_shuffle_node,
     memory_cache_before,
+    shuffle_nodes,
 )
 from dlckpt.pipeline.tensors import element_bytes, element_leaves, leading_dimension
 from dlckpt.tempdir import is_disk_full
@@ -157,6 +158,9 @@ class _Run:
         # Elements in one pass of the shuffle's input when a fused repeat refills the buffer
         # across passes (graph.buffer_source), else None.
         self.pass_elements: int | None = None
+        # Which off-line shuffle (graph.shuffle_nodes order) sample() and made_element_memory()
+        # read, when no shuffle sits on the line from the output; None: the main-line one.
+        self.offline_index: int | None = None
         self.cache_growth = (0.0, 0.0)  # (bytes per element, error): an in-memory cache()
         self.element_sizes: list[list[int]] = []
         self.cache_prefixes: list[str] = []
@@ -167,6 +171,42 @@ class _Run:
         from dlckpt.pipeline.build import instantiate_dataset
 
         return instantiate_dataset(with_buffer_size(self.cfg, buffer).dataloader)
+
+    def buffer_node(self, dataset: Any) -> Any | None:
+        """The shuffle being measured: the main-line one, or the off-line one chosen."""
+        if self.offline_index is None:
+            return find_shuffle_node(dataset)
+        return shuffle_nodes(dataset)[self.offline_index]
+
+    def sized_offline_shuffles(self) -> list[int]:
+        """Indices (graph.shuffle_nodes order) of the shuffles whose buffer follows
+        shuffle_buffer_size: their size differs between the smallest and largest
+        calibration buffers. A fixed-size one (a file list's shuffle(6)) is part of the
+        fixed bytes."""
+        small = shuffle_nodes(self.dataset(self.sizes[0]))
+        large = shuffle_nodes(self.dataset(self.sizes[-1]))
+        if len(small) != len(large) or self.sizes[0] == self.sizes[-1]:
+            return []
+        return [
+            index
+            for index, (a, b) in enumerate(zip(small, large, strict=True))
+            if int(a._buffer_size.numpy()) != int(b._buffer_size.numpy())
+        ]
+
+    def first_of_offline(self, stage: Stage, index: int) -> tuple[list[Any], int | None]:
+        """(the first elements the off-line shuffle `index` reads, its input's length or None)."""
+        dataset = self.dataset(self.sizes[0])
+        node = shuffle_nodes(dataset)[index]
+        source = buffer_source(dataset, node)
+        cardinality = int(source.cardinality().numpy())
+        elements = []
+        with OwnCacheFiles(self.cache_prefixes):
+            iterator = iter(source.take(FIRST_LOOK_ELEMENTS))
+            for element in iterator:
+                elements.append(element)
+                stage.beat()
+            del iterator
+        return elements, cardinality if cardinality >= 0 else None
 
     def first_look(self, stage: Stage) -> tuple[Any, list[Any], int | None]:
         """(the shuffle node, the first elements it reads, its input's cardinality or None).
@@ -342,7 +382,7 @@ class _Run:
 
         tf = import_tensorflow()
         dataset = self.dataset(self.sizes[0])
-        node = find_shuffle_node(dataset)
+        node = self.buffer_node(dataset)
         assert node is not None
         starts = tf.constant([s for s, _ in chunks], tf.int64)
         ends = tf.constant([s + n for s, n in chunks], tf.int64)
@@ -378,7 +418,7 @@ class _Run:
         a buffer of `count` elements here, against one of two, as in `isolated`.
         """
         dataset = self.dataset(self.sizes[0])
-        node = find_shuffle_node(dataset)
+        node = self.buffer_node(dataset)
         if node is None or count < 3:
             return 0
 
@@ -510,6 +550,10 @@ def _calibrate(run: _Run, stage: Stage, started: float) -> Calibration:
     anchors, sample_bytes, ended_after = run.anchors(stage)
     notes = list(run.notes)
     if node is None:
+        offline = _offline_shuffles(run, stage, anchors, sample_bytes, notes)
+        if offline is not None:
+            offline.seconds = time.perf_counter() - started
+            return offline
         return _without_shuffle(anchors, sample_bytes, run.batch_bytes, started, notes)
     isolated, slot_bytes, stream = _isolated_stage(run, stage, first, chunks, stream)
     notes += _stream_notes(run, stream, ended_after)
@@ -645,6 +689,72 @@ def _growth_between_anchors(
         return None
     per_element = (high - low) / (largest - smallest)
     return per_element, ANCHOR_GROWTH_ERROR * per_element
+
+
+def _offline_shuffles(
+    run: _Run, stage: Stage, anchors: list[list[int]], sample_bytes: int, notes: list[str]
+) -> Calibration | None:
+    """Shuffle buffers off the line from the output (under zip, sample_from_datasets) that
+    follow shuffle_buffer_size, each sampled as a main-line buffer is: one chunk layout for
+    all, their per-element bytes summed (a buffer size B puts B elements in each). None
+    when there is none, or one reads a short stream: then the whole-pipeline growth."""
+    if _growth_between_anchors(anchors, run.batch_bytes) is None:
+        return None  # no growth: constant (_without_shuffle says so)
+    indices = run.sized_offline_shuffles()
+    firsts = []
+    configured = int(run.cfg.dataloader.get("shuffle_buffer_size") or 0)
+    for index in indices:
+        first, stream = run.first_of_offline(stage, index)
+        if len(first) < FIRST_LOOK_ELEMENTS or (stream is not None and stream < configured):
+            return None  # a short input: each buffer would cap at its own length
+        firsts.append(first)
+    if not firsts:
+        return None
+    chunks = _chunk_layout(run.offsets, max(_mean_bytes(f) for f in firsts), None)
+    run.say(
+        f"  calibration: {len(indices)} shuffle buffers off the line from the output, each "
+        f"sampled in {len(chunks)} chunks from the first {chunks[-1][0] + chunks[-1][1]:,}"
+    )
+    measured = []
+    try:
+        for index in indices:
+            run.offline_index = index
+            path = run.sample(stage, chunks)
+            measured.append(run.isolated(stage, path, chunks, run.options))
+            shutil.rmtree(path, ignore_errors=True)
+    finally:
+        run.offline_index = None
+    run.element_sizes = []  # per node: one node's element sizes would mislead the sum
+    kept = min(len(m.chunks) for m in measured)
+    if kept < 2:
+        return None
+    summed = [
+        [start, count, sum(m.chunks[k][2] for m in measured)]
+        for k, (start, count, _) in enumerate(measured[0].chunks[:kept])
+    ]
+    notes.append(
+        f"{len(indices)} shuffle buffers sit off the line from the output (under zip or "
+        "sample_from_datasets), each of shuffle_buffer_size elements: each was sampled, and "
+        "an element of the buffer size counts once in each"
+    )
+    calibration = Calibration(
+        anchors=anchors,
+        chunks=summed,
+        constant=False,
+        slot_bytes=run.empty_slot_bytes,
+        raw_element_bytes=sum(m.raw_element_bytes for m in measured),
+        sample_bytes=sample_bytes,
+        stream_elements=None,
+        seconds=0.0,
+        anchor_spread=0.0,
+        notes=notes,
+        memory_element_bytes=sum(m.memory_element_bytes for m in measured),
+        tensors_per_element=sum(len(element_leaves(f[0])) for f in firsts),
+        batch_bytes=run.batch_bytes,
+    )
+    parts = calibration._anchor_fixed_parts()
+    calibration.anchor_spread = (max(parts) - min(parts)) if len(parts) >= 2 else 0.0
+    return calibration
 
 
 def _without_shuffle(

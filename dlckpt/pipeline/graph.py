@@ -22,6 +22,25 @@ def find_shuffle_node(dataset: Any) -> Any | None:
     return node
 
 
+def shuffle_nodes(dataset: Any) -> list[Any]:
+    """Every _ShuffleDataset reachable from the output through each node's inputs (zip,
+    sample_from_datasets, concatenate included), nearest the output first, each once.
+    A shuffle built inside a function (interleave, flat_map) is not reachable here; its
+    iterator cannot be saved anyway (its seed generator)."""
+    found: list[Any] = []
+    stack, seen = [dataset], set()
+    while stack:
+        node = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        if type(node).__name__ == "_ShuffleDataset":
+            found.append(node)
+        with contextlib.suppress(AttributeError, TypeError):
+            stack.extend(reversed(node._inputs()))
+    return found
+
+
 def buffer_source(dataset: Any, node: Any) -> Any:
     """What the shuffle buffer `node` of `dataset` draws from: its input, or, when a
     `repeat(count)` directly follows it and TensorFlow fuses the two (the default
