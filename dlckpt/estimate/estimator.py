@@ -170,7 +170,7 @@ class EstimateResult:
             in_flight = cal.fixed / cal.sample_bytes if cal.sample_bytes else 0.0
             # Every term of the headline, so it can be rebuilt from this line.
             cached = (
-                f"{format_size(cal.extra_per_element)} for the in-memory cache()'s copy of it + "
+                f"{format_size(cal.extra_per_element)} {cal.extra_label} + "
                 if cal.extra_per_element and cal.chunks
                 else ""
             )

@@ -52,6 +52,9 @@ class Calibration:
     # (e.g. an in-memory cache() before the shuffle keeps every element read), and its error.
     extra_per_element: float = 0.0
     extra_error: float = 0.0
+    # What extra_per_element is, for the measured line (an in-memory cache()'s copy, and/or
+    # growth the anchors show beyond the sampled buffers).
+    extra_label: str = "for the in-memory cache()'s copy of it"
     # In-memory bytes of every sampled element, per chunk: a buffer that ends inside a chunk
     # holds its first elements, whose share of the chunk's bytes follows their sizes.
     element_sizes: list[list[int]] = field(default_factory=list)

@@ -15,25 +15,32 @@ def autotunes_buffers(options: Any) -> bool:
 
 
 def find_shuffle_node(dataset: Any) -> Any | None:
-    """The _ShuffleDataset nearest the output, following `_input_dataset` links (None: none)."""
+    """The _ShuffleDataset nearest the output on the line of single-input nodes (None: none).
+
+    The walk stops at a node of several inputs (zip, concatenate, sample_from_datasets):
+    its `_input_dataset` is only the first of them, and a shuffle there is one buffer of
+    several (concatenate's first input may end and hand over to the next); those are
+    found by shuffle_nodes.
+    """
     node = dataset
     while node is not None and type(node).__name__ != "_ShuffleDataset":
+        with contextlib.suppress(AttributeError, TypeError):
+            if len(node._inputs()) > 1:
+                return None
         node = getattr(node, "_input_dataset", None)
     return node
 
 
 def shuffle_nodes(dataset: Any) -> list[Any]:
     """Every _ShuffleDataset reachable from the output through each node's inputs (zip,
-    sample_from_datasets, concatenate included), nearest the output first, each once.
-    A shuffle built inside a function (interleave, flat_map) is not reachable here; its
-    iterator cannot be saved anyway (its seed generator)."""
+    sample_from_datasets, concatenate included), nearest the output first, once per use:
+    a dataset used twice (zip((s, s))) gets two iterators, so two buffers. A shuffle built
+    inside a function (interleave, flat_map) is not reachable here; its iterator cannot be
+    saved anyway (its seed generator)."""
     found: list[Any] = []
-    stack, seen = [dataset], set()
+    stack = [dataset]
     while stack:
         node = stack.pop()
-        if id(node) in seen:
-            continue
-        seen.add(id(node))
         if type(node).__name__ == "_ShuffleDataset":
             found.append(node)
         with contextlib.suppress(AttributeError, TypeError):

@@ -268,9 +268,56 @@ FAMILY: dict[str, dict[str, object]] = {
 }  # fmt: skip
 
 
+def _vectors(stream: int, size: int, records: int = 10**9) -> tf.data.Dataset:
+    return tf.data.Dataset.range(records).map(
+        lambda i: tf.random.stateless_normal([size], seed=_seeded(stream, i))
+    )
+
+
+def fixed_shuffle_hides_a_sized_one(*, shuffle_buffer_size: int) -> tf.data.Dataset:
+    """A sized buffer of 1 KB vectors, reduced to one int64, then a fixed shuffle(50)
+    nearest the output: the buffer on the main line is not the one that grows."""
+    dataset = _vectors(150, 256).shuffle(shuffle_buffer_size, seed=20)
+    dataset = dataset.map(lambda v: tf.cast(v[0] * 1000, tf.int64))
+    return dataset.shuffle(50, seed=21).batch(4)
+
+
+def concatenate_after_a_short_shuffle(*, shuffle_buffer_size: int) -> tf.data.Dataset:
+    """A 5-element shuffled dataset, then an endless one: the first ends at once and the
+    second's full buffer is the one a save holds."""
+    first = _vectors(151, 32, records=5).shuffle(shuffle_buffer_size, seed=22)
+    second = _vectors(152, 32).shuffle(shuffle_buffer_size, seed=23)
+    return first.concatenate(second).batch(4)
+
+
+def one_shuffled_dataset_zipped_twice(*, shuffle_buffer_size: int) -> tf.data.Dataset:
+    """zip((s, s)): one dataset object, two iterators, two buffers."""
+    shuffled = _vectors(153, 32).shuffle(shuffle_buffer_size, seed=24)
+    return tf.data.Dataset.zip((shuffled, shuffled)).batch(4)
+
+
+def zipped_buffer_and_its_double(*, shuffle_buffer_size: int) -> tf.data.Dataset:
+    """Sides of B and 2 x B elements under zip."""
+    a = _vectors(154, 32).shuffle(shuffle_buffer_size, seed=25)
+    b = _vectors(155, 32).shuffle(2 * shuffle_buffer_size, seed=26)
+    return tf.data.Dataset.zip((a, b)).batch(4)
+
+
+def sized_shuffles_under_a_main_line_one(*, shuffle_buffer_size: int) -> tf.data.Dataset:
+    """zip of two sized shuffles, shuffled again with the same size: three buffers."""
+    a = _vectors(156, 32).shuffle(shuffle_buffer_size, seed=27)
+    b = _vectors(157, 32).shuffle(shuffle_buffer_size, seed=28)
+    return tf.data.Dataset.zip((a, b)).shuffle(shuffle_buffer_size, seed=29).batch(4)
+
+
 # Shapes the bench measures on request (--cases) that are not in the test family: each has
 # a test of its own in tests/test_estimate.py.
-PROBES = ("repeated_short_source",)
+HIDDEN_BUFFERS = (
+    "fixed_shuffle_hides_a_sized_one", "concatenate_after_a_short_shuffle",
+    "one_shuffled_dataset_zipped_twice", "zipped_buffer_and_its_double",
+    "sized_shuffles_under_a_main_line_one",
+)  # fmt: skip
+PROBES = ("repeated_short_source", *HIDDEN_BUFFERS)
 
 
 def zero_frames(*, shuffle_buffer_size: int, frame_bytes: int = 256 * 1024) -> tf.data.Dataset:
