@@ -199,7 +199,10 @@ class _Run:
         """(the first elements the off-line shuffle `index` reads, its input's length or None)."""
         dataset = self.dataset(self.sizes[0])
         node = shuffle_nodes(dataset)[index]
-        source = buffer_source(dataset, node)
+        return self._read_first(buffer_source(dataset, node), stage)
+
+    def _read_first(self, source: Any, stage: Stage) -> tuple[list[Any], int | None]:
+        """(the first FIRST_LOOK_ELEMENTS elements of `source`, its cardinality or None)."""
         cardinality = int(source.cardinality().numpy())
         elements = []
         with OwnCacheFiles(self.cache_prefixes):
@@ -207,7 +210,7 @@ class _Run:
             for element in iterator:
                 elements.append(element)
                 stage.beat()
-            del iterator
+            del iterator  # finished before any other iterator over the pipeline is made
         return elements, cardinality if cardinality >= 0 else None
 
     def first_look(self, stage: Stage) -> tuple[Any, list[Any], int | None]:
@@ -225,18 +228,11 @@ class _Run:
             return None, [], None
         self.memory_cache = memory_cache_before(node)
         source = buffer_source(dataset, node)
-        cardinality = int(source.cardinality().numpy())
         one_pass = int(node._input_dataset.cardinality().numpy())
         if source is not node._input_dataset and one_pass >= 0:
             self.pass_elements = one_pass
-        elements = []
-        with OwnCacheFiles(self.cache_prefixes):
-            iterator = iter(source.take(FIRST_LOOK_ELEMENTS))
-            for element in iterator:
-                elements.append(element)
-                stage.beat()
-            del iterator  # finished before any other iterator over the pipeline is made
-        return node, elements, cardinality if cardinality >= 0 else None
+        elements, cardinality = self._read_first(source, stage)
+        return node, elements, cardinality
 
     def check_own_needs(self, element_bytes_: int, chunks: list[tuple[int, int]]) -> None:
         """Refuse (exit 3) when the calibration's own buffers or scratch files cannot fit."""
