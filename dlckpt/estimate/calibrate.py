@@ -716,16 +716,7 @@ def _offline_shuffles(
         f"  calibration: {len(indices)} shuffle buffers off the line from the output, each "
         f"sampled in {len(chunks)} chunks from the first {chunks[-1][0] + chunks[-1][1]:,}"
     )
-    measured = []
-    try:
-        for index in indices:
-            run.offline_index = index
-            path = run.sample(stage, chunks)
-            measured.append(run.isolated(stage, path, chunks, run.options))
-            shutil.rmtree(path, ignore_errors=True)
-    finally:
-        run.offline_index = None
-    run.element_sizes = []  # per node: one node's element sizes would mislead the sum
+    measured = _sample_each(run, stage, indices, chunks)
     kept = min(len(m.chunks) for m in measured)
     if kept < 2:
         return None
@@ -763,6 +754,23 @@ def _offline_shuffles(
     parts = calibration._anchor_fixed_parts()
     calibration.anchor_spread = (max(parts) - min(parts)) if len(parts) >= 2 else 0.0
     return calibration
+
+
+def _sample_each(
+    run: _Run, stage: Stage, indices: list[int], chunks: list[tuple[int, int]]
+) -> list[IsolatedSaves]:
+    """The isolated saves of each off-line shuffle's input, one chunk layout for all."""
+    measured = []
+    try:
+        for index in indices:
+            run.offline_index = index
+            path = run.sample(stage, chunks)
+            measured.append(run.isolated(stage, path, chunks, run.options))
+            shutil.rmtree(path, ignore_errors=True)
+    finally:
+        run.offline_index = None
+    run.element_sizes = []  # per node: one node's element sizes would mislead the sum
+    return measured
 
 
 def _check_against_anchors(calibration: Calibration) -> None:
