@@ -160,11 +160,33 @@ class Calibration:
         relative = t95 * stdev * share * math.sqrt(unsampled) / mean
         if buffer_size > end:  # the stream past the sample is assumed like the sample
             relative = math.hypot(relative, t95 * stdev / math.sqrt(len(spread)) / mean)
+            relative += self._trend_share(buffer_size, end, mean)
         last_start, last_count, _ = self.chunks[len(weights) - 1]
         if horizon < last_start + last_count:  # the buffer ends inside a chunk: its first
             cut = (horizon - last_start) / sum(weights)  # elements may differ from its mean
             relative = math.hypot(relative, stdev * cut / mean)
         return mean, relative
+
+    def _trend_share(self, buffer_size: int, end: int, mean: float) -> float:
+        """Relative bytes by which elements past the sample may differ when the sampled
+        chunks show a trend along the stream (episodes growing longer): the fitted slope of
+        bytes per element against position, where it is significant at 95%, carried from
+        the sample's middle to the buffer's. An adversarial probe (elements of 1 + i // 200
+        floats) had the mean at 20,000 elements 36% above the sample's, with a ±13%."""
+        points = [(start + count / 2, content) for start, count, content in self.chunks]
+        if len(points) < 3:
+            return 0.0
+        xs, ys = [x for x, _ in points], [y for _, y in points]
+        x_mean, y_mean = statistics.fmean(xs), statistics.fmean(ys)
+        sxx = sum((x - x_mean) ** 2 for x in xs)
+        if sxx <= 0:
+            return 0.0
+        slope = sum((x - x_mean) * (y - y_mean) for x, y in points) / sxx
+        residual = sum((y - y_mean - slope * (x - x_mean)) ** 2 for x, y in points)
+        error = math.sqrt(residual / (len(points) - 2) / sxx)
+        if abs(slope) <= T95.get(len(points) - 2, 2.0) * error:
+            return 0.0
+        return abs(slope) * max(buffer_size / 2 - end / 2, 0.0) / mean
 
     def _chunk_value(self, index: int, inside: int) -> float:
         """Bytes per element (slot included) of the first `inside` elements of chunk `index`."""

@@ -310,6 +310,18 @@ def sized_shuffles_under_a_main_line_one(*, shuffle_buffer_size: int) -> tf.data
     return tf.data.Dataset.zip((a, b)).shuffle(shuffle_buffer_size, seed=29).batch(4)
 
 
+def elements_growing_along_the_stream(*, shuffle_buffer_size: int) -> tf.data.Dataset:
+    """Element i holds 1 + i // 200 floats (episodes growing longer): a large buffer holds
+    larger elements than the calibration's sample reaches."""
+
+    def make(i: tf.Tensor) -> tf.Tensor:
+        size = 1 + tf.cast(i // 200, tf.int32)
+        return tf.random.stateless_normal([size], seed=_seeded(158, i))
+
+    dataset = tf.data.Dataset.range(10**9).map(make)
+    return dataset.shuffle(shuffle_buffer_size, seed=30).padded_batch(4)
+
+
 # Shapes the bench measures on request (--cases) that are not in the test family: each has
 # a test of its own in tests/test_estimate.py.
 HIDDEN_BUFFERS = (
@@ -317,7 +329,7 @@ HIDDEN_BUFFERS = (
     "one_shuffled_dataset_zipped_twice", "zipped_buffer_and_its_double",
     "sized_shuffles_under_a_main_line_one",
 )  # fmt: skip
-PROBES = ("repeated_short_source", *HIDDEN_BUFFERS)
+PROBES = ("repeated_short_source", "elements_growing_along_the_stream", *HIDDEN_BUFFERS)
 
 
 def zero_frames(*, shuffle_buffer_size: int, frame_bytes: int = 256 * 1024) -> tf.data.Dataset:
