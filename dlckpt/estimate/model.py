@@ -167,7 +167,7 @@ class Calibration:
             relative = math.hypot(relative, stdev * cut / mean)
         return mean, relative
 
-    def _trend_share(self, buffer_size: int, end: int, mean: float) -> float:
+    def _trend_share(self, buffer_size: int, end: float, mean: float) -> float:
         """Relative bytes by which elements past the sample may differ when the sampled
         chunks show a trend along the stream (episodes growing longer): the fitted slope of
         bytes per element against position, where it is significant at 95%, carried from
