@@ -368,6 +368,11 @@ def test_buffers_the_main_line_does_not_show_are_counted(shape, tmp_path):
     real = _real_checkpoint_bytes(cfg, 2000, tmp_path)
     error = result.original_bytes / real - 1
     assert abs(error) <= result.calibration.uncertainty_for(2000), (shape, error, result.notes)
+    if shape == "fixed_shuffle_hides_a_sized_one":  # found by the anchors, ~1 KB a vector,
+        calibration = result.calibration  # and held in the host RAM row too
+        assert 900 <= calibration.unseen_per_element <= 1500, calibration.unseen_per_element
+        own = calibration.memory_element_bytes or calibration.raw_element_bytes
+        assert calibration.ram_per_element >= calibration.unseen_per_element + own
 
 
 def test_elements_growing_past_the_sample_widen_the_stated_range(tmp_path):

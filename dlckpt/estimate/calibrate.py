@@ -790,6 +790,7 @@ def _check_against_anchors(calibration: Calibration, autotuned: bool) -> None:
         cached = calibration.extra_per_element > 0
         calibration.extra_label = f"{calibration.extra_label} and {unseen}" if cached else unseen
         calibration.extra_per_element += growth
+        calibration.unseen_per_element = growth
         calibration.extra_error = math.hypot(calibration.extra_error, ANCHOR_GROWTH_ERROR * growth)
         calibration.notes.append(
             f"whole-pipeline saves grow by ~{format_size(growth)} per buffer element more than "

@@ -55,6 +55,9 @@ class Calibration:
     # What extra_per_element is, for the measured line (an in-memory cache()'s copy, and/or
     # growth the anchors show beyond the sampled buffers).
     extra_label: str = "for the in-memory cache()'s copy of it"
+    # The part of extra_per_element that the whole-pipeline saves grew by beyond the sampled
+    # buffers (calibrate._check_against_anchors): buffers the sampling did not see.
+    unseen_per_element: float = 0.0
     # In-memory bytes of every sampled element, per chunk: a buffer that ends inside a chunk
     # holds its first elements, whose share of the chunk's bytes follows their sizes.
     element_sizes: list[list[int]] = field(default_factory=list)
@@ -104,7 +107,11 @@ class Calibration:
         (the cache keeps its own copy of every element read, and saves it too)."""
         held = self.memory_element_bytes or self.raw_element_bytes
         one = held + save_working_bytes(max(self.tensors_per_element, 1))
-        return 2 * one if self.extra_per_element > 0 else one
+        cached = self.extra_per_element - self.unseen_per_element > 0
+        # A buffer the sampling did not see holds its elements in RAM too: at least their
+        # checkpoint bytes each, with one tensor's save working memory.
+        unseen = self.unseen_per_element + save_working_bytes(1) if self.unseen_per_element else 0
+        return (2 * one if cached else one) + round(unseen)
 
     def ram_bytes_for(self, buffer_size: int) -> int:
         """Host bytes for a `buffer_size`-element shuffle buffer while its iterator is saved:
