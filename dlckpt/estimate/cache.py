@@ -20,7 +20,7 @@ from dlckpt.estimate.model import Calibration
 
 # Bump when the calibration procedure changes: old cache entries then no longer match.
 # 8: the shuffle buffer is measured isolated from the pipeline's other buffers (issue 9).
-ESTIMATOR_VERSION = 21  # 21: RAM of unseen buffers; 20: a steady anchor growth only
+ESTIMATOR_VERSION = 22  # 22: buffers sized from B; 21: RAM of unseen buffers
 
 
 def cache_dir() -> Path:

@@ -54,6 +54,7 @@ from dlckpt.pipeline.graph import (
     cache_file_prefixes,
     find_shuffle_node,
     memory_cache_before,
+    other_buffer_sizes,
     shuffle_nodes,
 )
 from dlckpt.pipeline.tensors import element_bytes, element_leaves, leading_dimension
@@ -194,6 +195,14 @@ class _Run:
             if grown > 0:
                 scales[index] = grown / span
         return scales
+
+    def other_buffers_follow_the_size(self) -> bool:
+        """True when a buffer other than the shuffles (a `prefetch(B // 4)`) changes size
+        between the smallest and largest calibration buffers: whatever the anchors show
+        growing at one rate is then that buffer, not noise."""
+        small = other_buffer_sizes(self.dataset(self.sizes[0]))
+        large = other_buffer_sizes(self.dataset(self.sizes[-1]))
+        return small != large
 
     def first_of_offline(self, stage: Stage, index: int) -> tuple[list[Any], int | None]:
         """(the first elements the off-line shuffle `index` reads, its input's length or None)."""
@@ -584,7 +593,7 @@ def _calibrate(run: _Run, stage: Stage, started: float) -> Calibration:
             "e.g. a symbolic checkpoint)"
         )
     if not calibration.constant:
-        _check_against_anchors(calibration, run.autotuned)
+        _check_against_anchors(calibration, run)
     parts = calibration._anchor_fixed_parts()
     calibration.anchor_spread = (max(parts) - min(parts)) if len(parts) >= 2 else 0.0
     calibration.seconds = time.perf_counter() - started
@@ -750,7 +759,7 @@ def _offline_shuffles(
         tensors_per_element=sum(len(element_leaves(f[0])) for f in firsts),
         batch_bytes=run.batch_bytes,
     )
-    _check_against_anchors(calibration, run.autotuned)
+    _check_against_anchors(calibration, run)
     parts = calibration._anchor_fixed_parts()
     calibration.anchor_spread = (max(parts) - min(parts)) if len(parts) >= 2 else 0.0
     return calibration
@@ -773,7 +782,7 @@ def _sample_each(
     return measured
 
 
-def _check_against_anchors(calibration: Calibration, autotuned: bool) -> None:
+def _check_against_anchors(calibration: Calibration, run: _Run) -> None:
     """Hold the model to the whole-pipeline saves: what is left of each anchor after the
     buffers the model sized (its fixed part) must not grow with the buffer. When it grows,
     the configured size also reaches buffers the model did not see (a fixed shuffle nearer
@@ -782,7 +791,8 @@ def _check_against_anchors(calibration: Calibration, autotuned: bool) -> None:
     of growth seen only between anchors. When it shrinks (a side of a quarter of the
     buffer, a source the mixture has not reached yet), the model over-counts: the ± is
     widened to cover the anchors, the estimate kept (the safe side)."""
-    growth = _fixed_part_growth(calibration, autotuned)
+    scaled = run.other_buffers_follow_the_size()
+    growth = _fixed_part_growth(calibration, run.autotuned, scaled)
     if growth is None:
         return
     if growth > 0:
@@ -807,7 +817,7 @@ def _check_against_anchors(calibration: Calibration, autotuned: bool) -> None:
         )
 
 
-def _fixed_part_growth(calibration: Calibration, autotuned: bool) -> float | None:
+def _fixed_part_growth(calibration: Calibration, autotuned: bool, scaled: bool) -> float | None:
     """Bytes per buffer element by which the anchors' fixed parts grow from the smallest
     to the largest calibration buffer, or None: within the anchors' noise (batches in
     transit and the depth an autotuner may add, twice over), or not steady (a buffer the
@@ -824,6 +834,8 @@ def _fixed_part_growth(calibration: Calibration, autotuned: bool) -> float | Non
     # save moves one anchor, which the steadiness test below tells from a missed buffer
     # (a zip under a parallel map and AUTOTUNE prefetch read +26% without it).
     noise = GROWTH_NOISE_BATCHES * calibration.batch_bytes * (2 if autotuned else 1)
+    if scaled:  # a prefetch sized from the buffer grows them: any steady growth is it
+        noise = 0
     smallest, largest = buffers[0], buffers[-1]
     if abs(parts[largest] - parts[smallest]) <= noise:
         return None

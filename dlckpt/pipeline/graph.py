@@ -48,6 +48,22 @@ def shuffle_nodes(dataset: Any) -> list[Any]:
     return found
 
 
+def other_buffer_sizes(dataset: Any) -> list[int]:
+    """The sizes of every buffer in the graph other than the shuffles (prefetch, and any
+    node with a `_buffer_size`), in walk order; -1 (AUTOTUNE) as TensorFlow stores it."""
+    sizes: list[int] = []
+    stack = [dataset]
+    while stack:
+        node = stack.pop()
+        size = getattr(node, "_buffer_size", None)
+        if size is not None and type(node).__name__ != "_ShuffleDataset":
+            with contextlib.suppress(AttributeError, TypeError, ValueError):
+                sizes.append(int(size.numpy()) if hasattr(size, "numpy") else int(size))
+        with contextlib.suppress(AttributeError, TypeError):
+            stack.extend(reversed(node._inputs()))
+    return sizes
+
+
 def buffer_source(dataset: Any, node: Any) -> Any:
     """What the shuffle buffer `node` of `dataset` draws from: its input, or, when a
     `repeat(count)` directly follows it and TensorFlow fuses the two (the default

@@ -322,12 +322,19 @@ def elements_growing_along_the_stream(*, shuffle_buffer_size: int) -> tf.data.Da
     return dataset.shuffle(shuffle_buffer_size, seed=30).padded_batch(4)
 
 
+def prefetch_sized_from_the_buffer(*, shuffle_buffer_size: int) -> tf.data.Dataset:
+    """A prefetch of shuffle_buffer_size // 4 elements after the shuffle: a second buffer
+    that follows the configured size, which no shuffle walk finds."""
+    dataset = _vectors(159, 32).shuffle(shuffle_buffer_size, seed=31)
+    return dataset.prefetch(max(1, shuffle_buffer_size // 4)).batch(4)
+
+
 # Shapes the bench measures on request (--cases) that are not in the test family: each has
 # a test of its own in tests/test_estimate.py.
 HIDDEN_BUFFERS = (
     "fixed_shuffle_hides_a_sized_one", "concatenate_after_a_short_shuffle",
     "one_shuffled_dataset_zipped_twice", "zipped_buffer_and_its_double",
-    "sized_shuffles_under_a_main_line_one",
+    "sized_shuffles_under_a_main_line_one", "prefetch_sized_from_the_buffer",
 )  # fmt: skip
 PROBES = ("repeated_short_source", "elements_growing_along_the_stream", *HIDDEN_BUFFERS)
 
