@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 
@@ -31,36 +32,41 @@ def find_shuffle_node(dataset: Any) -> Any | None:
     return node
 
 
+def _walk(dataset: Any, *, each_use: bool) -> Iterator[Any]:
+    """Every node reachable from `dataset` through each node's inputs (zip, concatenate,
+    mixtures included; not datasets built inside functions), output first, depth first.
+    `each_use`: a dataset used twice is visited twice (each use is an iterator of its own);
+    else once."""
+    stack, seen = [dataset], set()
+    while stack:
+        node = stack.pop()
+        if not each_use:
+            if id(node) in seen:
+                continue
+            seen.add(id(node))
+        yield node
+        with contextlib.suppress(AttributeError, TypeError):
+            stack.extend(reversed(node._inputs()))
+
+
 def shuffle_nodes(dataset: Any) -> list[Any]:
     """Every _ShuffleDataset reachable from the output through each node's inputs (zip,
     sample_from_datasets, concatenate included), nearest the output first, once per use:
     a dataset used twice (zip((s, s))) gets two iterators, so two buffers. A shuffle built
     inside a function (interleave, flat_map) is not reachable here; its iterator cannot be
     saved anyway (its seed generator)."""
-    found: list[Any] = []
-    stack = [dataset]
-    while stack:
-        node = stack.pop()
-        if type(node).__name__ == "_ShuffleDataset":
-            found.append(node)
-        with contextlib.suppress(AttributeError, TypeError):
-            stack.extend(reversed(node._inputs()))
-    return found
+    return [n for n in _walk(dataset, each_use=True) if type(n).__name__ == "_ShuffleDataset"]
 
 
 def other_buffer_sizes(dataset: Any) -> list[int]:
     """The sizes of every buffer in the graph other than the shuffles (prefetch, and any
     node with a `_buffer_size`), in walk order; -1 (AUTOTUNE) as TensorFlow stores it."""
     sizes: list[int] = []
-    stack = [dataset]
-    while stack:
-        node = stack.pop()
+    for node in _walk(dataset, each_use=True):
         size = getattr(node, "_buffer_size", None)
         if size is not None and type(node).__name__ != "_ShuffleDataset":
             with contextlib.suppress(AttributeError, TypeError, ValueError):
                 sizes.append(int(size.numpy()) if hasattr(size, "numpy") else int(size))
-        with contextlib.suppress(AttributeError, TypeError):
-            stack.extend(reversed(node._inputs()))
     return sizes
 
 
@@ -90,17 +96,10 @@ def _fuses_shuffle_and_repeat(dataset: Any) -> bool:
 def _cache_filenames(dataset: Any) -> list[str]:
     """The filename of every Dataset.cache() at or upstream of `dataset` ("" = in memory)."""
     names: list[str] = []
-    stack, seen = [dataset], set()
-    while stack:
-        node = stack.pop()
-        if id(node) in seen:
-            continue
-        seen.add(id(node))
+    for node in _walk(dataset, each_use=False):
         filename = getattr(node, "_filename", None)
         if type(node).__name__ == "CacheDataset" and filename is not None:
             names.append(filename.numpy().decode() if hasattr(filename, "numpy") else str(filename))
-        with contextlib.suppress(AttributeError, TypeError):
-            stack.extend(node._inputs())
     return names
 
 
