@@ -22,13 +22,21 @@ SCRIPTS = ROOT / "scripts" / "tests"
 WORK = ROOT / ".work"  # git-ignored scratch for the scenarios' default folders
 
 
-def _install_locked(session: nox.Session, *groups: str) -> None:
+# The tool's own environments run the newest supported TensorFlow with Grain (strategy d);
+# `tf-oldest` swaps in the oldest supported TensorFlow (Grain needs a protobuf it cannot
+# share, so that environment has no strategy d). Both come from uv.lock.
+NEWEST = ("--group=tf-newest", "--extra=grain")
+OLDEST = ("--group=tf-oldest",)
+
+
+def _install_locked(session: nox.Session, *groups: str, tf: tuple[str, ...] = NEWEST) -> None:
     """Install exactly what uv.lock pins (no resolution) into the session's environment."""
     session.run_install(
         "uv",
         "sync",
         "--frozen",
         "--no-default-groups",
+        *tf,
         # .pyc files written once here: with PYTHONDONTWRITEBYTECODE set (common in CI and
         # containers) every process would otherwise compile TensorFlow's ~1,800 modules
         # again, ~17 s of CPU per `import tensorflow` measured on this 2-core machine.
@@ -47,7 +55,7 @@ RUN_ENV = ROOT / ".nox" / "run"
 def _run_python(session: nox.Session) -> str:
     """Sync the shared run environment from uv.lock (a no-op once it is) and return its python."""
     session.run_install(
-        "uv", "sync", "--frozen", "--no-default-groups", "--compile-bytecode",
+        "uv", "sync", "--frozen", "--no-default-groups", "--compile-bytecode", *NEWEST,
         env={
             "UV_PROJECT_ENVIRONMENT": str(RUN_ENV), "VIRTUAL_ENV": str(RUN_ENV),
             "UV_PYTHON_DOWNLOADS": "never",

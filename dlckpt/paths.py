@@ -1,10 +1,32 @@
-"""The project's own folders, found from this file (standard library only: any python3)."""
+"""The project's own folders, found from this file (standard library only: any python3).
+
+Two layouts: a source checkout (the package beside `scripts/`, `conf/` and `pyproject.toml`,
+installed editable by `uv sync`) and an installed package (`pip install`, in site-packages).
+The presets ship inside the package (`dlckpt/conf`; the checkout's `conf/` links to it), and
+scratch goes to the checkout's git-ignored `.work/`, or the user's cache folder when installed.
+"""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
-PROJECT_CONF_DIR = PROJECT_ROOT / "conf"
-# The three test scripts and check_disk_space.sh (disk_check and the bench run them).
+PACKAGE_DIR = Path(__file__).resolve().parent
+PROJECT_ROOT = PACKAGE_DIR.parent
+PROJECT_CONF_DIR = PACKAGE_DIR / "conf"
+# The three test scripts and check_disk_space.sh (the bench runs them; a checkout only).
 SCRIPTS_DIR = PROJECT_ROOT / "scripts" / "tests"
+IN_CHECKOUT = (PROJECT_ROOT / "pyproject.toml").is_file() and SCRIPTS_DIR.is_dir()
+
+
+def _user_cache() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+
+
+# Scratch the tool writes and removes (estimate saves, strategy episodes): never the
+# user's folders, and not site-packages when installed.
+WORK_DIR = (
+    PROJECT_ROOT / ".work"
+    if IN_CHECKOUT
+    else _user_cache() / "dataloader-checkpoint-testing" / "work"
+)

@@ -31,6 +31,7 @@ from dlckpt.report import (
     write_exit_report,
 )
 from dlckpt.runtime import cleanup
+from dlckpt.runtime import environment as runtime_env
 from dlckpt.runtime.signals import exit_code, interrupts_raise, received_interrupt, signal_name
 
 
@@ -80,6 +81,7 @@ def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> a
     """
     args = parser.parse_intermixed_args(_bare_fit_budget(sys.argv[1:] if argv is None else argv))
     start_report(args.report, script=parser.prog)
+    _say_runtime()
     assignments, args.overrides = split_env_assignments(args.overrides)
     args.job_env, args.env_source = job_environment(args.env_file, assignments, os.environ)
     applied = applied_environ(os.environ, args.job_env, args.env_file is not None, assignments)
@@ -89,6 +91,16 @@ def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> a
         else:
             os.environ.pop(name, None)  # unset in the job, or `KEY=`
     return args
+
+
+def _say_runtime() -> None:
+    """First line: which interpreter, TensorFlow and environment run this (a verdict is about
+    them). Refuses, exit 2, a missing or too old TensorFlow (see runtime.environment)."""
+    runtime = runtime_env.current()
+    note = runtime_env.supported(runtime)
+    print(runtime.line())
+    if note:
+        print(note)
 
 
 def _bare_fit_budget(argv: Sequence[str]) -> list[str]:
@@ -135,6 +147,7 @@ def run_main(
     runtime.signals: the same cleanup runs for each). What a cleanup could not remove is named.
     """
     report = report if report is not None else {}
+    report["runtime"] = runtime_env.current().as_report()
     cleanup.reset()
     reset_report()
     environment = dict(os.environ)  # parse_args applies the job's; restored on the way out

@@ -26,7 +26,6 @@ from dlckpt.job_env import (
     processes_from_env,
     split_env_assignments,
 )
-from dlckpt.paths import SCRIPTS_DIR
 from dlckpt.tempdir import tf_temp_dir
 from dlckpt.units import format_size, parse_size
 
@@ -48,9 +47,9 @@ class _Parser(argparse.ArgumentParser):
         return "U" + super().format_help()[1:]  # "Usage:", as the bash script always said
 
 
-def parser() -> argparse.ArgumentParser:
+def parser(prog: str = "check_disk_space.sh") -> argparse.ArgumentParser:
     parse = _Parser(
-        prog="check_disk_space.sh",
+        prog=prog,
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -111,11 +110,10 @@ def needs_from_config(args: argparse.Namespace, job_args: list[str]) -> tuple[in
     config_args = [*(["--config-name", args.config_name] if args.config_name else [])]
     config_args += [*(["--config-dir", args.config_dir] if args.config_dir else [])]
     config_args += [*args.overrides, *job_args]
-    script = SCRIPTS_DIR / "test_dataloader_checkpoint_small_buffer.py"
     with tempfile.TemporaryDirectory(prefix="dlckpt-disk-check-") as folder:
         report = Path(folder) / "estimate.json"
         done = subprocess.run(
-            [sys.executable, str(script), "--estimate-only", "--force", "--report", str(report),
+            [sys.executable, "-m", "dlckpt", "estimate", "--force", "--report", str(report),
              *config_args],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, check=False,
         )  # fmt: skip
@@ -198,12 +196,12 @@ def report(rows: list[Row], small: int, full: int, which: str) -> tuple[list[str
     return lines, status
 
 
-def run(argv: Sequence[str]) -> int:
-    args = parser().parse_intermixed_args(list(argv))
+def run(argv: Sequence[str], prog: str = "check_disk_space.sh") -> int:
+    args = parser(prog).parse_intermixed_args(list(argv))
     assignments, args.overrides = split_env_assignments(args.overrides)
     for override in args.overrides:
         if "=" not in override:
-            raise UsageError(f"check_disk_space.sh: unknown argument {override!r} (see -h)")
+            raise UsageError(f"{prog}: unknown argument {override!r} (see -h)")
     job_env, environment = job_environment(args.env_file, assignments, os.environ)
     env = applied_environ(os.environ, job_env, args.env_file is not None, assignments)
     job_args = [*(["--env-file", str(args.env_file)] if args.env_file else [])]
@@ -261,9 +259,9 @@ def _per_host(full: int, job_env: dict[str, str]) -> tuple[int, str]:
     )
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, prog: str = "check_disk_space.sh") -> int:
     try:
-        return run(sys.argv[1:] if argv is None else argv)
+        return run(sys.argv[1:] if argv is None else argv, prog)
     except UsageError as error:
         print(f"✗ {error}", file=sys.stderr)
         return EXIT_USAGE

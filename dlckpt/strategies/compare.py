@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dlckpt.paths import WORK_DIR
 from dlckpt.runtime.tf_import import quiet_absl
 from dlckpt.strategies.builders import (
     build_decoded_buffer,
@@ -27,7 +28,7 @@ from dlckpt.strategies.builders import (
 )
 from dlckpt.strategies.episodes import DataSpec, write_array_record
 
-DEFAULT_WORK_DIR = Path(__file__).resolve().parents[2] / ".work" / "strategies"
+DEFAULT_WORK_DIR = WORK_DIR / "strategies"
 # The script leaves its last report in its work folder, so the small-buffer script can point to it.
 LAST_REPORT_NAME = "last_report.json"
 LAST_REPORT_CACHE = DEFAULT_WORK_DIR / LAST_REPORT_NAME
