@@ -4,7 +4,13 @@
 .DEFAULT_GOAL := help
 SHELL := /bin/bash
 
-PYTHON ?= python3
+# The machine's python3 builds the tool venv (nox, uv). PYTHON=/path/to/python on the
+# command line runs the commands in an environment layered on that interpreter instead:
+# its TensorFlow, TFDS and packages are the ones tested (built once; see noxfile.py).
+TOOLS_PYTHON ?= python3
+ifeq ($(origin PYTHON),command line)
+export DLCKPT_PYTHON := $(PYTHON)
+endif
 TOOLS := .venv-tools
 NOX := $(TOOLS)/bin/nox
 ARGS ?=
@@ -13,7 +19,7 @@ export PATH := $(CURDIR)/$(TOOLS)/bin:$(PATH)
 export UV_PYTHON_DOWNLOADS := never
 
 $(NOX): requirements-tools.txt
-	$(PYTHON) -m venv $(TOOLS)
+	$(TOOLS_PYTHON) -m venv $(TOOLS)
 	$(TOOLS)/bin/python -m pip install --quiet --disable-pip-version-check -r requirements-tools.txt
 	touch $(NOX)
 

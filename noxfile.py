@@ -7,10 +7,13 @@ nothing downloads an interpreter. Arguments after `--` go to the script or to py
 
 from __future__ import annotations
 
+import hashlib
 import os
+import shutil
 from pathlib import Path
 
 import nox
+import tomllib
 
 nox.needs_version = ">=2025.2.9"
 nox.options.default_venv_backend = "uv"
@@ -52,8 +55,39 @@ def _install_locked(session: nox.Session, *groups: str, tf: tuple[str, ...] = NE
 RUN_ENV = ROOT / ".nox" / "run"
 
 
+def _layered_python(session: nox.Session, interpreter: str) -> str:
+    """The python of an environment layered on the user's `interpreter` (make … PYTHON=…).
+
+    Built once per interpreter (and rebuilt when its packages change) by
+    dlckpt/runtime/layer.py, run by that interpreter: it sees the interpreter's packages
+    (their TensorFlow, TFDS, own code) and adds only the tool's other requirements.
+    """
+    found = shutil.which(interpreter)
+    if found is None:
+        session.error(f"PYTHON={interpreter}: no such interpreter (expected a python's path)")
+    real = os.path.realpath(found)
+    folder = ROOT / ".nox" / "layers" / hashlib.sha256(real.encode()).hexdigest()[:12]
+    requirements = [
+        requirement
+        for requirement in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
+            "dependencies"
+        ]
+        if not requirement.startswith("tensorflow")  # the user's own is the one tested
+    ]
+    layer = ROOT / "dlckpt" / "runtime" / "layer.py"
+    session.run(
+        found, str(layer), "--into", str(folder), "--project", str(ROOT), *requirements,
+        external=True,
+    )  # fmt: skip
+    return str(folder / "bin" / "python")
+
+
 def _run_python(session: nox.Session) -> str:
-    """Sync the shared run environment from uv.lock (a no-op once it is) and return its python."""
+    """The python that runs a user's command: the shared run environment, synced from
+    uv.lock (a no-op once it is), or a layer on the user's interpreter when `make … PYTHON=…`
+    (DLCKPT_PYTHON) names one."""
+    if os.environ.get("DLCKPT_PYTHON"):
+        return _layered_python(session, os.environ["DLCKPT_PYTHON"])
     session.run_install(
         "uv", "sync", "--frozen", "--no-default-groups", "--compile-bytecode", *NEWEST,
         env={

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from dlckpt.errors import UsageError
+from dlckpt.runtime.layer import MARKER as LAYER_MARKER
 
 # The versions CI runs (uv.lock's tf-oldest and tf-newest groups). Older is refused: the
 # tests never ran there. Newer runs, with a note: refusing a release the day it ships would
@@ -30,9 +31,6 @@ TENSORFLOW_DISTRIBUTIONS = (
     "tensorflow", "tensorflow-cpu", "tensorflow-gpu", "tf-nightly", "tf-nightly-cpu",
     "tensorflow-macos", "tensorflow-intel", "tensorflow-aarch64", "intel-tensorflow",
 )  # fmt: skip
-# Written by the layered environment `make … PYTHON=…` builds (see noxfile.py): which
-# interpreter's packages it sees.
-LAYER_MARKER = "dlckpt-layer.json"
 
 
 @dataclass(frozen=True)

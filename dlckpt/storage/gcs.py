@@ -11,6 +11,7 @@ import json
 import os
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,8 +94,12 @@ def make_client() -> Any:
     Anonymous against an emulator (STORAGE_EMULATOR_HOST set), Application Default
     Credentials otherwise.
     """
-    from google.auth.exceptions import DefaultCredentialsError
-    from google.cloud import storage
+    with warnings.catch_warnings():
+        # Older google-api-core (what a TensorFlow 2.15 environment's protobuf allows) warns
+        # about Python's end of life on import: not about the checkpoint, and not the user's.
+        warnings.filterwarnings("ignore", category=FutureWarning, module="google")
+        from google.auth.exceptions import DefaultCredentialsError
+        from google.cloud import storage
 
     if os.environ.get("STORAGE_EMULATOR_HOST"):
         from google.auth.credentials import AnonymousCredentials
