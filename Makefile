@@ -64,6 +64,10 @@ bench: $(NOX)
 test: $(NOX)
 	$(NOX) -s tests -- $(ARGS)
 
+.PHONY: test-tf-versions  ## Core tests on the oldest TensorFlow; the tool in users' own environments
+test-tf-versions: $(NOX)
+	$(NOX) -s tf_versions -- $(ARGS)
+
 .PHONY: lint  ## ruff, mypy, shellcheck
 lint: $(NOX)
 	$(NOX) -s lint

@@ -65,6 +65,7 @@ def _layered_python(session: nox.Session, interpreter: str) -> str:
     found = shutil.which(interpreter)
     if found is None:
         session.error(f"PYTHON={interpreter}: no such interpreter (expected a python's path)")
+        raise AssertionError  # session.error raises; this tells the type checker
     real = os.path.realpath(found)
     folder = ROOT / ".nox" / "layers" / hashlib.sha256(real.encode()).hexdigest()[:12]
     requirements = [
@@ -185,7 +186,38 @@ def tests(session: nox.Session) -> None:
     # end the run, naming the test it was running.
     # (The slowest steps are listed through pyproject's addopts, --durations=8.)
     defaults = ["-q", "--numprocesses=4", "--dist=loadgroup", "--max-worker-restart=0"]
-    session.run("pytest", *(session.posargs or defaults))
+    # The user-environment tests build TensorFlow environments: tf_versions runs them.
+    session.run("pytest", *(session.posargs or [*defaults, "-m", "not user_env"]))
+
+
+# What must hold on every supported TensorFlow: the round trip and its verdicts, the risks
+# found anywhere in the graph, the unsaveable pipelines' advice, the estimator's family, and
+# TensorFlow's own gs:// writer against the embedded server.
+CORE_TESTS = [
+    "tests/unit",
+    "tests/test_roundtrip.py",
+    "tests/test_verdicts.py",
+    "tests/test_graph_shuffles.py",
+    "tests/test_advice.py",
+    "tests/test_tf_gcs.py",
+    "tests/test_small_buffer_script.py",
+    "tests/test_estimate.py::test_estimate_within_3_percent_of_a_real_save_on_unseen_shapes",
+    "tests/test_estimate.py::test_stated_uncertainty_covers_a_real_save_on_every_shape",
+    "tests/test_estimate.py::test_buffers_the_main_line_does_not_show_are_counted",
+]
+
+
+@nox.session(default=False)
+def tf_versions(session: nox.Session) -> None:
+    """The core tests on the oldest supported TensorFlow (uv.lock's tf-oldest), then the tool
+    in users' own environments on the oldest and the newest (pip install, PYTHON=, RLDS)."""
+    _install_locked(session, "test", tf=OLDEST)
+    defaults = ["-q", "--numprocesses=4", "--dist=loadgroup", "--max-worker-restart=0"]
+    if session.posargs:
+        session.run("pytest", *session.posargs)
+        return
+    session.run("pytest", *defaults, "-m", "not user_env", *CORE_TESTS)
+    session.run("pytest", *defaults, "-m", "user_env", "tests/test_user_environment.py")
 
 
 @nox.session

@@ -118,7 +118,7 @@ def test_a_checkpoint_that_does_not_resume_exits_1_naming_batch_and_key(tmp_path
 @pytest.mark.parametrize(
     ("args", "env", "expected"),
     [
-        (["--config-name", "nope"], {}, "no such config; available: config, octo_pretrain, openvla, small"),
+        (["--config-name", "nope"], {}, "no such config; available: config, octo_pretrain, openvla, rlds, small"),
         (["estimate.nope=1"], {}, "Could not override 'estimate.nope'"),
         (["--buffer-size", "0"], {}, "--buffer-size='0': expected a positive integer"),
         (["dataloader.shuffle_buffer_size=lots"], {}, "dataloader.shuffle_buffer_size='lots': expected a positive integer"),

@@ -81,7 +81,8 @@ def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> a
     """
     args = parser.parse_intermixed_args(_bare_fit_budget(sys.argv[1:] if argv is None else argv))
     start_report(args.report, script=parser.prog)
-    _say_runtime()
+    args.runtime = runtime_env.current()
+    args.runtime_note = runtime_env.supported(args.runtime)  # a too old TensorFlow: exit 2
     assignments, args.overrides = split_env_assignments(args.overrides)
     args.job_env, args.env_source = job_environment(args.env_file, assignments, os.environ)
     applied = applied_environ(os.environ, args.job_env, args.env_file is not None, assignments)
@@ -93,14 +94,13 @@ def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> a
     return args
 
 
-def _say_runtime() -> None:
-    """First line: which interpreter, TensorFlow and environment run this (a verdict is about
-    them). Refuses, exit 2, a missing or too old TensorFlow (see runtime.environment)."""
-    runtime = runtime_env.current()
-    note = runtime_env.supported(runtime)
-    print(runtime.line())
-    if note:
-        print(note)
+def say_runtime(args: argparse.Namespace) -> None:
+    """The first line of a run whose input was accepted (bad input stays one `✗` line):
+    which interpreter, TensorFlow and environment run it (a verdict is about them), and a
+    note for a TensorFlow newer than any tested. Each command calls it before its header."""
+    print(args.runtime.line())
+    if args.runtime_note:
+        print(args.runtime_note)
 
 
 def _bare_fit_budget(argv: Sequence[str]) -> list[str]:

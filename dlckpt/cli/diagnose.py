@@ -19,8 +19,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from dlckpt.cli.common import common_parser, parse_args, run_main
-from dlckpt.config import load_config, shuffle_buffer_size
+from dlckpt.cli.common import common_parser, load_from_args, parse_args, run_main, say_runtime
+from dlckpt.config import shuffle_buffer_size
 from dlckpt.diagnose.checks import (
     Job,
     diagnose,
@@ -55,7 +55,8 @@ def _run(parser: Any, argv: Sequence[str] | None, report: dict[str, Any]) -> int
     args = parse_args(parser, argv)
     report["config_name"] = args.config_name
     env, env_source = args.job_env, args.env_source  # parse_args read the job's environment
-    cfg = load_config(args.config_name, args.overrides, args.config_dir)
+    cfg = load_from_args(args)
+    say_runtime(args)
     print(f"Config: {args.config_name} · dataloader: {cfg.dataloader._target_}")
     shown = ", ".join(f"{k}={env[k]}" if env.get(k) else f"{k} unset" for k in TEMP_VARIABLES)
     print(f"Job environment ({env_source}): {shown}")

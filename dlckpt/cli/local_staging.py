@@ -24,7 +24,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from dlckpt.cli.common import add_estimate_args, common_parser, load_from_args, parse_args, run_main
+from dlckpt.cli.common import (
+    add_estimate_args,
+    common_parser,
+    load_from_args,
+    parse_args,
+    run_main,
+    say_runtime,
+)
 from dlckpt.config import shuffle_buffer_size
 from dlckpt.errors import UsageError
 from dlckpt.preflight.locations import scenario_locations
@@ -124,12 +131,14 @@ def _run(parser: Any, argv: Sequence[str] | None, report: dict[str, Any]) -> int
         }
     )
     if args.estimate_only:
+        say_runtime(args)
         print(header)
         _preflight(cfg, args, staging_root, bucket, report)
         return finish_estimate_only(args, report)
 
     run_prefix = new_run_prefix("local-staging")
     with open_destination(bucket, embedded_when_unset=False) as destination:
+        say_runtime(args)
         print(header)
         if destination is None:
             print("Destination: none (GCS_TEST_BUCKET is not set: the staged copy is not uploaded)")

@@ -24,7 +24,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from dlckpt.cli.common import add_estimate_args, common_parser, load_from_args, parse_args, run_main
+from dlckpt.cli.common import (
+    add_estimate_args,
+    common_parser,
+    load_from_args,
+    parse_args,
+    run_main,
+    say_runtime,
+)
 from dlckpt.config import shuffle_buffer_size
 from dlckpt.errors import UsageError
 from dlckpt.preflight.locations import scenario_locations
@@ -138,6 +145,7 @@ def _run(parser: Any, argv: Sequence[str] | None, report: dict[str, Any]) -> int
         }
     )
     if args.estimate_only:
+        say_runtime(args)
         print(*header, sep="\n")
         _preflight(cfg, args, temp_dir, report)
         return finish_estimate_only(args, report)
@@ -145,6 +153,7 @@ def _run(parser: Any, argv: Sequence[str] | None, report: dict[str, Any]) -> int
     with open_destination(
         os.environ.get("GCS_TEST_BUCKET"), embedded_when_unset=True
     ) as destination:
+        say_runtime(args)
         print(*header, sep="\n")
         estimate = _preflight(cfg, args, temp_dir, report, destination)
         outcome = run_round_trip(

@@ -23,7 +23,14 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-from dlckpt.cli.common import add_estimate_args, common_parser, load_from_args, parse_args, run_main
+from dlckpt.cli.common import (
+    add_estimate_args,
+    common_parser,
+    load_from_args,
+    parse_args,
+    run_main,
+    say_runtime,
+)
 from dlckpt.config import parse_positive_int, shuffle_buffer_size, with_buffer_size
 from dlckpt.preflight.run import estimate_and_preflight, finish_estimate_only
 from dlckpt.roundtrip.scenario import (
@@ -85,6 +92,7 @@ def _run(parser: Any, argv: Sequence[str] | None, report: dict[str, Any]) -> int
     )
     tested_buffer, buffer_line = tested_buffer_size(original_buffer, small, explicit)
     report["shuffle_buffer_size"] = {"original": original_buffer, "tested": tested_buffer}
+    say_runtime(args)
     print(f"Config: {args.config_name} · dataloader: {cfg.dataloader._target_}")
     if args.estimate_only:
         estimate_and_preflight(

@@ -24,7 +24,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from dlckpt.cli.common import common_parser, load_from_args, parse_args, run_main
+from dlckpt.cli.common import common_parser, load_from_args, parse_args, run_main, say_runtime
 from dlckpt.config import parse_positive_int, shuffle_buffer_size
 from dlckpt.errors import EXIT_FAILED, EXIT_PASSED, UsageError
 from dlckpt.report import write_report
@@ -123,6 +123,7 @@ def _run(parser: Any, argv: Sequence[str] | None) -> int:
         _check_synthetic(spec, buffer)
         settings.work_dir.mkdir(parents=True, exist_ok=True)
         frames = ", ".join(f"{s}×{s}" for s in spec.cameras.values())
+        say_runtime(args)
         print(
             f"Config: {args.config_name} · {spec.num_records:,} steps ({spec.num_episodes} "
             f"episodes × {spec.steps_per_episode}), frames {frames}, window {spec.window_size} "
@@ -209,6 +210,7 @@ def _run_users_loader(
             "pass --buffer-size 1000 to compare the strategies at a size that fits"
         )
     settings.work_dir.mkdir(parents=True, exist_ok=True)
+    say_runtime(args)
     print(
         f"Config: {args.config_name} · your loader {dataloader['_target_']} · buffer {buffer:,} "
         f"· {format_size(sample)} per sample (measured)"

@@ -50,7 +50,7 @@ def instantiate_dataset(dataloader_cfg: Any) -> Any:
         if missing is not None and missing != str(target).split(".")[0]:
             raise UsageError(
                 f"dataloader._target_={target!r} needs the module {missing!r}, which the "
-                f"environment running this ({sys.prefix}) does not have: run where your training runs "
+                f"environment running this ({sys.prefix}) does not have: run in your training "
                 "environment (`make … PYTHON=/path/to/its/python`, or `pip install` this tool "
                 "there: README, In your own environment)"
             ) from None

@@ -111,17 +111,19 @@ def supported(runtime: Runtime) -> str | None:
     Raises UsageError (exit 2, one line) when TensorFlow is missing or older than
     OLDEST_TENSORFLOW: a verdict from there would be about a TensorFlow the tool never ran on.
     """
+    # A layer's packages are the user's interpreter's: name the interpreter they asked for.
+    python = runtime.layered_on or runtime.python
     oldest = "{}.{}".format(*OLDEST_TENSORFLOW)
     newest = "{}.{}".format(*NEWEST_TESTED_TENSORFLOW)
     if runtime.tensorflow is None:
         raise UsageError(
-            f"TensorFlow is not installed for {runtime.python} (expected tensorflow>={oldest}: "
+            f"TensorFlow is not installed for {python} (expected tensorflow>={oldest}: "
             f"run in your training environment, or `pip install 'tensorflow>={oldest}'`)"
         )
     major_minor = tuple(_leading_int(part) for part in runtime.tensorflow.split(".")[:2])
     if major_minor < OLDEST_TENSORFLOW:
         raise UsageError(
-            f"TensorFlow {runtime.tensorflow} at {runtime.python} is older than the oldest "
+            f"TensorFlow {runtime.tensorflow} at {python} is older than the oldest "
             f"supported, {oldest} (expected tensorflow>={oldest}; tested on {oldest} and {newest})"
         )
     if major_minor > NEWEST_TESTED_TENSORFLOW:

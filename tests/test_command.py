@@ -1,0 +1,101 @@
+"""The `dlckpt` console command and `python -m dlckpt`: the scripts' commands, their codes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, run_in_process, script_env
+
+BIN = Path(sys.executable).parent
+
+
+def _command(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(BIN / "dlckpt"), *args], capture_output=True, text=True, check=False,
+        env=env or script_env(), cwd=ROOT, timeout=120,
+    )  # fmt: skip
+
+
+def test_the_console_command_lists_every_script_and_exits_0_on_help():
+    done = _command("--help")
+    assert done.returncode == 0, done.stderr
+    for command in ("small-buffer", "estimate", "local-staging", "original", "strategies",
+                    "diagnose", "disk-check"):  # fmt: skip
+        assert f"  {command} " in done.stdout
+
+
+def test_no_command_or_an_unknown_one_is_exit_2_with_one_line():
+    assert _command().returncode == 2
+    done = subprocess.run(
+        [sys.executable, "-m", "dlckpt", "small-bufer"], capture_output=True, text=True,
+        check=False, cwd=ROOT, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == [
+        "✗ dlckpt: unknown command 'small-bufer' (expected one of: small-buffer, estimate, "
+        "local-staging, original, strategies, diagnose, disk-check)"
+    ]
+
+
+def test_a_command_keeps_the_scripts_flags_and_names_itself():
+    done = _command("small-buffer", "--no-such-flag")
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1].startswith("✗ dlckpt small-buffer: unrecognized")
+
+
+def test_a_builder_needing_a_package_this_environment_lacks_says_where_to_run(tmp_path):
+    """The RLDS example imports tensorflow_datasets, which only a user's environment has."""
+    report = tmp_path / "report.json"
+    done = run_in_process(
+        "test_dataloader_checkpoint_small_buffer.py", "--estimate-only", "--config-name", "rlds",
+        f"dataloader.data_dir={tmp_path}", "--report", str(report),
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.splitlines() == [
+        "✗ dataloader._target_='dlckpt.pipeline.rlds.build_rlds_dataset' needs the module "
+        f"'tensorflow_datasets', which the environment running this ({sys.prefix}) does not "
+        "have: run in your training environment (`make … PYTHON=/path/to/its/python`, or "
+        "`pip install` this tool there: README, In your own environment)"
+    ]
+    answer = json.loads(report.read_text())
+    assert answer["exit_code"] == 2
+    assert answer["runtime"]["python"] == sys.executable
+    assert done.stdout.splitlines()[0].startswith(f"Runtime: Python {sys.version.split()[0]}")
+
+
+@pytest.fixture
+def old_tensorflow_env(tmp_path: Path) -> dict[str, str]:
+    """This environment's packages, with a `tensorflow` 2.14.1 shadowing the real one.
+
+    A stand-in, not TensorFlow: the check reads the installed distribution's version before
+    anything imports TensorFlow, which is the part under test; a real 2.14 is ~500 MB.
+    """
+    site = tmp_path / "site"
+    (site / "tensorflow").mkdir(parents=True)
+    (site / "tensorflow" / "__init__.py").write_text("raise ImportError('a stand-in')\n")
+    info = site / "tensorflow-2.14.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: tensorflow\nVersion: 2.14.1\n")
+    env = script_env()
+    env["PYTHONPATH"] = f"{site}:{env['PYTHONPATH']}"
+    return env
+
+
+def test_an_unsupported_tensorflow_is_exit_2_in_one_line_with_the_report(
+    old_tensorflow_env, tmp_path
+):
+    report = tmp_path / "report.json"
+    done = _command(
+        "estimate", "--config-name", "small", "--report", str(report), env=old_tensorflow_env
+    )
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == [
+        f"✗ TensorFlow 2.14.1 at {sys.executable} is older than the oldest supported, 2.15 "
+        "(expected tensorflow>=2.15; tested on 2.15 and 2.21)"
+    ]
+    answer = json.loads(report.read_text())
+    assert answer["exit_code"] == 2 and answer["runtime"]["tensorflow"] == "2.14.1"
