@@ -66,8 +66,9 @@ def _layered_python(session: nox.Session, interpreter: str) -> str:
     if found is None:
         session.error(f"PYTHON={interpreter}: no such interpreter (expected a python's path)")
         raise AssertionError  # session.error raises; this tells the type checker
-    real = os.path.realpath(found)
-    folder = ROOT / ".nox" / "layers" / hashlib.sha256(real.encode()).hexdigest()[:12]
+    # The path as given, not resolved: every venv's python links to one base interpreter.
+    given = os.path.abspath(found)
+    folder = ROOT / ".nox" / "layers" / hashlib.sha256(given.encode()).hexdigest()[:12]
     requirements = [
         requirement
         for requirement in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][

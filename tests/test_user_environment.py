@@ -115,7 +115,7 @@ def test_pip_install_into_a_users_tensorflow_gives_a_command_that_tests_rlds(
             [dlckpt, "small-buffer"], data_dir, "dataloader.shuffle_seed=null", report=report
         )
         assert done.returncode == 1, done.stdout + done.stderr
-        last = done.stderr.strip().splitlines()[-1]
+        last = [line for line in done.stdout.splitlines() if line.startswith("✗")][-1]
         assert last.startswith("✗ CANNOT VERIFY AN EXACT RESUME")
         assert "TFDS ReadConfig(shuffle_seed=N)" in last
         assert json.loads(report.read_text())["passed"] is False
@@ -154,7 +154,8 @@ def test_make_with_a_PYTHON_without_tensorflow_is_one_line(tmp_path_factory):
         "ARGS=--config-name small", env=_clean_env(),
     )  # fmt: skip
     assert done.returncode != 0
-    tool_lines = [line for line in done.stderr.splitlines() if line.startswith("✗")]
+    # nox prints a command's stderr with its stdout
+    tool_lines = [line for line in done.stdout.splitlines() if line.startswith("✗")]
     assert tool_lines == [
         f"✗ TensorFlow is not installed for {bare}/bin/python (expected tensorflow>=2.15: run "
         "in your training environment, or `pip install 'tensorflow>=2.15'`)"
