@@ -125,13 +125,22 @@ def test_make_with_PYTHON_runs_in_a_layer_on_the_users_interpreter(tmp_path_fact
     folder = tmp_path_factory.mktemp("user-make")
     python = _user_environment(folder / "env", "oldest")
     before = _versions(python)
-    # The dataset is written by the layer's python (this tool's module, the user's TFDS).
+    # The RLDS builder imports tensorflow_datasets, which only the user's environment has
+    # (the tool's own refuses it: test_command.py). The dataset is written by the user's
+    # python with the checkout on PYTHONPATH, as their own code would be.
+    written = _run(
+        python, "-m", "dlckpt.pipeline.rlds", folder / "rlds",
+        env={**_clean_env(), "PYTHONPATH": str(ROOT)},
+    )  # fmt: skip
+    assert written.returncode == 0, written.stderr
+    data_dir = written.stdout.strip().splitlines()[-1]
     report = folder / "report.json"
     make = shutil.which("make")
     assert make is not None
     done = _run(
         make, "-C", ROOT, "--no-print-directory", "small-buffer", f"PYTHON={python}",
-        f"ARGS=--config-name small --report {report}", env=_clean_env(),
+        f"ARGS=--config-name rlds dataloader.data_dir={data_dir} --report {report}",
+        env=_clean_env(),
     )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
     runtime = next(line for line in done.stdout.splitlines() if line.startswith("Runtime: "))

@@ -1,11 +1,13 @@
 """What the three test scripts share: the command line, the estimate and preflight, one run.
 
-Each script is `main(argv) -> int` and reads like its steps: parse and load the config
-(`common_parser`, `parse_args`, `load_from_args`), measure and refuse a save that cannot
-fit (`estimate_and_preflight`), open where the checkpoint goes (`open_destination`), run
-the round trip (`run_round_trip`) and `finish` with the verdict, the report and the exit
-code. `run_main` turns every outcome into one line and an exit code. The engine behind
-these names is the installed `dlckpt` package: a change goes to its folder, not here.
+Each script's body is a command of the installed `dlckpt` package (`dlckpt.cli.small_buffer`,
+`.local_staging`, `.original`; also `dlckpt small-buffer …` once pip-installed), read as
+its steps: parse and load the config (`common_parser`, `parse_args`, `load_from_args`),
+measure and refuse a save that cannot fit (`estimate_and_preflight`), open where the
+checkpoint goes (`open_destination`), run the round trip (`run_round_trip`) and `finish`
+with the verdict, the report and the exit code; `run_main` turns every outcome into one line
+and an exit code. These names are re-exported here for a script of your own built the same
+way. A change goes to the package's folder, not here.
 """
 
 from dlckpt.cli.common import (
