@@ -28,7 +28,6 @@ from dlckpt.cli.common import common_parser, load_from_args, parse_args, run_mai
 from dlckpt.config import parse_positive_int, shuffle_buffer_size
 from dlckpt.errors import EXIT_FAILED, EXIT_PASSED, UsageError
 from dlckpt.report import write_report
-from dlckpt.strategies.builders import grain_available
 from dlckpt.strategies.compare import (
     DEFAULT_WORK_DIR,
     LAST_REPORT_NAME,
@@ -77,10 +76,15 @@ def main(argv: Sequence[str] | None = None, prog: str = "compare_shuffle_strateg
     return run_main(lambda: _run(parser, argv))
 
 
-def _selected(setting: str | None) -> list[Any]:
+def _selected(setting: str | None) -> tuple[list[Any], dict[str, str]]:
+    """The strategies to measure, and those this environment cannot run with the reason.
+
+    By default every strategy this environment can run (Grain is optional; tf.data's global
+    shuffle needs TensorFlow 2.17); one named with --strategies that cannot run is bad input.
+    """
     if not setting:
-        # Grain is optional: measured only when `grain` and `array_record` are installed.
-        return [s for s in STRATEGIES if s.framework != "grain" or grain_available()]
+        missing = {s.name: reason for s in STRATEGIES if (reason := s.missing())}
+        return [s for s in STRATEGIES if s.name not in missing], missing
     names = [n.strip() for n in setting.split(",") if n.strip()]
     unknown = [n for n in names if n not in STRATEGY_NAMES]
     if unknown or not names:
@@ -88,18 +92,17 @@ def _selected(setting: str | None) -> list[Any]:
             f"--strategies {setting!r}: unknown {', '.join(unknown) or 'empty list'}; "
             f"choose from {', '.join(STRATEGY_NAMES)}"
         )
-    if "grain_array_record" in names and not grain_available():
-        raise UsageError(
-            "--strategies grain_array_record: grain and array_record are not installed "
-            "(pip install grain array-record)"
-        )
-    return [s for s in STRATEGIES if s.name in names]
+    chosen = [s for s in STRATEGIES if s.name in names]
+    for strategy in chosen:
+        if reason := strategy.missing():
+            raise UsageError(f"--strategies {strategy.name}: {reason}")
+    return chosen, {}
 
 
 def _run(parser: Any, argv: Sequence[str] | None) -> int:
     args = parse_args(parser, argv)
     cfg = load_from_args(args)
-    strategies = _selected(args.strategies)
+    strategies, not_measured = _selected(args.strategies)
     buffer = parse_positive_int(
         args.buffer_size if args.buffer_size is not None else shuffle_buffer_size(cfg),
         "--buffer-size",
@@ -137,7 +140,10 @@ def _run(parser: Any, argv: Sequence[str] | None) -> int:
 
     print()
     print(format_table(results))
+    for name, reason in not_measured.items():
+        print(f"not measured in this environment: {name} ({reason})")
     report["strategies"] = [r.to_json() for r in results]
+    report["not_measured"] = not_measured
     write_report(args.report, report)
     if args.strategies is None:  # the small-buffer script's pointer needs every strategy
         write_report(settings.work_dir / LAST_REPORT_NAME, report)

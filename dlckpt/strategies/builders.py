@@ -198,14 +198,27 @@ def build_global_shuffle_symbolic(s: Stages) -> Any:
     return s.finish(s.map(indices, s.read_by_index), symbolic=True)
 
 
+def global_shuffle_missing() -> str | None:
+    """Why this TensorFlow has no tf.data global shuffle (added in 2.17), or None."""
+    from importlib.util import find_spec
+
+    tf = import_tensorflow()  # quietly: find_spec would import it with its C++ log lines
+    if find_spec("tensorflow.python.data.experimental.ops.global_shuffle_op") is not None:
+        return None
+    return f"tf.data's global shuffle needs TensorFlow 2.17 or newer (this is {tf.__version__})"
+
+
 # --- (d) Grain over ArrayRecord (optional: only when `grain` and `array_record` import) -------
 
 
-def grain_available() -> bool:
-    """Whether `grain` and `array_record` are installed (checked without importing them)."""
+def grain_missing() -> str | None:
+    """Why Grain cannot run here, or None (checked without importing it)."""
     from importlib.util import find_spec
 
-    return find_spec("grain") is not None and find_spec("array_record") is not None
+    if find_spec("grain") is not None and find_spec("array_record") is not None:
+        return None
+    # Grain needs protobuf >= 5.28, which TensorFlow 2.15 cannot share.
+    return "grain and array_record are not installed (pip install grain array-record)"
 
 
 @_hydra_builder

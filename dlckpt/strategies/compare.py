@@ -25,6 +25,8 @@ from dlckpt.strategies.builders import (
     build_grain_array_record,
     build_index_permutation_symbolic,
     build_index_shuffle_before_map,
+    global_shuffle_missing,
+    grain_missing,
 )
 from dlckpt.strategies.episodes import DataSpec, write_array_record
 
@@ -45,6 +47,8 @@ class Strategy:
     builder: Callable[..., Any]
     summary: str
     framework: str = "tf.data"  # "grain": saved with get_state() as JSON, not tf.train.Checkpoint
+    # Why this environment cannot run it (a package or a TensorFlow version missing), or None.
+    missing: Callable[[], str | None] = lambda: None
 
     @property
     def target(self) -> str:
@@ -59,9 +63,10 @@ STRATEGIES = (
     Strategy("index_permutation_symbolic", build_index_permutation_symbolic,
              "tf.random.experimental.index_shuffle + symbolic checkpoint"),
     Strategy("global_shuffle_symbolic", build_global_shuffle_symbolic,
-             "tf.data global shuffle + symbolic checkpoint"),
+             "tf.data global shuffle + symbolic checkpoint", missing=global_shuffle_missing),
     Strategy("grain_array_record", build_grain_array_record,
-             "Grain index shuffle over ArrayRecord, JSON state", framework="grain"),
+             "Grain index shuffle over ArrayRecord, JSON state", framework="grain",
+             missing=grain_missing),
 )  # fmt: skip
 STRATEGY_NAMES = tuple(s.name for s in STRATEGIES)
 
