@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import nox
@@ -66,6 +67,18 @@ def _layered_python(session: nox.Session, interpreter: str) -> str:
     if found is None:
         session.error(f"PYTHON={interpreter}: no such interpreter (expected a python's path)")
         raise AssertionError  # session.error raises; this tells the type checker
+    probe = subprocess.run(
+        [found, "-c", "import sys, venv; print('.'.join(map(str, sys.version_info[:2])))"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    version = probe.stdout.strip()
+    numbers = tuple(int(part) for part in version.split(".") if part.isdigit())
+    if probe.returncode != 0 or numbers < (3, 10):
+        said = f", printed {version}" if version else ""
+        session.error(
+            f"PYTHON={interpreter}: not a Python 3.10+ interpreter with venv "
+            f"(`{found} -c 'import sys, venv'` exited {probe.returncode}{said})"
+        )
     # The path as given, not resolved: every venv's python links to one base interpreter.
     given = os.path.abspath(found)
     folder = ROOT / ".nox" / "layers" / hashlib.sha256(given.encode()).hexdigest()[:12]

@@ -30,3 +30,19 @@ WORK_DIR = (
     if IN_CHECKOUT
     else _user_cache() / "dataloader-checkpoint-testing" / "work"
 )
+
+
+def command(name: str, args: str = "") -> str:
+    """How a person runs one of the tool's commands from where this copy is installed.
+
+    A checkout: `make NAME` (with `ARGS="…"`); installed with pip: `dlckpt NAME …`.
+    """
+    if IN_CHECKOUT:
+        return f"make {name}" + (f' ARGS="{args}"' if args else "")
+    return f"dlckpt {name}" + (f" {args}" if args else "")
+
+
+def doc(name: str) -> str:
+    """A document of the checkout (DISK_SPACE_SOLUTIONS.md, …), named where an installed
+    copy, which does not ship it, can find it."""
+    return name if IN_CHECKOUT else f"{name} in the tool's repository"

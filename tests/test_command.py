@@ -99,3 +99,49 @@ def test_an_unsupported_tensorflow_is_exit_2_in_one_line_with_the_report(
     ]
     answer = json.loads(report.read_text())
     assert answer["exit_code"] == 2 and answer["runtime"]["tensorflow"] == "2.14.1"
+
+
+def test_a_measurement_cached_elsewhere_does_not_hide_that_the_pipeline_cannot_build_here(
+    small_estimate_copy, tmp_path
+):
+    """The estimate cache is per user, shared by their environments: a size measured where
+    TFDS is installed must not be stated (FITS) where the builder cannot even run."""
+    import shutil
+
+    from dlckpt.config import load_config
+    from dlckpt.estimate.cache import _entry_path, config_hash
+
+    overrides = [f"dataloader.data_dir={tmp_path}"]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("XDG_CACHE_HOME", str(small_estimate_copy))
+        key = config_hash(load_config("rlds", overrides))
+        measured = sorted((small_estimate_copy / "dataloader-checkpoint-testing").rglob("*.json"))
+        shutil.copy(measured[0], _entry_path(key))  # a valid entry, as another env wrote it
+    done = run_in_process(
+        "test_dataloader_checkpoint_small_buffer.py", "--estimate-only", "--config-name", "rlds",
+        *overrides, env=script_env(XDG_CACHE_HOME=str(small_estimate_copy)),
+    )  # fmt: skip
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "FITS" not in done.stdout and "ESTIMATE" not in done.stdout
+    assert len(done.stderr.splitlines()) == 1
+    assert "needs the module 'tensorflow_datasets'" in done.stderr
+
+
+def test_a_tensorflow_function_named_from_its_class_reads_as_python_wrote_it():
+    from dlckpt.pipeline.risks import _user_function_name
+
+    name = "__inference_Dataset_interleave_classfunctools.partial_1234"
+    assert _user_function_name(name) == "a functools.partial"
+    assert _user_function_name("__inference_Dataset_map_decode_frame_77") == "decode_frame"
+
+
+def test_writing_the_rlds_example_without_tfds_is_one_line():
+    done = subprocess.run(
+        [sys.executable, "-m", "dlckpt.pipeline.rlds", "/nonexistent/rlds"],
+        capture_output=True, text=True, check=False, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == [
+        f"✗ python -m dlckpt.pipeline.rlds: tensorflow_datasets is not installed for "
+        f"{sys.executable} (expected the environment your RLDS loader runs in)"
+    ]

@@ -145,7 +145,8 @@ def test_thresholds_come_from_the_measured_estimate(small_estimate_cache):
         "--config-name", "small", "--for", "small", *SMALL_CHEAP, XDG_CACHE_HOME=str(cache)
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    first = result.stdout.splitlines()[0]
+    runtime, first = result.stdout.splitlines()[:2]
+    assert runtime.startswith(f"Runtime: Python {sys.version.split()[0]} ({sys.executable})")
     assert first.startswith(
         "thresholds: measured estimate of --config-name small; small-buffer test needs "
     )

@@ -34,6 +34,7 @@ from dlckpt.cli.common import (
 )
 from dlckpt.config import shuffle_buffer_size
 from dlckpt.errors import UsageError
+from dlckpt.paths import command, doc
 from dlckpt.preflight.locations import scenario_locations
 from dlckpt.preflight.run import estimate_and_preflight, finish_estimate_only
 from dlckpt.roundtrip.scenario import (
@@ -167,9 +168,9 @@ def _run(parser: Any, argv: Sequence[str] | None, report: dict[str, Any]) -> int
             disk_full_hint=(
                 f"this config's checkpoint needs ~{format_size(estimate.original_bytes)} there; "
                 "fix: "
-                "TMPDIR=/path/on/a/bigger/disk make original (or --tmpdir), stage it on a "
-                "disk you choose with make local-staging, or prove the restore cheaply with "
-                "make small-buffer (see QUICK_FIX.md)"
+                f"TMPDIR=/path/on/a/bigger/disk {command('original')} (or --tmpdir), stage it "
+                f"on a disk you choose with {command('local-staging')}, or prove the restore "
+                f"cheaply with {command('small-buffer')} (see {doc('QUICK_FIX.md')})"
             ),
         )
     return finish(args, report, outcome, estimate=estimate)

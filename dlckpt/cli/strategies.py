@@ -27,6 +27,7 @@ from omegaconf import OmegaConf
 from dlckpt.cli.common import common_parser, load_from_args, parse_args, run_main, say_runtime
 from dlckpt.config import parse_positive_int, shuffle_buffer_size
 from dlckpt.errors import EXIT_FAILED, EXIT_PASSED, UsageError
+from dlckpt.paths import doc
 from dlckpt.report import write_report
 from dlckpt.strategies.compare import (
     DEFAULT_WORK_DIR,
@@ -380,5 +381,7 @@ def summary_lines(results: list[StrategyResult]) -> list[str]:
     for r in results:
         if not r.resumes_exactly:
             lines.append(f"✗ {r.name} DID NOT RESUME EXACTLY: {r.error}")
-    lines.append("Copyable code per strategy, and the production path: DISK_SPACE_SOLUTIONS.md")
+    lines.append(
+        f"Copyable code per strategy, and the production path: {doc('DISK_SPACE_SOLUTIONS.md')}"
+    )
     return lines

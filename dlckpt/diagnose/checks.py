@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from dlckpt.job_env import TEMP_VARIABLES, THIS_SHELL
+from dlckpt.paths import command
 from dlckpt.preflight.locations import ADVICE_MARGIN
 from dlckpt.tempdir import roomy_folder, tf_temp_dir
 from dlckpt.units import format_size
@@ -261,7 +262,9 @@ def _move_fix(job: Job, folder: Folder, variable: str) -> str:
             f"or dataloader.shuffle_buffer_size={largest:,} ({each}{node}: fits {folder.path} "
             f"with {ADVICE_MARGIN:.0%} to spare at the upper end of the estimate's ±)"
         )
-    fixes.append("or LOCAL_STAGING_DIR=<big disk> make local-staging (save locally, then upload)")
+    fixes.append(
+        f"or LOCAL_STAGING_DIR=<big disk> {command('local-staging')} (save locally, then upload)"
+    )
     return "; ".join(fixes)
 
 
@@ -643,13 +646,13 @@ def findings_table(findings: Sequence[Finding]) -> str:
 def next_steps(job: Job, folder: Folder) -> list[str]:
     """What to try when nothing on this host explains the failure (not what was given)."""
     steps = [
-        "the job may run on another host: run `make diagnose` there"
+        f"the job may run on another host: run `{command('diagnose')}` there"
         if job.env_source != THIS_SHELL
         else "the job may run with another environment or on another host: pass its variables "
         "(--env-file job.env, from `env > job.env` in the job's shell, or TMPDIR=... "
-        "TEST_TMPDIR=...) or run `make diagnose` there",
+        f"TEST_TMPDIR=...) or run `{command('diagnose')}` there",
         f"reproduce the save with the full buffer where the job stages: TMPDIR={folder.path} "
-        'make original ARGS="--config-name=…" (refuses first when it cannot fit)',
+        f"{command('original', '--config-name=…')} (refuses first when it cannot fit)",
         f"watch the folder while the job saves: watch -n1 df -h {folder.path}",
     ]
     if job.processes == 1 and job.processes_source != "estimate.processes_per_host":

@@ -256,6 +256,12 @@ def _calibration_for(
     use_cache = bool(cfg.estimate.get("cache", True))
     calibration = load_cached(key) if use_cache else None
     if calibration is not None:
+        # The cache is shared by every environment of this user: a pipeline measured in
+        # another (with a package this one lacks) must still build here before its size is
+        # stated, or a run prints FITS for a pipeline it cannot build (one UsageError line).
+        from dlckpt.pipeline.build import instantiate_dataset
+
+        instantiate_dataset(cfg.dataloader)
         return calibration, True, key, None
     say(
         f"Measuring the checkpoint size: whole-pipeline saves at buffers {settings.buffer_sizes}, "

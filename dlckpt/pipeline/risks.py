@@ -277,7 +277,12 @@ def _user_function_name(function_name: str) -> str:
     name = function_name.removeprefix("__inference_").rsplit("_", 1)[0]
     for prefix in ("Dataset_map_", "Dataset_filter_", "Dataset_flat_map_", "Dataset_interleave_"):
         if name.startswith(prefix):
-            return name[len(prefix) :]
+            name = name[len(prefix) :]
+            break
+    # A callable without a __name__ (a functools.partial, as TFDS's reader passes) is named
+    # by TensorFlow from its class, "<class 'functools.partial'>" with the punctuation dropped.
+    if name.startswith("class") and "." in name:
+        return f"a {name.removeprefix('class')}"
     return name
 
 

@@ -15,7 +15,9 @@ only here, when such a config runs (conf/rlds.yaml). From the command line:
 
 from __future__ import annotations
 
+import importlib.util
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -112,9 +114,19 @@ def write_example_rlds(
                 yield f"episode_{index}", _episode(index, steps_per_episode, image_size)
 
     builder = Builder(data_dir=str(folder))
-    builder.download_and_prepare(
-        download_config=tfds.download.DownloadConfig(num_shards=shards, try_download_gcs=False)
-    )
+    # TFDS makes a temporary folder it never removes (dataset_info's mkdtemp): give it one
+    # of ours, removed after.
+    saved = tempfile.tempdir
+    with tempfile.TemporaryDirectory(prefix="dlckpt-rlds-") as scratch:
+        tempfile.tempdir = scratch
+        try:
+            builder.download_and_prepare(
+                download_config=tfds.download.DownloadConfig(
+                    num_shards=shards, try_download_gcs=False
+                )
+            )
+        finally:
+            tempfile.tempdir = saved
     return Path(builder.data_dir)
 
 
@@ -177,8 +189,15 @@ def build_rlds_dataset(
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
-    if len(args) != 1:
+    if len(args) != 1 or args[0].startswith("-"):
         print("usage: python -m dlckpt.pipeline.rlds DIR  (writes the example RLDS dataset)")
+        return 0 if args and args[0] in {"-h", "--help"} else 2
+    if importlib.util.find_spec("tensorflow_datasets") is None:
+        print(
+            f"✗ python -m dlckpt.pipeline.rlds: tensorflow_datasets is not installed for "
+            f"{sys.executable} (expected the environment your RLDS loader runs in)",
+            file=sys.stderr,
+        )
         return 2
     # Through the module's own name: TFDS looks up a builder's package from its module, and
     # `python -m` runs this file as __main__.

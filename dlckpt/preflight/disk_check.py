@@ -26,6 +26,7 @@ from dlckpt.job_env import (
     processes_from_env,
     split_env_assignments,
 )
+from dlckpt.runtime import environment as runtime_env
 from dlckpt.tempdir import tf_temp_dir
 from dlckpt.units import format_size, parse_size
 
@@ -216,6 +217,7 @@ def run(argv: Sequence[str], prog: str = "check_disk_space.sh") -> int:
         full, full_text = _per_host(full, job_env)
     rows, warning = locations(env, job_env.get("HOME"))
     lines, status = report(rows, small, full, args.which)
+    print(runtime_env.current().line())  # which python ran this (and the estimate, if any)
     print(
         f"thresholds: {source}; small-buffer test needs {format_size(small)}, full test {full_text}"
     )

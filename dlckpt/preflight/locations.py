@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from dlckpt.errors import PreflightRefusal, UsageError
 from dlckpt.job_env import THIS_SHELL
+from dlckpt.paths import command
 from dlckpt.tempdir import existing_ancestor, roomy_folder, tf_temp_dir
 from dlckpt.units import format_size
 
@@ -227,7 +228,7 @@ def configured_fit_line(
             f"✓ THE CONFIGURED BUFFER FITS: {buffer} writes a "
             f"{format_size(estimate.original_bytes)} checkpoint, which fits {room}; {checked}. "
             "If a save still fails with `Could not append to the internal temporary file`, the "
-            "cause is elsewhere: make diagnose"
+            f"cause is elsewhere: {command('diagnose')}"
         )
     row = failing[0]
     return (
@@ -240,7 +241,7 @@ def configured_fit_line(
             if largest
             else ""
         )
-        + "make diagnose checks the other causes"
+        + f"{command('diagnose')} checks the other causes"
     )
 
 
@@ -438,7 +439,7 @@ def refusal_message(
             + f", {format_size(free)} free"
         )
     fixes.append(
-        "run the small-buffer test: make small-buffer "
+        f"run the small-buffer test: {command('small-buffer')} "
         f"(checkpoint ~{format_size(estimate.bytes_for(100))} at buffer 100)"
     )
     fixes.append("or pass --force to run anyway")

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dlckpt.paths import command
 from dlckpt.units import format_size
 
 # The variables TensorFlow's GCS filesystem reads (tensorflow/tsl/platform/cloud/
@@ -179,8 +180,10 @@ def staging_full_line(
     fixes.append(
         f"export {variable}={target}" + (f" ({format_size(roomy[1])} free)" if roomy else "")
     )
-    fixes.append("save locally and upload instead: make local-staging")
-    fixes.append("or a smaller dataloader.shuffle_buffer_size (make estimate ARGS=--fit-budget)")
+    fixes.append(f"save locally and upload instead: {command('local-staging')}")
+    fixes.append(
+        f"or a smaller dataloader.shuffle_buffer_size ({command('estimate', '--fit-budget')})"
+    )
     return (
         f"CHECKPOINT DID NOT FIT: TensorFlow's gs:// writer stages each checkpoint file in "
         f"{chosen} and ran out of room ({tf_text}): needs ~{format_size(needed_bytes)}, "

@@ -215,10 +215,24 @@ def grain_missing() -> str | None:
     """Why Grain cannot run here, or None (checked without importing it)."""
     from importlib.util import find_spec
 
-    if find_spec("grain") is not None and find_spec("array_record") is not None:
+    absent = [name for name in ("grain", "array_record") if find_spec(name) is None]
+    if not absent:
         return None
-    # Grain needs protobuf >= 5.28, which TensorFlow 2.15 cannot share.
-    return "grain and array_record are not installed (pip install grain array-record)"
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        protobuf = version("protobuf")
+    except PackageNotFoundError:
+        protobuf = ""
+    if protobuf and int(protobuf.split(".")[0]) < 5:
+        # Grain requires protobuf >= 5.28; installing it would replace the protobuf this
+        # TensorFlow requires (< 5 up to TensorFlow 2.17), so no install advice here.
+        return (
+            f"Grain needs protobuf 5.28 or newer, and this environment's TensorFlow holds "
+            f"protobuf {protobuf}: installing Grain here would replace it"
+        )
+    packages = " ".join(name.replace("_", "-") for name in absent)
+    return f"{' and '.join(absent)} not installed (pip install {packages})"
 
 
 @_hydra_builder

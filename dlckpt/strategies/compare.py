@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dlckpt.paths import WORK_DIR
+from dlckpt.paths import WORK_DIR, command, doc
 from dlckpt.runtime.tf_import import quiet_absl
 from dlckpt.strategies.builders import (
     build_decoded_buffer,
@@ -270,9 +270,9 @@ def strategies_pointer_line(
         best = smallest_resuming_strategy(data, measured_on="your pipeline")
         if best is not None:
             return (
-                "SMALLEST CHECKPOINT THAT RESUMES EXACTLY ON YOUR PIPELINE (last `make "
-                f"strategies`): {best[0]}, {format_size(best[1])}; its code is in "
-                "DISK_SPACE_SOLUTIONS.md"
+                "SMALLEST CHECKPOINT THAT RESUMES EXACTLY ON YOUR PIPELINE (last "
+                f"`{command('strategies')}`): {best[0]}, {format_size(best[1])}; its code is "
+                f"in {doc('DISK_SPACE_SOLUTIONS.md')}"
             )
     synthetic = smallest_resuming_strategy(data, measured_on="synthetic episodes") if data else None
     if synthetic is not None:
@@ -280,11 +280,11 @@ def strategies_pointer_line(
         at = f" at buffer {buffer:,}" if isinstance(buffer, int) else ""
         return (
             "Smaller checkpoints, measured on synthetic episodes and not on your pipeline "
-            f"(last `make strategies`): {synthetic[0]}, {format_size(synthetic[1])}{at}; "
-            '`make strategies ARGS="--config-name=YOURS"` runs those your loader allows on it '
-            "(DISK_SPACE_SOLUTIONS.md)"
+            f"(last `{command('strategies')}`): {synthetic[0]}, "
+            f"{format_size(synthetic[1])}{at}; `{command('strategies', '--config-name=YOURS')}` "
+            f"runs those your loader allows on it ({doc('DISK_SPACE_SOLUTIONS.md')})"
         )
     return (
-        "Smaller checkpoints: `make strategies` measures shuffle strategies whose checkpoint "
-        "is kilobytes (DISK_SPACE_SOLUTIONS.md)"
+        f"Smaller checkpoints: `{command('strategies')}` measures shuffle strategies whose "
+        f"checkpoint is kilobytes ({doc('DISK_SPACE_SOLUTIONS.md')})"
     )
