@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from dlckpt.errors import UsageError
 from dlckpt.paths import PROJECT_CONF_DIR
+from dlckpt.units import format_size
 
 _SCHEMA_NAME = "_dlckpt_schema"
 _ROOT_NAME = "_dlckpt_root"
@@ -77,6 +78,28 @@ def available_config_names(config_dirs: list[Path]) -> list[str]:
     return sorted(names)
 
 
+# A dataloader config is a few KB; a bound keeps a wrong file (a dataset, a log) from being
+# parsed for minutes before its first unknown key is named.
+MAX_CONFIG_BYTES = 1 << 20
+
+
+def check_config_file(path: Path) -> None:
+    """Raises UsageError (one line) for a config file over MAX_CONFIG_BYTES or not UTF-8."""
+    size = path.stat().st_size
+    if size > MAX_CONFIG_BYTES:
+        raise UsageError(
+            f"config {path} is {format_size(size)}; a dataloader config is a few KB "
+            f"(expected a YAML file under {format_size(MAX_CONFIG_BYTES)})"
+        )
+    try:
+        path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise UsageError(
+            f"config {path}: not UTF-8 at byte {error.start} (0x{error.object[error.start]:02x}); "
+            "expected a UTF-8 YAML file (re-save it as UTF-8)"
+        ) from None
+
+
 def load_config(
     config_name: str = "config",
     overrides: list[str] | None = None,
@@ -106,6 +129,10 @@ def load_config(
         raise UsageError(
             f"--config-name {config_name!r}: no such config; available: {', '.join(names)}"
         )
+    chosen = next(
+        d / f"{config_name}.yaml" for d in search_dirs if (d / f"{config_name}.yaml").is_file()
+    )
+    check_config_file(chosen)
 
     store = ConfigStore.instance()
     store.store(name=_SCHEMA_NAME, node=Settings)

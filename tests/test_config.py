@@ -97,3 +97,17 @@ def test_reducing_the_buffer_never_touches_the_config_or_its_file():
     assert shuffle_buffer_size(reduced) == 100
     assert shuffle_buffer_size(cfg) == 250_000
     assert (PROJECT_CONF_DIR / "config.yaml").read_bytes() == before
+
+
+def test_a_quoted_whole_number_is_read_as_the_number_and_anything_else_is_one_line():
+    """Decided (issue 24): `${oc.env:…}` settings arrive as strings, so "100" is 100."""
+    from dlckpt.config import load_config, shuffle_buffer_size
+    from dlckpt.errors import UsageError
+
+    assert (
+        shuffle_buffer_size(load_config("small", ["dataloader.shuffle_buffer_size='100'"])) == 100
+    )
+    with pytest.raises(
+        UsageError, match=r"^dataloader.shuffle_buffer_size='1e3': expected a positive integer"
+    ):
+        shuffle_buffer_size(load_config("small", ["dataloader.shuffle_buffer_size='1e3'"]))

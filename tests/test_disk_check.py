@@ -159,3 +159,15 @@ def test_shellcheck_clean():
         pytest.skip("shellcheck is not installed (it is in the lint group)")
     result = subprocess.run([shellcheck, str(SCRIPT)], capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stdout
+
+
+def test_bad_input_a_missing_interpreter_is_exit_2_with_one_line():
+    done = subprocess.run(
+        ["bash", str(SCRIPT)], capture_output=True, text=True, check=False, timeout=60,
+        env=script_env(PYTHON="/no/such/python3"),
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == [
+        "✗ PYTHON=/no/such/python3: no such interpreter (expected the path of a python3, or unset)"
+    ]
+    assert done.stdout == ""

@@ -884,3 +884,81 @@ def test_an_interrupt_a_library_rewraps_still_ends_as_interrupted(capsys):
 
     assert run_main(body, argv=[]) == 129
     assert capsys.readouterr().err.startswith("✗ interrupted by SIGHUP")
+
+
+# --- user code that ends the process instead of raising (issue 24) ---------------------------
+
+
+@pytest.mark.parametrize(
+    ("body", "said"),
+    [("import sys; sys.exit(5)", "called sys.exit(5)"),
+     ("import os; os._exit(3)", "called os._exit(3)"),
+     ("raise KeyboardInterrupt", "raised KeyboardInterrupt while building the dataset, with no signal received")],
+    ids=["sys.exit", "os._exit", "KeyboardInterrupt"],
+)  # fmt: skip
+def test_bad_input_builder_that_exits_is_one_line_with_the_report(tmp_path, body, said):
+    name = f"exiting_{abs(hash(body))}"
+    (tmp_path / f"{name}.py").write_text(f"def build(*, shuffle_buffer_size):\n    {body}\n")
+    report = tmp_path / "r.json"
+    report.write_text('{"passed": true, "exit_code": 0}')  # a previous run's report
+    started = time.monotonic()
+    result = run_script(
+        SMALL_BUFFER, "--estimate-only", "--config-name", "small", "--report", str(report),
+        f"dataloader._target_={name}.build", "~dataloader.batch_size", "~dataloader.image_size",
+        "~dataloader.wrist_image_size", "~dataloader.window_size",
+        "~dataloader.buffer_encoded_frames", "~dataloader.num_episodes",
+        "~dataloader.steps_per_episode",
+        env=script_env(PYTHONPATH=str(tmp_path)), timeout=EXIT_BOUND_SECONDS,
+    )  # fmt: skip
+    assert time.monotonic() - started < EXIT_BOUND_SECONDS
+    assert result.returncode == 2, result.stdout + result.stderr
+    line = _one_line(result.stderr)
+    assert line.startswith(f"✗ dataloader: {name}.build {said}"), line
+    data = json.loads(report.read_text())
+    assert (data["exit_code"], data["passed"]) == (2, False)
+    assert said in data["error"]
+
+
+# --- config files that are not a dataloader config (issue 24) --------------------------------
+
+
+def _config_run(tmp_path: Path, text: bytes | None = None, size: int = 0):
+    folder = tmp_path / "conf"
+    folder.mkdir()
+    path = folder / "mine.yaml"
+    if text is not None:
+        path.write_bytes(text)
+    else:  # a wrong file: megabytes of YAML with an unknown key
+        with path.open("w") as stream:
+            stream.write("dataloader:\n  _target_: x.y\n  shuffle_buffer_size: 8\nnoise:\n")
+            line = "  - " + "x" * 95 + "\n"
+            stream.write(line * (size // len(line)))
+    report = tmp_path / "r.json"
+    started = time.monotonic()
+    result = run_script(
+        SMALL_BUFFER, "--config-dir", str(folder), "--config-name", "mine", "--report",
+        str(report), timeout=EXIT_BOUND_SECONDS,
+    )  # fmt: skip
+    return result, time.monotonic() - started, path, report
+
+
+def test_bad_input_a_config_of_50_mb_is_one_line_at_once(tmp_path):
+    result, seconds, path, report = _config_run(tmp_path, size=50_000_000)
+    assert seconds < EXIT_BOUND_SECONDS
+    assert result.returncode == 2
+    assert _one_line(result.stderr) == (
+        f"✗ config {path} is 47.7 MiB; a dataloader config is a few KB (expected a YAML file "
+        "under 1.0 MiB)"
+    )
+    assert json.loads(report.read_text())["exit_code"] == 2
+
+
+def test_bad_input_a_latin_1_config_names_the_file_and_byte(tmp_path):
+    text = "# caméra\ndataloader:\n  shuffle_buffer_size: 8\n".encode("latin-1")
+    result, _, path, report = _config_run(tmp_path, text=text)
+    assert result.returncode == 2
+    assert _one_line(result.stderr) == (
+        f"✗ config {path}: not UTF-8 at byte 5 (0xe9); expected a UTF-8 YAML file (re-save it "
+        "as UTF-8)"
+    )
+    assert json.loads(report.read_text())["exit_code"] == 2

@@ -7,11 +7,16 @@ naming the target and what was expected.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import os
 import sys
-from typing import Any
+import threading
+from collections.abc import Iterator
+from typing import Any, NoReturn
 
 from dlckpt.errors import UsageError
+from dlckpt.runtime.signals import received_interrupt
 from dlckpt.runtime.tf_import import import_tensorflow
 
 
@@ -32,6 +37,56 @@ def _missing_module(error: BaseException) -> str | None:
     return None
 
 
+class _BuilderExit(BaseException):
+    """The user's builder called os._exit: raised in its place so the run can answer (a
+    BaseException, as SystemExit is, so that Hydra does not wrap it as the builder's error)."""
+
+
+_REAL_EXIT = os._exit
+_building = threading.local()  # .target: the builder this thread is running, if any
+
+
+def _guarded_exit(status: int) -> NoReturn:
+    """os._exit while the tool runs: a raise inside a builder (see _exits_raise), the real
+    exit anywhere else. Per thread: the run's own exit (runtime.signals.exit_process) may come
+    while another thread is still inside a builder."""
+    if getattr(_building, "target", None) is not None:
+        raise _BuilderExit(status)
+    _REAL_EXIT(status)
+
+
+@contextlib.contextmanager
+def _exits_raise(target: Any) -> Iterator[None]:
+    """A builder that ends the process (sys.exit, os._exit, or raises KeyboardInterrupt
+    without a signal) gets the tool's answer: exit 2, one line saying what it did, the report
+    written, the run's files removed. os._exit would skip all of that, so while this thread
+    runs the builder it raises instead."""
+    os._exit = _guarded_exit  # once is enough; it is the real exit outside a builder
+    previous = getattr(_building, "target", None)
+    _building.target = target
+    try:
+        yield
+    except SystemExit as exit_:
+        raise UsageError(
+            f"dataloader: {target} called sys.exit({exit_.code!r}) while building the dataset "
+            "(expected it to return a tf.data.Dataset, or raise an exception)"
+        ) from None
+    except _BuilderExit as exit_:
+        raise UsageError(
+            f"dataloader: {target} called os._exit({exit_.args[0]!r}) while building the "
+            "dataset (expected it to return a tf.data.Dataset, or raise an exception)"
+        ) from None
+    except KeyboardInterrupt:
+        if received_interrupt() is not None:  # a real Ctrl-C / SIGTERM: the run's own answer
+            raise
+        raise UsageError(
+            f"dataloader: {target} raised KeyboardInterrupt while building the dataset, with no "
+            "signal received (expected it to return a tf.data.Dataset)"
+        ) from None
+    finally:
+        _building.target = previous
+
+
 def instantiate_dataset(dataloader_cfg: Any) -> Any:
     """Call the config's `dataloader._target_` with the rest of the node as keyword arguments."""
     from hydra.errors import InstantiationException
@@ -41,7 +96,8 @@ def instantiate_dataset(dataloader_cfg: Any) -> Any:
     tf = import_tensorflow()
     target = dataloader_cfg.get("_target_")
     try:
-        dataset = instantiate(dataloader_cfg, _convert_="all")
+        with _exits_raise(target):
+            dataset = instantiate(dataloader_cfg, _convert_="all")
     except InstantiationException as exc:
         cause = exc.__cause__ or exc
         missing = _missing_module(exc)

@@ -15,5 +15,11 @@ set -o errexit -o nounset -o pipefail
 PROJECT_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 readonly PROJECT_ROOT
 
-PYTHONPATH="${PROJECT_ROOT}${PYTHONPATH:+:${PYTHONPATH}}" exec "${PYTHON:-python3}" \
+interpreter="${PYTHON:-python3}"
+if ! command -v "${interpreter}" >/dev/null 2>&1; then
+  echo "✗ PYTHON=${interpreter}: no such interpreter (expected the path of a python3, or unset)" >&2
+  exit 2
+fi
+
+PYTHONPATH="${PROJECT_ROOT}${PYTHONPATH:+:${PYTHONPATH}}" exec "${interpreter}" \
   -m dlckpt.preflight.disk_check "$@"
