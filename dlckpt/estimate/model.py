@@ -13,8 +13,12 @@ from dataclasses import dataclass, field
 from dlckpt.estimate.memory import SAVE_WORKING_BYTES_PER_SLOT, save_working_bytes
 
 # The uncertainty floor: what the isolated per-element figure misses at 100x (slot keys one
-# digit longer, neighbours compressed together), measured by `make bench` on the test family.
-RELATIVE_FLOOR = 0.015
+# digit longer, neighbours compressed together) and what thread timing moves a save on a busy
+# machine. 3%: the suite holds the estimate to 3% of a real save on unseen shapes
+# (test_estimate_within_3_percent_of_a_real_save_on_unseen_shapes), and the stated ± claims
+# no better; at 1.5% a CI run under two busy cores missed a ±2.3% by -2.4% (shuffled_batches
+# at 20x, session 10).
+RELATIVE_FLOOR = 0.03
 
 
 # 95% coverage for a mean over chunks: Student's t at the chunks' degrees of freedom.
