@@ -9,9 +9,11 @@ TensorFlow version is read from the installed package's metadata, without import
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import importlib.util
 import json
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,6 +86,7 @@ def _layered_on() -> str | None:
         return None
 
 
+@functools.cache  # one process, one interpreter: run_main and parse_args both ask
 def current() -> Runtime:
     version, distribution = _tensorflow_version()
     return Runtime(
@@ -97,12 +100,9 @@ def current() -> Runtime:
 
 
 def _leading_int(text: str) -> int:
-    digits = ""
-    for ch in text:
-        if not ch.isdigit():
-            break
-        digits += ch
-    return int(digits or 0)
+    """The number a version part starts with: "0rc1" -> 0, "22" -> 22."""
+    digits = re.match(r"\d+", text)
+    return int(digits.group()) if digits else 0
 
 
 def supported(runtime: Runtime) -> str | None:
