@@ -131,9 +131,7 @@ def _error(shape: str, multiple: int, family, real_bytes):  # type: ignore[no-un
     # between the prefetch and the buffers before it): where that is over 3% of the
     # checkpoint (a few KB in all, no shuffle buffer), the estimate is held to it.
     transit = result.calibration.transit_bytes / real
-    # What the stated ± allows for all thread timing: transit and autotuned depth.
-    timing = result.calibration.timing_bytes / real
-    return result, target, result.bytes_for(target) / real - 1, transit, timing
+    return result, target, result.bytes_for(target) / real - 1, transit
 
 
 @pytest.mark.parametrize("multiple", MULTIPLES)
@@ -141,18 +139,22 @@ def _error(shape: str, multiple: int, family, real_bytes):  # type: ignore[no-un
 def test_estimate_within_3_percent_of_a_real_save_on_unseen_shapes(
     shape, multiple, family, real_bytes
 ):
-    result, target, error, transit, timing = _error(shape, multiple, family, real_bytes)
+    result, target, error, transit = _error(shape, multiple, family, real_bytes)
     assert abs(error) <= max(0.03, transit), (shape, target, error, transit, result.report())
     # Where the shuffle buffer holds most of the bytes (100x) the ± is not a blanket either:
     # under 10% beyond what it allows for thread timing (transit, autotuned depth).
+    # Both parts are shares of the estimate, as the model states them (a timing share of
+    # the real save would count the estimate's own error as ± beyond timing).
     if multiple == 100 and not result.calibration.constant:
-        assert result.uncertainty_for(target) < 0.10 + timing, result.report()
+        estimate = result.bytes_for(target)
+        beyond_timing = result.uncertainty_for(target) - result.calibration.timing_bytes / estimate
+        assert beyond_timing < 0.10, result.report()
 
 
 @pytest.mark.parametrize("multiple", MULTIPLES)
 @pytest.mark.parametrize("shape", _family_names(open_misses=False))
 def test_stated_uncertainty_covers_a_real_save_on_every_shape(shape, multiple, family, real_bytes):
-    result, target, error, _, _ = _error(shape, multiple, family, real_bytes)
+    result, target, error, _ = _error(shape, multiple, family, real_bytes)
     assert abs(error) <= result.uncertainty_for(target), (shape, target, error, result.report())
 
 
