@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
@@ -50,14 +51,16 @@ def open_destination(
         if not embedded_when_unset:
             yield None
             return
-        with embedded_gcs_server() as endpoint:
+        with embedded_gcs_server() as server:
             client = make_client()
             client.create_bucket(EMBEDDED_BUCKET)
             print(
-                f"Destination: embedded GCS server at {endpoint}, gs://{EMBEDDED_BUCKET} "
+                f"Destination: embedded GCS server at {server.endpoint}, gs://{EMBEDDED_BUCKET} "
                 "(set GCS_TEST_BUCKET=gs://bucket/prefix for your own bucket)"
             )
-            yield GcsDestination(client, GcsLocation(EMBEDDED_BUCKET, ""), ephemeral=True)
+            yield GcsDestination(
+                client, GcsLocation(EMBEDDED_BUCKET, ""), ephemeral=True, embedded=server
+            )
         return
     if setting.startswith("gs://"):
         location = parse_gcs_uri(setting)  # before the client: a malformed URI is a usage error
@@ -102,7 +105,8 @@ class RoundTripOutcome:
     tf_temp_dir: str | None = None
     tf_temp_dir_source: str | None = None
     tf_temp_peak_bytes: int | None = None
-    tf_gcs_settings: dict[str, str] = field(default_factory=dict)  # TensorFlow's GCS_* set
+    tf_gcs_settings: dict[str, str] = field(default_factory=dict)  # the user's GCS_* set
+    tf_gcs_bounds: dict[str, str] = field(default_factory=dict)  # the tool's, embedded server
 
     @property
     def passed(self) -> bool:
@@ -121,6 +125,7 @@ class _RoundTrip:
     analysis: Any = None  # pipeline.risks.PipelineAnalysis
     window: Any = None  # roundtrip.window.Window
     expected: Any = None  # roundtrip.digest.DigestStream
+    embedded: Any = None  # storage.embedded.server.EmbeddedGcs behind a gs:// restore
 
 
 def _name_risks(run: _RoundTrip, dataset: Any) -> None:
@@ -237,7 +242,7 @@ def _restore_and_compare(run: _RoundTrip, source: str, prefix: Path | str) -> bo
     }
     outcome.comparisons.append(record)
     if result.error:
-        outcome.failure = f"CHECKPOINT DOES NOT RESTORE ({source}): {result.error}"
+        outcome.failure = _restore_failure(run, source, prefix, result.error)
         return False
     mismatch = first_mismatch(expected, result.stream)
     if mismatch is not None:
@@ -325,25 +330,40 @@ def _save_to_gcs(
     room where TensorFlow stages it leaves nothing under the run prefix.
     """
     from dlckpt.ckpt_io import CHECKPOINT_NAME, UnsaveablePipeline
-    from dlckpt.storage.tf_gcs import save_iterator_to_gcs, staging_full_line, tf_gcs_settings
+    from dlckpt.storage.embedded.server import watched
+    from dlckpt.storage.tf_gcs import (
+        save_iterator_to_gcs,
+        staging_full_line,
+        tf_gcs_settings,
+        transfer_failure_line,
+    )
     from dlckpt.tempdir import tf_temp_dir
 
     outcome = run.outcome
     outcome.writer = "tensorflow-gcs"
     outcome.tf_temp_dir, outcome.tf_temp_dir_source, _ = tf_temp_dir()
-    outcome.tf_gcs_settings = tf_gcs_settings()
+    embedded = destination.embedded
+    outcome.tf_gcs_bounds = dict(embedded.bounds) if embedded is not None else {}
+    outcome.tf_gcs_settings = {
+        name: value
+        for name, value in tf_gcs_settings().items()
+        if name not in outcome.tf_gcs_bounds
+    }
     for name, value in outcome.tf_gcs_settings.items():
         run.say(f"TensorFlow GCS setting: {name}={value}")
+    uri = destination.location.uri(run_prefix, CHECKPOINT_NAME)
     try:
-        saved = save_iterator_to_gcs(
-            iterator, destination.location.uri(run_prefix, CHECKPOINT_NAME)
-        )
+        with watched(embedded, run.say, _wait_note(embedded)):
+            saved = save_iterator_to_gcs(iterator, uri)
     except UnsaveablePipeline as error:
         outcome.failure = f"CHECKPOINT CANNOT BE SAVED: {error.naming(dataset)}"
         return None
     except Exception as error:
         if not is_disk_full(error):
-            raise
+            line = transfer_failure_line(str(error), uri, embedded, needed)
+            if line is None:
+                raise
+            raise TransferError(f"saving to {uri}: {line}") from None
         destination.remove(run_prefix)  # TensorFlow uploads a file only once it is whole
         outcome.failure = staging_full_line(disk_full_text(error), needed)
         return None
@@ -358,6 +378,28 @@ def _save_to_gcs(
         f"{saved.temp_dir} from {saved.temp_source}, at most {format_size(saved.temp_peak_bytes)})"
     )
     return saved
+
+
+def _restore_failure(run: _RoundTrip, source: str, prefix: Path | str, error: str) -> str:
+    """A restore from gs:// that failed on the way (the server gone, a request that never
+    completed) is a transfer failure, not a checkpoint that does not restore."""
+    from dlckpt.storage.tf_gcs import transfer_failure_line
+
+    if isinstance(prefix, str):
+        line = transfer_failure_line(error, prefix, run.embedded)
+        if line is not None:
+            return f"TRANSFER FAILED: restoring from {prefix}: {line}"
+    return f"CHECKPOINT DOES NOT RESTORE ({source}): {error}"
+
+
+def _wait_note(embedded: Any) -> str:
+    """What the save watch adds to its ⚠ line: how long TensorFlow goes on waiting."""
+    from dlckpt.storage.tf_gcs import bounded_wait_seconds
+
+    bound = bounded_wait_seconds(os.environ) if embedded and embedded.bounds_in_force else None
+    if bound is None:
+        return " during the save: TensorFlow retries as its GCS_* settings say"
+    return f" during the save: TensorFlow gives up within ~{bound:.0f} s (the tool's GCS_* bounds)"
 
 
 def _refuse_an_unverifiable_pass(run: _RoundTrip) -> None:
@@ -480,9 +522,16 @@ def _trip_through_tensorflow_gcs(
     run: _RoundTrip, held: _RunPrefix, destination: GcsDestination, expected_bytes: int
 ) -> None:
     """TensorFlow saves straight to gs://<run prefix>/iterator; a new process restores there."""
+    run.embedded = destination.embedded
     dataset, iterator = _open_and_fill(run)
     held.written = True  # TensorFlow writes under the run prefix from here on
-    on_gcs = _save_to_gcs(run, dataset, iterator, destination, held.run_prefix, expected_bytes)
+    try:
+        on_gcs = _save_to_gcs(run, dataset, iterator, destination, held.run_prefix, expected_bytes)
+    except TransferError:
+        if not destination.ephemeral:  # the embedded server's storage goes when it stops
+            held.remove()  # what reached the bucket is of no use
+        held.written = False
+        raise
     if on_gcs is None:
         held.written = False  # nothing is left under the run prefix
         return
@@ -568,6 +617,7 @@ def round_trip_report(outcome: RoundTripOutcome) -> dict[str, Any]:
             "tf_temp_dir_source": outcome.tf_temp_dir_source,
             "tf_temp_peak_bytes": outcome.tf_temp_peak_bytes,
             "tf_gcs_settings": outcome.tf_gcs_settings,
+            "tf_gcs_bounds": outcome.tf_gcs_bounds,
         },
         "verification": {
             "batches_compared": outcome.batches_compared,

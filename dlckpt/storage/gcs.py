@@ -9,13 +9,14 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import sys
 import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from dlckpt.errors import UsageError
 from dlckpt.runtime.cleanup import (
@@ -35,6 +36,9 @@ from dlckpt.storage.transfer import (
     one_line,
     progress_bar,
 )
+
+if TYPE_CHECKING:
+    from dlckpt.storage.embedded.server import EmbeddedGcs
 
 EMBEDDED_BUCKET = "dlckpt-test"
 
@@ -163,6 +167,7 @@ class GcsDestination:
         location: GcsLocation,
         *,
         ephemeral: bool = False,
+        embedded: EmbeddedGcs | None = None,
         request_timeout: float = 30.0,
         retry_deadline: float = 60.0,
     ) -> None:
@@ -171,6 +176,7 @@ class GcsDestination:
         self.bucket = client.bucket(location.bucket)
         # The embedded server's objects vanish when it stops: nothing is kept for inspection.
         self.ephemeral = ephemeral
+        self.embedded = embedded  # the embedded server behind it, when it is the one
         self.request_timeout = request_timeout
         self.retry_deadline = retry_deadline
         self._unanswered: str | None = None  # why the endpoint failed a cleanup call
@@ -487,16 +493,24 @@ class GcsDestination:
 
 
 @contextlib.contextmanager
-def embedded_gcs_server(scratch_root: Path | None = None) -> Iterator[str]:
+def embedded_gcs_server(scratch_root: Path | None = None) -> Iterator[EmbeddedGcs]:
     """Start the embedded GCS server (see storage.embedded.server) and yield its endpoint.
 
     fake-gcs-server behind an HTTPS front on 127.0.0.1, objects on disk under a
     `dlckpt-gcs-*` folder in `scratch_root` (default: the temp folder). While the block
     runs, this process (and what it starts) has STORAGE_EMULATOR_HOST plus the variables
-    that send TensorFlow's own GCS filesystem there (embedded.server.tensorflow_env); they are
+    that send TensorFlow's own GCS filesystem there (embedded.server.tensorflow_env) and
+    the GCS_* bounds on its waits (tf_gcs.EMBEDDED_BOUNDS) the user did not set; they are
     restored on exit, and the server is stopped with its storage removed.
     """
     from dlckpt.storage.embedded.server import applied, embedded_gcs
+    from dlckpt.storage.tf_gcs import EMBEDDED_BOUNDS
 
-    with embedded_gcs(scratch_root) as server, applied(server.env):
-        yield server.endpoint
+    with embedded_gcs(scratch_root) as server:
+        # TensorFlow reads its GCS_* settings once, at import: these bound its waits on this
+        # server only when it is imported inside the block (the scripts import it later;
+        # the processes started here import it afresh).
+        server.bounds = {k: v for k, v in EMBEDDED_BOUNDS.items() if k not in os.environ}
+        server.bounds_in_force = "tensorflow" not in sys.modules
+        with applied({**server.bounds, **server.env}):
+            yield server

@@ -17,10 +17,13 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dlckpt.paths import command
 from dlckpt.units import format_size
+
+if TYPE_CHECKING:
+    from dlckpt.storage.embedded.server import EmbeddedGcs
 
 # The variables TensorFlow's GCS filesystem reads (tensorflow/tsl/platform/cloud/
 # gcs_file_system.cc); shown by `make disk-check` and in the report when set.
@@ -51,11 +54,81 @@ TF_GCS_VARIABLES = (
 )
 POLL_SECONDS = 0.02
 
+# What the tool sets for the embedded server (a user's own GCS_* values win). TensorFlow's
+# GCS filesystem is built when TensorFlow is imported and reads these then, so they must be
+# in the environment before that (storage.gcs.embedded_gcs_server applies them; the
+# processes it starts inherit them). Its defaults wait for a server that stopped answering
+# for many minutes: with the embedded front SIGKILLed 0.1 s into a save, TensorFlow 2.21
+# gave up after 785 s ("All 10 retry attempts failed"); with these, after 8 s. On loopback
+# no request waits for the network: 15 s without a byte moving means a dead or frozen
+# server. The whole-request timeouts (GCS_WRITE/READ_REQUEST_TIMEOUT_SECS) stay
+# TensorFlow's: a large checkpoint's upload may rightly take long while bytes move.
+EMBEDDED_BOUNDS = {
+    "GCS_REQUEST_CONNECTION_TIMEOUT_SECS": "5",
+    "GCS_REQUEST_IDLE_TIMEOUT_SECS": "15",
+    "GCS_METADATA_REQUEST_TIMEOUT_SECS": "30",
+    "GCS_RETRY_CONFIG_MAX_RETRIES": "1",
+    "GCS_RETRY_CONFIG_INIT_DELAY_TIME_US": "200000",
+    "GCS_RETRY_CONFIG_MAX_DELAY_TIME_US": "1000000",
+}
+# The settings that decide how long TensorFlow waits for a server that stopped answering:
+# named in a transfer failure's line, for a user's bucket too.
+WAIT_SETTINGS = (
+    "GCS_REQUEST_IDLE_TIMEOUT_SECS",
+    "GCS_REQUEST_CONNECTION_TIMEOUT_SECS",
+    "GCS_RETRY_CONFIG_MAX_RETRIES",
+    "GCS_WRITE_REQUEST_TIMEOUT_SECS",
+    "GCS_READ_REQUEST_TIMEOUT_SECS",
+)
+# How TensorFlow's errors read when a request to GCS failed (libcurl, HTTP, retries).
+_TRANSFER_SIGNS = ("Error executing an HTTP request", "libcurl code", "retry attempts failed")
+
 
 def tf_gcs_settings(environ: Mapping[str, str] | None = None) -> dict[str, str]:
     """The TF_GCS_VARIABLES that are set, name -> value (empty when none is)."""
     env = os.environ if environ is None else environ
     return {name: env[name] for name in TF_GCS_VARIABLES if name in env}
+
+
+def embedded_bounds(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """EMBEDDED_BOUNDS with the values `environ` (default: this process's) already sets kept."""
+    env = os.environ if environ is None else environ
+    return {name: env.get(name, value) for name, value in EMBEDDED_BOUNDS.items()}
+
+
+def bounded_wait_seconds(settings: Mapping[str, str]) -> float | None:
+    """The longest a save waits on a server that stopped answering, under `settings`; None
+    when they do not bound it (a setting missing: TensorFlow's defaults wait many minutes).
+
+    Per request: (retries + 1) attempts of up to connect + idle seconds, plus the delays
+    between them; twice, because TensorFlow's GCS writer uploads a file when it is closed
+    and again from its destructor after that failed.
+    """
+    try:
+        idle = float(settings["GCS_REQUEST_IDLE_TIMEOUT_SECS"])
+        connect = float(settings["GCS_REQUEST_CONNECTION_TIMEOUT_SECS"])
+        retries = int(settings["GCS_RETRY_CONFIG_MAX_RETRIES"])
+        delay = float(settings["GCS_RETRY_CONFIG_MAX_DELAY_TIME_US"]) / 1e6
+    except (KeyError, ValueError):
+        return None
+    return 2 * ((retries + 1) * (connect + idle) + retries * delay)
+
+
+def is_transfer_error(text: str) -> bool:
+    """True when TensorFlow's error text says a request to GCS failed (not the pipeline)."""
+    return any(sign in text for sign in _TRANSFER_SIGNS)
+
+
+def wait_settings_text(environ: Mapping[str, str] | None = None) -> str:
+    """`GCS_REQUEST_IDLE_TIMEOUT_SECS=15, …` for the WAIT_SETTINGS set, or that none is."""
+    env = os.environ if environ is None else environ
+    named = [f"{name}={env[name]}" for name in WAIT_SETTINGS if name in env]
+    if not named:
+        return (
+            "TensorFlow's defaults (10 retries); GCS_REQUEST_IDLE_TIMEOUT_SECS and "
+            "GCS_RETRY_CONFIG_MAX_RETRIES shorten the wait"
+        )
+    return ", ".join(named)
 
 
 class TempPeak:
@@ -188,4 +261,50 @@ def staging_full_line(
         f"CHECKPOINT DID NOT FIT: TensorFlow's gs:// writer stages each checkpoint file in "
         f"{chosen} and ran out of room ({tf_text}): needs ~{format_size(needed_bytes)}, "
         f"{format_size(free)} free there. Fixes: " + "; ".join(fixes)
+    )
+
+
+def transfer_failure_line(
+    tf_text: str,
+    uri: str,
+    embedded: EmbeddedGcs | None = None,
+    needed_bytes: int = 0,
+    environ: Mapping[str, str] | None = None,
+) -> str | None:
+    """What a gs:// save or restore through TensorFlow that failed on the way to GCS says
+    after `TRANSFER FAILED: `, or None when TensorFlow's error is not about the transfer.
+
+    The cause named first: the embedded server's storage full (free bytes under
+    `needed_bytes`, the estimate), a process of it gone or stopped; else that the request
+    to `uri` failed. Then TensorFlow's own text and the GCS_* settings that set its wait.
+    """
+    trouble = embedded.trouble() if embedded is not None else None
+    full = _embedded_storage_full(embedded, needed_bytes) if embedded is not None else None
+    if trouble is None and full is None and not is_transfer_error(tf_text):
+        return None
+    text = " ".join(tf_text.split())
+    said = f"TensorFlow: {text[:240]}{'…' if len(text) > 240 else ''}"
+    if full is not None:
+        return f"{full} ({said})"
+    cause = trouble or f"TensorFlow's gs:// filesystem could not complete a request to {uri}"
+    return f"{cause}; {said}; its wait is set by {wait_settings_text(environ)}"
+
+
+def _embedded_storage_full(embedded: EmbeddedGcs, needed_bytes: int) -> str | None:
+    """The line for the embedded server's storage holding less than the checkpoint, or None."""
+    from dlckpt.tempdir import roomy_folder
+
+    folder = embedded.workdir.parent
+    try:
+        free = shutil.disk_usage(embedded.workdir).free
+    except OSError:
+        return None
+    if free >= max(needed_bytes, 1):
+        return None
+    roomy = roomy_folder(needed_bytes, str(folder))
+    target = f"{roomy[0]} ({format_size(roomy[1])} free)" if roomy else "/path/on/a/bigger/disk"
+    return (
+        f"the embedded GCS server's storage {folder} is full: {format_size(free)} free, the "
+        f"checkpoint needs ~{format_size(needed_bytes)}. Fixes: export TMPDIR={target} (the "
+        "server keeps its objects in the temp folder), or GCS_TEST_BUCKET=gs://your-bucket/prefix"
     )

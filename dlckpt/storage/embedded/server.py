@@ -17,9 +17,10 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -60,6 +61,12 @@ class EmbeddedGcs:
     server_pid: int
     server_port: int  # fake-gcs-server itself, behind the front (for benchmarks)
     env: dict[str, str] = field(default_factory=dict)
+    # The GCS_* settings the tool set for its own runs against this server (tf_gcs.
+    # EMBEDDED_BOUNDS less those the user set): storage.gcs.embedded_gcs_server fills it.
+    bounds: dict[str, str] = field(default_factory=dict)
+    # False when TensorFlow was imported before the bounds were set: this process's
+    # TensorFlow then waits per its own defaults (the processes it starts are bounded).
+    bounds_in_force: bool = False
 
     @property
     def data_dir(self) -> Path:
@@ -68,6 +75,16 @@ class EmbeddedGcs:
     @property
     def pids(self) -> tuple[int, int]:
         return self.front_pid, self.server_pid
+
+    def trouble(self) -> str | None:
+        """Why the server cannot answer now (one of its processes gone or stopped), or None."""
+        for role, pid in (("HTTPS front", self.front_pid), ("fake-gcs-server", self.server_pid)):
+            what = f"the embedded GCS server's {role} (pid {pid})"
+            if process_gone(pid):
+                return f"{what} is gone"
+            if process_state(pid) in ("T", "t"):
+                return f"{what} is stopped (SIGSTOP) and answers nothing"
+        return None
 
     def create_bucket(self, name: str) -> None:
         """Create a bucket (JSON API, no proxy: this is loopback)."""
@@ -191,6 +208,45 @@ def applied(env: dict[str, str]) -> Iterator[None]:
                 os.environ[name] = value
 
 
+@contextlib.contextmanager
+def watched(
+    server: EmbeddedGcs | None, say: Callable[[str], None], note: str, poll_seconds: float = 0.25
+) -> Iterator[None]:
+    """While the block runs, say `⚠ <trouble><note>` once if the server dies or stops.
+
+    TensorFlow's save cannot be interrupted from Python; this tells the person watching
+    why it is waiting, as soon as the cause is there (the block ends when TensorFlow gives up).
+    """
+    if server is None:
+        yield
+        return
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.wait(poll_seconds):
+            trouble = server.trouble()
+            if trouble is not None:
+                say(f"⚠ {trouble}{note}")
+                return
+
+    thread = threading.Thread(target=watch, name="dlckpt-embedded-gcs-watch", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
+
+
+def process_state(pid: int) -> str | None:
+    """The state letter of `pid` in /proc (R, S, T, Z, ...), or None when it does not exist."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return None
+
+
 def process_gone(pid: int) -> bool:
     """True when `pid` no longer runs (exited, or a zombie waiting for its reaper)."""
     try:
@@ -199,8 +255,5 @@ def process_gone(pid: int) -> bool:
         return True
     except PermissionError:
         return False
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            return handle.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
-    except OSError:
-        return True
+    state = process_state(pid)
+    return state is None or state in ("Z", "X")
