@@ -259,9 +259,11 @@ def test_estimate_within_3_percent_of_the_real_checkpoint_at_20x(
     error = result.bytes_for(target) / real - 1
     assert abs(error) <= 0.03, (result.bytes_for(target), real, result.report())
     # The ± is not a blanket: under 20% beyond what it allows for thread timing (batches in
-    # transit, the depth autotuned buffers may gain: wide at a 1,280-element buffer).
-    timing = result.calibration.timing_bytes / real
-    assert abs(error) <= result.calibration.uncertainty_for(target) < 0.2 + timing
+    # transit, the depth autotuned buffers may gain: wide at a 1,280-element buffer). Both
+    # are shares of the estimate, as the model states them.
+    stated = result.calibration.uncertainty_for(target)
+    assert abs(error) <= stated
+    assert stated - result.calibration.timing_bytes / result.bytes_for(target) < 0.2
 
 
 def test_report_keys_and_model_are_consistent(small_estimate_cache):
