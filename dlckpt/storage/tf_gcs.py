@@ -59,7 +59,8 @@ POLL_SECONDS = 0.02
 # in the environment before that (storage.gcs.embedded_gcs_server applies them; the
 # processes it starts inherit them). Its defaults wait for a server that stopped answering
 # for many minutes: with the embedded front SIGKILLed 0.1 s into a save, TensorFlow 2.21
-# gave up after 785 s ("All 10 retry attempts failed"); with these, after 8 s. On loopback
+# gave up after 780 s ("All 10 retry attempts failed"); with these after 2.5 s, and 31.5 s
+# with the front SIGSTOPped (scripts/bench_tf_gcs_fault.py, --with-defaults). On loopback
 # no request waits for the network: 15 s without a byte moving means a dead or frozen
 # server. The whole-request timeouts (GCS_WRITE/READ_REQUEST_TIMEOUT_SECS) stay
 # TensorFlow's: a large checkpoint's upload may rightly take long while bytes move.
