@@ -594,6 +594,7 @@ def _calibrate(run: _Run, stage: Stage, started: float) -> Calibration:
         )
     if not calibration.constant:
         _check_against_anchors(calibration, run)
+        _add_buffers_past_the_calibration(calibration, run)
     parts = calibration._anchor_fixed_parts()
     calibration.anchor_spread = (max(parts) - min(parts)) if len(parts) >= 2 else 0.0
     calibration.seconds = time.perf_counter() - started
@@ -815,6 +816,45 @@ def _check_against_anchors(calibration: Calibration, run: _Run) -> None:
             "shuffle_buffer_size, or one not yet filled when a save is taken): the ± covers "
             "the difference"
         )
+
+
+# Where the graph is built once more, as a multiple of the largest calibration buffer, to
+# see a buffer that follows the configured size only past the calibration buffers.
+PAST_CALIBRATION_MULTIPLE = 100
+
+
+def _add_buffers_past_the_calibration(calibration: Calibration, run: _Run) -> None:
+    """A buffer other than the shuffles whose size follows the configured size only past
+    the calibration buffers (`prefetch(max(1, B // 40))` holds 1 batch at 8, 32 and 64):
+    the anchors cannot show it. Its growth is read from the graph built at a buffer
+    PAST_CALIBRATION_MULTIPLE times the largest (nothing is read from it) and added per
+    buffer element at an output batch's bytes, with all of it as its ± (it may hold
+    elements before the batch, which are smaller)."""
+    largest = run.sizes[-1]
+    if run.other_buffers_follow_the_size():
+        return  # it grows between the anchors too: _check_against_anchors measured it
+    horizon = largest * PAST_CALIBRATION_MULTIPLE
+    at_largest = other_buffer_sizes(run.dataset(largest))
+    at_horizon = other_buffer_sizes(run.dataset(horizon))
+    if len(at_largest) != len(at_horizon):
+        return
+    grown = sum(b - a for a, b in zip(at_largest, at_horizon, strict=True) if 0 <= a < b)
+    if grown <= 0 or calibration.batch_bytes <= 0:
+        return
+    per_element = grown / (horizon - largest) * calibration.batch_bytes
+    unseen = "for buffers the sampling did not see (see the notes)"
+    if unseen not in calibration.extra_label:
+        known = calibration.extra_per_element > 0
+        calibration.extra_label = f"{calibration.extra_label} and {unseen}" if known else unseen
+    calibration.extra_per_element += per_element
+    calibration.unseen_per_element += per_element
+    calibration.extra_error = math.hypot(calibration.extra_error, per_element)
+    calibration.notes.append(
+        f"a buffer other than the shuffles grows with the configured size only past the "
+        f"calibration buffers ({grown:,} more elements at {horizon:,} than at {largest:,}): "
+        f"counted at ~{format_size(round(per_element))} per buffer element (an output "
+        "batch's bytes), with all of it as its ±"
+    )
 
 
 def _fixed_part_growth(calibration: Calibration, autotuned: bool, scaled: bool) -> float | None:

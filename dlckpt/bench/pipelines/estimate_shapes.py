@@ -329,12 +329,20 @@ def prefetch_sized_from_the_buffer(*, shuffle_buffer_size: int) -> tf.data.Datas
     return dataset.prefetch(max(1, shuffle_buffer_size // 4)).batch(4)
 
 
+def prefetch_of_batches_past_the_calibration(*, shuffle_buffer_size: int) -> tf.data.Dataset:
+    """A prefetch of max(1, B // 40) batches after the batch: 1 at every calibration buffer
+    (8, 32, 64), 50 at 2,000, so the whole-pipeline saves cannot show it grow."""
+    dataset = _vectors(160, 32).shuffle(shuffle_buffer_size, seed=32).batch(8)
+    return dataset.prefetch(max(1, shuffle_buffer_size // 40))
+
+
 # Shapes the bench measures on request (--cases) that are not in the test family: each has
 # a test of its own in tests/test_estimate.py.
 HIDDEN_BUFFERS = (
     "fixed_shuffle_hides_a_sized_one", "concatenate_after_a_short_shuffle",
     "one_shuffled_dataset_zipped_twice", "zipped_buffer_and_its_double",
     "sized_shuffles_under_a_main_line_one", "prefetch_sized_from_the_buffer",
+    "prefetch_of_batches_past_the_calibration",
 )  # fmt: skip
 PROBES = ("repeated_short_source", "elements_growing_along_the_stream", *HIDDEN_BUFFERS)
 
