@@ -29,6 +29,11 @@ COMMANDS: dict[str, tuple[str, tuple[str, ...], str]] = {
     "local-staging": ("dlckpt.cli.local_staging", (), "save into LOCAL_STAGING_DIR, then upload"),
     "original": ("dlckpt.cli.original", (), "the full-buffer test in TensorFlow's temp folder"),
     "strategies": ("dlckpt.cli.strategies", (), "compare shuffle strategies side by side"),
+    "multi-host": (
+        "dlckpt.cli.multi_host",
+        (),
+        "every process of a multi-host job saved at once, restored, compared",
+    ),
     "diagnose": ("dlckpt.cli.diagnose", (), "why a gs:// save failed on this host"),
     "disk-check": (
         "dlckpt.preflight.disk_check",

@@ -44,6 +44,8 @@ def build_robot_dataset(
     num_parallel_calls: int = 2,
     prefetch_batches: int = 2,
     seed: int = 0,
+    process_index: int = 0,
+    process_count: int = 1,
 ) -> Any:
     """A training loader over synthetic episodes: steps, parallel map, shuffle, batch, prefetch.
 
@@ -55,7 +57,9 @@ def build_robot_dataset(
     With `buffer_encoded_frames`, frames enter the shuffle buffer as JPEG strings and are
     decoded after it (as OpenVLA does), so the buffer and its checkpoint hold the
     compressed frames; otherwise the buffer holds decoded uint8 frames (as Octo does).
-    The stream repeats forever, so any buffer size fills.
+    The stream repeats forever, so any buffer size fills. With `process_count` > 1 the
+    steps are this process's shard (every process_count-th step from `process_index`), as a
+    multi-host job gives each process its own part of the data (`dlckpt multi-host`).
     """
     tf = import_tensorflow()
     cameras = {"image_primary": image_size}
@@ -95,7 +99,10 @@ def build_robot_dataset(
         return element
 
     # Repeat before the shuffle so the stream never runs dry and any buffer size fills.
-    steps = tf.data.Dataset.range(num_episodes * steps_per_episode).repeat()
+    steps = tf.data.Dataset.range(num_episodes * steps_per_episode)
+    if process_count > 1:  # one process: the graph (and its checkpoint) as it always was
+        steps = steps.shard(process_count, process_index)
+    steps = steps.repeat()
     dataset = steps.map(make_step, num_parallel_calls=num_parallel_calls, deterministic=True)
     dataset = dataset.shuffle(shuffle_buffer_size, seed=seed, reshuffle_each_iteration=True)
     if buffer_encoded_frames:

@@ -439,6 +439,7 @@ def run_round_trip(
     disk_full_hint: str = "",
     tensorflow_gcs: bool = False,
     expected_bytes: int = 0,
+    before_save: Callable[[], None] | None = None,
 ) -> RoundTripOutcome:
     """Save after K batches, read a window on, restore in a new process, compare.
 
@@ -462,15 +463,17 @@ def run_round_trip(
     With `tensorflow_gcs` and a GCS destination, TensorFlow saves straight to
     gs://<run prefix>/iterator and the new process restores straight from there, as a
     resumed training job does (`expected_bytes`, the estimate, goes into the line for a
-    save that runs out of room where TensorFlow stages it).
+    save that runs out of room where TensorFlow stages it). `before_save` runs between the
+    fill and that save (multihost: every process waits for its peers, so they save at once).
     """
     dataloader_cfg: dict[str, Any] = OmegaConf.to_container(cfg.dataloader, resolve=True)  # type: ignore[assignment]
-    scratch = Path(tempfile.mkdtemp(prefix=f"{run_prefix}-", dir=scratch_root))
+    # A run prefix may have folders (multihost: <run>/process_0-of-4); the scratch is flat.
+    scratch = Path(tempfile.mkdtemp(prefix=f"{run_prefix.replace('/', '-')}-", dir=scratch_root))
     run = _RoundTrip(cfg, dataloader_cfg, RoundTripOutcome(), scratch, say)
     held = _RunPrefix(destination, run_prefix)
     try:
         if tensorflow_gcs and isinstance(destination, GcsDestination):
-            _trip_through_tensorflow_gcs(run, held, destination, expected_bytes)
+            _trip_through_tensorflow_gcs(run, held, destination, expected_bytes, before_save)
         else:
             save_dir = checkpoint_dir if checkpoint_dir is not None else scratch / "checkpoint"
             _trip_through_a_saved_copy(
@@ -519,11 +522,17 @@ def _open_and_fill(run: _RoundTrip) -> tuple[Any, Any]:
 
 
 def _trip_through_tensorflow_gcs(
-    run: _RoundTrip, held: _RunPrefix, destination: GcsDestination, expected_bytes: int
+    run: _RoundTrip,
+    held: _RunPrefix,
+    destination: GcsDestination,
+    expected_bytes: int,
+    before_save: Callable[[], None] | None = None,
 ) -> None:
     """TensorFlow saves straight to gs://<run prefix>/iterator; a new process restores there."""
     run.embedded = destination.embedded
     dataset, iterator = _open_and_fill(run)
+    if before_save is not None:
+        before_save()
     held.written = True  # TensorFlow writes under the run prefix from here on
     try:
         on_gcs = _save_to_gcs(run, dataset, iterator, destination, held.run_prefix, expected_bytes)

@@ -1,0 +1,267 @@
+"""A multi-host round trip on this machine: one real process per (host, process).
+
+Stages: refuse a restore with another process count → open the destination (the embedded
+server, or GCS_TEST_BUCKET) → start every process (multihost.worker), each host's
+processes sharing one temp folder → wait, naming a process that dies → per-process
+verdicts → cross-process checks (shards that overlap) → one verdict line and the report.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dlckpt.errors import EXIT_FAILED, EXIT_PASSED
+from dlckpt.multihost.layout import INDEX_VARIABLE, Process, overlaps, processes
+from dlckpt.paths import command
+from dlckpt.units import format_size
+
+WORKER_MODULE = "dlckpt.multihost.worker"
+POLL_SECONDS = 0.2
+STOP_SECONDS = 10.0
+
+
+@dataclass
+class Job:
+    """What the command line asked for."""
+
+    config_name: str
+    config_dir: Path | None
+    overrides: list[str]
+    hosts: int
+    per_host: int
+    restore_processes: int | None
+    keep: bool
+    timeout_seconds: float
+    barrier_seconds: float = 120.0
+    say: Callable[[str], None] = print
+
+    @property
+    def count(self) -> int:
+        return self.hosts * self.per_host
+
+
+@dataclass
+class Outcome:
+    failure: str | None = None
+    results: dict[int, dict[str, Any]] = field(default_factory=dict)
+    died: dict[int, str] = field(default_factory=dict)  # index -> how it ended
+    overlaps: list[str] = field(default_factory=list)
+
+    def report(self) -> dict[str, Any]:
+        per_process = [
+            {k: v for k, v in result.items() if k not in ("fingerprints", "lines")}
+            for _, result in sorted(self.results.items())
+        ]
+        return {
+            "processes": per_process,
+            "died": {str(k): v for k, v in self.died.items()},
+            "global_checks": {
+                "overlapping_shards": self.overlaps,
+                "all_resumed_in_step": self.failure is None,
+            },
+        }
+
+
+def refuse_a_new_process_count(job: Job) -> str | None:
+    """The ✗ text for restoring n processes' checkpoints with m processes, or None."""
+    m, n = job.restore_processes, job.count
+    if m is None or m == n:
+        return None
+    return (
+        f"CANNOT RESUME WITH A DIFFERENT PROCESS COUNT: the job writes {n} iterator "
+        f"checkpoints (process_{{i}}-of-{n}), one per process, and would restore them with "
+        f"{m}: each holds its own shard's position and buffered elements, and a tf.data "
+        "iterator's state restores only into the pipeline that wrote it (it cannot be split "
+        f"or merged across shards). Keep {n} processes, or use an index-based strategy whose "
+        f"state is a position any process count can recompute: {command('strategies')} "
+        "(DISK_SPACE_SOLUTIONS.md)"
+    )
+
+
+def _spec(job: Job, bucket_uri: str, run_prefix: str, scratch: Path) -> Path:
+    spec = {
+        "config_name": job.config_name,
+        "config_dir": str(job.config_dir) if job.config_dir else None,
+        "overrides": job.overrides,
+        "count": job.count,
+        "per_host": job.per_host,
+        "bucket_uri": bucket_uri,
+        "run_prefix": run_prefix,
+        "barrier_dir": str(scratch / "barrier"),
+        "barrier_seconds": job.barrier_seconds,
+        "keep": job.keep,
+    }
+    (scratch / "barrier").mkdir()
+    path = scratch / "spec.json"
+    path.write_text(json.dumps(spec))
+    return path
+
+
+def _start(
+    job: Job, spec: Path, scratch: Path
+) -> dict[int, tuple[Process, subprocess.Popen[bytes]]]:
+    """One worker per process; a host's processes share `<scratch>/host-<h>/tmp` as TMPDIR."""
+    from dlckpt.runtime.signals import die_with_parent
+
+    started = {}
+    for process in processes(job.hosts, job.per_host):
+        temp = scratch / f"host-{process.host}" / "tmp"
+        temp.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, **process.env(), "TMPDIR": str(temp)}
+        env.pop("TEST_TMPDIR", None)  # the host's folder is where TensorFlow stages
+        log = (scratch / f"log-{process.index}.txt").open("wb")
+        command_line = [sys.executable, "-m", WORKER_MODULE, str(spec), str(process.index)]
+        started[process.index] = (
+            process,
+            subprocess.Popen(die_with_parent(command_line), env=env, stdout=log, stderr=log),
+        )
+        log.close()
+    return started
+
+
+def _wait(
+    job: Job, started: dict[int, tuple[Process, Any]], scratch: Path, outcome: Outcome
+) -> None:
+    """Wait for every worker; one that ends without its result is named, and the others
+    are told to stop waiting for it at the barrier. The whole run is held to the timeout."""
+    deadline = time.monotonic() + job.timeout_seconds
+    running = dict(started)
+    while running:
+        for index, (_, popen) in list(running.items()):
+            code = popen.poll()
+            if code is None:
+                continue
+            del running[index]
+            result = scratch / f"result-{index}.json"
+            if result.exists():
+                outcome.results[index] = json.loads(result.read_text())
+            else:
+                outcome.died[index] = _ended(code)
+                (scratch / "barrier" / "ABORT").touch()
+        if running and time.monotonic() > deadline:
+            for index, (_, popen) in running.items():
+                popen.kill()
+                popen.wait()
+                outcome.died[index] = f"still running after {job.timeout_seconds:.0f} s, stopped"
+            return
+        time.sleep(POLL_SECONDS)
+
+
+def _ended(code: int) -> str:
+    if code < 0:
+        return f"killed by {signal.Signals(-code).name}"
+    return f"exited {code} without a result"
+
+
+def _say_processes(job: Job, outcome: Outcome) -> None:
+    for process in processes(job.hosts, job.per_host):
+        if process.index in outcome.died:
+            job.say(f"✗ {process.label()}: {outcome.died[process.index]}")
+            continue
+        result = outcome.results[process.index]
+        if not result.get("passed"):
+            job.say(f"✗ {process.label()}: {result.get('failure')}")
+            continue
+        checkpoint, verification = result["checkpoint"], result["verification"]
+        job.say(
+            f"✓ {process.label()}: saved {format_size(checkpoint['bytes'])} to "
+            f"{checkpoint['uri']}, restored in a new process: "
+            f"{verification['batches_compared']} batches match bit for bit"
+        )
+
+
+def _first_failure(job: Job, outcome: Outcome) -> str | None:
+    for process in processes(job.hosts, job.per_host):
+        if process.index in outcome.died:
+            return f"{process.label().upper()} DIED: {outcome.died[process.index]}"
+        result = outcome.results[process.index]
+        if not result.get("passed"):
+            return f"{process.label().upper()} FAILED: {result.get('failure')}"
+    return None
+
+
+def _cross_process_checks(job: Job, outcome: Outcome) -> None:
+    fingerprints = {i: r["fingerprints"] for i, r in outcome.results.items() if r.get("passed")}
+    found = overlaps(fingerprints)
+    outcome.overlaps = [overlap.line() for overlap in found]
+    if found:
+        pairs = "; ".join(outcome.overlaps[:3]) + ("; …" if len(found) > 3 else "")
+        job.say(
+            f"⚠ SHARDS OVERLAP in the windows compared ({len(found)} of "
+            f"{job.count * (job.count - 1) // 2} pairs of processes): {pairs}. Processes that "
+            "read the same data train on it twice: shard by process_index (e.g. "
+            "dataset.shard(process_count, process_index)), or give each process its own files"
+        )
+    if not found and len(fingerprints) == job.count:
+        total = sum(len(f) for f in fingerprints.values())
+        job.say(
+            f"✓ Shards are disjoint: {total:,} elements across {job.count} processes, "
+            "none read by two"
+        )
+
+
+def run_multi_host(job: Job, report: dict[str, Any]) -> int:
+    """Run the job; returns the exit code (0 every process resumed exactly, 1 otherwise)."""
+    from dlckpt.roundtrip.scenario import open_destination
+    from dlckpt.storage.gcs import GcsDestination
+    from dlckpt.storage.transfer import new_run_prefix
+
+    outcome = Outcome(failure=refuse_a_new_process_count(job))
+    if outcome.failure is None:
+        with open_destination(
+            os.environ.get("GCS_TEST_BUCKET"), embedded_when_unset=True
+        ) as destination:
+            if not isinstance(destination, GcsDestination):
+                raise_not_gcs()
+            run_prefix = new_run_prefix("multi-host")
+            scratch = Path(tempfile.mkdtemp(prefix=f"{run_prefix}-"))
+            try:
+                spec = _spec(job, destination.location.uri(), run_prefix, scratch)
+                where = f"{destination.location.uri(run_prefix)}/process_{{i}}-of-{job.count}/"
+                job.say(
+                    f"Started {job.count} processes ({job.hosts} hosts × {job.per_host}), "
+                    f"each saving its iterator under {where}"
+                )
+                _wait(job, _start(job, spec, scratch), scratch, outcome)
+            finally:
+                shutil.rmtree(scratch, ignore_errors=True)
+        _say_processes(job, outcome)
+        outcome.failure = _first_failure(job, outcome)
+        if outcome.failure is None:
+            _cross_process_checks(job, outcome)
+            job.say(
+                "✓ Every process resumed at the same step: none behind or ahead of its peers, "
+                "and across them no element lost or repeated over the batches compared"
+            )
+    report.update(outcome.report())
+    passed = outcome.failure is None
+    job.say(
+        f"✓ ALL TESTS PASSED ({job.count} processes on {job.hosts} hosts)"
+        if passed
+        else f"✗ {outcome.failure}"
+    )
+    report.update(passed=passed, exit_code=EXIT_PASSED if passed else EXIT_FAILED)
+    return EXIT_PASSED if passed else EXIT_FAILED
+
+
+def raise_not_gcs() -> None:
+    from dlckpt.errors import UsageError
+
+    raise UsageError(
+        "multi-host: GCS_TEST_BUCKET is a local folder (expected gs://bucket/prefix, or "
+        "unset for the embedded server): every process saves through TensorFlow's gs:// writer"
+    )
+
+
+__all__ = ["INDEX_VARIABLE", "Job", "run_multi_host"]
