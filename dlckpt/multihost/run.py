@@ -19,12 +19,15 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from dlckpt.errors import EXIT_FAILED, EXIT_PASSED
-from dlckpt.multihost.layout import INDEX_VARIABLE, Process, overlaps, processes
+from dlckpt.errors import EXIT_FAILED, EXIT_PASSED, EXIT_USAGE, UsageError
+from dlckpt.multihost.layout import Process, overlaps, processes
 from dlckpt.paths import command
 from dlckpt.units import format_size
+
+if TYPE_CHECKING:
+    from dlckpt.storage.gcs import GcsDestination
 
 WORKER_MODULE = "dlckpt.multihost.worker"
 POLL_SECONDS = 0.2
@@ -148,6 +151,8 @@ def _wait(
                 outcome.results[index] = json.loads(result.read_text())
             else:
                 outcome.died[index] = _ended(code)
+            if index in outcome.died or not outcome.results[index].get("passed"):
+                # Peers still waiting at the save for this one stop waiting.
                 (scratch / "barrier" / "ABORT").touch()
         if running and time.monotonic() > deadline:
             for index, (_, popen) in running.items():
@@ -181,14 +186,21 @@ def _say_processes(job: Job, outcome: Outcome) -> None:
         )
 
 
-def _first_failure(job: Job, outcome: Outcome) -> str | None:
-    for process in processes(job.hosts, job.per_host):
+def _first_failure(job: Job, outcome: Outcome) -> tuple[str | None, int]:
+    """The ✗ text naming the first process that died or failed, and the exit code: a
+    process that only stopped waiting for a failed peer is named last (the peer is the cause)."""
+    ordered = sorted(
+        processes(job.hosts, job.per_host),
+        key=lambda p: bool(outcome.results.get(p.index, {}).get("peer_missing")),
+    )
+    for process in ordered:
         if process.index in outcome.died:
-            return f"{process.label().upper()} DIED: {outcome.died[process.index]}"
+            return f"{process.label().upper()} DIED: {outcome.died[process.index]}", EXIT_FAILED
         result = outcome.results[process.index]
         if not result.get("passed"):
-            return f"{process.label().upper()} FAILED: {result.get('failure')}"
-    return None
+            code = EXIT_USAGE if result.get("exit_code") == EXIT_USAGE else EXIT_FAILED
+            return f"{process.label().upper()} FAILED: {result.get('failure')}", code
+    return None, EXIT_PASSED
 
 
 def _cross_process_checks(job: Job, outcome: Outcome) -> None:
@@ -212,32 +224,18 @@ def _cross_process_checks(job: Job, outcome: Outcome) -> None:
 
 
 def run_multi_host(job: Job, report: dict[str, Any]) -> int:
-    """Run the job; returns the exit code (0 every process resumed exactly, 1 otherwise)."""
+    """Run the job; the exit code: 0 every process resumed exactly, 1 one did not (or died,
+    or the restore would use another process count), 2 a process's input was bad."""
     from dlckpt.roundtrip.scenario import open_destination
-    from dlckpt.storage.gcs import GcsDestination
-    from dlckpt.storage.transfer import new_run_prefix
 
     outcome = Outcome(failure=refuse_a_new_process_count(job))
+    code = EXIT_FAILED
     if outcome.failure is None:
-        with open_destination(
-            os.environ.get("GCS_TEST_BUCKET"), embedded_when_unset=True
-        ) as destination:
-            if not isinstance(destination, GcsDestination):
-                raise_not_gcs()
-            run_prefix = new_run_prefix("multi-host")
-            scratch = Path(tempfile.mkdtemp(prefix=f"{run_prefix}-"))
-            try:
-                spec = _spec(job, destination.location.uri(), run_prefix, scratch)
-                where = f"{destination.location.uri(run_prefix)}/process_{{i}}-of-{job.count}/"
-                job.say(
-                    f"Started {job.count} processes ({job.hosts} hosts × {job.per_host}), "
-                    f"each saving its iterator under {where}"
-                )
-                _wait(job, _start(job, spec, scratch), scratch, outcome)
-            finally:
-                shutil.rmtree(scratch, ignore_errors=True)
+        setting = os.environ.get("GCS_TEST_BUCKET")
+        with open_destination(setting, embedded_when_unset=True) as destination:
+            _run_processes(job, _gcs(destination), outcome)
         _say_processes(job, outcome)
-        outcome.failure = _first_failure(job, outcome)
+        outcome.failure, code = _first_failure(job, outcome)
         if outcome.failure is None:
             _cross_process_checks(job, outcome)
             job.say(
@@ -251,17 +249,37 @@ def run_multi_host(job: Job, report: dict[str, Any]) -> int:
         if passed
         else f"✗ {outcome.failure}"
     )
-    report.update(passed=passed, exit_code=EXIT_PASSED if passed else EXIT_FAILED)
-    return EXIT_PASSED if passed else EXIT_FAILED
+    code = EXIT_PASSED if passed else code
+    report.update(passed=passed, exit_code=code)
+    return code
 
 
-def raise_not_gcs() -> None:
-    from dlckpt.errors import UsageError
+def _run_processes(job: Job, destination: GcsDestination, outcome: Outcome) -> None:
+    """Start every process under a new run prefix and wait for them; the run's scratch
+    (the barrier, the hosts' temp folders, the logs) is removed whatever happens."""
+    from dlckpt.storage.transfer import new_run_prefix
 
-    raise UsageError(
-        "multi-host: GCS_TEST_BUCKET is a local folder (expected gs://bucket/prefix, or "
-        "unset for the embedded server): every process saves through TensorFlow's gs:// writer"
-    )
+    run_prefix = new_run_prefix("multi-host")
+    scratch = Path(tempfile.mkdtemp(prefix=f"{run_prefix}-"))
+    try:
+        spec = _spec(job, destination.location.uri(), run_prefix, scratch)
+        where = f"{destination.location.uri(run_prefix)}/process_{{i}}-of-{job.count}/"
+        job.say(
+            f"Started {job.count} processes ({job.hosts} hosts × {job.per_host}), "
+            f"each saving its iterator under {where}"
+        )
+        _wait(job, _start(job, spec, scratch), scratch, outcome)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
-__all__ = ["INDEX_VARIABLE", "Job", "run_multi_host"]
+def _gcs(destination: Any) -> GcsDestination:
+    from dlckpt.storage.gcs import GcsDestination
+
+    if not isinstance(destination, GcsDestination):
+        raise UsageError(
+            "multi-host: GCS_TEST_BUCKET is a local folder (expected gs://bucket/prefix, or "
+            "unset for the embedded server): every process saves through TensorFlow's gs:// "
+            "writer"
+        )
+    return destination

@@ -56,8 +56,7 @@ def _sharded_config(spec: dict[str, Any], process: Process) -> DictConfig:
 
     config_dir = Path(spec["config_dir"]) if spec.get("config_dir") else None
     cfg = load_config(spec["config_name"], list(spec["overrides"]), config_dir)
-    node = OmegaConf.to_container(cfg.dataloader, resolve=True)
-    assert isinstance(node, dict)
+    node: dict[str, Any] = OmegaConf.to_container(cfg.dataloader, resolve=True)  # type: ignore[assignment]
     try:
         target = get_object(str(node["_target_"]))
     except Exception:  # the builder's own import error is answered when it is built
@@ -127,8 +126,9 @@ def main(argv: list[str]) -> int:
         result = run(spec, process)
     except UsageError as error:
         code, result = EXIT_USAGE, {"index": index, "passed": False, "failure": str(error)}
-    except PeerMissing as error:
-        code, result = EXIT_FAILED, {"index": index, "passed": False, "failure": str(error)}
+    except PeerMissing as error:  # the peer's own failure is the cause the parent names
+        code = EXIT_FAILED
+        result = {"index": index, "passed": False, "failure": str(error), "peer_missing": True}
     except Exception as error:  # one line in the result; the parent names the process
         text = " ".join(str(error).split())[:300]
         result = {"index": index, "passed": False, "failure": f"{type(error).__name__}: {text}"}

@@ -72,3 +72,20 @@ def generator_dataset(*, shuffle_buffer_size: int, batch_size: int = 4) -> tf.da
 
 def not_a_dataset(*, shuffle_buffer_size: int) -> list[int]:
     return [shuffle_buffer_size]
+
+
+def sharded_dataset(
+    *,
+    shuffle_buffer_size: int,
+    process_index: int = 0,
+    process_count: int = 1,
+    unseeded_on: int = -1,
+    batch_size: int = 4,
+) -> tf.data.Dataset:
+    """A multi-host loader: each process reads its own shard (`dlckpt multi-host` passes the
+    index and count). With `unseeded_on=i`, process i alone adds stateful random noise (a
+    draw a restore cannot repeat)."""
+    dataset = _images(size=8).shard(process_count, process_index)
+    if process_index == unseeded_on:
+        dataset = dataset.map(lambda e: {**e, "noise": tf.random.uniform([])})
+    return dataset.shuffle(shuffle_buffer_size, seed=7).batch(batch_size)

@@ -37,11 +37,12 @@ ALLOWED: dict[str, set[str]] = {
     "roundtrip": LOW | {"config", "pipeline", "ckpt_io", "estimate", "storage", "preflight"},
     "strategies": LOW | {"config", "pipeline", "ckpt_io", "estimate", "roundtrip"},
     "diagnose": LOW | {"config", "preflight"},
+    "multihost": LOW | {"config", "pipeline", "storage", "roundtrip"},
     "bench": LOW | {"config", "pipeline", "ckpt_io", "estimate", "storage", "preflight",
                     "roundtrip", "diagnose"},
     # The commands (each script's body) sit on top and may use every room below them.
     "cli": LOW | {"config", "pipeline", "ckpt_io", "estimate", "storage", "preflight",
-                  "roundtrip", "strategies", "diagnose"},
+                  "roundtrip", "strategies", "diagnose", "multihost"},
     "__main__": {"cli"},  # python -m dlckpt
 }  # fmt: skip
 # Modules with no TensorFlow at import, so tests of them (and check_disk_space.sh) stay fast.
@@ -60,6 +61,7 @@ PURE = [
     "dlckpt.cli.main",
     "dlckpt.runtime.environment",
     "dlckpt.runtime.layer",
+    "dlckpt.multihost.layout",
 ]
 
 
