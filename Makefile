@@ -48,6 +48,10 @@ strategies: $(NOX)
 estimate: $(NOX)
 	$(NOX) -s estimate -- $(ARGS)
 
+.PHONY: multi-host  ## Every process of a multi-host job saved at once, restored, compared (ARGS="--hosts 2 --processes-per-host 2")
+multi-host: $(NOX)
+	$(NOX) -s multi_host -- $(ARGS)
+
 .PHONY: diagnose  ## Why "Could not append to the internal temporary file" on this host (ARGS="TMPDIR=/x")
 diagnose: $(NOX)
 	$(NOX) -s diagnose -- $(ARGS)

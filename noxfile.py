@@ -163,6 +163,12 @@ def estimate(session: nox.Session) -> None:
 
 
 @nox.session(default=False)
+def multi_host(session: nox.Session) -> None:
+    """Every process of a multi-host job: saved at once through gs://, restored, compared."""
+    _run_top_script(session, "multi_host.py")
+
+
+@nox.session(default=False)
 def diagnose(session: nox.Session) -> None:
     """Why a gs:// save failed on this host: every cause checked, the most likely named."""
     _run_top_script(session, "diagnose.py")

@@ -19,7 +19,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from dlckpt.cli.common import common_parser, load_from_args, parse_args, run_main, say_runtime
-from dlckpt.config import parse_positive_int
+from dlckpt.cli.small_buffer import tested_buffer_size
+from dlckpt.config import parse_positive_int, shuffle_buffer_size
 from dlckpt.multihost.run import Job, run_multi_host
 from dlckpt.report import write_report
 
@@ -32,6 +33,11 @@ def main(argv: Sequence[str] | None = None, prog: str = "dlckpt multi-host") -> 
     parser.add_argument("--hosts", default="2", help="hosts to stand in for (default 2)")
     parser.add_argument(
         "--processes-per-host", default="2", help="processes on each host (default 2)"
+    )
+    parser.add_argument(
+        "--buffer-size",
+        help="the shuffle buffer each process fills (default: min(configured, "
+        "roundtrip.small_buffer_size), as small-buffer tests)",
     )
     parser.add_argument(
         "--restore-processes",
@@ -52,13 +58,19 @@ def _run(parser: Any, argv: Sequence[str] | None, report: dict[str, Any]) -> int
         else None
     )
     cfg = load_from_args(args)  # bad input answered here, before any process starts
+    original = shuffle_buffer_size(cfg)
+    small = parse_positive_int(cfg.roundtrip.small_buffer_size, "roundtrip.small_buffer_size")
+    explicit = parse_positive_int(args.buffer_size, "--buffer-size") if args.buffer_size else None
+    tested, buffer_line = tested_buffer_size(original, small, explicit)
     report.update(config_name=args.config_name, hosts=hosts, processes_per_host=per_host)
+    report["shuffle_buffer_size"] = {"original": original, "tested": tested}
     say_runtime(args)
     print(f"Config: {args.config_name} · dataloader: {cfg.dataloader._target_}")
+    print(buffer_line)
     job = Job(
         config_name=args.config_name,
         config_dir=args.config_dir,
-        overrides=list(args.overrides),
+        overrides=[*args.overrides, f"dataloader.shuffle_buffer_size={tested}"],
         hosts=hosts,
         per_host=per_host,
         restore_processes=restore,
