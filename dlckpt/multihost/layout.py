@@ -65,22 +65,33 @@ def with_shard(dataloader_cfg: Mapping[str, Any], process: Process, target: Any)
     return node
 
 
-def element_fingerprints(leaves: list[tuple[str, Any]]) -> list[str]:
-    """One fingerprint per element of a batch, from `pipeline.tensors.element_leaves` of it
-    (key, numpy array): the sha256 of every leaf's row; leaves whose leading dimension is
-    not the batch's (a ragged tensor's flat values) are left out. One string per row."""
+WHOLE = "<element>"  # the key of the whole element's fingerprint
+# A leaf identifies elements when at least this share of its rows differ within a process
+# (an image, an id); a label, an instruction or a per-process tag does not.
+IDENTIFYING_SHARE = 0.9
+IDENTIFYING_ROWS = 8  # fewer rows cannot show that a leaf repeats
+
+
+def element_fingerprints(leaves: list[tuple[str, Any]]) -> dict[str, list[str]]:
+    """Fingerprints of a batch's elements, from `pipeline.tensors.element_leaves` of it
+    (key, numpy array): per leaf, the sha256 of each row, and under WHOLE, of all leaves'
+    rows together. Leaves whose leading dimension is not the batch's (a ragged tensor's
+    flat values) are left out; a batch of scalars (an unbatched pipeline) is one element."""
     batched = [(key, array) for key, array in leaves if array.ndim >= 1]
-    if not batched:
-        return []
-    rows = min(int(array.shape[0]) for _, array in batched)
-    fingerprints = []
+    rows = min((int(array.shape[0]) for _, array in batched), default=0)
+    if rows == 0:  # no leading dimension: the element itself
+        batched, rows = [(key, array[None]) for key, array in leaves], 1 if leaves else 0
+    prints: dict[str, list[str]] = {WHOLE: []}
     for row in range(rows):
-        sha = hashlib.sha256()
+        whole = hashlib.sha256()
         for key, array in batched:
-            if array.shape[0] == rows:
-                sha.update(key.encode() + b"\0" + _row_bytes(array[row]))
-        fingerprints.append(sha.hexdigest()[:20])
-    return fingerprints
+            if array.shape[0] != rows:
+                continue
+            data = key.encode() + b"\0" + _row_bytes(array[row])
+            whole.update(data)
+            prints.setdefault(key, []).append(hashlib.sha256(data).hexdigest()[:20])
+        prints[WHOLE].append(whole.hexdigest()[:20])
+    return prints if rows else {}
 
 
 def _row_bytes(item: Any) -> bytes:
@@ -100,23 +111,45 @@ class Overlap:
     second: int
     shared: int  # elements both read in their compared windows
     of: int  # elements the smaller window holds
+    key: str  # the leaf that shows it (WHOLE: the whole element)
 
     def line(self) -> str:
+        by = "" if self.key == WHOLE else f" (by {self.key!r})"
         return (
             f"processes {self.first} and {self.second} read {self.shared:,} of the same "
-            f"{self.of:,} elements"
+            f"{self.of:,} elements{by}"
         )
 
 
-def overlaps(fingerprints: Mapping[int, list[str]]) -> list[Overlap]:
+def identifying_keys(prints: Mapping[str, list[str]]) -> set[str]:
+    """The leaves whose rows tell one element from another in this process (WHOLE always)."""
+    return {
+        key
+        for key, rows in prints.items()
+        if rows
+        and (
+            key == WHOLE
+            or (len(rows) >= IDENTIFYING_ROWS and len(set(rows)) >= IDENTIFYING_SHARE * len(rows))
+        )
+    }
+
+
+def overlaps(fingerprints: Mapping[int, Mapping[str, list[str]]]) -> list[Overlap]:
     """Pairs of processes whose windows share elements: every host reading the same data
-    (a pipeline that does not shard) shows here. Pairs with nothing shared are left out."""
+    (a pipeline that does not shard) shows here. An element is matched whole, or by any
+    leaf that identifies elements in both processes, so a per-process tag or augmentation
+    on another leaf does not hide the same data. Pairs with nothing shared are left out."""
     found = []
     indices = sorted(fingerprints)
     for position, first in enumerate(indices):
         for second in indices[position + 1 :]:
-            a, b = set(fingerprints[first]), set(fingerprints[second])
-            shared = len(a & b)
-            if shared:
-                found.append(Overlap(first, second, shared, min(len(a), len(b))))
+            a, b = fingerprints[first], fingerprints[second]
+            best = None
+            for key in sorted(identifying_keys(a) & identifying_keys(b)):
+                rows_a, rows_b = set(a[key]), set(b[key])
+                shared = len(rows_a & rows_b)
+                if shared and (best is None or shared > best.shared):
+                    best = Overlap(first, second, shared, min(len(rows_a), len(rows_b)), key)
+            if best is not None:
+                found.append(best)
     return found

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dlckpt.errors import EXIT_FAILED, EXIT_PASSED, EXIT_USAGE, UsageError
-from dlckpt.multihost.layout import Process, overlaps, processes
+from dlckpt.multihost.layout import WHOLE, Process, overlaps, processes
 from dlckpt.paths import command
 from dlckpt.units import format_size
 
@@ -169,21 +169,45 @@ def _ended(code: int) -> str:
     return f"exited {code} without a result"
 
 
-def _say_processes(job: Job, outcome: Outcome) -> None:
+def _say_processes(job: Job, outcome: Outcome, code: int) -> None:
+    """One line per process, after its own warnings and notes (risks, a window the data
+    cut short). Bad input (exit 2) stays the one last line; a process that only stopped
+    waiting for a failed peer is not a ✗ of its own."""
+    if code == EXIT_USAGE:
+        return
     for process in processes(job.hosts, job.per_host):
         if process.index in outcome.died:
             job.say(f"✗ {process.label()}: {outcome.died[process.index]}")
             continue
         result = outcome.results[process.index]
-        if not result.get("passed"):
+        for line in result.get("lines", []):
+            if line.startswith("⚠") or line.startswith("  "):
+                job.say(f"{process.label()}: {line.strip()}")
+        if result.get("peer_missing"):
+            job.say(f"· {process.label()}: {result.get('failure')}")
+        elif not result.get("passed"):
             job.say(f"✗ {process.label()}: {result.get('failure')}")
-            continue
-        checkpoint, verification = result["checkpoint"], result["verification"]
-        job.say(
-            f"✓ {process.label()}: saved {format_size(checkpoint['bytes'])} to "
-            f"{checkpoint['uri']}, restored in a new process: "
-            f"{verification['batches_compared']} batches match bit for bit"
-        )
+        else:
+            checkpoint, verification = result["checkpoint"], result["verification"]
+            job.say(
+                f"✓ {process.label()}: saved {format_size(checkpoint['bytes'])} to "
+                f"{checkpoint['uri']}, restored in a new process: "
+                f"{verification['batches_compared']} batches match bit for bit"
+            )
+
+
+def _uneven_windows(job: Job, outcome: Outcome) -> str | None:
+    """A ⚠ line when the processes compared different numbers of batches (one's data ended
+    first): in training its peers go on without it, or wait for it at a collective."""
+    counts = {i: r["verification"]["batches_compared"] for i, r in outcome.results.items()}
+    if len(set(counts.values())) <= 1:
+        return None
+    shortest = min(counts, key=lambda i: counts[i])
+    return (
+        f"⚠ UNEVEN SHARDS: process {shortest}'s data ended after {counts[shortest]} batches "
+        f"compared, its peers' after up to {max(counts.values())}: a process whose shard runs "
+        "out first stops while the others go on (or waits for them at a collective)"
+    )
 
 
 def _first_failure(job: Job, outcome: Outcome) -> tuple[str | None, int]:
@@ -203,24 +227,30 @@ def _first_failure(job: Job, outcome: Outcome) -> tuple[str | None, int]:
     return None, EXIT_PASSED
 
 
-def _cross_process_checks(job: Job, outcome: Outcome) -> None:
-    fingerprints = {i: r["fingerprints"] for i, r in outcome.results.items() if r.get("passed")}
+def _cross_process_checks(job: Job, outcome: Outcome) -> bool:
+    """Say what the processes' elements show; True when the shards are disjoint."""
+    fingerprints = {i: r.get("fingerprints") or {} for i, r in outcome.results.items()}
     found = overlaps(fingerprints)
     outcome.overlaps = [overlap.line() for overlap in found]
     if found:
-        pairs = "; ".join(outcome.overlaps[:3]) + ("; …" if len(found) > 3 else "")
+        more = len(found) - 3
+        pairs = "; ".join(outcome.overlaps[:3]) + (f"; and {more} more" if more > 0 else "")
         job.say(
             f"⚠ SHARDS OVERLAP in the windows compared ({len(found)} of "
             f"{job.count * (job.count - 1) // 2} pairs of processes): {pairs}. Processes that "
             "read the same data train on it twice: shard by process_index (e.g. "
             "dataset.shard(process_count, process_index)), or give each process its own files"
         )
-    if not found and len(fingerprints) == job.count:
-        total = sum(len(f) for f in fingerprints.values())
-        job.say(
-            f"✓ Shards are disjoint: {total:,} elements across {job.count} processes, "
-            "none read by two"
-        )
+        return False
+    total = sum(len(f.get(WHOLE, [])) for f in fingerprints.values())
+    if total == 0:
+        job.say("⚠ Cannot tell whether the shards overlap: no element could be fingerprinted")
+        return False
+    job.say(
+        f"✓ Shards are disjoint: {total:,} elements across {job.count} processes, "
+        "none read by two (matched whole and by every leaf that tells elements apart)"
+    )
+    return True
 
 
 def run_multi_host(job: Job, report: dict[str, Any]) -> int:
@@ -234,24 +264,32 @@ def run_multi_host(job: Job, report: dict[str, Any]) -> int:
         setting = os.environ.get("GCS_TEST_BUCKET")
         with open_destination(setting, embedded_when_unset=True) as destination:
             _run_processes(job, _gcs(destination), outcome)
-        _say_processes(job, outcome)
         outcome.failure, code = _first_failure(job, outcome)
+        _say_processes(job, outcome, code)
         if outcome.failure is None:
-            _cross_process_checks(job, outcome)
-            job.say(
-                "✓ Every process resumed at the same step: none behind or ahead of its peers, "
-                "and across them no element lost or repeated over the batches compared"
-            )
+            _say_how_they_resumed(job, outcome)
     report.update(outcome.report())
     passed = outcome.failure is None
     job.say(
-        f"✓ ALL TESTS PASSED ({job.count} processes on {job.hosts} hosts)"
+        f"✓ ALL TESTS PASSED ({job.count} processes on {job.hosts} "
+        f"{'host' if job.hosts == 1 else 'hosts'})"
         if passed
         else f"✗ {outcome.failure}"
     )
     code = EXIT_PASSED if passed else code
     report.update(passed=passed, exit_code=code)
     return code
+
+
+def _say_how_they_resumed(job: Job, outcome: Outcome) -> None:
+    disjoint = _cross_process_checks(job, outcome)
+    uneven = _uneven_windows(job, outcome)
+    if uneven:
+        job.say(uneven)
+    line = "✓ Every process resumed exactly where it saved, at the same step as its peers"
+    if disjoint and not uneven:
+        line += "; across them no element lost or repeated over the batches compared"
+    job.say(line)
 
 
 def _run_processes(job: Job, destination: GcsDestination, outcome: Outcome) -> None:

@@ -41,7 +41,9 @@ def barrier(folder: Path, process: Process, limit_seconds: float) -> None:
         ready = {int(p.name.split("-")[1]) for p in folder.glob("ready-*")}
         if len(ready) >= process.count:
             return
-        if (folder / "ABORT").exists() or time.monotonic() > deadline:
+        if (folder / "ABORT").exists():
+            raise PeerMissing("stopped before its save: another process failed (named above)")
+        if time.monotonic() > deadline:
             missing = sorted(set(range(process.count)) - ready)
             raise PeerMissing(
                 f"processes {missing} did not reach the save within {limit_seconds:.0f} s"
@@ -66,19 +68,21 @@ def _sharded_config(spec: dict[str, Any], process: Process) -> DictConfig:
     return cfg
 
 
-def _fingerprints(cfg: DictConfig, batches: int) -> list[str]:
-    """The elements of the shard's first `batches` batches, read uninterrupted."""
+def _fingerprints(cfg: DictConfig, batches: int) -> dict[str, list[str]]:
+    """Fingerprints (layout.element_fingerprints) of the shard's first `batches` batches,
+    read uninterrupted."""
     from dlckpt.pipeline.build import instantiate_dataset
     from dlckpt.pipeline.tensors import element_leaves
 
-    found: list[str] = []
+    found: dict[str, list[str]] = {}
     iterator = iter(instantiate_dataset(cfg.dataloader))
     for _ in range(batches):
         try:
             batch = next(iterator)
         except StopIteration:
             break
-        found += element_fingerprints(element_leaves(batch))
+        for key, rows in element_fingerprints(element_leaves(batch)).items():
+            found.setdefault(key, []).extend(rows)
     return found
 
 
@@ -103,7 +107,7 @@ def run(spec: dict[str, Any], process: Process) -> dict[str, Any]:
     )
     window = int(cfg.roundtrip.batches_before_save) + outcome.batches_compared
     fingerprints = (
-        _fingerprints(cfg, min(window, FINGERPRINT_BATCH_LIMIT)) if outcome.passed else []
+        _fingerprints(cfg, min(window, FINGERPRINT_BATCH_LIMIT)) if outcome.passed else {}
     )
     return {
         "index": process.index,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from dlckpt.multihost.layout import (
+    WHOLE,
     Process,
     element_fingerprints,
     overlaps,
@@ -47,19 +48,42 @@ def test_fingerprints_are_per_element_and_leave_out_leaves_of_another_length():
         ("text", np.array([b"a", b"b", b"a", b"c"], dtype=object)),
     ]
     prints = element_fingerprints(batch)
-    assert len(prints) == 4 and len(set(prints)) == 4
+    assert set(prints) == {WHOLE, "image", "label", "text"}
+    assert all(len(rows) == 4 for rows in prints.values())
+    assert len(set(prints[WHOLE])) == 4 and len(set(prints["label"])) == 3
     same = [("image", batch[0][1][[0, 0]]), ("label", np.array([7, 7]))]
     same += [("text", np.array([b"a", b"a"], dtype=object))]
-    first, again = element_fingerprints(same)
-    assert first == again == prints[0]  # the same element, the same print
-    assert element_fingerprints([("scalar", np.array(5))]) == []
+    first, again = element_fingerprints(same)[WHOLE]
+    assert first == again == prints[WHOLE][0]  # the same element, the same print
 
 
-def test_overlaps_name_each_pair_that_shares_elements():
-    found = overlaps({0: ["a", "b", "c"], 1: ["c", "d"], 2: ["e"]})
-    assert [(o.first, o.second, o.shared, o.of) for o in found] == [(0, 1, 1, 2)]
-    assert found[0].line() == "processes 0 and 1 read 1 of the same 2 elements"
-    assert overlaps({0: ["a"], 1: ["b"]}) == []
+def test_an_unbatched_element_of_scalars_is_one_element():
+    prints = element_fingerprints([("id", np.array(5)), ("x", np.array(1.5))])
+    assert len(prints[WHOLE]) == 1 and len(prints["id"]) == 1
+    assert element_fingerprints([]) == {}
+
+
+def _prints(ids: list[int], tag: int) -> dict[str, list[str]]:
+    found: dict[str, list[str]] = {}
+    for i in ids:
+        leaves = [("id", np.array([i])), ("tag", np.array([tag]))]
+        for key, rows in element_fingerprints(leaves).items():
+            found.setdefault(key, []).extend(rows)
+    return found
+
+
+def test_overlaps_name_each_pair_that_shares_elements_even_behind_a_per_process_tag():
+    # The same ids on processes 0 and 1, each with its own constant tag: whole elements
+    # differ, the identifying leaf does not. Process 2 reads other ids.
+    first, second = _prints(list(range(10)), 0), _prints(list(range(5, 15)), 1)
+    found = overlaps({0: first, 1: second, 2: _prints(list(range(20, 30)), 2)})
+    assert [(o.first, o.second, o.shared, o.of, o.key) for o in found] == [(0, 1, 5, 10, "id")]
+    assert found[0].line() == "processes 0 and 1 read 5 of the same 10 elements (by 'id')"
+    # Different ids, one shared constant tag: the tag does not identify elements.
+    assert overlaps({0: _prints(list(range(10)), 0), 1: _prints(list(range(10, 20)), 0)}) == []
+    # A leaf repeated within a process (a label) does not identify elements: no overlap.
+    labels = {0: {WHOLE: ["a", "b"], "label": ["x", "x"]}, 1: {WHOLE: ["c"], "label": ["x"]}}
+    assert overlaps(labels) == []
 
 
 def test_a_restore_with_another_count_is_refused_and_the_same_count_is_not():
@@ -71,3 +95,20 @@ def test_a_restore_with_another_count_is_refused_and_the_same_count_is_not():
     assert "would restore them with 3" in line and "Keep 4 processes" in line
     job.restore_processes = 4
     assert refuse_a_new_process_count(job) is None
+
+
+def test_processes_whose_windows_differ_in_length_are_called_uneven():
+    from dlckpt.multihost.run import Outcome, _uneven_windows
+
+    job = Job("x", None, [], hosts=1, per_host=3, restore_processes=None, keep=False,
+              timeout_seconds=1)  # fmt: skip
+    outcome = Outcome()
+    for index, batches in [(0, 35), (1, 35), (2, 17)]:
+        outcome.results[index] = {"verification": {"batches_compared": batches}}
+    line = _uneven_windows(job, outcome)
+    assert line is not None and line.startswith(
+        "⚠ UNEVEN SHARDS: process 2's data ended after 17 batches compared, its peers' after "
+        "up to 35"
+    )
+    outcome.results[2]["verification"]["batches_compared"] = 35
+    assert _uneven_windows(job, outcome) is None
