@@ -131,6 +131,20 @@ def test_one_process_that_does_not_resume_fails_the_run_naming_it(tmp_path):
     assert [p["passed"] for p in report["processes"]] == [True, False]
 
 
+def test_a_builder_that_raises_on_one_process_is_bad_input_in_one_line(tmp_path):
+    conf = _config(tmp_path / "conf", "sharded_dataset", raises_on=1)
+    code, output, report = _multi_host(
+        tmp_path, "--config-dir", str(conf), "--config-name", "mh", "--hosts", "1"
+    )
+    assert code == 2, output
+    failures = [line for line in output.splitlines() if line.startswith("✗")]
+    assert failures == [
+        "✗ PROCESS 1 (HOST 0) FAILED: dataloader: user_pipelines.sharded_dataset raised "
+        "ValueError while building the dataset: no shard list for process 1"
+    ], output
+    assert report["exit_code"] == 2
+
+
 def test_a_restore_with_another_process_count_is_refused(tmp_path):
     code, output, report = _multi_host(
         tmp_path, "--config-name", "small", "--restore-processes", "2"

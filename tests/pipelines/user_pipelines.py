@@ -80,11 +80,14 @@ def sharded_dataset(
     process_index: int = 0,
     process_count: int = 1,
     unseeded_on: int = -1,
+    raises_on: int = -1,
     batch_size: int = 4,
 ) -> tf.data.Dataset:
     """A multi-host loader: each process reads its own shard (`dlckpt multi-host` passes the
     index and count). With `unseeded_on=i`, process i alone adds stateful random noise (a
-    draw a restore cannot repeat)."""
+    draw a restore cannot repeat); with `raises_on=i`, process i's builder raises."""
+    if process_index == raises_on:
+        raise ValueError(f"no shard list for process {process_index}")
     dataset = _images(size=8).shard(process_count, process_index)
     if process_index == unseeded_on:
         dataset = dataset.map(lambda e: {**e, "noise": tf.random.uniform([])})
