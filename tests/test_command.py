@@ -24,7 +24,7 @@ def test_the_console_command_lists_every_script_and_exits_0_on_help():
     done = _command("--help")
     assert done.returncode == 0, done.stderr
     for command in ("small-buffer", "estimate", "local-staging", "original", "strategies",
-                    "diagnose", "disk-check"):  # fmt: skip
+                    "multi-host", "diagnose", "disk-check"):  # fmt: skip
         assert f"  {command} " in done.stdout
 
 
@@ -37,7 +37,7 @@ def test_no_command_or_an_unknown_one_is_exit_2_with_one_line():
     assert done.returncode == 2
     assert done.stderr.splitlines() == [
         "✗ dlckpt: unknown command 'small-bufer' (expected one of: small-buffer, estimate, "
-        "local-staging, original, strategies, diagnose, disk-check)"
+        "local-staging, original, strategies, multi-host, diagnose, disk-check)"
     ]
 
 
