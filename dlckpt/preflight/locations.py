@@ -126,7 +126,11 @@ def tensorflow_gcs_locations(
     while it reads it (storage.embedded.server.SERVER_RAM_BYTES_PER_BYTE, measured by
     scripts/bench_tf_gcs.py).
     """
-    from dlckpt.storage.embedded.server import SERVER_RAM_BASE_BYTES, SERVER_RAM_BYTES_PER_BYTE
+    from dlckpt.storage.embedded.server import (
+        SERVER_COPIES,
+        SERVER_RAM_BASE_BYTES,
+        SERVER_RAM_BYTES_PER_BYTE,
+    )
 
     checkpoint = estimate.tested_bytes
     tf_temp, tf_variable, _ = tf_temp_dir()
@@ -155,7 +159,12 @@ def tensorflow_gcs_locations(
         )
         return rows
     rows.append(
-        Location("embedded GCS server storage", embedded_dir, checkpoint, variable="TMPDIR")
+        Location(
+            "embedded GCS server storage",
+            embedded_dir,
+            SERVER_COPIES * checkpoint,
+            variable="TMPDIR",
+        )
     )
     rows.append(
         Location(

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
@@ -332,6 +331,7 @@ def _save_to_gcs(
     from dlckpt.ckpt_io import CHECKPOINT_NAME, UnsaveablePipeline
     from dlckpt.storage.embedded.server import watched
     from dlckpt.storage.tf_gcs import (
+        GIVE_UP_SECONDS,
         save_iterator_to_gcs,
         staging_full_line,
         tf_gcs_settings,
@@ -353,7 +353,13 @@ def _save_to_gcs(
         run.say(f"TensorFlow GCS setting: {name}={value}")
     uri = destination.location.uri(run_prefix, CHECKPOINT_NAME)
     try:
-        with watched(embedded, run.say, _wait_note(embedded)):
+        with watched(
+            embedded,
+            run.say,
+            f" during the save: the run ends in {GIVE_UP_SECONDS:.0f} s unless it answers again",
+            give_up_after=GIVE_UP_SECONDS,
+            on_stuck=lambda trouble: _abandon(run, uri, embedded, trouble),
+        ):
             saved = save_iterator_to_gcs(iterator, uri)
     except UnsaveablePipeline as error:
         outcome.failure = f"CHECKPOINT CANNOT BE SAVED: {error.naming(dataset)}"
@@ -392,14 +398,18 @@ def _restore_failure(run: _RoundTrip, source: str, prefix: Path | str, error: st
     return f"CHECKPOINT DOES NOT RESTORE ({source}): {error}"
 
 
-def _wait_note(embedded: Any) -> str:
-    """What the save watch adds to its ⚠ line: how long TensorFlow goes on waiting."""
-    from dlckpt.storage.tf_gcs import bounded_wait_seconds
+def _abandon(run: _RoundTrip, uri: str, embedded: Any, trouble: str) -> None:
+    """The save watch's end of the run when the server stays dead or stopped (see
+    storage.tf_gcs.abandon_save): the line, the report with this round trip's part."""
+    from dlckpt.storage.tf_gcs import GIVE_UP_SECONDS, abandon_save, wait_settings_text
 
-    bound = bounded_wait_seconds(os.environ) if embedded and embedded.bounds_in_force else None
-    if bound is None:
-        return " during the save: TensorFlow retries as its GCS_* settings say"
-    return f" during the save: TensorFlow gives up within ~{bound:.0f} s (the tool's GCS_* bounds)"
+    line = (
+        f"TRANSFER FAILED: saving to {uri}: {trouble} for {GIVE_UP_SECONDS:.0f} s, so the "
+        "run ended without waiting for TensorFlow's retries (its wait is set by "
+        f"{wait_settings_text()})"
+    )
+    run.outcome.failure = line
+    abandon_save(line, round_trip_report(run.outcome), [run.scratch], embedded)
 
 
 def _refuse_an_unverifiable_pass(run: _RoundTrip) -> None:

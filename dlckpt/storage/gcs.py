@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import sys
 import threading
 import time
 import warnings
@@ -511,6 +510,5 @@ def embedded_gcs_server(scratch_root: Path | None = None) -> Iterator[EmbeddedGc
         # server only when it is imported inside the block (the scripts import it later;
         # the processes started here import it afresh).
         server.bounds = {k: v for k, v in EMBEDDED_BOUNDS.items() if k not in os.environ}
-        server.bounds_in_force = "tensorflow" not in sys.modules
         with applied({**server.bounds, **server.env}):
             yield server

@@ -12,12 +12,13 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from dlckpt.paths import command
 from dlckpt.units import format_size
@@ -81,6 +82,10 @@ WAIT_SETTINGS = (
     "GCS_WRITE_REQUEST_TIMEOUT_SECS",
     "GCS_READ_REQUEST_TIMEOUT_SECS",
 )
+# How long the embedded server may stay dead or stopped during a save before the run ends
+# without waiting for TensorFlow (see embedded.server.watched): a transient freeze of a
+# few seconds is waited out.
+GIVE_UP_SECONDS = 20.0
 # How TensorFlow's errors read when a request to GCS failed (libcurl, HTTP, retries).
 _TRANSFER_SIGNS = ("Error executing an HTTP request", "libcurl code", "retry attempts failed")
 
@@ -95,24 +100,6 @@ def embedded_bounds(environ: Mapping[str, str] | None = None) -> dict[str, str]:
     """EMBEDDED_BOUNDS with the values `environ` (default: this process's) already sets kept."""
     env = os.environ if environ is None else environ
     return {name: env.get(name, value) for name, value in EMBEDDED_BOUNDS.items()}
-
-
-def bounded_wait_seconds(settings: Mapping[str, str]) -> float | None:
-    """The longest a save waits on a server that stopped answering, under `settings`; None
-    when they do not bound it (a setting missing: TensorFlow's defaults wait many minutes).
-
-    Per request: (retries + 1) attempts of up to connect + idle seconds, plus the delays
-    between them; twice, because TensorFlow's GCS writer uploads a file when it is closed
-    and again from its destructor after that failed.
-    """
-    try:
-        idle = float(settings["GCS_REQUEST_IDLE_TIMEOUT_SECS"])
-        connect = float(settings["GCS_REQUEST_CONNECTION_TIMEOUT_SECS"])
-        retries = int(settings["GCS_RETRY_CONFIG_MAX_RETRIES"])
-        delay = float(settings["GCS_RETRY_CONFIG_MAX_DELAY_TIME_US"]) / 1e6
-    except (KeyError, ValueError):
-        return None
-    return 2 * ((retries + 1) * (connect + idle) + retries * delay)
 
 
 def is_transfer_error(text: str) -> bool:
@@ -293,6 +280,7 @@ def transfer_failure_line(
 
 def _embedded_storage_full(embedded: EmbeddedGcs, needed_bytes: int) -> str | None:
     """The line for the embedded server's storage holding less than the checkpoint, or None."""
+    from dlckpt.storage.embedded.server import SERVER_COPIES
     from dlckpt.tempdir import roomy_folder
 
     folder = embedded.workdir.parent
@@ -300,12 +288,56 @@ def _embedded_storage_full(embedded: EmbeddedGcs, needed_bytes: int) -> str | No
         free = shutil.disk_usage(embedded.workdir).free
     except OSError:
         return None
-    if free >= max(needed_bytes, 1):
+    needed = SERVER_COPIES * needed_bytes
+    if free >= max(needed, 1):
         return None
-    roomy = roomy_folder(needed_bytes, str(folder))
+    roomy = roomy_folder(needed, str(folder))
     target = f"{roomy[0]} ({format_size(roomy[1])} free)" if roomy else "/path/on/a/bigger/disk"
     return (
         f"the embedded GCS server's storage {folder} is full: {format_size(free)} free, the "
-        f"checkpoint needs ~{format_size(needed_bytes)}. Fixes: export TMPDIR={target} (the "
-        "server keeps its objects in the temp folder), or GCS_TEST_BUCKET=gs://your-bucket/prefix"
+        f"checkpoint needs ~{format_size(needed)} there ({SERVER_COPIES} copies while "
+        f"TensorFlow renames it). Fixes: export TMPDIR={target} (the server keeps its objects "
+        "in the temp folder), or GCS_TEST_BUCKET=gs://your-bucket/prefix"
     )
+
+
+def abandon_save(
+    line: str, report: dict[str, Any], folders: list[Path], embedded: EmbeddedGcs
+) -> NoReturn:
+    """End the process now, from the save watch's thread: TensorFlow's save is blocked in
+    its own code on a server that cannot answer, and Python cannot interrupt it.
+
+    Prints `✗ <line>`, stops the embedded server's processes (SIGKILL: a stopped process
+    takes nothing else), removes its storage, `folders` (the run's scratch) and the
+    staging files this process holds open in TensorFlow's temp folder, writes the report
+    (`report` plus exit code 1), then exits 1 through runtime.signals.exit_process (atexit
+    still runs: autograph's files go).
+    """
+    from dlckpt.errors import EXIT_FAILED
+    from dlckpt.report import write_exit_report
+    from dlckpt.runtime.signals import exit_process
+    from dlckpt.tempdir import tf_temp_dir
+
+    print(f"✗ {line}", flush=True)
+    for pid in embedded.pids:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+    for folder in [*folders, embedded.workdir]:
+        shutil.rmtree(folder, ignore_errors=True)
+    _remove_open_staging_files(tf_temp_dir()[0])
+    problem = write_exit_report(EXIT_FAILED, line, report, fallback=None)
+    if problem:
+        print(f"✗ {problem}", flush=True)
+    exit_process(EXIT_FAILED)
+
+
+def _remove_open_staging_files(folder: str) -> None:
+    """Remove TensorFlow's staging files (tmp_file_tensorflow_*) in `folder` that this
+    process has open: only its own, never another job's in the same temp folder."""
+    with contextlib.suppress(OSError):
+        for fd in os.listdir("/proc/self/fd"):
+            with contextlib.suppress(OSError):
+                target = os.readlink(f"/proc/self/fd/{fd}")
+                name = os.path.basename(target)
+                if os.path.dirname(target) == folder and name.startswith("tmp_file_tensorflow_"):
+                    os.unlink(target)

@@ -12,7 +12,6 @@ import pytest
 from dlckpt.storage.embedded.server import EmbeddedGcs
 from dlckpt.storage.tf_gcs import (
     EMBEDDED_BOUNDS,
-    bounded_wait_seconds,
     embedded_bounds,
     is_transfer_error,
     transfer_failure_line,
@@ -40,15 +39,6 @@ def test_the_users_own_settings_win_over_the_tools_bounds():
     assert bounds["GCS_REQUEST_IDLE_TIMEOUT_SECS"] == "120"
     assert bounds["GCS_RETRY_CONFIG_MAX_RETRIES"] == EMBEDDED_BOUNDS["GCS_RETRY_CONFIG_MAX_RETRIES"]
     assert embedded_bounds({}) == EMBEDDED_BOUNDS
-
-
-def test_the_stated_wait_follows_the_settings_and_is_none_when_they_do_not_bound_it():
-    # Two uploads (close, then the destructor), each 2 attempts of 5 + 15 s, 1 s between.
-    assert bounded_wait_seconds(EMBEDDED_BOUNDS) == 82.0
-    longer = {**EMBEDDED_BOUNDS, "GCS_RETRY_CONFIG_MAX_RETRIES": "3"}
-    assert bounded_wait_seconds(longer) == 2 * (4 * 20 + 3 * 1.0)
-    assert bounded_wait_seconds({}) is None  # TensorFlow's defaults: minutes, not stated
-    assert bounded_wait_seconds({**EMBEDDED_BOUNDS, "GCS_REQUEST_IDLE_TIMEOUT_SECS": "x"}) is None
 
 
 @pytest.mark.parametrize("text", [KILLED, EMPTY_REPLY, TIMED_OUT])

@@ -14,6 +14,7 @@ import json
 import os
 import select
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -32,6 +33,10 @@ STOP_SECONDS = 10.0
 # (scripts/bench_tf_gcs.py --megabytes 64, 128 and 256; GOGC=50); the preflight reserves this.
 SERVER_RAM_BASE_BYTES = 200 * 10**6
 SERVER_RAM_BYTES_PER_BYTE = 8.0
+# TensorFlow writes a checkpoint under <prefix>_temp/ and then renames it, which on GCS is a
+# copy: the server's storage holds both for a moment. A 20 MB tmpfs held a 9.2 MiB
+# checkpoint and not a 10.9 MiB one (a new-user fault probe); the preflight reserves two.
+SERVER_COPIES = 2
 # TensorFlow sends this as its bearer token; the emulator accepts any.
 TEST_TOKEN = "dlckpt-embedded-server"
 # What the embedded mode sets for the processes it runs; cleared for a real bucket.
@@ -64,9 +69,6 @@ class EmbeddedGcs:
     # The GCS_* settings the tool set for its own runs against this server (tf_gcs.
     # EMBEDDED_BOUNDS less those the user set): storage.gcs.embedded_gcs_server fills it.
     bounds: dict[str, str] = field(default_factory=dict)
-    # False when TensorFlow was imported before the bounds were set: this process's
-    # TensorFlow then waits per its own defaults (the processes it starts are bounded).
-    bounds_in_force: bool = False
 
     @property
     def data_dir(self) -> Path:
@@ -138,6 +140,9 @@ def _read_ready_line(process: subprocess.Popen[bytes], log: Path) -> dict[str, o
 def _stop(process: subprocess.Popen[bytes]) -> None:
     if process.poll() is None:
         process.terminate()  # the front stops fake-gcs-server and removes the objects
+        # A stopped (SIGSTOP) front would hold SIGTERM pending for good: continue it.
+        with contextlib.suppress(OSError):
+            os.kill(process.pid, signal.SIGCONT)
         try:
             process.wait(timeout=STOP_SECONDS)
         except subprocess.TimeoutExpired:
@@ -210,12 +215,21 @@ def applied(env: dict[str, str]) -> Iterator[None]:
 
 @contextlib.contextmanager
 def watched(
-    server: EmbeddedGcs | None, say: Callable[[str], None], note: str, poll_seconds: float = 0.25
+    server: EmbeddedGcs | None,
+    say: Callable[[str], None],
+    note: str,
+    *,
+    give_up_after: float | None = None,
+    on_stuck: Callable[[str], None] | None = None,
+    poll_seconds: float = 0.25,
 ) -> Iterator[None]:
-    """While the block runs, say `⚠ <trouble><note>` once if the server dies or stops.
+    """While the block runs, say `⚠ <trouble><note>` once if the server dies or stops; if
+    the trouble lasts `give_up_after` seconds, call `on_stuck(trouble)` (which ends the run).
 
-    TensorFlow's save cannot be interrupted from Python; this tells the person watching
-    why it is waiting, as soon as the cause is there (the block ends when TensorFlow gives up).
+    TensorFlow's save cannot be interrupted from Python, and its retries nest (an upload's
+    attempts, the upload session's, its writer's destructor uploading again): with
+    fake-gcs-server stopped behind a live front a save waited 146 s under the GCS_* bounds
+    (a new-user fault probe). A server that comes back (SIGCONT) before then is waited for.
     """
     if server is None:
         yield
@@ -223,10 +237,21 @@ def watched(
     done = threading.Event()
 
     def watch() -> None:
+        since: float | None = None
+        told = False
         while not done.wait(poll_seconds):
             trouble = server.trouble()
-            if trouble is not None:
+            if trouble is None:
+                since = None
+                continue
+            since = time.monotonic() if since is None else since
+            if not told:
                 say(f"⚠ {trouble}{note}")
+                told = True
+            stuck_for = time.monotonic() - since
+            if on_stuck and give_up_after is not None and stuck_for >= give_up_after:
+                if not done.is_set():  # the save did not end meanwhile
+                    on_stuck(trouble)
                 return
 
     thread = threading.Thread(target=watch, name="dlckpt-embedded-gcs-watch", daemon=True)
