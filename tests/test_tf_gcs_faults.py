@@ -216,6 +216,8 @@ def test_fault_a_server_killed_between_the_save_and_the_restore_is_a_transfer_fa
     assert run.code == 1, run.output
     assert line.startswith("✗ TRANSFER FAILED: restoring from gs://dlckpt-test/"), line
     assert f"the embedded GCS server's HTTPS front (pid {run.hit}) is gone" in line
+    said = f"⚠ the embedded GCS server's HTTPS front (pid {run.hit}) is gone during the restore"
+    assert said in run.output
     assert run.seconds_after_fault < GIVE_UP_SECONDS + EXIT_MARGIN_SECONDS, run.output
     assert run.report["exit_code"] == 1
     assert run.report["verification"]["failure"] == line.removeprefix("✗ ")

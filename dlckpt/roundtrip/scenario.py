@@ -221,15 +221,19 @@ def _restore_and_compare(run: _RoundTrip, source: str, prefix: Path | str) -> bo
     from dlckpt.roundtrip.child import restore_in_new_process
     from dlckpt.roundtrip.digest import first_mismatch
     from dlckpt.roundtrip.window import expected_fresh_elements
+    from dlckpt.storage.embedded.server import watched
 
     outcome, expected = run.outcome, run.expected
-    result = restore_in_new_process(
-        run.dataloader_cfg,
-        prefix,
-        expected,
-        run.scratch,
-        timeout_seconds=float(run.cfg.roundtrip.restore_timeout_seconds),
-    )
+    # The restore process reads from the server: say at once when it dies or stops (the
+    # process itself gives up under the GCS_* bounds it inherits).
+    with watched(run.embedded, run.say, " during the restore: the restore process will fail"):
+        result = restore_in_new_process(
+            run.dataloader_cfg,
+            prefix,
+            expected,
+            run.scratch,
+            timeout_seconds=float(run.cfg.roundtrip.restore_timeout_seconds),
+        )
     outcome.restore_seconds = result.restore_seconds
     outcome.batches_compared = len(result.stream.digests)
     record = {
