@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dlckpt.errors import EXIT_FAILED, EXIT_PASSED, EXIT_USAGE, UsageError
-from dlckpt.multihost.layout import WHOLE, Process, overlaps, processes
-from dlckpt.paths import command
+from dlckpt.multihost.layout import WHOLE, overlaps, processes
+from dlckpt.paths import command, doc
 from dlckpt.units import format_size
 
 if TYPE_CHECKING:
@@ -31,7 +31,6 @@ if TYPE_CHECKING:
 
 WORKER_MODULE = "dlckpt.multihost.worker"
 POLL_SECONDS = 0.2
-STOP_SECONDS = 10.0
 
 
 @dataclass
@@ -88,7 +87,7 @@ def refuse_a_new_process_count(job: Job) -> str | None:
         "iterator's state restores only into the pipeline that wrote it (it cannot be split "
         f"or merged across shards). Keep {n} processes, or use an index-based strategy whose "
         f"state is a position any process count can recompute: {command('strategies')} "
-        "(DISK_SPACE_SOLUTIONS.md)"
+        f"({doc('DISK_SPACE_SOLUTIONS.md')})"
     )
 
 
@@ -111,9 +110,7 @@ def _spec(job: Job, bucket_uri: str, run_prefix: str, scratch: Path) -> Path:
     return path
 
 
-def _start(
-    job: Job, spec: Path, scratch: Path
-) -> dict[int, tuple[Process, subprocess.Popen[bytes]]]:
+def _start(job: Job, spec: Path, scratch: Path) -> dict[int, subprocess.Popen[bytes]]:
     """One worker per process; a host's processes share `<scratch>/host-<h>/tmp` as TMPDIR."""
     from dlckpt.runtime.signals import die_with_parent
 
@@ -125,23 +122,22 @@ def _start(
         env.pop("TEST_TMPDIR", None)  # the host's folder is where TensorFlow stages
         log = (scratch / f"log-{process.index}.txt").open("wb")
         command_line = [sys.executable, "-m", WORKER_MODULE, str(spec), str(process.index)]
-        started[process.index] = (
-            process,
-            subprocess.Popen(die_with_parent(command_line), env=env, stdout=log, stderr=log),
+        started[process.index] = subprocess.Popen(
+            die_with_parent(command_line), env=env, stdout=log, stderr=log
         )
         log.close()
     return started
 
 
 def _wait(
-    job: Job, started: dict[int, tuple[Process, Any]], scratch: Path, outcome: Outcome
+    job: Job, started: dict[int, subprocess.Popen[bytes]], scratch: Path, outcome: Outcome
 ) -> None:
     """Wait for every worker; one that ends without its result is named, and the others
     are told to stop waiting for it at the barrier. The whole run is held to the timeout."""
     deadline = time.monotonic() + job.timeout_seconds
     running = dict(started)
     while running:
-        for index, (_, popen) in list(running.items()):
+        for index, popen in list(running.items()):
             code = popen.poll()
             if code is None:
                 continue
@@ -155,7 +151,7 @@ def _wait(
                 # Peers still waiting at the save for this one stop waiting.
                 (scratch / "barrier" / "ABORT").touch()
         if running and time.monotonic() > deadline:
-            for index, (_, popen) in running.items():
+            for index, popen in running.items():
                 popen.kill()
                 popen.wait()
                 outcome.died[index] = f"still running after {job.timeout_seconds:.0f} s, stopped"

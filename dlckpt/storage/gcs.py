@@ -503,12 +503,12 @@ def embedded_gcs_server(scratch_root: Path | None = None) -> Iterator[EmbeddedGc
     restored on exit, and the server is stopped with its storage removed.
     """
     from dlckpt.storage.embedded.server import applied, embedded_gcs
-    from dlckpt.storage.tf_gcs import EMBEDDED_BOUNDS
+    from dlckpt.storage.tf_gcs import tool_bounds
 
     with embedded_gcs(scratch_root) as server:
         # TensorFlow reads its GCS_* settings once, at import: these bound its waits on this
         # server only when it is imported inside the block (the scripts import it later;
         # the processes started here import it afresh).
-        server.bounds = {k: v for k, v in EMBEDDED_BOUNDS.items() if k not in os.environ}
+        server.bounds = tool_bounds()
         with applied({**server.bounds, **server.env}):
             yield server

@@ -96,10 +96,11 @@ def tf_gcs_settings(environ: Mapping[str, str] | None = None) -> dict[str, str]:
     return {name: env[name] for name in TF_GCS_VARIABLES if name in env}
 
 
-def embedded_bounds(environ: Mapping[str, str] | None = None) -> dict[str, str]:
-    """EMBEDDED_BOUNDS with the values `environ` (default: this process's) already sets kept."""
+def tool_bounds(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The EMBEDDED_BOUNDS the tool sets: those `environ` (default: this process's) does not
+    set already, since the user's own values win."""
     env = os.environ if environ is None else environ
-    return {name: env.get(name, value) for name, value in EMBEDDED_BOUNDS.items()}
+    return {name: value for name, value in EMBEDDED_BOUNDS.items() if name not in env}
 
 
 def is_transfer_error(text: str) -> bool:

@@ -12,8 +12,8 @@ import pytest
 from dlckpt.storage.embedded.server import EmbeddedGcs
 from dlckpt.storage.tf_gcs import (
     EMBEDDED_BOUNDS,
-    embedded_bounds,
     is_transfer_error,
+    tool_bounds,
     transfer_failure_line,
     wait_settings_text,
 )
@@ -35,10 +35,10 @@ URI = "gs://bucket/run/iterator"
 
 
 def test_the_users_own_settings_win_over_the_tools_bounds():
-    bounds = embedded_bounds({"GCS_REQUEST_IDLE_TIMEOUT_SECS": "120"})
-    assert bounds["GCS_REQUEST_IDLE_TIMEOUT_SECS"] == "120"
+    bounds = tool_bounds({"GCS_REQUEST_IDLE_TIMEOUT_SECS": "120"})
+    assert "GCS_REQUEST_IDLE_TIMEOUT_SECS" not in bounds  # the user's 120 stays in force
     assert bounds["GCS_RETRY_CONFIG_MAX_RETRIES"] == EMBEDDED_BOUNDS["GCS_RETRY_CONFIG_MAX_RETRIES"]
-    assert embedded_bounds({}) == EMBEDDED_BOUNDS
+    assert tool_bounds({}) == EMBEDDED_BOUNDS
 
 
 @pytest.mark.parametrize("text", [KILLED, EMPTY_REPLY, TIMED_OUT])
