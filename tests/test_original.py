@@ -9,6 +9,8 @@ import sys
 import pytest
 from conftest import SCRIPTS_DIR, run_script, script_env
 
+from dlckpt.units import format_size
+
 SCRIPT = "test_dataloader_checkpoint.py"
 
 
@@ -32,11 +34,9 @@ def test_round_trip_under_the_tensorflow_temp_folder(tmp_path, small_default_est
     assert any(
         line.startswith("Destination: embedded GCS server at http://127.0.0.1:") for line in lines
     )
-    assert any(
-        line.startswith("✓ Saved the iterator after 3 batches straight to gs://dlckpt-test/")
-        and f"(staged in {temp.resolve()} from TMPDIR, at most " in line
-        for line in lines
-    )
+    [saved] = [line for line in lines if line.startswith("✓ Saved the iterator after 3 batches")]
+    assert saved.startswith("✓ Saved the iterator after 3 batches straight to gs://dlckpt-test/")
+    assert f"(staged in {temp.resolve()} from TMPDIR, " in saved
     assert any(line.startswith("✓ Restored in a new process from the bucket") for line in lines)
     assert lines[-1] == "✓ ALL TESTS PASSED"
     assert list(temp.iterdir()) == []  # the run's scratch folder is gone
@@ -47,7 +47,14 @@ def test_round_trip_under_the_tensorflow_temp_folder(tmp_path, small_default_est
     assert data["checkpoint"]["uri"].startswith("gs://dlckpt-test/dlckpt-original-")
     assert data["checkpoint"]["writer"] == "tensorflow-gcs"
     assert data["checkpoint"]["tf_temp_dir"] == str(temp.resolve())
-    assert data["checkpoint"]["tf_temp_peak_bytes"] > 0
+    # Polled every 20 ms: this small checkpoint's staging files may come and go unseen, and
+    # then the line must say so rather than print a size of 0.
+    peak = data["checkpoint"]["tf_temp_peak_bytes"]
+    if peak is None:
+        assert saved.endswith("too brief to see when polled every 20 ms)")
+    else:
+        assert 0 < peak <= data["checkpoint"]["bytes"]
+        assert saved.endswith(f", at most {format_size(peak)})")
     sources = [c["source"] for c in data["verification"]["comparisons"]]
     assert sources == ["bucket (gs://, TensorFlow's filesystem)"]
 

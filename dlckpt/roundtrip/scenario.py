@@ -337,6 +337,7 @@ def _save_to_gcs(
     from dlckpt.storage.tf_gcs import (
         GIVE_UP_SECONDS,
         save_iterator_to_gcs,
+        staged_text,
         staging_full_line,
         tf_gcs_settings,
         transfer_failure_line,
@@ -377,15 +378,14 @@ def _save_to_gcs(
         destination.remove(run_prefix)  # TensorFlow uploads a file only once it is whole
         outcome.failure = staging_full_line(disk_full_text(error), needed)
         return None
-    outcome.tf_temp_peak_bytes = saved.temp_peak_bytes
+    outcome.tf_temp_peak_bytes = saved.temp_peak_bytes or None  # None: not seen
     outcome.checkpoint_bytes, outcome.checkpoint_files = saved.bytes, saved.files
     outcome.save_seconds = saved.save_seconds
     outcome.checkpoint_uri = destination.uri(run_prefix)
     run.say(
         f"✓ Saved the iterator after {run.cfg.roundtrip.batches_before_save} batches straight "
         f"to {outcome.checkpoint_uri} with TensorFlow's own gs:// filesystem: {saved.files} "
-        f"files, {format_size(saved.bytes)} in {saved.save_seconds:.1f} s (staged in "
-        f"{saved.temp_dir} from {saved.temp_source}, at most {format_size(saved.temp_peak_bytes)})"
+        f"files, {format_size(saved.bytes)} in {saved.save_seconds:.1f} s ({staged_text(saved)})"
     )
     return saved
 

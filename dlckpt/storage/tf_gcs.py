@@ -121,10 +121,12 @@ def wait_settings_text(environ: Mapping[str, str] | None = None) -> str:
 
 
 class TempPeak:
-    """The most bytes seen in files that appeared in `folder` while the block ran (polled).
+    """The most bytes seen in files that appeared in `folder` while the block ran (polled
+    every POLL_SECONDS).
 
     TensorFlow names its temp files itself; any top-level file created during the save is
-    counted, files that were there before are not.
+    counted, files that were there before are not. A small checkpoint's staging files can
+    come and go between two polls: `peak` is then 0, which means "not seen", not "none".
     """
 
     def __init__(self, folder: str) -> None:
@@ -174,7 +176,7 @@ class GcsSave:
     save_seconds: float
     temp_dir: str  # where TensorFlow staged the files
     temp_source: str  # the variable that chose it ("default": /tmp)
-    temp_peak_bytes: int  # the most seen there during the save (polled)
+    temp_peak_bytes: int  # the most seen there during the save (polled; 0: none seen)
 
 
 class StagingFull(Exception):
@@ -210,6 +212,16 @@ def save_iterator_to_gcs(iterator: Any, prefix: str) -> GcsSave:
         temp_source=source,
         temp_peak_bytes=staged.peak,
     )
+
+
+def staged_text(saved: GcsSave) -> str:
+    """Where TensorFlow staged the save and the most seen there, or that polling missed it."""
+    seen = (
+        f"at most {format_size(saved.temp_peak_bytes)}"
+        if saved.temp_peak_bytes
+        else f"too brief to see when polled every {POLL_SECONDS * 1000:.0f} ms"
+    )
+    return f"staged in {saved.temp_dir} from {saved.temp_source}, {seen}"
 
 
 def staging_full_line(
