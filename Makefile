@@ -68,6 +68,10 @@ bench: $(NOX)
 test: $(NOX)
 	$(NOX) -s tests -- $(ARGS)
 
+.PHONY: test-accuracy  ## The estimator against real saves at 20x-100x its calibration (CI runs it)
+test-accuracy: $(NOX)
+	$(NOX) -s test_accuracy -- $(ARGS)
+
 .PHONY: test-tf-versions  ## Core tests on the oldest TensorFlow; the tool in users' own environments
 test-tf-versions: $(NOX)
 	$(NOX) -s tf_versions -- $(ARGS)

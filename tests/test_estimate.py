@@ -134,6 +134,7 @@ def _error(shape: str, multiple: int, family, real_bytes):  # type: ignore[no-un
     return result, target, result.bytes_for(target) / real - 1, transit
 
 
+@pytest.mark.accuracy
 @pytest.mark.parametrize("multiple", MULTIPLES)
 @pytest.mark.parametrize("shape", _family_names(open_misses=True))
 def test_estimate_within_3_percent_of_a_real_save_on_unseen_shapes(
@@ -151,6 +152,7 @@ def test_estimate_within_3_percent_of_a_real_save_on_unseen_shapes(
         assert beyond_timing < 0.10, result.report()
 
 
+@pytest.mark.accuracy
 @pytest.mark.parametrize("multiple", MULTIPLES)
 @pytest.mark.parametrize("shape", _family_names(open_misses=False))
 def test_stated_uncertainty_covers_a_real_save_on_every_shape(shape, multiple, family, real_bytes):
@@ -158,6 +160,7 @@ def test_stated_uncertainty_covers_a_real_save_on_every_shape(shape, multiple, f
     assert abs(error) <= result.uncertainty_for(target), (shape, target, error, result.report())
 
 
+@pytest.mark.accuracy
 @pytest.mark.parametrize(
     "shape", [pytest.param(name, marks=_same_worker(name)) for name in RAM_SHAPES]
 )
@@ -205,6 +208,7 @@ def test_a_pipeline_without_a_shuffle_buffer_is_reported_constant(family):
     assert not any("elements" in line for line in result.describe()[:1])
 
 
+@pytest.mark.accuracy
 @_same_worker("encoded_frames")
 def test_two_estimates_of_one_pipeline_agree_within_1_percent(family, tmp_path):
     """The decoded-prefetch shape is the one whose other buffers jitter with thread timing.
@@ -224,6 +228,7 @@ def test_two_estimates_of_one_pipeline_agree_within_1_percent(family, tmp_path):
         assert abs(again.bytes_for(buffer) / first.bytes_for(buffer) - 1) <= within, multiple
 
 
+@pytest.mark.accuracy
 @pytest.mark.parametrize(
     "config_name, overrides",
     [
@@ -356,6 +361,7 @@ def _hidden_buffer_shapes() -> list[str]:
     return list(HIDDEN_BUFFERS)
 
 
+@pytest.mark.accuracy
 @pytest.mark.parametrize("shape", _hidden_buffer_shapes())
 def test_buffers_the_main_line_does_not_show_are_counted(shape, tmp_path):
     """Rebuilt from an adversarial probe that found each under-estimated by 16-98% with a

@@ -15,7 +15,6 @@ from typing import Any
 
 from dlckpt.errors import UsageError
 
-
 # How long the caller waits, once it leaves (a signal, a stall), for the worker to stop at
 # its next sign of progress. Until it stops it may still trace functions, and TensorFlow's
 # autograph writes a file for each into the temp folder, removed by an atexit function

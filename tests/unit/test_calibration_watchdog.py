@@ -59,7 +59,7 @@ def test_a_stall_is_one_usage_error_and_the_worker_is_told_to_stop():
             ended.append(error)
             raise
 
-    with pytest.raises(UsageError, match="made no progress for 0.2 s while waiting for"):
+    with pytest.raises(UsageError, match=r"made no progress for 0\.2 s while waiting for"):
         run_with_stall_limit(work, limit_seconds=0.2, poll_seconds=0.02)
     release.set()
     for thread in threading.enumerate():
