@@ -34,6 +34,9 @@ class EstimateSettings:
     # Processes on one host that each save their own iterator at once (one per accelerator);
     # None: `make diagnose` counts the accelerators it finds (the estimate tables assume 1).
     processes_per_host: int | None = None
+    # CheckpointManager(max_to_keep=N): the bucket holds N checkpoints per process, and one
+    # more while the next is written. None: one checkpoint, rewritten in place.
+    max_to_keep: int | None = None
     # Buffer sizes the measured estimate fills, saves and fits a line through.
     calibration_buffer_sizes: list[int] = field(default_factory=lambda: [8, 32, 64])
     # Where the calibration samples the stream: one chunk of elements from each offset, so
@@ -236,6 +239,12 @@ class CalibrationSettings(NamedTuple):
     offsets: list[int]
     num_hosts: int
     timeout_seconds: float
+    max_to_keep: int | None = None
+
+    @property
+    def checkpoints_in_bucket(self) -> int:
+        """Per process, at the bucket's peak: max_to_keep, plus the one being written."""
+        return 1 if self.max_to_keep is None else self.max_to_keep + 1
 
 
 def estimate_settings(estimate_cfg: Any) -> CalibrationSettings:
@@ -250,6 +259,12 @@ def estimate_settings(estimate_cfg: Any) -> CalibrationSettings:
             f"estimate.num_hosts={hosts!r}: expected an integer >= 1 "
             "(the hosts that each save a checkpoint)"
         )
+    kept = estimate_cfg.get("max_to_keep")
+    if kept is not None and (isinstance(kept, bool) or not isinstance(kept, int) or kept < 1):
+        raise UsageError(
+            f"estimate.max_to_keep={kept!r}: expected an integer >= 1 (your CheckpointManager's "
+            "max_to_keep) or null (one checkpoint, rewritten in place)"
+        )
     timeout = estimate_cfg.get("calibration_timeout_seconds", 300)
     if (
         isinstance(timeout, bool)
@@ -261,7 +276,9 @@ def estimate_settings(estimate_cfg: Any) -> CalibrationSettings:
             f"estimate.calibration_timeout_seconds={timeout!r}: expected a number of seconds "
             "above zero, e.g. 300"
         )
-    return CalibrationSettings(sorted(set(sizes)), sorted(set(offsets)), hosts, float(timeout))
+    return CalibrationSettings(
+        sorted(set(sizes)), sorted(set(offsets)), hosts, float(timeout), kept
+    )
 
 
 def _int_list(value: Any, name: str, minimum: int) -> list[int]:

@@ -29,7 +29,9 @@ def _config(folder: Path, target: str, **settings: object) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     lines = [f"  _target_: user_pipelines.{target}", "  shuffle_buffer_size: 32"]
     lines += [f"  {key}: {value}" for key, value in settings.items()]
-    (folder / "mh.yaml").write_text("dataloader:\n" + "\n".join(lines) + "\n")
+    # The job's sizes are measured: cheaply (two buffers, one offset), still measured.
+    cheap = "estimate:\n  calibration_buffer_sizes: [8, 32]\n  calibration_offsets: [0]\n"
+    (folder / "mh.yaml").write_text("dataloader:\n" + "\n".join(lines) + "\n" + cheap)
     return folder
 
 
@@ -90,7 +92,9 @@ def _watch_children(
 @pytest.mark.slow
 def test_two_hosts_of_two_processes_pass_with_disjoint_shards(tmp_path):
     conf = _config(tmp_path / "conf", "sharded_dataset")
-    code, output, report = _multi_host(tmp_path, "--config-dir", str(conf), "--config-name", "mh")
+    code, output, report = _multi_host(
+        tmp_path, "--config-dir", str(conf), "--config-name", "mh", "estimate.max_to_keep=2"
+    )
     assert code == 0, output
     assert "Started 4 processes (2 hosts × 2)" in output
     for index, host in [(0, 0), (1, 0), (2, 1), (3, 1)]:
@@ -103,6 +107,24 @@ def test_two_hosts_of_two_processes_pass_with_disjoint_shards(tmp_path):
     assert [uri.rsplit("/", 1)[1] for uri in uris] == [f"process_{i}-of-4" for i in range(4)]
     assert all(p["checkpoint"]["writer"] == "tensorflow-gcs" for p in report["processes"])
     assert report["global_checks"] == {"overlapping_shards": [], "all_resumed_in_step": True}
+
+    # The whole job's figures: the configured buffer's checkpoints per process, per host and
+    # in the bucket (2 hosts x 2 processes x 3 kept); the tested buffer's held to real saves.
+    job = report["job_sizes"]
+    assert (job["hosts"], job["processes_per_host"], job["checkpoints_in_bucket"]) == (2, 2, 3)
+    assert job["per_host"] == 2 * job["per_process"] and job["bucket"] == 12 * job["per_process"]
+    assert "JOB CHECKPOINTS at shuffle_buffer_size 32 (±" in output
+    assert "in the bucket (2 hosts × 2 processes × 3 checkpoints: max_to_keep 2 + the " in output
+    real = [p["checkpoint"]["bytes"] for p in report["processes"]]
+    sizes = report["sizes"]
+    assert sizes["bucket"]["real"] == sum(real)
+    assert sizes["per_host"]["real_max"] == max(real[0] + real[1], real[2] + real[3])
+    each = sizes["per_process"]["estimated"]
+    assert (sizes["per_host"]["estimated"], sizes["bucket"]["estimated"]) == (2 * each, 4 * each)
+    checks = report["estimate"]["cross_checks"]
+    assert sorted(c["actual_bytes"] for c in checks) == sorted(real)
+    assert all(c["within"] and abs(c["error"]) <= c["uncertainty"] for c in checks)
+    assert "✓ Sizes at buffer 32, real against estimated: per process " in output
 
 
 @pytest.mark.slow

@@ -15,14 +15,19 @@ use another process count (--restore-processes), 2 bad input.
 
 from __future__ import annotations
 
+import os
+import tempfile
 from collections.abc import Sequence
 from typing import Any
 
 from dlckpt.cli.common import common_parser, load_from_args, parse_args, run_main, say_runtime
 from dlckpt.cli.small_buffer import tested_buffer_size
 from dlckpt.config import parse_positive_int, shuffle_buffer_size
-from dlckpt.multihost.run import Job, run_multi_host
+from dlckpt.multihost.run import Job, gcs_destination, refuse_a_new_process_count, run_multi_host
+from dlckpt.preflight.locations import multi_host_locations
+from dlckpt.preflight.run import estimate_and_preflight, estimate_report
 from dlckpt.report import write_report
+from dlckpt.roundtrip.scenario import open_destination
 
 SCRIPT = "multi_host"
 TIMEOUT_SECONDS = 900.0
@@ -57,6 +62,7 @@ def _run(parser: Any, argv: Sequence[str] | None, report: dict[str, Any]) -> int
         if args.restore_processes is not None
         else None
     )
+    args.overrides = [*args.overrides, *_job_shape(args.overrides, hosts, per_host)]
     cfg = load_from_args(args)  # bad input answered here, before any process starts
     original = shuffle_buffer_size(cfg)
     small = parse_positive_int(cfg.roundtrip.small_buffer_size, "roundtrip.small_buffer_size")
@@ -66,7 +72,6 @@ def _run(parser: Any, argv: Sequence[str] | None, report: dict[str, Any]) -> int
     report["shuffle_buffer_size"] = {"original": original, "tested": tested}
     say_runtime(args)
     print(f"Config: {args.config_name} · dataloader: {cfg.dataloader._target_}")
-    print(buffer_line)
     job = Job(
         config_name=args.config_name,
         config_dir=args.config_dir,
@@ -77,6 +82,43 @@ def _run(parser: Any, argv: Sequence[str] | None, report: dict[str, Any]) -> int
         keep=args.keep,
         timeout_seconds=TIMEOUT_SECONDS,
     )
-    code = run_multi_host(job, report)
+    if refuse_a_new_process_count(job) is not None:  # answered before anything is measured
+        print(buffer_line)
+        code = run_multi_host(job, report)
+    else:
+        with open_destination(os.environ.get("GCS_TEST_BUCKET"), embedded_when_unset=True) as where:
+            destination = gcs_destination(where)
+            estimate = estimate_and_preflight(
+                cfg, args, scenario="small_buffer", tested_buffer=tested, report=report,
+                tested_line=buffer_line, locations=_rows(destination, job.count),
+            )  # fmt: skip
+            code = run_multi_host(job, report, destination, estimate)
+        report.update(estimate_report(estimate))
     write_report(args.report, report)
     return code
+
+
+def _job_shape(overrides: Sequence[str], hosts: int, per_host: int) -> list[str]:
+    """The job's size figures count --hosts and --processes-per-host, unless the command line
+    sets estimate.num_hosts / estimate.processes_per_host for a larger production job."""
+    given = {item.split("=", 1)[0].lstrip("+") for item in overrides}
+    shape = []
+    if "estimate.num_hosts" not in given:
+        shape.append(f"estimate.num_hosts={hosts}")
+    if "estimate.processes_per_host" not in given:
+        shape.append(f"estimate.processes_per_host={per_host}")
+    return shape
+
+
+def _rows(destination: Any, processes: int) -> Any:
+    embedded = bool(getattr(destination, "ephemeral", False))
+
+    def rows(estimate: Any) -> list[Any]:
+        return multi_host_locations(
+            estimate,
+            processes,
+            embedded_dir=tempfile.gettempdir() if embedded else None,
+            gcs_uri=destination.location.uri(),
+        )
+
+    return rows

@@ -40,9 +40,17 @@ def config_hash(cfg: Any) -> str:
     # trying other buffer sizes (or --fit-budget) reuses the measurement.
     dataloader.pop("shuffle_buffer_size", None)
     estimate = dict(OmegaConf.to_container(cfg.estimate, resolve=True))  # type: ignore[arg-type]
-    # Settings that change only the formula, the hosts, the processes per host (a multiplier
-    # of the per-process checkpoint) or the time limit, not what is measured.
-    for key in ("bytes_per_sample", "formula_overhead", "num_hosts", "processes_per_host", "cache"):
+    # Settings that change only the formula, the hosts, the processes per host or the
+    # checkpoints kept (multipliers of the per-process checkpoint) or the time limit, not
+    # what is measured.
+    for key in (
+        "bytes_per_sample",
+        "formula_overhead",
+        "num_hosts",
+        "processes_per_host",
+        "max_to_keep",
+        "cache",
+    ):
         estimate.pop(key, None)
     estimate.pop("calibration_timeout_seconds", None)
     resolved = {

@@ -85,6 +85,8 @@ class EstimateResult:
     calibration: Calibration | None = None
     cached: bool = False
     num_hosts: int = 1
+    # Per process in the bucket at its peak (estimate.max_to_keep + 1; 1 when unset).
+    checkpoints_in_bucket: int = 1
     formula_overhead: float = 1.5
     notes: list[str] = field(default_factory=list)
     # Filled by cli.common.estimate_and_preflight: the report's `locations` and `fit_budget`.
@@ -199,6 +201,7 @@ class EstimateResult:
             "bytes_per_sample": self.bytes_per_sample,
             "bytes_per_sample_source": self.bytes_per_sample_source,
             "num_hosts": self.num_hosts,
+            "checkpoints_in_bucket": self.checkpoints_in_bucket,
             # Present with the formula too (null), so a reader need not test for the keys.
             "bytes_per_buffered_element": None,
             "fixed_bytes": None,
@@ -293,7 +296,8 @@ def estimate(
 
     original = shuffle_buffer_size(cfg)
     tested = tested_buffer or original
-    hosts = estimate_settings(cfg.estimate).num_hosts
+    settings = estimate_settings(cfg.estimate)
+    hosts = settings.num_hosts
     calibration, cached, key, unsaveable = (
         _calibration_for(cfg, scratch_root, say) if measure else (None, False, None, None)
     )
@@ -321,6 +325,7 @@ def estimate(
         bytes_per_sample=int(sample_bytes),
         bytes_per_sample_source=source,
         num_hosts=hosts,
+        checkpoints_in_bucket=settings.checkpoints_in_bucket,
         formula_overhead=overhead,
         cached=cached,
         cache_key=key,

@@ -27,6 +27,7 @@ from dlckpt.paths import command, doc
 from dlckpt.units import format_size
 
 if TYPE_CHECKING:
+    from dlckpt.estimate.estimator import EstimateResult
     from dlckpt.storage.gcs import GcsDestination
 
 WORKER_MODULE = "dlckpt.multihost.worker"
@@ -59,6 +60,7 @@ class Outcome:
     results: dict[int, dict[str, Any]] = field(default_factory=dict)
     died: dict[int, str] = field(default_factory=dict)  # index -> how it ended
     overlaps: list[str] = field(default_factory=list)
+    sizes: dict[str, dict[str, int]] | None = None  # job_size_report
 
     def report(self) -> dict[str, Any]:
         per_process = [
@@ -68,6 +70,7 @@ class Outcome:
         return {
             "processes": per_process,
             "died": {str(k): v for k, v in self.died.items()},
+            "sizes": self.sizes,
             "global_checks": {
                 "overlapping_shards": self.overlaps,
                 "all_resumed_in_step": self.failure is None,
@@ -249,21 +252,26 @@ def _cross_process_checks(job: Job, outcome: Outcome) -> bool:
     return True
 
 
-def run_multi_host(job: Job, report: dict[str, Any]) -> int:
+def run_multi_host(
+    job: Job,
+    report: dict[str, Any],
+    destination: Any = None,
+    estimate: EstimateResult | None = None,
+) -> int:
     """Run the job; the exit code: 0 every process resumed exactly, 1 one did not (or died,
-    or the restore would use another process count), 2 a process's input was bad."""
-    from dlckpt.roundtrip.scenario import open_destination
-
+    its checkpoint fell outside the estimate's ±, or the restore would use another process
+    count), 2 a process's input was bad. `destination` (from open_destination) is where the
+    processes save; `estimate` (at the tested buffer) is held to their real checkpoints."""
     outcome = Outcome(failure=refuse_a_new_process_count(job))
     code = EXIT_FAILED
     if outcome.failure is None:
-        setting = os.environ.get("GCS_TEST_BUCKET")
-        with open_destination(setting, embedded_when_unset=True) as destination:
-            _run_processes(job, _gcs(destination), outcome)
+        _run_processes(job, gcs_destination(destination), outcome)
         outcome.failure, code = _first_failure(job, outcome)
         _say_processes(job, outcome, code)
         if outcome.failure is None:
             _say_how_they_resumed(job, outcome)
+        if outcome.failure is None and estimate is not None:
+            outcome.failure = check_job_sizes(job, outcome, estimate)
     report.update(outcome.report())
     passed = outcome.failure is None
     job.say(
@@ -275,6 +283,65 @@ def run_multi_host(job: Job, report: dict[str, Any]) -> int:
     code = EXIT_PASSED if passed else code
     report.update(passed=passed, exit_code=code)
     return code
+
+
+def check_job_sizes(job: Job, outcome: Outcome, estimate: EstimateResult) -> str | None:
+    """Hold the estimate at the tested buffer to every process's real checkpoint, and say the
+    job's figures: per process, per host (its processes' checkpoints staged at once) and in
+    the bucket. Returns the failure text when a process's checkpoint is outside the stated ±
+    (the job's figures and the preflight rest on it), else None."""
+    from dlckpt.estimate.estimator import cross_check
+
+    buffer = estimate.tested_buffer
+    real = {i: int(r["checkpoint"]["bytes"]) for i, r in sorted(outcome.results.items())}
+    checks = {i: cross_check(estimate, buffer, size) for i, size in real.items()}
+    outcome.sizes = job_size_report(job, estimate, real)
+    missed = [i for i, check in checks.items() if check.within is False]
+    for index in missed:
+        job.say(f"process {index}: {checks[index].message().lstrip()}")
+    figures = outcome.sizes
+    stated = estimate.uncertainty_for(buffer)
+    within = (
+        "; the README's rule of thumb states no ±"
+        if stated is None
+        else f": every process within the stated ±{stated:.1%}"
+        if not missed
+        else f": {len(missed)} of {job.count} outside the stated ±{stated:.1%}"
+    )
+    mark = "✗" if missed else "✓"
+    job.say(
+        f"{mark} Sizes at buffer {buffer:,}, real against estimated: per process "
+        f"{_span(real.values())} against {format_size(figures['per_process']['estimated'])}; "
+        f"per host ({job.per_host} at once in its temp folder) "
+        f"{format_size(figures['per_host']['real_max'])} at most against "
+        f"{format_size(figures['per_host']['estimated'])}; in the bucket ({job.count} "
+        f"processes) {format_size(figures['bucket']['real'])} against "
+        f"{format_size(figures['bucket']['estimated'])}{within}"
+    )
+    if missed:
+        return checks[missed[0]].failure()
+    return None
+
+
+def _span(sizes: Any) -> str:
+    low, high = min(sizes), max(sizes)
+    return format_size(low) if low == high else f"{format_size(low)}–{format_size(high)}"
+
+
+def job_size_report(
+    job: Job, estimate: EstimateResult, real: dict[int, int]
+) -> dict[str, dict[str, int]]:
+    """The report's `sizes`: the estimate at the tested buffer per process, per host and in
+    the bucket, beside the real checkpoints' (per host: the host that wrote the most)."""
+    each = estimate.bytes_for(estimate.tested_buffer)
+    hosts: dict[int, int] = {}
+    for process in processes(job.hosts, job.per_host):
+        hosts[process.host] = hosts.get(process.host, 0) + real.get(process.index, 0)
+    return {
+        "per_process": {"estimated": each, "real_max": max(real.values(), default=0)},
+        "per_host": {"estimated": each * job.per_host, "real_max": max(hosts.values(), default=0)},
+        "bucket": {"estimated": each * job.count, "real": sum(real.values())},
+    }
 
 
 def _say_how_they_resumed(job: Job, outcome: Outcome) -> None:
@@ -307,7 +374,8 @@ def _run_processes(job: Job, destination: GcsDestination, outcome: Outcome) -> N
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def _gcs(destination: Any) -> GcsDestination:
+def gcs_destination(destination: Any) -> GcsDestination:
+    """`destination` when it is a bucket; UsageError (exit 2) for a local folder."""
     from dlckpt.storage.gcs import GcsDestination
 
     if not isinstance(destination, GcsDestination):

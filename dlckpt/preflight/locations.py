@@ -12,7 +12,7 @@ import math
 import os
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from dlckpt.errors import PreflightRefusal, UsageError
@@ -195,11 +195,48 @@ def configured_locations(estimate: EstimateResult, processes: int = 1) -> list[L
             estimate.ram_bytes_for(estimate.original_buffer) * processes,
         ),
         Location(
-            f"GCS total ({estimate.num_hosts} host{'s' if estimate.num_hosts != 1 else ''})",
+            bucket_role(estimate.num_hosts, processes, estimate.checkpoints_in_bucket),
             os.environ.get("GCS_TEST_BUCKET") or "gs://",
-            checkpoint * estimate.num_hosts * processes,
+            checkpoint * estimate.num_hosts * processes * estimate.checkpoints_in_bucket,
         ),
     ]
+
+
+def bucket_role(hosts: int, processes: int, kept: int) -> str:
+    """`GCS total (2 hosts)`, then the processes per host and the checkpoints kept (with the
+    one being written) when they multiply it, joined by a multiplication sign."""
+    parts = [f"{hosts} host{'s' if hosts != 1 else ''}"]
+    if processes > 1:
+        parts.append(f"{processes} processes")
+    if kept > 1:
+        parts.append(f"{kept} checkpoints: max_to_keep {kept - 1} + the one being written")
+    return f"GCS total ({' × '.join(parts)})"
+
+
+def multi_host_locations(
+    estimate: EstimateResult, processes: int, *, embedded_dir: str | None, gcs_uri: str | None
+) -> list[Location]:
+    """The rows a multi-host run on this machine fills: every stand-in host's temp folder is
+    under this machine's, so all `processes` stage their checkpoint in it at once, hold their
+    buffers in its RAM, and upload to one server (its storage keeps SERVER_COPIES of each;
+    it holds each upload whole while it reads it, all at once at the barrier)."""
+    from dlckpt.storage.embedded.server import SERVER_RAM_BASE_BYTES, SERVER_RAM_BYTES_PER_BYTE
+
+    rows = []
+    for row in tensorflow_gcs_locations(estimate, embedded_dir=embedded_dir, gcs_uri=gcs_uri):
+        if row.role.startswith("embedded GCS server RAM"):
+            needed = SERVER_RAM_BASE_BYTES + int(
+                SERVER_RAM_BYTES_PER_BYTE * estimate.tested_bytes * processes
+            )
+        elif row.role.startswith("GCS total"):
+            needed = estimate.tested_bytes * processes
+        else:
+            needed = row.required_bytes * processes
+        role = f"{row.role.split(' (')[0]} ({processes} processes)"
+        if row.role.startswith("TensorFlow temp folder"):
+            role = f"{row.role[:-1]}, {processes} processes)"
+        rows.append(replace(row, role=role, required_bytes=needed))
+    return rows
 
 
 def configured_fit_line(
@@ -329,7 +366,8 @@ def tightest_room(rows: Sequence[Location], margin: float = ADVICE_MARGIN) -> in
 class AtBuffer:
     """An estimate's sizes for another shuffle buffer, at the upper end of its stated ±.
 
-    What every row builder reads (`tested_*`, `original_*`, `ram_bytes_for`, `num_hosts`),
+    What every row builder reads (`tested_*`, `original_*`, `ram_bytes_for`, `num_hosts`,
+    `checkpoints_in_bucket`),
     so the rows a run or a job would fill can be rebuilt for any buffer and the advice
     holds even when the estimate is low by its whole ±. Bytes are ceilings.
     """
@@ -342,6 +380,7 @@ class AtBuffer:
             estimate.bytes_for(buffer) * self._factor
         )
         self.num_hosts = estimate.num_hosts
+        self.checkpoints_in_bucket = estimate.checkpoints_in_bucket
         self.unsaveable = estimate.unsaveable
 
     def ram_bytes_for(self, buffer: int) -> int:

@@ -34,7 +34,7 @@ from dlckpt.preflight.locations import (
 )
 from dlckpt.report import write_report
 from dlckpt.tempdir import tf_temp_dir
-from dlckpt.units import parse_size
+from dlckpt.units import format_size, parse_size
 
 
 def estimate_and_preflight(
@@ -75,6 +75,9 @@ def estimate_and_preflight(
     processes, source = processes_per_host(cfg, job_env or {})
     if processes > 1:
         say(f"Processes per host saving at once: {processes} ({source})")
+    job = job_sizes(result, processes)
+    if job["per_host"] != job["per_process"] or job["bucket"] != job["per_host"]:
+        say(job_sizes_line(result, processes, job))
     separate = scenario != "full" or result.tested_buffer != result.original_buffer
     estimate_only = getattr(args, "estimate_only", False)
 
@@ -97,6 +100,7 @@ def estimate_and_preflight(
         environment=environment, advice_rows=[job_rows] if separate else rows_at,
     )  # fmt: skip
     production = {
+        "job_sizes": job,
         "configured_locations": [row.report() for row in configured],
         "configured_fits": all(row.ok for row in configured) and not also,
     }
@@ -171,6 +175,42 @@ def _say_run_rows(
     if tmp_warning:
         say(f"⚠ {tmp_warning}")
     result.locations = [row.report() for row in rows]
+
+
+def job_sizes(result: EstimateResult, processes: int) -> dict[str, Any]:
+    """The configured buffer's checkpoints for the whole job, in bytes (the estimate, without
+    its ±): per process; per host (`processes` staged at once in its temp folder); in the
+    bucket at its peak (times hosts, processes and estimate.max_to_keep + 1)."""
+    each = result.original_bytes
+    kept = result.checkpoints_in_bucket
+    return {
+        "buffer": result.original_buffer,
+        "uncertainty": result.uncertainty,
+        "per_process": each,
+        "per_host": each * processes,
+        "bucket": each * processes * result.num_hosts * kept,
+        "hosts": result.num_hosts,
+        "processes_per_host": processes,
+        "checkpoints_in_bucket": kept,
+    }
+
+
+def job_sizes_line(result: EstimateResult, processes: int, job: dict[str, Any]) -> str:
+    """`JOB CHECKPOINTS at shuffle_buffer_size N (±u): X per process; Y per host (…); Z in
+    the bucket (…)`."""
+    stated = f" (±{job['uncertainty']:.0%})" if job["uncertainty"] is not None else ""
+    kept = job["checkpoints_in_bucket"]
+    bucket = [f"{job['hosts']} host{'s' if job['hosts'] != 1 else ''}"]
+    if processes > 1:
+        bucket.append(f"{processes} processes")
+    if kept > 1:
+        bucket.append(f"{kept} checkpoints: max_to_keep {kept - 1} + the one being written")
+    return (
+        f"JOB CHECKPOINTS at shuffle_buffer_size {job['buffer']:,}{stated}: "
+        f"{format_size(job['per_process'])} per process; {format_size(job['per_host'])} per "
+        f"host ({processes} staged at once in its temp folder); {format_size(job['bucket'])} "
+        f"in the bucket ({' × '.join(bucket)})"
+    )
 
 
 def processes_per_host(cfg: DictConfig, job_env: Mapping[str, str]) -> tuple[int, str]:

@@ -37,7 +37,7 @@ ALLOWED: dict[str, set[str]] = {
     "roundtrip": LOW | {"config", "pipeline", "ckpt_io", "estimate", "storage", "preflight"},
     "strategies": LOW | {"config", "pipeline", "ckpt_io", "estimate", "roundtrip"},
     "diagnose": LOW | {"config", "preflight"},
-    "multihost": LOW | {"config", "pipeline", "storage", "roundtrip"},
+    "multihost": LOW | {"config", "pipeline", "estimate", "storage", "roundtrip"},
     "bench": LOW | {"config", "pipeline", "ckpt_io", "estimate", "storage", "preflight",
                     "roundtrip", "diagnose"},
     # The commands (each script's body) sit on top and may use every room below them.

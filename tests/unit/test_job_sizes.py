@@ -1,0 +1,62 @@
+"""The whole job's checkpoint figures: per process, per host, in the bucket (issue 23, item 6)."""
+
+from __future__ import annotations
+
+import pytest
+from omegaconf import OmegaConf
+
+from dlckpt.config import EstimateSettings, estimate_settings
+from dlckpt.errors import UsageError
+from dlckpt.estimate.estimator import EstimateResult
+from dlckpt.preflight.locations import bucket_role, configured_locations
+from dlckpt.preflight.run import job_sizes, job_sizes_line
+
+
+def _estimate(each: int, hosts: int, kept: int) -> EstimateResult:
+    return EstimateResult(
+        method="formula", original_buffer=1000, tested_buffer=100, original_bytes=each,
+        tested_bytes=each // 10, formula_original_bytes=each, formula_tested_bytes=each // 10,
+        bytes_per_sample=each // 1500, bytes_per_sample_source="test", num_hosts=hosts,
+        checkpoints_in_bucket=kept,
+    )  # fmt: skip
+
+
+def _settings(**values: object):
+    return estimate_settings(OmegaConf.create({**vars(EstimateSettings()), **values}))
+
+
+def test_max_to_keep_adds_the_checkpoint_being_written():
+    assert _settings().checkpoints_in_bucket == 1  # unset: one checkpoint, rewritten
+    assert _settings(max_to_keep=1).checkpoints_in_bucket == 2
+    assert _settings(max_to_keep=5).checkpoints_in_bucket == 6
+
+
+@pytest.mark.parametrize("value", [0, -1, True, 1.5, "3"])
+def test_a_bad_max_to_keep_is_one_line(value):
+    with pytest.raises(UsageError) as caught:
+        _settings(max_to_keep=value)
+    assert str(caught.value).startswith(f"estimate.max_to_keep={value!r}: expected an integer")
+    assert "\n" not in str(caught.value)
+
+
+def test_per_process_per_host_and_bucket_multiply_as_the_job_writes():
+    result = _estimate(each=3_000_000, hosts=4, kept=3)
+    job = job_sizes(result, processes=8)
+    assert (job["per_process"], job["per_host"]) == (3_000_000, 24_000_000)
+    assert job["bucket"] == 3_000_000 * 8 * 4 * 3
+    line = job_sizes_line(result, 8, job)
+    assert line.startswith("JOB CHECKPOINTS at shuffle_buffer_size 1,000: 2.9 MiB per process; ")
+    assert "22.9 MiB per host (8 staged at once in its temp folder)" in line
+    assert line.endswith(
+        "274.7 MiB in the bucket (4 hosts × 8 processes × 3 checkpoints: max_to_keep 2 + the "
+        "one being written)"
+    )
+    [bucket] = [row for row in configured_locations(result, 8) if row.role.startswith("GCS")]
+    assert bucket.required_bytes == job["bucket"]
+    assert bucket.role == bucket_role(4, 8, 3)
+
+
+def test_one_host_one_process_one_checkpoint_is_the_checkpoint():
+    job = job_sizes(_estimate(each=1000, hosts=1, kept=1), processes=1)
+    assert job["per_process"] == job["per_host"] == job["bucket"] == 1000
+    assert bucket_role(1, 1, 1) == "GCS total (1 host)"
