@@ -49,6 +49,11 @@ def main(argv: Sequence[str] | None = None, prog: str = "dlckpt multi-host") -> 
         help="the process count the job resumes with (default: the same): another count is "
         "refused, since an iterator's state cannot be resharded",
     )
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="run even when the preflight says the run's folders or RAM cannot hold it",
+    )
     report: dict[str, Any] = {"script": SCRIPT}
     return run_main(lambda: _run(parser, argv, report), argv, report)
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from dlckpt.errors import EXIT_PASSED, EXIT_PREFLIGHT, PreflightRefusal
+from dlckpt.errors import EXIT_PASSED, EXIT_PREFLIGHT, PreflightRefusal, UsageError
 from dlckpt.estimate.estimator import EstimateResult, estimate
 from dlckpt.job_env import THIS_SHELL, processes_from_env
 from dlckpt.preflight.fit import fit_budget
@@ -218,8 +218,13 @@ def processes_per_host(cfg: DictConfig, job_env: Mapping[str, str]) -> tuple[int
     estimate.processes_per_host, else the job's LOCAL_WORLD_SIZE or CUDA_VISIBLE_DEVICES,
     else 1. The shell's own devices are not counted: the job may run elsewhere."""
     configured = cfg.estimate.get("processes_per_host")
-    if configured:
-        return int(configured), "estimate.processes_per_host"
+    if configured is not None:
+        if isinstance(configured, bool) or not isinstance(configured, int) or configured < 1:
+            raise UsageError(
+                f"estimate.processes_per_host={configured!r}: expected an integer >= 1 (the "
+                "processes on one host that each save a checkpoint) or null"
+            )
+        return configured, "estimate.processes_per_host"
     found = processes_from_env(job_env)
     return found if found is not None else (1, "one process: set estimate.processes_per_host")
 

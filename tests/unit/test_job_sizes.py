@@ -60,3 +60,33 @@ def test_one_host_one_process_one_checkpoint_is_the_checkpoint():
     job = job_sizes(_estimate(each=1000, hosts=1, kept=1), processes=1)
     assert job["per_process"] == job["per_host"] == job["bucket"] == 1000
     assert bucket_role(1, 1, 1) == "GCS total (1 host)"
+
+
+@pytest.mark.parametrize("value", [0, -3, True])
+def test_a_bad_processes_per_host_is_one_line(value):
+    from dlckpt.preflight.run import processes_per_host
+
+    cfg = OmegaConf.create({"estimate": {"processes_per_host": value}})
+    with pytest.raises(UsageError) as caught:
+        processes_per_host(cfg, {})
+    assert str(caught.value).startswith(f"estimate.processes_per_host={value!r}: expected an")
+
+
+def test_a_multi_host_run_counts_two_tensorflow_processes_per_process_in_ram():
+    """130 stand-in processes (`--hosts 65`) ran this machine out of memory: the RAM row
+    counts each process's TensorFlow and its restore process, so the preflight refuses."""
+    from dlckpt.preflight.locations import (
+        RAM,
+        TENSORFLOW_PROCESS_RAM_BYTES,
+        check_locations,
+        multi_host_locations,
+    )
+
+    result = _estimate(each=300_000, hosts=1, kept=1)
+    [four] = [r for r in multi_host_locations(result, 4, embedded_dir=None, gcs_uri="gs://b")
+              if r.path == RAM]  # fmt: skip
+    assert four.role == "host RAM (4 processes: buffers, 2 TensorFlow processes each)"
+    assert four.required_bytes == 4 * (result.ram_bytes_for(100) + 2 * TENSORFLOW_PROCESS_RAM_BYTES)
+    many = multi_host_locations(result, 130, embedded_dir=None, gcs_uri="gs://b")
+    [ram] = [row for row in check_locations(many) if row.path == RAM]
+    assert ram.required_bytes > 150 * 2**30
