@@ -164,9 +164,14 @@ def test_fault_a_dead_or_frozen_embedded_server_ends_the_gs_save_as_a_transfer_f
         assert "; TensorFlow: " in line or watch_ended in line, line
         if target == "server":
             assert watch_ended in line, line
-    # The watch said why the save was waiting, and how long it would.
+    # A frozen server makes the save wait: the watch said why, and how long it would. A
+    # killed one is refused at once, and TensorFlow may give up before the watch's next look
+    # (CI saw the ✗ line 3.3 s after the kill with no ⚠ line): only the ✗ line is promised.
     said = f"⚠ the embedded GCS server's {role} (pid {run.hit}) {cause} during the save: "
-    assert said + f"the run ends in {GIVE_UP_SECONDS:.0f} s unless it answers again" in run.output
+    if fault == signal.SIGSTOP:
+        assert said + f"the run ends in {GIVE_UP_SECONDS:.0f} s unless it answers again" in (
+            run.output
+        )
     # The stated bound, plus what the fill, the cleanup and the server's stop may take on
     # 2 busy cores (generous: TensorFlow's defaults took 780 s here).
     assert run.seconds_after_fault < GIVE_UP_SECONDS + EXIT_MARGIN_SECONDS, run.output
