@@ -366,7 +366,8 @@ def _run_processes(job: Job, destination: GcsDestination, outcome: Outcome) -> N
         spec = _spec(job, destination.location.uri(), run_prefix, scratch)
         where = f"{destination.location.uri(run_prefix)}/process_{{i}}-of-{job.count}/"
         job.say(
-            f"Started {job.count} processes ({job.hosts} hosts × {job.per_host}), "
+            f"Started {job.count} processes ({job.hosts} host{'s' if job.hosts != 1 else ''} "
+            f"× {job.per_host}), "
             f"each saving its iterator under {where}"
         )
         _wait(job, _start(job, spec, scratch), scratch, outcome)

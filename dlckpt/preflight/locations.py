@@ -282,9 +282,17 @@ def configured_fit_line(
             for row in rows
             if row.free_bytes is not None
         )
+        staged = [row for row in rows if row.role.startswith("TensorFlow temp folder")]
+        per_host = staged[0].required_bytes if staged else estimate.original_bytes
+        # Several processes per host: the folder holds all of theirs, so say both figures.
+        each = f"{format_size(estimate.original_bytes)} checkpoint" + (
+            f" per process ({format_size(per_host)} per host)"
+            if per_host > estimate.original_bytes
+            else ""
+        )
         return (
-            f"✓ THE CONFIGURED BUFFER FITS: {buffer} writes a "
-            f"{format_size(estimate.original_bytes)} checkpoint, which fits {room}; {checked}. "
+            f"✓ THE CONFIGURED BUFFER FITS: {buffer} writes a {each}, which fits {room}; "
+            f"{checked}. "
             "If a save still fails with `Could not append to the internal temporary file`, the "
             f"cause is elsewhere: {command('diagnose')}"
         )
@@ -470,7 +478,8 @@ def refusal_message(
             f"~{format_size(estimate.bytes_for(largest))}, "
             f"RAM ~{format_size(estimate.ram_bytes_for(largest))})"
         )
-    elif any(r.role.startswith("embedded GCS server") for r in rows):
+    elif any(r.role.startswith("embedded GCS server RAM") and not r.ok for r in rows):
+        # Only when its RAM is what does not fit: a full disk is named by `what` below.
         fixes.append(
             "no buffer size fits with the embedded GCS server, which holds an upload whole in "
             "RAM: set GCS_TEST_BUCKET to a bucket of yours or to a local folder"

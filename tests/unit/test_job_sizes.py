@@ -90,3 +90,38 @@ def test_a_multi_host_run_counts_two_tensorflow_processes_per_process_in_ram():
     many = multi_host_locations(result, 130, embedded_dir=None, gcs_uri="gs://b")
     [ram] = [row for row in check_locations(many) if row.path == RAM]
     assert ram.required_bytes > 150 * 2**30
+
+
+def test_the_fits_line_gives_the_hosts_figure_when_it_holds_several_checkpoints(tmp_path):
+    from dlckpt.preflight.locations import Location, check_locations, configured_fit_line
+
+    result = _estimate(each=1_000_000, hosts=1, kept=1)
+    role = "TensorFlow temp folder for gs:// writes (TMPDIR, 4 processes)"
+    rows = check_locations([Location(role, str(tmp_path), 4_000_000)])
+    line = configured_fit_line(rows, result)
+    assert line.startswith(
+        "✓ THE CONFIGURED BUFFER FITS: shuffle_buffer_size 1,000 writes a 976.6 KiB checkpoint "
+        f"per process (3.8 MiB per host), which fits {tmp_path} ("
+    )
+    one = check_locations([Location(role, str(tmp_path), 1_000_000)])
+    assert "writes a 976.6 KiB checkpoint, which fits" in configured_fit_line(one, result)
+
+
+def test_a_full_disk_is_not_blamed_on_the_embedded_servers_ram(tmp_path):
+    """A new-user probe on a 3 MB tmpfs was told no buffer fits because the embedded server
+    holds an upload in RAM, while RAM had room and the disk did not."""
+    from dlckpt.preflight.locations import RAM, Location, check_locations, refusal_message
+
+    result = _estimate(each=1_000_000, hosts=1, kept=1)
+
+    def rows_at(sized: object) -> list[Location]:
+        return [
+            Location("embedded GCS server storage", str(tmp_path), 10**18, variable="TMPDIR"),
+            Location("embedded GCS server RAM (holds an upload whole)", RAM, 1),
+        ]
+
+    rows = check_locations(rows_at(result))
+    message = refusal_message(rows[0], rows, result, rows_at)
+    assert "no buffer size fits every location" in message
+    assert "holds an upload whole in RAM" not in message
+    assert message.startswith(f"embedded GCS server storage {tmp_path}: needs ")
