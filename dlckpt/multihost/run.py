@@ -338,7 +338,11 @@ def job_size_report(
     for process in processes(job.hosts, job.per_host):
         hosts[process.host] = hosts.get(process.host, 0) + real.get(process.index, 0)
     return {
-        "per_process": {"estimated": each, "real_max": max(real.values(), default=0)},
+        "per_process": {
+            "estimated": each,
+            "real_min": min(real.values(), default=0),
+            "real_max": max(real.values(), default=0),
+        },
         "per_host": {"estimated": each * job.per_host, "real_max": max(hosts.values(), default=0)},
         "bucket": {"estimated": each * job.count, "real": sum(real.values())},
     }
