@@ -108,18 +108,6 @@ def _family_names(open_misses: bool) -> list[object]:
     ]
 
 
-# Over-estimates outside the stated ± that are open (issue 20): excused in the safe
-# direction only. index_shuffle on TensorFlow 2.15, in a CI run with two CPU hogs and other
-# TensorFlow processes beside it: every whole-pipeline save of the calibration held ~100-160
-# KB (median 134,590 B), the real saves after it 3,505 B (buffer 1,280) and 712 B (6,400);
-# unloaded, all are 3.4-10.8 KB. What held ~130 KB more in a `map().batch(8).prefetch(2)`
-# pipeline was not found.
-OVER_ESTIMATES_OPEN = {
-    "index_shuffle": "a few-KB constant checkpoint whose calibration saves, under load, held "
-    "~130 KB more than the real saves after them (open, issue 20)",
-}
-
-
 @pytest.fixture(scope="session")
 def real_bytes(tmp_path_factory: pytest.TempPathFactory):
     """(config, buffer) -> bytes of a real save, measured once per worker for both tests."""
@@ -169,10 +157,6 @@ def test_estimate_within_3_percent_of_a_real_save_on_unseen_shapes(
 @pytest.mark.parametrize("shape", _family_names(open_misses=False))
 def test_stated_uncertainty_covers_a_real_save_on_every_shape(shape, multiple, family, real_bytes):
     result, target, error, _ = _error(shape, multiple, family, real_bytes)
-    if shape in OVER_ESTIMATES_OPEN and abs(error) > result.uncertainty_for(target):
-        # Only the safe direction is excused: an under-estimate still fails.
-        assert error > 0, (shape, target, error, result.report())
-        pytest.xfail(OVER_ESTIMATES_OPEN[shape])
     assert abs(error) <= result.uncertainty_for(target), (shape, target, error, result.report())
 
 
