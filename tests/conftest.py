@@ -197,6 +197,7 @@ def run_in_process(
     ]  # fmt: skip
     saved_env, saved_cwd, saved_modules = dict(os.environ), os.getcwd(), set(sys.modules)
     saved_seed = _tensorflow_global_seed()
+    autograph_before = _autograph_files(environment)
     out, err = io.StringIO(), io.StringIO()
     # The one sys.path edit in the suite: what PYTHONPATH gives the script's own process.
     sys.path[:0] = extra
@@ -219,11 +220,23 @@ def run_in_process(
         # A pipeline that calls tf.random.set_seed (tests/cases/c02) would otherwise seed
         # every unseeded shuffle the worker's later tests build, hiding their risks.
         _restore_tensorflow_global_seed(saved_seed)
+        # TensorFlow's autograph removes the files it wrote at its process's exit (atexit):
+        # this call's process is the test's, which exits only later, so they go now, as the
+        # script's own process would remove them. Whether a call writes any depends on which
+        # functions this worker converted before (CI saw one test fail on that).
+        for leftover in _autograph_files(environment) - autograph_before:
+            leftover.unlink(missing_ok=True)
         for name in set(sys.modules) - saved_modules:
             origin = getattr(sys.modules[name], "__file__", None) or ""
             if any(origin.startswith(entry) for entry in extra):
                 del sys.modules[name]
     return subprocess.CompletedProcess([script, *args], code, out.getvalue(), err.getvalue())
+
+
+def _autograph_files(environment: dict[str, str]) -> set[Path]:
+    """TensorFlow autograph's generated files in the temp folder `environment` gives."""
+    folder = environment.get("TMPDIR")
+    return set(Path(folder).glob("__autograph_generated_file*.py")) if folder else set()
 
 
 def _tensorflow_global_seed() -> int | None:
