@@ -232,6 +232,13 @@ def _check_int(
     raise UsageError(f"{name}={value!r}: expected {expected}{suffix}")
 
 
+# estimate.* counts that may be unset (null), and what each counts.
+OPTIONAL_ESTIMATE_COUNTS = {
+    "processes_per_host": "the processes on one host that each save a checkpoint; or null",
+    "max_to_keep": "your CheckpointManager's max_to_keep; or null: one checkpoint, rewritten",
+}
+
+
 class CalibrationSettings(NamedTuple):
     """The `estimate.*` settings the calibration reads, validated."""
 
@@ -254,17 +261,11 @@ def estimate_settings(estimate_cfg: Any) -> CalibrationSettings:
     )
     offsets = _int_list(estimate_cfg.get("calibration_offsets"), "estimate.calibration_offsets", 0)
     hosts = estimate_cfg.get("num_hosts")
-    if isinstance(hosts, bool) or not isinstance(hosts, int) or hosts < 1:
-        raise UsageError(
-            f"estimate.num_hosts={hosts!r}: expected an integer >= 1 "
-            "(the hosts that each save a checkpoint)"
-        )
+    _check_int(hosts, "estimate.num_hosts", 1, None, (), "the hosts that each save a checkpoint")
+    for key, meaning in OPTIONAL_ESTIMATE_COUNTS.items():
+        if estimate_cfg.get(key) is not None:
+            _check_int(estimate_cfg.get(key), f"estimate.{key}", 1, None, (), meaning)
     kept = estimate_cfg.get("max_to_keep")
-    if kept is not None and (isinstance(kept, bool) or not isinstance(kept, int) or kept < 1):
-        raise UsageError(
-            f"estimate.max_to_keep={kept!r}: expected an integer >= 1 (your CheckpointManager's "
-            "max_to_keep) or null (one checkpoint, rewritten in place)"
-        )
     timeout = estimate_cfg.get("calibration_timeout_seconds", 300)
     if (
         isinstance(timeout, bool)

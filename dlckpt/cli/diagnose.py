@@ -29,7 +29,7 @@ from dlckpt.diagnose.checks import (
     next_steps,
     pass_line,
 )
-from dlckpt.errors import EXIT_FAILED, EXIT_PASSED, UsageError
+from dlckpt.errors import EXIT_FAILED, EXIT_PASSED
 from dlckpt.job_env import (
     TEMP_VARIABLES,
     detect_processes,
@@ -92,12 +92,7 @@ def _processes(cfg: Any, env: dict[str, str]) -> tuple[int, str, bool]:
         if processes == 1:
             source += "; set estimate.processes_per_host=N if N processes save"
         return processes, source, processes > 1
-    if isinstance(configured, bool) or not isinstance(configured, int) or configured < 1:
-        raise UsageError(
-            f"estimate.processes_per_host={configured!r}: expected an integer >= 1 "
-            "(the processes on one host that each save an iterator)"
-        )
-    return configured, "estimate.processes_per_host", False
+    return int(configured), "estimate.processes_per_host", False  # validated when read
 
 
 def _job(cfg: Any, args: Any, env: dict[str, str], env_source: str) -> Job:

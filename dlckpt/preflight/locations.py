@@ -197,20 +197,31 @@ def configured_locations(estimate: EstimateResult, processes: int = 1) -> list[L
         Location(
             bucket_role(estimate.num_hosts, processes, estimate.checkpoints_in_bucket),
             os.environ.get("GCS_TEST_BUCKET") or "gs://",
-            checkpoint * estimate.num_hosts * processes * estimate.checkpoints_in_bucket,
+            checkpoint * checkpoints_in_the_bucket(estimate, processes),
         ),
     ]
 
 
-def bucket_role(hosts: int, processes: int, kept: int) -> str:
-    """`GCS total (2 hosts)`, then the processes per host and the checkpoints kept (with the
-    one being written) when they multiply it, joined by a multiplication sign."""
+def checkpoints_in_the_bucket(estimate: Any, processes: int) -> int:
+    """Checkpoints the job's bucket holds at its peak: hosts x processes per host x the ones
+    each keeps (estimate.max_to_keep, plus the one being written)."""
+    return estimate.num_hosts * processes * estimate.checkpoints_in_bucket
+
+
+def bucket_factors(hosts: int, processes: int, kept: int) -> str:
+    """`2 hosts`, then the processes per host and the checkpoints kept (with the one being
+    written) when they multiply it, joined by a multiplication sign."""
     parts = [f"{hosts} host{'s' if hosts != 1 else ''}"]
     if processes > 1:
         parts.append(f"{processes} processes")
     if kept > 1:
         parts.append(f"{kept} checkpoints: max_to_keep {kept - 1} + the one being written")
-    return f"GCS total ({' × '.join(parts)})"
+    return " × ".join(parts)
+
+
+def bucket_role(hosts: int, processes: int, kept: int) -> str:
+    """The bucket's row: `GCS total (...)` with bucket_factors inside."""
+    return f"GCS total ({bucket_factors(hosts, processes, kept)})"
 
 
 # The resident memory of one TensorFlow process that builds a small pipeline, iterates it

@@ -15,14 +15,16 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from dlckpt.errors import EXIT_PASSED, EXIT_PREFLIGHT, PreflightRefusal, UsageError
+from dlckpt.errors import EXIT_PASSED, EXIT_PREFLIGHT, PreflightRefusal
 from dlckpt.estimate.estimator import EstimateResult, estimate
 from dlckpt.job_env import THIS_SHELL, processes_from_env
 from dlckpt.preflight.fit import fit_budget
 from dlckpt.preflight.locations import (
     Location,
     RowsAt,
+    bucket_factors,
     check_locations,
+    checkpoints_in_the_bucket,
     configured_fit_line,
     configured_locations,
     largest_fitting_buffer,
@@ -188,7 +190,7 @@ def job_sizes(result: EstimateResult, processes: int) -> dict[str, Any]:
         "uncertainty": result.uncertainty,
         "per_process": each,
         "per_host": each * processes,
-        "bucket": each * processes * result.num_hosts * kept,
+        "bucket": each * checkpoints_in_the_bucket(result, processes),
         "hosts": result.num_hosts,
         "processes_per_host": processes,
         "checkpoints_in_bucket": kept,
@@ -199,17 +201,12 @@ def job_sizes_line(result: EstimateResult, processes: int, job: dict[str, Any]) 
     """`JOB CHECKPOINTS at shuffle_buffer_size N (±u): X per process; Y per host (…); Z in
     the bucket (…)`."""
     stated = f" (±{job['uncertainty']:.0%})" if job["uncertainty"] is not None else ""
-    kept = job["checkpoints_in_bucket"]
-    bucket = [f"{job['hosts']} host{'s' if job['hosts'] != 1 else ''}"]
-    if processes > 1:
-        bucket.append(f"{processes} processes")
-    if kept > 1:
-        bucket.append(f"{kept} checkpoints: max_to_keep {kept - 1} + the one being written")
+    bucket = bucket_factors(job["hosts"], processes, job["checkpoints_in_bucket"])
     return (
         f"JOB CHECKPOINTS at shuffle_buffer_size {job['buffer']:,}{stated}: "
         f"{format_size(job['per_process'])} per process; {format_size(job['per_host'])} per "
         f"host ({processes} staged at once in its temp folder); {format_size(job['bucket'])} "
-        f"in the bucket ({' × '.join(bucket)})"
+        f"in the bucket ({bucket})"
     )
 
 
@@ -217,14 +214,9 @@ def processes_per_host(cfg: DictConfig, job_env: Mapping[str, str]) -> tuple[int
     """(processes per host that each save a checkpoint, where the figure comes from):
     estimate.processes_per_host, else the job's LOCAL_WORLD_SIZE or CUDA_VISIBLE_DEVICES,
     else 1. The shell's own devices are not counted: the job may run elsewhere."""
-    configured = cfg.estimate.get("processes_per_host")
+    configured = cfg.estimate.get("processes_per_host")  # validated: config.estimate_settings
     if configured is not None:
-        if isinstance(configured, bool) or not isinstance(configured, int) or configured < 1:
-            raise UsageError(
-                f"estimate.processes_per_host={configured!r}: expected an integer >= 1 (the "
-                "processes on one host that each save a checkpoint) or null"
-            )
-        return configured, "estimate.processes_per_host"
+        return int(configured), "estimate.processes_per_host"
     found = processes_from_env(job_env)
     return found if found is not None else (1, "one process: set estimate.processes_per_host")
 

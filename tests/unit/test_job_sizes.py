@@ -64,11 +64,8 @@ def test_one_host_one_process_one_checkpoint_is_the_checkpoint():
 
 @pytest.mark.parametrize("value", [0, -3, True])
 def test_a_bad_processes_per_host_is_one_line(value):
-    from dlckpt.preflight.run import processes_per_host
-
-    cfg = OmegaConf.create({"estimate": {"processes_per_host": value}})
-    with pytest.raises(UsageError) as caught:
-        processes_per_host(cfg, {})
+    with pytest.raises(UsageError) as caught:  # checked where the config is read
+        _settings(processes_per_host=value)
     assert str(caught.value).startswith(f"estimate.processes_per_host={value!r}: expected an")
 
 
