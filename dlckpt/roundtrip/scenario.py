@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import secrets
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
@@ -482,10 +483,15 @@ def run_round_trip(
     """
     dataloader_cfg: dict[str, Any] = OmegaConf.to_container(cfg.dataloader, resolve=True)  # type: ignore[assignment]
     # A run prefix may have folders (multihost: <run>/process_0-of-4); the scratch is flat.
-    scratch = Path(tempfile.mkdtemp(prefix=f"{run_prefix.replace('/', '-')}-", dir=scratch_root))
+    # Named first and made inside the try: a signal between mkdtemp's mkdir and its return
+    # would leave a folder no finally knows of (CI saw one after a SIGHUP at the fill).
+    scratch = Path(scratch_root or tempfile.gettempdir()) / (
+        f"{run_prefix.replace('/', '-')}-{secrets.token_hex(4)}"
+    )
     run = _RoundTrip(cfg, dataloader_cfg, RoundTripOutcome(), scratch, say)
     held = _RunPrefix(destination, run_prefix)
     try:
+        scratch.mkdir(mode=0o700)
         if tensorflow_gcs and isinstance(destination, GcsDestination):
             _trip_through_tensorflow_gcs(run, held, destination, expected_bytes, before_save)
         else:
