@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 
 import pytest
@@ -141,4 +142,7 @@ def test_ram_that_cannot_hold_the_buffer_is_refused():
         message.split("dataloader.shuffle_buffer_size=")[1].split(" ")[0].replace(",", "")
     )
     assert 0 < largest * per_sample <= available
-    assert preflight(rows, estimate, rows_at, force=True) == [message]
+    # --force turns the same refusal into a warning. Available RAM moves between the two
+    # calls (other test workers run beside this one), so the figures may differ by a few.
+    forced = preflight(rows, estimate, rows_at, force=True)
+    assert [re.sub(r"[\d,.]+", "N", m) for m in forced] == [re.sub(r"[\d,.]+", "N", message)]
