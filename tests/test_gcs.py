@@ -152,8 +152,22 @@ def test_removal_stays_inside_the_run_prefix(gcs_client, gcs_bucket, checkpoint_
 
     remaining = sorted(blob.name for blob in gcs_client.list_blobs(gcs_bucket))
     assert remaining == sorted(beside)
-    with pytest.raises(ValueError):
-        destination.list_run("")
+    for outside in ("", "/", "run-1//x", "run-1/..", "./run-1"):
+        with pytest.raises(ValueError):
+            destination.list_run(outside)
+
+
+def test_a_nested_run_prefix_is_removed_and_nothing_beside_it(
+    gcs_client, gcs_bucket, checkpoint_files
+):
+    """A multi-host run's process writes under `<run prefix>/process_{i}-of-{n}`: removing
+    one process's leaves its peers' (process_1-of-20 shares a string prefix)."""
+    destination = _destination(gcs_client, gcs_bucket)
+    for name in ("run-1/process_1-of-2", "run-1/process_1-of-20"):
+        destination.put(checkpoint_files, name)
+    destination.remove("run-1/process_1-of-2")
+    remaining = {blob.name.rsplit("/", 2)[1] for blob in gcs_client.list_blobs(gcs_bucket)}
+    assert remaining == {"process_1-of-20"}
 
 
 def test_a_run_prefix_is_never_reused(gcs_client, gcs_bucket, checkpoint_files):

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dlckpt.errors import EXIT_FAILED, EXIT_PASSED, EXIT_USAGE, UsageError
-from dlckpt.multihost.layout import WHOLE, overlaps, processes
+from dlckpt.multihost.layout import WHOLE, Process, overlaps, processes
 from dlckpt.paths import command, doc
 from dlckpt.units import format_size
 
@@ -48,10 +48,15 @@ class Job:
     timeout_seconds: float
     barrier_seconds: float = 120.0
     say: Callable[[str], None] = print
+    # Under a launcher, each process's host as it reported it (else numbered host-major).
+    layout: list[Process] | None = None
 
     @property
     def count(self) -> int:
-        return self.hosts * self.per_host
+        return len(self.layout) if self.layout else self.hosts * self.per_host
+
+    def processes(self) -> list[Process]:
+        return self.layout or processes(self.hosts, self.per_host)
 
 
 @dataclass
@@ -59,6 +64,8 @@ class Outcome:
     failure: str | None = None
     results: dict[int, dict[str, Any]] = field(default_factory=dict)
     died: dict[int, str] = field(default_factory=dict)  # index -> how it ended
+    # Under a launcher: index -> why process 0 has no result of it (nothing in the bucket).
+    unheard: dict[int, str] = field(default_factory=dict)
     overlaps: list[str] = field(default_factory=list)
     sizes: dict[str, dict[str, int]] | None = None  # job_size_report
 
@@ -70,6 +77,7 @@ class Outcome:
         return {
             "processes": per_process,
             "died": {str(k): v for k, v in self.died.items()},
+            "sent_no_report": {str(k): v for k, v in self.unheard.items()},
             "sizes": self.sizes,
             "global_checks": {
                 "overlapping_shards": self.overlaps,
@@ -118,7 +126,7 @@ def _start(job: Job, spec: Path, scratch: Path) -> dict[int, subprocess.Popen[by
     from dlckpt.runtime.signals import die_with_parent
 
     started = {}
-    for process in processes(job.hosts, job.per_host):
+    for process in job.processes():
         temp = scratch / f"host-{process.host}" / "tmp"
         temp.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, **process.env(), "TMPDIR": str(temp)}
@@ -174,9 +182,10 @@ def _say_processes(job: Job, outcome: Outcome, code: int) -> None:
     waiting for a failed peer is not a ✗ of its own."""
     if code == EXIT_USAGE:
         return
-    for process in processes(job.hosts, job.per_host):
-        if process.index in outcome.died:
-            job.say(f"✗ {process.label()}: {outcome.died[process.index]}")
+    for process in job.processes():
+        ended = outcome.died.get(process.index) or outcome.unheard.get(process.index)
+        if ended:
+            job.say(f"✗ {process.label()}: {ended}")
             continue
         result = outcome.results[process.index]
         for line in result.get("lines", []):
@@ -213,12 +222,15 @@ def _first_failure(job: Job, outcome: Outcome) -> tuple[str | None, int]:
     """The ✗ text naming the first process that died or failed, and the exit code: a
     process that only stopped waiting for a failed peer is named last (the peer is the cause)."""
     ordered = sorted(
-        processes(job.hosts, job.per_host),
+        job.processes(),
         key=lambda p: bool(outcome.results.get(p.index, {}).get("peer_missing")),
     )
     for process in ordered:
         if process.index in outcome.died:
             return f"{process.label().upper()} DIED: {outcome.died[process.index]}", EXIT_FAILED
+        if process.index in outcome.unheard:
+            text = outcome.unheard[process.index]
+            return f"{process.label().upper()} SENT NO REPORT: {text}", EXIT_FAILED
         result = outcome.results[process.index]
         if not result.get("passed"):
             code = EXIT_USAGE if result.get("exit_code") == EXIT_USAGE else EXIT_FAILED
@@ -263,9 +275,18 @@ def run_multi_host(
     count), 2 a process's input was bad. `destination` (from open_destination) is where the
     processes save; `estimate` (at the tested buffer) is held to their real checkpoints."""
     outcome = Outcome(failure=refuse_a_new_process_count(job))
-    code = EXIT_FAILED
     if outcome.failure is None:
         _run_processes(job, gcs_destination(destination), outcome)
+    return conclude(job, outcome, report, estimate)
+
+
+def conclude(
+    job: Job, outcome: Outcome, report: dict[str, Any], estimate: EstimateResult | None
+) -> int:
+    """From every process's result (or how it ended) to the job's verdict: the per-process
+    lines, the cross-process checks, the sizes, one last line; the report; the exit code."""
+    code = EXIT_FAILED
+    if outcome.failure is None:
         outcome.failure, code = _first_failure(job, outcome)
         _say_processes(job, outcome, code)
         if outcome.failure is None:
@@ -335,7 +356,7 @@ def job_size_report(
     the bucket, beside the real checkpoints' (per host: the host that wrote the most)."""
     each = estimate.bytes_for(estimate.tested_buffer)
     hosts: dict[int, int] = {}
-    for process in processes(job.hosts, job.per_host):
+    for process in job.processes():
         hosts[process.host] = hosts.get(process.host, 0) + real.get(process.index, 0)
     return {
         "per_process": {

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -86,15 +87,26 @@ def _fingerprints(cfg: DictConfig, batches: int) -> dict[str, list[str]]:
     return found
 
 
-def run(spec: dict[str, Any], process: Process) -> dict[str, Any]:
-    """The round trip of one process; its result as written to result-{i}.json."""
+def _file_barrier(spec: dict[str, Any], process: Process) -> Callable[[], None]:
+    folder, seconds = Path(spec["barrier_dir"]), float(spec["barrier_seconds"])
+    return lambda: barrier(folder, process, seconds)
+
+
+def run(
+    spec: dict[str, Any], process: Process, before_save: Callable[[], None] | None = None
+) -> dict[str, Any]:
+    """The round trip of one process; its result as written to result-{i}.json.
+
+    `before_save` is the barrier before the save (default: the files under the spec's
+    `barrier_dir`, for processes this machine started)."""
     from dlckpt.roundtrip.scenario import round_trip_report, run_round_trip
     from dlckpt.storage.gcs import GcsDestination, make_client, parse_gcs_uri
 
     cfg = _sharded_config(spec, process)
     destination = GcsDestination(make_client(), parse_gcs_uri(spec["bucket_uri"]))
     lines: list[str] = []
-    folder = Path(spec["barrier_dir"])
+    if before_save is None:
+        before_save = _file_barrier(spec, process)
     outcome = run_round_trip(
         cfg,
         scratch_root=None,
@@ -103,7 +115,7 @@ def run(spec: dict[str, Any], process: Process) -> dict[str, Any]:
         keep=bool(spec["keep"]),
         say=lines.append,
         tensorflow_gcs=True,
-        before_save=lambda: barrier(folder, process, float(spec["barrier_seconds"])),
+        before_save=before_save,
     )
     window = int(cfg.roundtrip.batches_before_save) + outcome.batches_compared
     fingerprints = (
@@ -120,14 +132,15 @@ def run(spec: dict[str, Any], process: Process) -> dict[str, Any]:
     }
 
 
-def main(argv: list[str]) -> int:
-    spec = json.loads(Path(argv[0]).read_text())
-    index = int(argv[1])
-    process = Process(index, int(spec["count"]), index // int(spec["per_host"]))
-    result_path = Path(spec["barrier_dir"]).parent / f"result-{index}.json"
+def run_and_answer(
+    spec: dict[str, Any], process: Process, before_save: Callable[[], None] | None = None
+) -> tuple[int, dict[str, Any]]:
+    """`run`, with every way it can end as (exit code, result): 0 whatever the verdict (the
+    result says it), 2 bad input, 1 a peer that never came, 4 an unexpected error (one line)."""
+    index = process.index
     code = 0
     try:
-        result = run(spec, process)
+        result = run(spec, process, before_save)
     except UsageError as error:
         code, result = EXIT_USAGE, {"index": index, "passed": False, "failure": str(error)}
     except PeerMissing as error:  # the peer's own failure is the cause the parent names
@@ -137,7 +150,17 @@ def main(argv: list[str]) -> int:
         text = " ".join(str(error).split())[:300]
         result = {"index": index, "passed": False, "failure": f"{type(error).__name__}: {text}"}
         code = EXIT_ERROR
+    result.setdefault("host", process.host)
     result["exit_code"] = code
+    return code, result
+
+
+def main(argv: list[str]) -> int:
+    spec = json.loads(Path(argv[0]).read_text())
+    index = int(argv[1])
+    process = Process(index, int(spec["count"]), index // int(spec["per_host"]))
+    result_path = Path(spec["barrier_dir"]).parent / f"result-{index}.json"
+    code, result = run_and_answer(spec, process)
     result_path.write_text(json.dumps(result))
     return code
 

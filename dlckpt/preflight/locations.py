@@ -232,13 +232,19 @@ TENSORFLOW_PROCESS_RAM_BYTES = 620 * 2**20
 
 
 def multi_host_locations(
-    estimate: EstimateResult, processes: int, *, embedded_dir: str | None, gcs_uri: str | None
+    estimate: EstimateResult,
+    processes: int,
+    *,
+    embedded_dir: str | None,
+    gcs_uri: str | None,
+    in_bucket: int | None = None,
 ) -> list[Location]:
     """The rows a multi-host run on this machine fills: every stand-in host's temp folder is
     under this machine's, so all `processes` stage their checkpoint in it at once, hold their
     buffers in its RAM with two TensorFlow processes each (TENSORFLOW_PROCESS_RAM_BYTES), and
     upload to one server (its storage keeps SERVER_COPIES of each; it holds each upload
-    whole while it reads it, all at once at the barrier)."""
+    whole while it reads it, all at once at the barrier). Under a launcher `processes` is
+    this host's and `in_bucket` the job's count (default `processes`), for the GCS total."""
     from dlckpt.storage.embedded.server import SERVER_RAM_BASE_BYTES, SERVER_RAM_BYTES_PER_BYTE
 
     rows = []
@@ -248,12 +254,14 @@ def multi_host_locations(
                 SERVER_RAM_BYTES_PER_BYTE * estimate.tested_bytes * processes
             )
         elif row.role.startswith("GCS total"):
-            needed = estimate.tested_bytes * processes
+            needed = estimate.tested_bytes * (in_bucket or processes)
         elif row.path == RAM:  # the buffers, and the processes themselves
             needed = (row.required_bytes + 2 * TENSORFLOW_PROCESS_RAM_BYTES) * processes
         else:
             needed = row.required_bytes * processes
         role = f"{row.role.split(' (')[0]} ({processes} processes)"
+        if row.role.startswith("GCS total"):
+            role = f"GCS total ({in_bucket or processes} processes)"
         if row.path == RAM and row.role == RAM_ROW:
             role = f"host RAM ({processes} processes: buffers, 2 TensorFlow processes each)"
         if row.role.startswith("TensorFlow temp folder"):

@@ -423,7 +423,10 @@ class GcsDestination:
 
         `timeout` and `retry` default to the transfer's (None: no retry).
         """
-        if not run_prefix or "/" in run_prefix.strip("/"):
+        # A run prefix may nest (a multi-host run's `<run prefix>/process_{i}-of-{n}`), but
+        # never names the destination itself or climbs out of it.
+        parts = run_prefix.strip("/").split("/")
+        if not run_prefix.strip("/") or any(part in ("", ".", "..") for part in parts):
             raise ValueError(f"not a run prefix: {run_prefix!r}")
         prefix = self.location.key(run_prefix) + "/"
         listing = self.client.list_blobs(

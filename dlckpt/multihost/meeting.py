@@ -1,0 +1,139 @@
+"""The bucket as the meeting point of a launched job's processes: no collective runtime.
+
+Under `<run prefix>/` (gs://bucket/prefix/dlckpt-multi-host-<run id>/) each process writes
+small JSON objects beside its checkpoint:
+
+- `meeting/ready-{i}`: it reached the save (a barrier: every process then saves at once);
+- `meeting/ABORT`: a process failed before its save, with why (its peers stop waiting);
+- `meeting/report-{i}-of-{n}.json`: its result, which process 0 gathers into one verdict.
+
+Polling costs one list request every POLL_SECONDS per waiting process. Process 0 removes
+the run prefix after the verdict; it is the tool's own, nothing else is touched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+from dlckpt.errors import UsageError
+from dlckpt.multihost.layout import Process
+from dlckpt.multihost.worker import PeerMissing
+
+POLL_SECONDS = 1.0
+FOLDER = "meeting"
+
+
+class Meeting:
+    """One process's view of the run's meeting objects in `destination`'s bucket
+    (a storage.gcs.GcsDestination) under `run_prefix`."""
+
+    def __init__(self, destination: Any, run_prefix: str, process: Process) -> None:
+        self.destination = destination
+        self.run_prefix = run_prefix
+        self.process = process
+        self._key = destination.location.key(run_prefix, FOLDER)
+
+    def uri(self) -> str:
+        return self.destination.location.uri(self.run_prefix)
+
+    def _put(self, name: str, payload: dict[str, Any]) -> None:
+        blob = self.destination.bucket.blob(f"{self._key}/{name}")
+        blob.upload_from_string(
+            json.dumps(payload), content_type="application/json",
+            timeout=self.destination.request_timeout, retry=self.destination._retry(),
+        )  # fmt: skip
+
+    def _names(self) -> dict[str, Any]:
+        listing = self.destination.client.list_blobs(
+            self.destination.bucket, prefix=f"{self._key}/",
+            timeout=self.destination.request_timeout, retry=self.destination._retry(),
+        )  # fmt: skip
+        return {blob.name.rsplit("/", 1)[-1]: blob for blob in listing}
+
+    def report_name(self, index: int) -> str:
+        return f"report-{index}-of-{self.process.count}.json"
+
+    def check_unused(self) -> None:
+        """UsageError when this process's report is already there: the run id was used by
+        an earlier run whose objects are still in the bucket."""
+        if self.report_name(self.process.index) in self._names():
+            raise UsageError(
+                f"--run-id: {self.uri()}/ holds a report of process {self.process.index} from "
+                "an earlier run with this run id: pass a new --run-id (or remove that folder)"
+            )
+
+    def abort(self, why: str) -> None:
+        """Tell the peers waiting at the barrier to stop: this process cannot save."""
+        self._put("ABORT", {"process": self.process.index, "why": why})
+
+    def barrier(self, limit_seconds: float) -> None:
+        """Mark this process ready, then wait until all are (or a peer aborted). Raises
+        PeerMissing naming the processes not ready within `limit_seconds`, or the abort."""
+        self._put(f"ready-{self.process.index}", {"process": self.process.index})
+        self._wait(
+            lambda names: {int(n.split("-")[1]) for n in names if n.startswith("ready-")},
+            limit_seconds, "reach the save",
+        )  # fmt: skip
+
+    def _wait(
+        self, found: Callable[[dict[str, Any]], set[int]], limit_seconds: float, what: str
+    ) -> dict[str, Any]:
+        deadline = time.monotonic() + limit_seconds
+        while True:
+            names = self._names()
+            if len(found(names)) >= self.process.count:
+                return names
+            if "ABORT" in names:
+                why = json.loads(names["ABORT"].download_as_bytes())
+                raise PeerMissing(
+                    f"stopped before its save: process {why['process']} failed ({why['why']})"
+                )
+            if time.monotonic() > deadline:
+                missing = sorted(set(range(self.process.count)) - found(names))
+                raise PeerMissing(
+                    f"processes {missing} did not {what} within {limit_seconds:.0f} s"
+                )
+            time.sleep(POLL_SECONDS)
+
+    def send_report(self, result: dict[str, Any]) -> str:
+        """Put this process's result where process 0 gathers it; returns its gs:// URI."""
+        name = self.report_name(self.process.index)
+        self._put(name, result)
+        return f"{self.uri()}/{FOLDER}/{name}"
+
+    def gather(
+        self, limit_seconds: float, *, but_self: bool = False
+    ) -> tuple[dict[int, dict[str, Any]], list[int]]:
+        """Every process's result (`but_self`: the peers'), waiting up to `limit_seconds`
+        for all; returns (results by index, the indices that sent none in time)."""
+        wanted = {
+            self.report_name(i): i
+            for i in range(self.process.count)
+            if not (but_self and i == self.process.index)
+        }
+        deadline = time.monotonic() + limit_seconds
+        while True:
+            names = self._names()
+            if set(wanted) <= set(names) or time.monotonic() > deadline:
+                break
+            time.sleep(POLL_SECONDS)
+        results = {
+            index: json.loads(names[name].download_as_bytes())
+            for name, index in wanted.items()
+            if name in names
+        }
+        return results, sorted(set(wanted.values()) - set(results))
+
+    def remove(self, *, keep_checkpoints: bool) -> None:
+        """Delete the meeting objects, and (unless `keep_checkpoints`, --keep) everything
+        else under the run prefix: a checkpoint a process could not remove itself."""
+        if not keep_checkpoints:
+            self.destination.remove(self.run_prefix)
+            return
+        for name in self._names():
+            with contextlib.suppress(Exception):  # cleanup is best effort, as remove() is
+                self.destination.bucket.blob(f"{self._key}/{name}").delete(timeout=10)

@@ -1,0 +1,169 @@
+"""`dlckpt multi-host --launcher`: real processes started as a launcher starts ranks.
+
+No torchrun or srun here: each test starts the processes itself with the variables those
+launchers set (RANK/WORLD_SIZE/…, SLURM_PROCID/SLURM_NTASKS/…), one TMPDIR per stand-in
+host, all meeting in a bucket of the real GCS server on 127.0.0.1. The tests assert each
+process's exit code and lines, process 0's verdict and report, and that the run's prefix
+in the bucket, the hosts' temp folders and the processes are gone afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, script_env
+from test_multi_host import _config
+
+GUARD_SECONDS = 600  # a hang must not hold the suite; not a timing claim
+
+
+def _launch(tmp_path: Path, gcs_server, bucket, ranks: dict[int, dict[str, str]], *args: str):
+    """Start one process per entry of `ranks` (rank -> the launcher's variables) at once;
+    returns {rank: (exit code, output)}, process 0's report, and the bucket's names under
+    the run prefix afterwards."""
+    started = {}
+    for rank, variables in ranks.items():
+        temp = tmp_path / f"host-{rank}"
+        temp.mkdir()
+        env = script_env(TMPDIR=str(temp), GCS_TEST_BUCKET=f"gs://{bucket.name}/jobs",
+                         **gcs_server.env, **variables)  # fmt: skip
+        env.pop("TEST_TMPDIR", None)
+        report = tmp_path / f"report-{rank}.json"
+        started[rank] = subprocess.Popen(
+            [sys.executable, "-m", "dlckpt", "multi-host", "--launcher", "--report",
+             str(report), *args],
+            env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )  # fmt: skip
+    guards = [threading.Timer(GUARD_SECONDS, p.kill) for p in started.values()]
+    for guard in guards:
+        guard.start()
+    try:
+        ended = {rank: (p.communicate()[0], p.returncode) for rank, p in started.items()}
+    finally:
+        for guard in guards:
+            guard.cancel()
+    results = {rank: (code, output) for rank, (output, code) in ended.items()}
+    for rank, (_, output) in results.items():
+        assert "Traceback" not in output, output
+        assert os.listdir(tmp_path / f"host-{rank}") == [], output  # TensorFlow's staging too
+    report = json.loads((tmp_path / "report-0.json").read_text())
+    left = [blob.name for blob in bucket.list_blobs(prefix="jobs/")]
+    return results, report, left
+
+
+@pytest.mark.slow
+def test_ranks_started_as_torchrun_starts_them_meet_in_the_bucket_and_pass(
+    tmp_path, gcs_server, gcs_bucket
+):
+    conf = _config(tmp_path / "conf", "sharded_dataset")
+    run_id = f"t{secrets.token_hex(3)}"
+    ranks = {
+        rank: {"RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1",
+               "GROUP_RANK": str(rank), "TORCHELASTIC_RUN_ID": run_id}
+        for rank in (0, 1)
+    }  # fmt: skip
+    results, report, left = _launch(
+        tmp_path, gcs_server, gcs_bucket, ranks, "--config-dir", str(conf), "--config-name", "mh"
+    )
+    (code0, out0), (code1, out1) = results[0], results[1]
+    assert code0 == 0, out0
+    assert code1 == 0, out1
+    prefix = f"gs://{gcs_bucket.name}/jobs/dlckpt-multi-host-{run_id}"
+    assert f"Launched: process 0 (host 0) of 2 (1 per host; from torchrun's RANK/WORLD_SIZE), run id {run_id}" in out0
+    assert f"✓ process 1 (host 1): restored in a new process: " in out1
+    assert f"Result sent to {prefix}/meeting/report-1-of-2.json: process 0 gives the job's verdict" in out1
+    for index in (0, 1):
+        assert f"✓ process {index} (host {index}): saved " in out0
+        assert f"to {prefix}/process_{index}-of-2, restored in a new process: " in out0
+    assert "✓ Shards are disjoint: " in out0
+    assert "✓ Sizes at buffer 32, real against estimated: per process " in out0
+    assert out0.rstrip().endswith("✓ ALL TESTS PASSED (2 processes on 2 hosts)"), out0
+    assert report["exit_code"] == 0 and len(report["processes"]) == 2
+    assert report["launch"]["run_id"] == run_id and report["sent_no_report"] == {}
+    assert report["global_checks"] == {"overlapping_shards": [], "all_resumed_in_step": True}
+    assert left == []  # checkpoints and meeting objects: the run prefix is gone
+
+
+@pytest.mark.slow
+def test_a_rank_that_never_starts_is_named_by_process_0(tmp_path, gcs_server, gcs_bucket):
+    """srun's variables for 3 tasks, only 2 started: the barrier and the gathering each end
+    at their bound, and process 0 names the missing one."""
+    conf = _config(tmp_path / "conf", "sharded_dataset")
+    job = f"{secrets.randbelow(10**6)}"
+    ranks = {
+        rank: {"SLURM_PROCID": str(rank), "SLURM_NTASKS": "3", "SLURM_NODEID": str(rank),
+               "SLURM_NNODES": "3", "SLURM_JOB_ID": job}
+        for rank in (0, 1)
+    }  # fmt: skip
+    results, report, left = _launch(
+        tmp_path, gcs_server, gcs_bucket, ranks, "--config-dir", str(conf), "--config-name",
+        "mh", "--barrier-timeout", "10", "--gather-timeout", "3",
+    )  # fmt: skip
+    (code0, out0), (code1, out1) = results[0], results[1]
+    assert code0 == 1, out0
+    assert code1 == 0, out1  # its result is in the bucket: process 0 gives the verdict
+    assert "· process 1 (host 1): processes [2] did not reach the save within 10 s" in out1
+    last = out0.rstrip().splitlines()[-1]
+    assert last.startswith(
+        f"✗ PROCESS 2 (HOST 2) SENT NO REPORT: no result in gs://{gcs_bucket.name}/jobs/"
+        f"dlckpt-multi-host-{job}/meeting/ within 3 s of process 0's own"
+    ), last
+    assert report["exit_code"] == 1 and list(report["sent_no_report"]) == ["2"]
+    assert left == []
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (("--run-id", "r1"), "--run-id: only with --launcher"),
+        (("--launcher",), "no process index found: expected --process-index/--process-count"),
+        (("--launcher", "--process-index", "0", "--process-count", "2"), "no run id every process shares"),
+        (("--launcher", "--process-index", "0", "--process-count", "2", "--run-id", "r"),
+         "GCS_TEST_BUCKET='': expected gs://bucket/prefix"),
+    ],
+)  # fmt: skip
+def test_launcher_input_that_cannot_work_is_one_line_exit_2(tmp_path, args, expected):
+    from conftest import run_in_process
+
+    report = tmp_path / "report.json"
+    env = script_env()
+    for name in ("RANK", "WORLD_SIZE", "SLURM_PROCID", "TF_CONFIG", "TPU_WORKER_ID"):
+        env.pop(name, None)
+    result = run_in_process(
+        "multi_host.py", "--config-name", "small", "--report", str(report), *args, env=env
+    )
+    assert result.returncode == 2, result.stdout + result.stderr
+    lines = (result.stdout + result.stderr).strip().splitlines()
+    assert expected in lines[-1] and "Traceback" not in result.stderr
+    assert json.loads(report.read_text())["exit_code"] == 2
+
+
+def test_process_0_stopped_before_the_save_stops_its_peers_and_leaves_nothing(
+    tmp_path, gcs_server, gcs_bucket
+):
+    """Process 0's builder raises while it measures the checkpoint: its one line, exit 2;
+    its peer stops at the barrier on the ABORT in the bucket (not after the barrier's
+    bound), and process 0 removes the run's objects once the peer has said so."""
+    conf = _config(tmp_path / "conf", "sharded_dataset", raises_on=0)
+    ranks = {rank: {"RANK": str(rank), "WORLD_SIZE": "2"} for rank in (0, 1)}
+    results, report, left = _launch(
+        tmp_path, gcs_server, gcs_bucket, ranks, "--config-dir", str(conf), "--config-name",
+        "mh", "--run-id", f"r{secrets.token_hex(3)}", "--barrier-timeout", "300",
+    )  # fmt: skip
+    (code0, out0), (code1, out1) = results[0], results[1]
+    assert code0 == 2, out0
+    assert out0.rstrip().splitlines()[-1] == (
+        "✗ dataloader: user_pipelines.sharded_dataset raised ValueError while building the "
+        "dataset: no shard list for process 0"
+    ), out0
+    assert code1 == 0, out1
+    assert "· process 1 (host 1): stopped before its save: process 0 failed (UsageError: " in out1
+    assert report["exit_code"] == 2
+    assert left == []
