@@ -52,6 +52,10 @@ estimate: $(NOX)
 multi-host: $(NOX)
 	$(NOX) -s multi_host -- $(ARGS)
 
+.PHONY: launch-ranks  ## multi-host --launcher on this machine, ranks started as torchrun starts them (ARGS="--ranks 2 --config-name small")
+launch-ranks: $(NOX)
+	$(NOX) -s launch_ranks -- $(ARGS)
+
 .PHONY: diagnose  ## Why "Could not append to the internal temporary file" on this host (ARGS="TMPDIR=/x")
 diagnose: $(NOX)
 	$(NOX) -s diagnose -- $(ARGS)

@@ -169,6 +169,12 @@ def multi_host(session: nox.Session) -> None:
 
 
 @nox.session(default=False)
+def launch_ranks(session: nox.Session) -> None:
+    """multi-host --launcher on this machine: ranks started as torchrun starts them."""
+    _run_top_script(session, "launch_ranks.py")
+
+
+@nox.session(default=False)
 def diagnose(session: nox.Session) -> None:
     """Why a gs:// save failed on this host: every cause checked, the most likely named."""
     _run_top_script(session, "diagnose.py")

@@ -9,6 +9,7 @@ in the bucket, the hosts' temp folders and the processes are gone afterwards.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -18,24 +19,35 @@ import threading
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, script_env
+from conftest import ROOT, script_env, tmpfs_mount
 from test_multi_host import _config
 
 GUARD_SECONDS = 600  # a hang must not hold the suite; not a timing claim
 
 
-def _launch(tmp_path: Path, gcs_server, bucket, ranks: dict[int, dict[str, str]], *args: str):
-    """Start one process per entry of `ranks` (rank -> the launcher's variables) at once;
-    returns {rank: (exit code, output)}, process 0's report, and the bucket's names under
-    the run prefix afterwards."""
+def _launch(
+    tmp_path: Path, gcs_server, bucket, ranks: dict[int, dict[str, str]], *args: str,
+    small_temp: int | None = None,
+):  # fmt: skip
+    """Start one process per entry of `ranks` (rank -> the launcher's variables) at once,
+    each with its own TMPDIR (rank `small_temp`'s on a real 20 MB tmpfs); returns {rank:
+    (exit code, output)}, process 0's report, and the bucket's names under the run prefix
+    afterwards."""
+    with contextlib.ExitStack() as mounts:
+        if small_temp is not None:
+            mounts.enter_context(tmpfs_mount(tmp_path / f"host-{small_temp}", "size=20m"))
+        return _start_and_wait(tmp_path, gcs_server, bucket, ranks, args)
+
+
+def _start_and_wait(tmp_path, gcs_server, bucket, ranks, args):  # type: ignore[no-untyped-def]
     started = {}
     for rank, variables in ranks.items():
         temp = tmp_path / f"host-{rank}"
-        temp.mkdir()
+        temp.mkdir(exist_ok=True)
         env = script_env(TMPDIR=str(temp), GCS_TEST_BUCKET=f"gs://{bucket.name}/jobs",
                          **gcs_server.env, **variables)  # fmt: skip
         env.pop("TEST_TMPDIR", None)
-        report = tmp_path / f"report-{rank}.json"
+        report = tmp_path / "report.json"  # the same command line for every rank
         started[rank] = subprocess.Popen(
             [sys.executable, "-m", "dlckpt", "multi-host", "--launcher", "--report",
              str(report), *args],
@@ -53,7 +65,10 @@ def _launch(tmp_path: Path, gcs_server, bucket, ranks: dict[int, dict[str, str]]
     for rank, (_, output) in results.items():
         assert "Traceback" not in output, output
         assert os.listdir(tmp_path / f"host-{rank}") == [], output  # TensorFlow's staging too
-    report = json.loads((tmp_path / "report-0.json").read_text())
+    report = json.loads((tmp_path / "report.json").read_text())  # process 0's: the verdict
+    for rank in set(results) - {0}:  # the others' beside it, named after their process
+        (name,) = [p.name for p in tmp_path.glob(f"report.process_{rank}-of-*.json")]
+        assert json.loads((tmp_path / name).read_text())["exit_code"] == results[rank][0]
     left = [blob.name for blob in bucket.list_blobs(prefix="jobs/")]
     return results, report, left
 
@@ -62,6 +77,9 @@ def _launch(tmp_path: Path, gcs_server, bucket, ranks: dict[int, dict[str, str]]
 def test_ranks_started_as_torchrun_starts_them_meet_in_the_bucket_and_pass(
     tmp_path, gcs_server, gcs_bucket
 ):
+    """Host 1's temp folder is a real 20 MB tmpfs: the test's buffer (100) fits it, the
+    configured one (100,000: ~40 MB per process) does not, which process 0 says of host 1
+    (its own preflight sees only host 0)."""
     conf = _config(tmp_path / "conf", "sharded_dataset")
     run_id = f"t{secrets.token_hex(3)}"
     ranks = {
@@ -70,20 +88,35 @@ def test_ranks_started_as_torchrun_starts_them_meet_in_the_bucket_and_pass(
         for rank in (0, 1)
     }  # fmt: skip
     results, report, left = _launch(
-        tmp_path, gcs_server, gcs_bucket, ranks, "--config-dir", str(conf), "--config-name", "mh"
-    )
+        tmp_path, gcs_server, gcs_bucket, ranks, "--config-dir", str(conf), "--config-name",
+        "mh", "dataloader.shuffle_buffer_size=100000", small_temp=1,
+    )  # fmt: skip
     (code0, out0), (code1, out1) = results[0], results[1]
     assert code0 == 0, out0
     assert code1 == 0, out1
     prefix = f"gs://{gcs_bucket.name}/jobs/dlckpt-multi-host-{run_id}"
-    assert f"Launched: process 0 (host 0) of 2 (1 per host; from torchrun's RANK/WORLD_SIZE), run id {run_id}" in out0
-    assert f"✓ process 1 (host 1): restored in a new process: " in out1
-    assert f"Result sent to {prefix}/meeting/report-1-of-2.json: process 0 gives the job's verdict" in out1
+    assert (
+        f"Launched: process 0 (host 0) of 2 (1 per host; from torchrun's RANK/WORLD_SIZE), run id {run_id}"
+        in out0
+    )
+    assert "✓ process 1 (host 1): saved " in out1 and f"{prefix}/process_1-of-2, restored" in out1
+    assert (
+        f"Result sent to {prefix}/meeting/report-1-of-2.json: process 0 gives the job's verdict"
+        in out1
+    )
     for index in (0, 1):
         assert f"✓ process {index} (host {index}): saved " in out0
         assert f"to {prefix}/process_{index}-of-2, restored in a new process: " in out0
     assert "✓ Shards are disjoint: " in out0
-    assert "✓ Sizes at buffer 32, real against estimated: per process " in out0
+    assert "✓ Sizes at buffer 100, real against estimated: per process " in out0
+    assert (
+        f"⚠ HOST 1'S TEMP FOLDER CANNOT HOLD ITS CHECKPOINTS AT THE CONFIGURED BUFFER: "
+        f"{tmp_path / 'host-1'} (TMPDIR) on "
+    ) in out0
+    folders = {row["host"]: row for row in report["host_temp_folders"]}
+    assert folders[1]["free_bytes"] <= 20 * 2**20 < folders[1]["needed_bytes"]
+    assert folders[0]["fits"] and not folders[1]["fits"]
+    assert folders[0]["path"] == str(tmp_path / "host-0")
     assert out0.rstrip().endswith("✓ ALL TESTS PASSED (2 processes on 2 hosts)"), out0
     assert report["exit_code"] == 0 and len(report["processes"]) == 2
     assert report["launch"]["run_id"] == run_id and report["sent_no_report"] == {}
@@ -167,3 +200,11 @@ def test_process_0_stopped_before_the_save_stops_its_peers_and_leaves_nothing(
     assert "· process 1 (host 1): stopped before its save: process 0 failed (UsageError: " in out1
     assert report["exit_code"] == 2
     assert left == []
+
+
+def test_launch_ranks_refuses_a_rank_count_that_is_not_a_number():
+    from conftest import run_in_process
+
+    result = run_in_process("launch_ranks.py", "--ranks", "0")
+    assert result.returncode == 2
+    assert result.stderr.strip() == "✗ --ranks='0': expected a positive integer, e.g. 100"

@@ -34,6 +34,11 @@ COMMANDS: dict[str, tuple[str, tuple[str, ...], str]] = {
         (),
         "every process of a multi-host job saved at once, restored, compared",
     ),
+    "launch-ranks": (
+        "dlckpt.cli.launch_ranks",
+        (),
+        "multi-host --launcher on this machine: ranks started as torchrun starts them",
+    ),
     "diagnose": ("dlckpt.cli.diagnose", (), "why a gs:// save failed on this host"),
     "disk-check": (
         "dlckpt.preflight.disk_check",

@@ -36,7 +36,7 @@ from dlckpt.multihost.launcher import Launch, read_launch
 from dlckpt.multihost.run import Job, gcs_destination, refuse_a_new_process_count, run_multi_host
 from dlckpt.preflight.locations import multi_host_locations
 from dlckpt.preflight.run import estimate_and_preflight, estimate_report
-from dlckpt.report import write_report
+from dlckpt.report import start_report, write_report
 from dlckpt.roundtrip.scenario import open_destination
 
 SCRIPT = "multi_host"
@@ -76,6 +76,11 @@ def main(argv: Sequence[str] | None = None, prog: str = "dlckpt multi-host") -> 
 def _run(parser: Any, argv: Sequence[str] | None, report: dict[str, Any]) -> int:
     args = parse_args(parser, argv)
     launch = _launch(args)
+    if launch is not None and launch.process.index != 0 and args.report is not None:
+        # Every rank gets the same command line: only process 0's report is at the path.
+        name = f"{args.report.stem}.{launch.process.name}{args.report.suffix}"
+        args.report = args.report.with_name(name)
+        start_report(args.report, script=parser.prog)
     hosts = launch.hosts if launch else parse_positive_int(args.hosts, "--hosts")
     per_host = (
         launch.per_host

@@ -14,14 +14,18 @@ does) would otherwise stop process 0 before it can say which process failed and 
 from __future__ import annotations
 
 import contextlib
+import shutil
+import socket
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from dlckpt.errors import EXIT_PASSED
 from dlckpt.multihost.layout import Process
 from dlckpt.multihost.meeting import FOLDER, Meeting
-from dlckpt.multihost.run import Job, Outcome, conclude, refuse_a_new_process_count
+from dlckpt.multihost.run import Job, Outcome, conclude, passed_line, refuse_a_new_process_count
 from dlckpt.multihost.worker import run_and_answer
+from dlckpt.tempdir import tf_temp_dir
+from dlckpt.units import format_size
 
 if TYPE_CHECKING:
     from dlckpt.estimate.estimator import EstimateResult
@@ -63,6 +67,7 @@ def run_launched(
     if not result.get("passed") and not result.get("peer_missing"):
         with contextlib.suppress(Exception):  # peers still at the barrier stop waiting
             meeting.abort(str(result.get("failure"))[:200])
+    result["temp_folder"] = temp_folder_here()
     where = meeting.send_report(result)
     if process.index != 0:
         return _say_own(job, launch, result, where, report)
@@ -99,9 +104,7 @@ def _say_own(
         if line.startswith("⚠") or line.startswith("  "):
             job.say(f"{label}: {line.strip()}")
     if result.get("passed"):
-        verification = result["verification"]
-        job.say(f"✓ {label}: restored in a new process: {verification['batches_compared']} "
-                "batches match bit for bit")  # fmt: skip
+        job.say(passed_line(launch.process, result))
     else:
         job.say(f"{'·' if result.get('peer_missing') else '✗'} {label}: {result.get('failure')}")
     job.say(f"Result sent to {where}: process 0 gives the job's verdict")
@@ -136,4 +139,66 @@ def _verdict(
         "the bucket)"
         for i in missing
     }
+    if estimate is not None:
+        report["host_temp_folders"] = check_host_folders(job, results, estimate)
     return conclude(job, Outcome(results=results, unheard=unheard), report, estimate)
+
+
+def temp_folder_here() -> dict[str, Any]:
+    """This process's TensorFlow temp folder (where its gs:// writer stages the checkpoint):
+    path, the variable that chose it, its free bytes, and this host's name."""
+    folder, source, _ = tf_temp_dir()
+    return {"path": folder, "source": source, "free_bytes": shutil.disk_usage(folder).free,
+            "hostname": socket.gethostname()}  # fmt: skip
+
+
+def check_host_folders(
+    job: Job, results: dict[int, dict[str, Any]], estimate: EstimateResult
+) -> list[dict[str, Any]]:
+    """Every host's temp folder against its processes' checkpoints at the configured buffer
+    (the JOB CHECKPOINTS figure per process, times the processes sharing that folder):
+    process 0's preflight saw only its own host. A ⚠ line per folder that cannot hold them
+    (a warning, as the configured buffer's fit is on one host), else one ✓ line."""
+    folders: dict[tuple[int, str], dict[str, Any]] = {}
+    for _, result in sorted(results.items()):
+        seen = result.get("temp_folder")
+        if not seen:  # a process that stopped before it could say
+            continue
+        key = (int(result.get("host", 0)), str(seen["path"]))
+        entry = folders.setdefault(key, {**seen, "host": key[0], "processes": 0})
+        entry["processes"] += 1
+        entry["free_bytes"] = min(entry["free_bytes"], int(seen["free_bytes"]))
+    rows = []
+    for entry in folders.values():
+        entry["needed_bytes"] = estimate.original_bytes * entry["processes"]
+        entry["fits"] = entry["needed_bytes"] <= entry["free_bytes"]
+        rows.append(entry)
+    stated = f" (±{estimate.uncertainty:.0%})" if estimate.uncertainty is not None else ""
+    for row in rows:
+        if not row["fits"]:
+            job.say(
+                f"⚠ HOST {row['host']}'S TEMP FOLDER CANNOT HOLD ITS CHECKPOINTS AT THE "
+                f"CONFIGURED BUFFER: {row['path']} ({row['source']}) on {row['hostname']} has "
+                f"{format_size(row['free_bytes'])} free; {_its(row['processes'])} stage "
+                f"{format_size(row['needed_bytes'])}{stated}{_at_once(row['processes'])} at "
+                "shuffle_buffer_size "
+                f"{estimate.original_buffer:,}: the job's saves would fail there with `Could "
+                "not append to the internal temporary file`"
+            )
+    if rows and all(row["fits"] for row in rows):
+        least = min(rows, key=lambda r: r["free_bytes"] - r["needed_bytes"])
+        job.say(
+            f"✓ Every host's TensorFlow temp folder holds its processes' checkpoints at "
+            f"shuffle_buffer_size {estimate.original_buffer:,}: {len(rows)} folders, the "
+            f"tightest {least['path']} on host {least['host']} ({format_size(least['free_bytes'])} "
+            f"free for {format_size(least['needed_bytes'])}{stated})"
+        )
+    return rows
+
+
+def _its(processes: int) -> str:
+    return "its process would" if processes == 1 else f"its {processes} processes would"
+
+
+def _at_once(processes: int) -> str:
+    return "" if processes == 1 else " at once"

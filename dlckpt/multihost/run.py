@@ -196,12 +196,17 @@ def _say_processes(job: Job, outcome: Outcome, code: int) -> None:
         elif not result.get("passed"):
             job.say(f"✗ {process.label()}: {result.get('failure')}")
         else:
-            checkpoint, verification = result["checkpoint"], result["verification"]
-            job.say(
-                f"✓ {process.label()}: saved {format_size(checkpoint['bytes'])} to "
-                f"{checkpoint['uri']}, restored in a new process: "
-                f"{verification['batches_compared']} batches match bit for bit"
-            )
+            job.say(passed_line(process, result))
+
+
+def passed_line(process: Process, result: dict[str, Any]) -> str:
+    """The ✓ line of a process whose checkpoint restored exactly (its worker `result`)."""
+    checkpoint, verification = result["checkpoint"], result["verification"]
+    return (
+        f"✓ {process.label()}: saved {format_size(checkpoint['bytes'])} to "
+        f"{checkpoint['uri']}, restored in a new process: "
+        f"{verification['batches_compared']} batches match bit for bit"
+    )
 
 
 def _uneven_windows(job: Job, outcome: Outcome) -> str | None:

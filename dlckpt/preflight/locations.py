@@ -259,13 +259,14 @@ def multi_host_locations(
             needed = (row.required_bytes + 2 * TENSORFLOW_PROCESS_RAM_BYTES) * processes
         else:
             needed = row.required_bytes * processes
-        role = f"{row.role.split(' (')[0]} ({processes} processes)"
+        counted = f"{processes} process{'es' if processes != 1 else ''}"
+        role = f"{row.role.split(' (')[0]} ({counted})"
         if row.role.startswith("GCS total"):
             role = f"GCS total ({in_bucket or processes} processes)"
         if row.path == RAM and row.role == RAM_ROW:
-            role = f"host RAM ({processes} processes: buffers, 2 TensorFlow processes each)"
+            role = f"host RAM ({counted}: buffers, 2 TensorFlow processes each)"
         if row.role.startswith("TensorFlow temp folder"):
-            role = f"{row.role[:-1]}, {processes} processes)"
+            role = f"{row.role[:-1]}, {counted})"
         rows.append(replace(row, role=role, required_bytes=needed))
     return rows
 

@@ -122,3 +122,42 @@ def test_a_full_disk_is_not_blamed_on_the_embedded_servers_ram(tmp_path):
     assert "no buffer size fits every location" in message
     assert "holds an upload whole in RAM" not in message
     assert message.startswith(f"embedded GCS server storage {tmp_path}: needs ")
+
+
+def test_every_hosts_temp_folder_is_held_to_its_processes_checkpoints():
+    """Under a launcher each process reports its temp folder; process 0 sums the processes
+    that share one (host, folder) and says which cannot hold them at the configured buffer."""
+    from dlckpt.multihost.launched import check_host_folders
+    from dlckpt.multihost.run import Job
+
+    lines: list[str] = []
+    job = Job("c", None, [], hosts=2, per_host=2, restore_processes=None, keep=False,
+              timeout_seconds=1, say=lines.append)  # fmt: skip
+
+    def seen(host: int, path: str, free: int) -> dict[str, object]:
+        folder = {"path": path, "source": "TMPDIR", "free_bytes": free, "hostname": f"n{host}"}
+        return {"host": host, "temp_folder": folder}
+
+    each = 10**9
+    results = {0: seen(0, "/tmp", 5 * each), 1: seen(0, "/tmp", 4 * each),
+               2: seen(1, "/scratch", 3 * each), 3: seen(1, "/scratch", 3 * each), 4: {}}  # fmt: skip
+    rows = check_host_folders(job, results, _estimate(each, hosts=2, kept=1))
+    by_host = {row["host"]: row for row in rows}
+    # Two processes per folder: 2 GB needed; the least free of the two reports counts.
+    assert (by_host[0]["needed_bytes"], by_host[0]["free_bytes"]) == (2 * each, 4 * each)
+    assert all(row["fits"] for row in rows) and len(rows) == 2
+    assert lines == [
+        "✓ Every host's TensorFlow temp folder holds its processes' checkpoints at "
+        "shuffle_buffer_size 1,000: 2 folders, the tightest /scratch on host 1 (2.8 GiB free "
+        "for 1.9 GiB)"
+    ]
+    lines.clear()
+    results[3] = seen(1, "/scratch", each)  # host 1's second report: 1 GB free
+    rows = check_host_folders(job, results, _estimate(each, hosts=2, kept=1))
+    assert [row["fits"] for row in rows] == [True, False]
+    assert lines == [
+        "⚠ HOST 1'S TEMP FOLDER CANNOT HOLD ITS CHECKPOINTS AT THE CONFIGURED BUFFER: /scratch "
+        "(TMPDIR) on n1 has 953.7 MiB free; its 2 processes would stage 1.9 GiB at once at "
+        "shuffle_buffer_size 1,000: the job's saves would fail there with `Could not append "
+        "to the internal temporary file`"
+    ]
