@@ -231,7 +231,7 @@ def test_accuracy(session: nox.Session) -> None:
 # What must hold on every supported TensorFlow: the round trip and its verdicts, the risks
 # found anywhere in the graph, the unsaveable pipelines' advice, the estimator's family, and
 # TensorFlow's own gs:// writer against the embedded server; the strategies (the fix), whose
-# set depends on the version.
+# set depends on the version; what MultiWorkerMirroredStrategy does with an iterator checkpoint.
 CORE_TESTS = [
     "tests/unit",
     "tests/test_roundtrip.py",
@@ -241,6 +241,7 @@ CORE_TESTS = [
     "tests/test_tf_gcs.py",
     "tests/test_small_buffer_script.py",
     "tests/test_strategies.py",
+    "tests/test_multi_worker_strategy.py",
     "tests/test_estimate.py::test_estimate_within_3_percent_of_a_real_save_on_unseen_shapes",
     "tests/test_estimate.py::test_stated_uncertainty_covers_a_real_save_on_every_shape",
     "tests/test_estimate.py::test_buffers_the_main_line_does_not_show_are_counted",

@@ -24,5 +24,10 @@ class PipelineTooShort(UsageError):
     """The dataloader ends before the test can save and compare: exit 2, one line."""
 
 
+class CheckFailed(Exception):
+    """A check that failed before any round trip could run (TensorFlow cannot checkpoint
+    what the pipeline is at all): exit 1, this one ✗ line saying why and what works."""
+
+
 class RunError(Exception):
     """Something unexpected stopped the run (not a failed check): exit 4, one line."""

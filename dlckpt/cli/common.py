@@ -18,7 +18,15 @@ from typing import Any
 from omegaconf import DictConfig
 
 from dlckpt.config import load_config
-from dlckpt.errors import EXIT_ERROR, EXIT_PREFLIGHT, EXIT_USAGE, PreflightRefusal, UsageError
+from dlckpt.errors import (
+    EXIT_ERROR,
+    EXIT_FAILED,
+    EXIT_PREFLIGHT,
+    EXIT_USAGE,
+    CheckFailed,
+    PreflightRefusal,
+    UsageError,
+)
 from dlckpt.job_env import (
     APPLIED_VARIABLES,
     applied_environ,
@@ -166,6 +174,8 @@ def _run_body(body: Callable[[], int], argv: Sequence[str] | None, report: dict[
             code, line = EXIT_USAGE, f"✗ {error}"
         except PreflightRefusal as error:
             code, line = EXIT_PREFLIGHT, f"✗ PREFLIGHT REFUSED: {error}"
+        except CheckFailed as error:
+            code, line = EXIT_FAILED, f"✗ {error}"
         except KeyboardInterrupt as interrupt:
             code, line = exit_code(interrupt), _interrupted_line(interrupt)
         except Exception as error:

@@ -20,7 +20,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from dlckpt.errors import EXIT_ERROR, EXIT_FAILED, EXIT_USAGE, UsageError
+from dlckpt.errors import EXIT_ERROR, EXIT_FAILED, EXIT_USAGE, CheckFailed, UsageError
 from dlckpt.multihost.layout import Process, element_fingerprints, with_shard
 
 BARRIER_POLL_SECONDS = 0.05
@@ -143,6 +143,8 @@ def run_and_answer(
         result = run(spec, process, before_save)
     except UsageError as error:
         code, result = EXIT_USAGE, {"index": index, "passed": False, "failure": str(error)}
+    except CheckFailed as error:  # a failed check, said in the result like any other
+        result = {"index": index, "passed": False, "failure": str(error)}
     except PeerMissing as error:  # the peer's own failure is the cause the parent names
         code = EXIT_FAILED
         result = {"index": index, "passed": False, "failure": str(error), "peer_missing": True}

@@ -15,7 +15,7 @@ import threading
 from collections.abc import Iterator
 from typing import Any, NoReturn
 
-from dlckpt.errors import UsageError
+from dlckpt.errors import CheckFailed, UsageError
 from dlckpt.runtime.signals import received_interrupt
 from dlckpt.runtime.tf_import import import_tensorflow
 
@@ -127,9 +127,33 @@ def instantiate_dataset(dataloader_cfg: Any) -> Any:
             f"dataloader: {target} raised {type(cause).__name__} while building the dataset: "
             f"{' '.join(str(cause).split())[:300]}"
         ) from None
+    if isinstance(dataset, tf.distribute.DistributedDataset):
+        raise CheckFailed(distributed_dataset_text(target, dataset))
     if not isinstance(dataset, tf.data.Dataset):
         raise UsageError(
             f"dataloader._target_={target!r} returned {type(dataset).__name__}, "
             "expected a tf.data.Dataset"
         )
     return dataset
+
+
+def distributed_dataset_text(target: Any, dataset: Any) -> str:
+    """Why a tf.distribute dataset's position cannot be checkpointed, and what works instead.
+
+    tf.train.Checkpoint refuses a tf.distribute.DistributedIterator (ValueError: not a
+    trackable object), whatever the strategy: shown under MultiWorkerMirroredStrategy with
+    two workers by tests/test_multi_worker_strategy.py, on TensorFlow 2.15 and 2.21; reported
+    upstream as tensorflow/tensorflow#56372. The same test shows the way that works.
+    """
+    return (
+        f"CHECKPOINT CANNOT BE SAVED: dataloader._target_={target!r} returned a tf.distribute "
+        f"{type(dataset).__name__} (strategy.distribute_datasets_from_function or "
+        "experimental_distribute_dataset), and TensorFlow cannot checkpoint its iterator: "
+        "tf.train.Checkpoint raises ValueError, a tf.distribute.DistributedIterator is not "
+        "trackable (tensorflow/tensorflow#56372), under MultiWorkerMirroredStrategy too. What "
+        "works: on each worker iterate its own tf.data.Dataset (iter(dataset_fn(input_context"
+        "))), pass its batches to strategy.run, and checkpoint that iterator; to test it here, "
+        "point dataloader._target_ at the function that builds it (it gets process_index and "
+        "process_count, as InputContext's input_pipeline_id and num_input_pipelines; "
+        "docs/multi-host.md)"
+    )

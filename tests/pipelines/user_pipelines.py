@@ -92,3 +92,12 @@ def sharded_dataset(
     if process_index == unseeded_on:
         dataset = dataset.map(lambda e: {**e, "noise": tf.random.uniform([])})
     return dataset.shuffle(shuffle_buffer_size, seed=7).batch(batch_size)
+
+
+def distributed_dataset(*, shuffle_buffer_size: int, batch_size: int = 4, **_: object) -> object:
+    """What a tf.distribute training script hands its loop: a distributed dataset
+    (strategy.distribute_datasets_from_function), here on one CPU device."""
+    strategy = tf.distribute.OneDeviceStrategy("/cpu:0")
+    return strategy.distribute_datasets_from_function(
+        lambda _context: _images(size=8).shuffle(shuffle_buffer_size, seed=7).batch(batch_size)
+    )
