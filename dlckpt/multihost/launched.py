@@ -189,7 +189,7 @@ def check_host_folders(
         least = min(rows, key=lambda r: r["free_bytes"] - r["needed_bytes"])
         job.say(
             f"✓ Every host's TensorFlow temp folder holds its processes' checkpoints at "
-            f"shuffle_buffer_size {estimate.original_buffer:,}: {len(rows)} folders, the "
+            f"shuffle_buffer_size {estimate.original_buffer:,}: {_folders(len(rows))}, the "
             f"tightest {least['path']} on host {least['host']} ({format_size(least['free_bytes'])} "
             f"free for {format_size(least['needed_bytes'])}{stated})"
         )
@@ -202,3 +202,7 @@ def _its(processes: int) -> str:
 
 def _at_once(processes: int) -> str:
     return "" if processes == 1 else " at once"
+
+
+def _folders(count: int) -> str:
+    return "1 folder" if count == 1 else f"{count} folders"
