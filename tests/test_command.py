@@ -37,7 +37,7 @@ def test_no_command_or_an_unknown_one_is_exit_2_with_one_line():
     assert done.returncode == 2
     assert done.stderr.splitlines() == [
         "✗ dlckpt: unknown command 'small-bufer' (expected one of: small-buffer, estimate, "
-        "local-staging, original, strategies, multi-host, diagnose, disk-check)"
+        "local-staging, original, strategies, multi-host, launch-ranks, diagnose, disk-check)"
     ]
 
 
