@@ -208,3 +208,26 @@ def test_launch_ranks_refuses_a_rank_count_that_is_not_a_number():
     result = run_in_process("launch_ranks.py", "--ranks", "0")
     assert result.returncode == 2
     assert result.stderr.strip() == "✗ --ranks='0': expected a positive integer, e.g. 100"
+
+
+def test_a_run_id_an_earlier_run_left_marks_under_is_refused(tmp_path, gcs_server, gcs_bucket):
+    """A ready mark only this process writes, left by an earlier run that died: reusing its
+    run id would let the barrier pass before the peers are ready."""
+    from conftest import run_in_process
+
+    gcs_bucket.blob("jobs/dlckpt-multi-host-r1/meeting/ready-0").upload_from_string(b"{}")
+    env = script_env(GCS_TEST_BUCKET=f"gs://{gcs_bucket.name}/jobs", **gcs_server.env)
+    result = run_in_process(
+        "multi_host.py", "--launcher", "--process-index", "0", "--process-count", "2",
+        "--run-id", "r1", "--config-name", "small", env=env,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"✗ --run-id: gs://{gcs_bucket.name}/jobs/dlckpt-multi-host-r1/meeting/ holds ready-0 "
+        "of process 0 from an earlier run with this run id: pass a new --run-id (or remove "
+        "that folder)"
+    )
+    # Nothing of the user's (or of the earlier run) was removed.
+    assert [b.name for b in gcs_bucket.list_blobs()] == [
+        "jobs/dlckpt-multi-host-r1/meeting/ready-0"
+    ]

@@ -58,12 +58,16 @@ class Meeting:
         return f"report-{index}-of-{self.process.count}.json"
 
     def check_unused(self) -> None:
-        """UsageError when this process's report is already there: the run id was used by
-        an earlier run whose objects are still in the bucket."""
-        if self.report_name(self.process.index) in self._names():
+        """UsageError when this process's own ready mark or report is already there: only
+        this process writes them, so they are an earlier run's with this run id, whose stale
+        marks would let the barrier pass before the peers are ready."""
+        own = {f"ready-{self.process.index}", self.report_name(self.process.index)}
+        stale = sorted(own & set(self._names()))
+        if stale:
             raise UsageError(
-                f"--run-id: {self.uri()}/ holds a report of process {self.process.index} from "
-                "an earlier run with this run id: pass a new --run-id (or remove that folder)"
+                f"--run-id: {self.uri()}/{FOLDER}/ holds {', '.join(stale)} of process "
+                f"{self.process.index} from an earlier run with this run id: pass a new "
+                "--run-id (or remove that folder)"
             )
 
     def abort(self, why: str) -> None:
