@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -73,59 +74,112 @@ def estimate_and_preflight(
     result = estimate(cfg, tested_buffer=tested_buffer, scratch_root=scratch_root, say=say)
     _say_headlines(result, say, tested_line)
     job_env = getattr(args, "job_env", None)
-    environment = getattr(args, "env_source", THIS_SHELL)
-    processes, source = processes_per_host(cfg, job_env or {})
+    processes, job = _say_job_sizes(cfg, result, job_env or {}, say)
+    separate = scenario != "full" or result.tested_buffer != result.original_buffer
+    plan = _Rows(scenario, locations, processes, separate)
+    rows = check_locations(plan.run(result))
+    estimate_only = getattr(args, "estimate_only", False)
+    production = _answer_for_production(result, args, plan, rows, job, say)
+    _say_run_rows(result, rows, say, separate, estimate_only)
+    if getattr(args, "fit_budget", None) is not None:
+        result.fit_budget = fit_budget(result, budget, processes, plan.job, say)
+    _refuse_or_warn(result, args, plan, rows, (report or {}, production), say)
+    if report is not None:
+        report.update({**estimate_report(result), **production})
+    return result
+
+
+@dataclass
+class _Rows:
+    """The rows a run is held to: its own (`run`: the scenario's, or the caller's
+    `locations`) and the job's at the configured buffer (`job`). Every buffer the run
+    advises fits `advised`: the run's own rows and, for a run of the configured buffer
+    (not `separate`), the job's too, each on its own."""
+
+    scenario: str
+    locations: Callable[[Any], list[Any]] | None
+    processes: int
+    separate: bool
+
+    def job(self, sized: Any) -> list[Location]:
+        return configured_locations(sized, self.processes)
+
+    def run(self, sized: Any) -> list[Location]:
+        built = self.locations(sized) if self.locations is not None else None
+        return built if built is not None else scenario_locations(self.scenario, sized)
+
+    @property
+    def advised(self) -> list[RowsAt]:
+        return [self.run] if self.separate else [self.run, self.job]
+
+
+def _say_job_sizes(
+    cfg: DictConfig, result: EstimateResult, job_env: Mapping[str, str], say: Callable[[str], None]
+) -> tuple[int, dict[str, Any]]:
+    """The processes per host and, when they, the hosts or max_to_keep multiply the
+    checkpoint, the JOB CHECKPOINTS line; returns (processes per host, job_sizes)."""
+    processes, source = processes_per_host(cfg, job_env)
     if processes > 1:
         say(f"Processes per host saving at once: {processes} ({source})")
     job = job_sizes(result, processes)
     if job["per_host"] != job["per_process"] or job["bucket"] != job["per_host"]:
         say(job_sizes_line(result, processes, job))
-    separate = scenario != "full" or result.tested_buffer != result.original_buffer
-    estimate_only = getattr(args, "estimate_only", False)
+    return processes, job
 
-    def job_rows(sized: Any) -> list[Location]:
-        return configured_locations(sized, processes)
 
-    def run_rows(sized: Any) -> list[Location]:
-        built = locations(sized) if locations is not None else None
-        return built if built is not None else scenario_locations(scenario, sized)
-
-    # Every buffer this run advises (the headline's largest, a refusal's) fits these: the
-    # run's own rows and, for a run of the configured buffer, the job's too, each on its own.
-    rows_at: list[RowsAt] = [run_rows] if separate else [run_rows, job_rows]
-    rows = check_locations(run_rows(result))
+def _answer_for_production(
+    result: EstimateResult,
+    args: argparse.Namespace,
+    plan: _Rows,
+    rows: list[Location],
+    job: dict[str, Any],
+    say: Callable[[str], None],
+) -> dict[str, Any]:
+    """Whether the configured buffer fits where the job writes (its line, and with
+    --estimate-only its table); returns the report's production keys."""
     # A run of the configured buffer fills its own rows too: the headline counts them, so
     # it cannot say FITS above a table that refuses.
-    also = [] if separate else [row for row in rows if not row.ok]
+    also = [] if plan.separate else [row for row in rows if not row.ok]
     configured = _say_configured_answer(
-        result, processes, say, table=estimate_only and separate, also=also,
-        environment=environment, advice_rows=[job_rows] if separate else rows_at,
+        result, plan.processes, say,
+        table=getattr(args, "estimate_only", False) and plan.separate, also=also,
+        environment=getattr(args, "env_source", THIS_SHELL),
+        advice_rows=[plan.job] if plan.separate else plan.advised,
     )  # fmt: skip
-    production = {
+    return {
         "job_sizes": job,
         "configured_locations": [row.report() for row in configured],
         "configured_fits": all(row.ok for row in configured) and not also,
     }
-    _say_run_rows(result, rows, say, separate, estimate_only)
-    if getattr(args, "fit_budget", None) is not None:
-        result.fit_budget = fit_budget(result, budget, processes, job_rows, say)
+
+
+def _refuse_or_warn(
+    result: EstimateResult,
+    args: argparse.Namespace,
+    plan: _Rows,
+    rows: list[Location],
+    written: tuple[dict[str, Any], dict[str, Any]],
+    say: Callable[[str], None],
+) -> None:
+    """Raise PreflightRefusal (exit 3) when the run's rows cannot hold its save, after
+    writing the report (`written`: the caller's, and the production keys) with the refusal;
+    with --force, say what would have refused."""
+    job_env = getattr(args, "job_env", None)
+    environment = getattr(args, "env_source", THIS_SHELL)
     try:
         warnings = refuse_or_warn(
-            rows, result, rows_at, force=getattr(args, "force", False),
+            rows, result, plan.advised, force=getattr(args, "force", False),
             env=job_env if environment != THIS_SHELL else None,
         )  # fmt: skip
     except PreflightRefusal as refusal:
         write_report(
             args.report,
-            {**(report or {}), **estimate_report(result), **production,
-             "refusal": str(refusal), "passed": False, "exit_code": EXIT_PREFLIGHT},
+            {**written[0], **estimate_report(result), **written[1], "refusal": str(refusal),
+             "passed": False, "exit_code": EXIT_PREFLIGHT},
         )  # fmt: skip
         raise
     for warning in warnings:
         say(f"⚠ PREFLIGHT WOULD REFUSE (--force): {warning}")
-    if report is not None:
-        report.update({**estimate_report(result), **production})
-    return result
 
 
 def _say_configured_answer(
