@@ -65,6 +65,42 @@ def build_robot_dataset(
     cameras = {"image_primary": image_size}
     if wrist_image_size:
         cameras["image_wrist"] = wrist_image_size
+    make_step = _step_maker(
+        tf, cameras, seed=seed, steps_per_episode=steps_per_episode, window_size=window_size,
+        encoded=buffer_encoded_frames, jpeg_quality=jpeg_quality, proprio_dim=proprio_dim,
+        action_dim=action_dim,
+    )  # fmt: skip
+    # Repeat before the shuffle so the stream never runs dry and any buffer size fills.
+    steps = tf.data.Dataset.range(num_episodes * steps_per_episode)
+    if process_count > 1:  # one process: the graph (and its checkpoint) as it always was
+        steps = steps.shard(process_count, process_index)
+    steps = steps.repeat()
+    dataset = steps.map(make_step, num_parallel_calls=num_parallel_calls, deterministic=True)
+    dataset = dataset.shuffle(shuffle_buffer_size, seed=seed, reshuffle_each_iteration=True)
+    if buffer_encoded_frames:
+        dataset = dataset.map(
+            _frame_decoder(tf, cameras, window_size),
+            num_parallel_calls=num_parallel_calls,
+            deterministic=True,
+        )
+    dataset = dataset.batch(batch_size, drop_remainder=True)
+    return dataset.prefetch(prefetch_batches)
+
+
+def _step_maker(
+    tf: Any,
+    cameras: dict[str, int],
+    *,
+    seed: int,
+    steps_per_episode: int,
+    window_size: int,
+    encoded: bool,
+    jpeg_quality: int,
+    proprio_dim: int,
+    action_dim: int,
+) -> Any:
+    """The map from a step index to its element (build_robot_dataset's output, one step):
+    each camera's window of frames (JPEG strings when `encoded`), proprio, action, task."""
     instructions = tf.constant(INSTRUCTIONS)
 
     def make_step(index: Any) -> dict[str, Any]:
@@ -76,7 +112,7 @@ def build_robot_dataset(
                 _frame(tf, seed, camera_id, episode, tf.maximum(step - lag, 0), size)
                 for lag in reversed(range(window_size))
             ]
-            if buffer_encoded_frames:
+            if encoded:
                 frames = [tf.io.encode_jpeg(f, quality=jpeg_quality) for f in frames]
             observation[name] = tf.stack(frames)
         step_seed = tf.stack([tf.constant(seed, tf.int64) * 7919 + 11, index])
@@ -89,6 +125,12 @@ def build_robot_dataset(
             "task": {"language_instruction": tf.gather(instructions, episode % len(INSTRUCTIONS))},
         }
 
+    return make_step
+
+
+def _frame_decoder(tf: Any, cameras: dict[str, int], window_size: int) -> Any:
+    """The map that decodes every camera's JPEG window after the shuffle (as OpenVLA does)."""
+
     def decode_frames(element: dict[str, Any]) -> dict[str, Any]:
         for name, size in cameras.items():
             encoded = element["observation"][name]
@@ -98,19 +140,7 @@ def build_robot_dataset(
             )
         return element
 
-    # Repeat before the shuffle so the stream never runs dry and any buffer size fills.
-    steps = tf.data.Dataset.range(num_episodes * steps_per_episode)
-    if process_count > 1:  # one process: the graph (and its checkpoint) as it always was
-        steps = steps.shard(process_count, process_index)
-    steps = steps.repeat()
-    dataset = steps.map(make_step, num_parallel_calls=num_parallel_calls, deterministic=True)
-    dataset = dataset.shuffle(shuffle_buffer_size, seed=seed, reshuffle_each_iteration=True)
-    if buffer_encoded_frames:
-        dataset = dataset.map(
-            decode_frames, num_parallel_calls=num_parallel_calls, deterministic=True
-        )
-    dataset = dataset.batch(batch_size, drop_remainder=True)
-    return dataset.prefetch(prefetch_batches)
+    return decode_frames
 
 
 def _frame(tf: Any, seed: int, camera_id: int, episode: Any, step: Any, size: int) -> Any:
