@@ -19,7 +19,7 @@ import socket
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from dlckpt.errors import EXIT_PASSED
+from dlckpt.errors import EXIT_PASSED, EXIT_USAGE
 from dlckpt.multihost.layout import Process
 from dlckpt.multihost.meeting import FOLDER, Meeting
 from dlckpt.multihost.run import Job, Outcome, conclude, passed_line, refuse_a_new_process_count
@@ -67,6 +67,10 @@ def run_launched(
     if not result.get("passed") and not result.get("peer_missing"):
         with contextlib.suppress(Exception):  # peers still at the barrier stop waiting
             meeting.abort(str(result.get("failure"))[:200])
+    if meeting.duplicate:  # its index is another process's: no result under that name
+        job.say(f"✗ {result.get('failure')}")
+        report.update(passed=False, exit_code=EXIT_USAGE, failure=result.get("failure"))
+        return EXIT_USAGE
     result["temp_folder"] = temp_folder_here()
     where = meeting.send_report(result)
     if process.index != 0:

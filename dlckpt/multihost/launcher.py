@@ -139,14 +139,18 @@ def _from_tf_config(text: str) -> tuple[int, int, int, int]:
 
 def _run_id(env: Mapping[str, str], given: str | None) -> str:
     """The id every process of this run shares: --run-id, torchrun's rendezvous id (not its
-    default "none"), or Slurm's job and step."""
+    default "none") and restart count, or Slurm's job, step and restart count."""
     if given is not None:
         found, source = given, "--run-id"
     elif env.get("TORCHELASTIC_RUN_ID", "none") != "none":
-        found, source = env["TORCHELASTIC_RUN_ID"], "TORCHELASTIC_RUN_ID"
+        # An elastic restart keeps the rendezvous id: its restart count tells the runs apart.
+        restart = env.get("TORCHELASTIC_RESTART_COUNT")
+        found = env["TORCHELASTIC_RUN_ID"] + (f"-r{restart}" if restart else "")
+        source = "TORCHELASTIC_RUN_ID"
     elif env.get("SLURM_JOB_ID"):
-        step = env.get("SLURM_STEP_ID")
+        step, restart = env.get("SLURM_STEP_ID"), env.get("SLURM_RESTART_COUNT")
         found = env["SLURM_JOB_ID"] + (f".{step}" if step else "")
+        found += f"-r{restart}" if restart else ""  # a requeued job keeps its id
         source = "SLURM_JOB_ID"
     else:
         raise UsageError(

@@ -3,7 +3,8 @@
 Under `<run prefix>/` (gs://bucket/prefix/dlckpt-multi-host-<run id>/) each process writes
 small JSON objects beside its checkpoint:
 
-- `meeting/ready-{i}`: it reached the save (a barrier: every process then saves at once);
+- `meeting/ready-{i}-of-{n}`: it reached the save (a barrier: every process then saves at
+  once); created only if absent, so two processes claiming index i are told apart;
 - `meeting/ABORT`: a process failed before its save, with why (its peers stop waiting);
 - `meeting/report-{i}-of-{n}.json`: its result, which process 0 gathers into one verdict.
 
@@ -27,6 +28,11 @@ POLL_SECONDS = 1.0
 FOLDER = "meeting"
 
 
+class DuplicateProcess(UsageError):
+    """Two processes of one run claim the same index: exit 2; this one sends no result
+    (it would stand in for the other's)."""
+
+
 class Meeting:
     """One process's view of the run's meeting objects in `destination`'s bucket
     (a storage.gcs.GcsDestination) under `run_prefix`."""
@@ -36,15 +42,19 @@ class Meeting:
         self.run_prefix = run_prefix
         self.process = process
         self._key = destination.location.key(run_prefix, FOLDER)
+        self.duplicate = False  # another process of this run claimed this index first
 
     def uri(self) -> str:
         return self.destination.location.uri(self.run_prefix)
 
-    def _put(self, name: str, payload: dict[str, Any]) -> None:
+    def _put(self, name: str, payload: dict[str, Any], *, only_new: bool = False) -> None:
+        """Write `payload` as meeting/`name`; `only_new`: refused by the bucket itself when
+        the object exists (ifGenerationMatch=0: two processes cannot both create it)."""
         blob = self.destination.bucket.blob(f"{self._key}/{name}")
         blob.upload_from_string(
             json.dumps(payload), content_type="application/json",
             timeout=self.destination.request_timeout, retry=self.destination._retry(),
+            if_generation_match=0 if only_new else None,
         )  # fmt: skip
 
     def _names(self) -> dict[str, Any]:
@@ -57,11 +67,29 @@ class Meeting:
     def report_name(self, index: int) -> str:
         return f"report-{index}-of-{self.process.count}.json"
 
+    def ready_name(self, index: int) -> str:
+        return f"ready-{index}-of-{self.process.count}"
+
+    def check_counts(self, names: dict[str, Any]) -> None:
+        """UsageError when a mark or result in the meeting says another process count:
+        processes that disagree on it would each check a job that is not the one running."""
+        for name in names:
+            if not name.startswith(("ready-", "report-")):
+                continue
+            index, count = name.removesuffix(".json").split("-")[1::2]
+            if int(count) != self.process.count:
+                raise UsageError(
+                    f"process count: process {index} of this run says the job has {count} "
+                    f"processes, process {self.process.index} says {self.process.count} "
+                    f"({self.uri()}/{FOLDER}/{name}): every process must be started with the "
+                    "same count (WORLD_SIZE, SLURM_NTASKS, --process-count)"
+                )
+
     def check_unused(self) -> None:
         """UsageError when this process's own ready mark or report is already there: only
         this process writes them, so they are an earlier run's with this run id, whose stale
         marks would let the barrier pass before the peers are ready."""
-        own = {f"ready-{self.process.index}", self.report_name(self.process.index)}
+        own = {self.ready_name(self.process.index), self.report_name(self.process.index)}
         stale = sorted(own & set(self._names()))
         if stale:
             raise UsageError(
@@ -76,8 +104,21 @@ class Meeting:
 
     def barrier(self, limit_seconds: float) -> None:
         """Mark this process ready, then wait until all are (or a peer aborted). Raises
-        PeerMissing naming the processes not ready within `limit_seconds`, or the abort."""
-        self._put(f"ready-{self.process.index}", {"process": self.process.index})
+        PeerMissing naming the processes not ready within `limit_seconds`, or the abort;
+        DuplicateProcess when another process already marked this index ready; UsageError
+        when a peer's mark says another process count."""
+        from google.api_core.exceptions import PreconditionFailed
+
+        try:
+            self._put(self.ready_name(self.process.index), {"process": self.process.index},
+                      only_new=True)  # fmt: skip
+        except PreconditionFailed:
+            self.duplicate = True
+            raise DuplicateProcess(
+                f"process index {self.process.index}: another process of this run already "
+                f"claimed it ({self.uri()}/{FOLDER}/{self.ready_name(self.process.index)}): "
+                "every process needs its own index (RANK, SLURM_PROCID, --process-index)"
+            ) from None
         self._wait(
             lambda names: {int(n.split("-")[1]) for n in names if n.startswith("ready-")},
             limit_seconds, "reach the save",
@@ -89,6 +130,7 @@ class Meeting:
         deadline = time.monotonic() + limit_seconds
         while True:
             names = self._names()
+            self.check_counts(names)
             if len(found(names)) >= self.process.count:
                 return names
             if "ABORT" in names:
@@ -122,6 +164,7 @@ class Meeting:
         deadline = time.monotonic() + limit_seconds
         while True:
             names = self._names()
+            self.check_counts(names)
             if set(wanted) <= set(names) or time.monotonic() > deadline:
                 break
             time.sleep(POLL_SECONDS)
