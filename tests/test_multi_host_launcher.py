@@ -13,6 +13,7 @@ import contextlib
 import json
 import os
 import secrets
+import signal
 import subprocess
 import sys
 import threading
@@ -144,7 +145,9 @@ def test_a_rank_that_never_starts_is_named_by_process_0(tmp_path, gcs_server, gc
     (code0, out0), (code1, out1) = results[0], results[1]
     assert code0 == 1, out0
     assert code1 == 0, out1  # its result is in the bucket: process 0 gives the verdict
-    assert "· process 1 (host 1): processes [2] did not reach the save within 10 s" in out1
+    # Whichever of the two waited longer at the barrier gave up first and stopped the other.
+    assert "· process 1 (host 1): " in out1
+    assert "processes [2] did not reach the save within 10 s" in out1
     last = out0.rstrip().splitlines()[-1]
     assert last.startswith(
         f"✗ PROCESS 2 (HOST 2) SENT NO REPORT: no result in gs://{gcs_bucket.name}/jobs/"
@@ -158,6 +161,7 @@ def test_a_rank_that_never_starts_is_named_by_process_0(tmp_path, gcs_server, gc
     ("args", "expected"),
     [
         (("--run-id", "r1"), "--run-id: only with --launcher"),
+        (("--gather-timeout", "9"), "--gather-timeout: only with --launcher"),
         (("--launcher",), "no process index found: expected --process-index/--process-count"),
         (("--launcher", "--process-index", "0", "--process-count", "2"), "no run id every process shares"),
         (("--launcher", "--process-index", "0", "--process-count", "2", "--run-id", "r"),
@@ -290,3 +294,33 @@ def test_two_processes_claiming_one_index_are_told_apart(tmp_path, gcs_server, g
     )
     names = {b.name.rsplit("/", 1)[1] for b in gcs_bucket.list_blobs(prefix="jobs/")}
     assert "report-1-of-2.json" in names and "ABORT" in names  # one result, the stopped one's
+
+
+@pytest.mark.slow
+def test_a_rank_stopped_by_sigterm_is_named_at_once(tmp_path, gcs_server, gcs_bucket):
+    """SIGTERM to process 1 while it waits at the save: on its way out it tells the meeting
+    (ABORT and a result saying so), so process 0 names it instead of waiting out
+    --gather-timeout (300 s here: a wait would end in `SENT NO REPORT`)."""
+    import time
+
+    conf = _config(tmp_path / "conf", "sharded_dataset")
+    env = script_env(GCS_TEST_BUCKET=f"gs://{gcs_bucket.name}/jobs", **gcs_server.env)
+    started = {}
+    for rank in (0, 1):
+        started[rank] = subprocess.Popen(
+            [sys.executable, "-m", "dlckpt", "multi-host", "--launcher", "--process-index",
+             str(rank), "--process-count", "2", "--run-id", "s1", "--config-dir", str(conf),
+             "--config-name", "mh", "--gather-timeout", "300"],
+            env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )  # fmt: skip
+    mark = gcs_bucket.blob("jobs/dlckpt-multi-host-s1/meeting/ready-1-of-2")
+    deadline = time.monotonic() + GUARD_SECONDS
+    while not mark.exists() and started[1].poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    started[1].send_signal(signal.SIGTERM)
+    out1 = started[1].communicate(timeout=GUARD_SECONDS)[0]
+    out0 = started[0].communicate(timeout=GUARD_SECONDS)[0]
+    assert started[1].returncode == 128 + signal.SIGTERM, out1
+    assert started[0].returncode == 1, out0
+    assert out0.rstrip().splitlines()[-1] == "✗ PROCESS 1 (HOST 1) FAILED: interrupted by SIGTERM"
+    assert [b.name for b in gcs_bucket.list_blobs(prefix="jobs/")] == []

@@ -146,13 +146,11 @@ def _launcher_arguments(parser: Any) -> None:
     )
     parser.add_argument(
         "--barrier-timeout",
-        default=str(int(BARRIER_SECONDS)),
         help=f"seconds each process waits at the save for its peers (with --launcher; "
         f"default {BARRIER_SECONDS:.0f}: process 0 measures the checkpoint first)",
     )
     parser.add_argument(
         "--gather-timeout",
-        default=str(int(GATHER_SECONDS)),
         help=f"seconds process 0 waits for every result (with --launcher; default "
         f"{GATHER_SECONDS:.0f})",
     )
@@ -162,7 +160,8 @@ def _launch(args: Any) -> Launch | None:
     """This process's place under --launcher (UsageError, exit 2, when it cannot be read);
     None without it, where the launcher-only flags are refused."""
     if not args.launcher:
-        for flag in ("process_index", "process_count", "run_id"):
+        for flag in ("process_index", "process_count", "run_id", "barrier_timeout",
+                     "gather_timeout"):  # fmt: skip
             if getattr(args, flag) is not None:
                 raise UsageError(
                     f"--{flag.replace('_', '-')}: only with --launcher (one process of a job "
@@ -182,8 +181,10 @@ def _run_launched(args: Any, job: Job, launch: Launch, report: dict[str, Any], m
             f"multi-host --launcher: GCS_TEST_BUCKET={setting!r}: expected gs://bucket/prefix, "
             "the bucket where every process saves and process 0 gathers the results"
         )
-    job.barrier_seconds = parse_positive_int(args.barrier_timeout, "--barrier-timeout")
-    gather = parse_positive_int(args.gather_timeout, "--gather-timeout")
+    job.barrier_seconds = parse_positive_int(
+        args.barrier_timeout or int(BARRIER_SECONDS), "--barrier-timeout"
+    )
+    gather = parse_positive_int(args.gather_timeout or int(GATHER_SECONDS), "--gather-timeout")
     with open_destination(setting, embedded_when_unset=False) as where:
         destination = gcs_destination(where)
         rows = _rows(destination, launch.per_host, launch.process.count)

@@ -54,12 +54,32 @@ def run_launched(
         return conclude(job, Outcome(failure=refusal), report, None)
     meeting = Meeting(destination, f"dlckpt-multi-host-{launch.run_id}", process)
     meeting.check_unused()
+    try:
+        return _take_part(job, launch, meeting, report, measure, gather_seconds)
+    except BaseException as error:
+        if not isinstance(error, Exception):  # a signal: the peers hear it, briefly
+            name = getattr(error, "name", "SIGINT")  # runtime.signals.Interrupted has it
+            meeting.interrupted(f"interrupted by {name}", keep=job.keep)
+        raise
+
+
+def _take_part(
+    job: Job,
+    launch: Launch,
+    meeting: Meeting,
+    report: dict[str, Any],
+    measure: Callable[[], EstimateResult],
+    gather_seconds: float,
+) -> int:
+    """This process's round trip between its peers', then its result or (process 0) the
+    job's verdict."""
+    process = launch.process
     estimate = _measure_first(meeting, measure, gather_seconds) if process.index == 0 else None
     spec = {
         "config_name": job.config_name,
         "config_dir": str(job.config_dir) if job.config_dir else None,
         "overrides": job.overrides,
-        "bucket_uri": destination.location.uri(),
+        "bucket_uri": meeting.destination.location.uri(),
         "run_prefix": meeting.run_prefix,
         "keep": job.keep,
     }

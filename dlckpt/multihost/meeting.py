@@ -25,6 +25,7 @@ from dlckpt.multihost.layout import Process
 from dlckpt.multihost.worker import PeerMissing
 
 POLL_SECONDS = 1.0
+QUICK_SECONDS = 5.0  # each write on the way out after a signal: one try, this long
 FOLDER = "meeting"
 
 
@@ -47,13 +48,17 @@ class Meeting:
     def uri(self) -> str:
         return self.destination.location.uri(self.run_prefix)
 
-    def _put(self, name: str, payload: dict[str, Any], *, only_new: bool = False) -> None:
+    def _put(
+        self, name: str, payload: dict[str, Any], *, only_new: bool = False, quick: bool = False
+    ) -> None:
         """Write `payload` as meeting/`name`; `only_new`: refused by the bucket itself when
-        the object exists (ifGenerationMatch=0: two processes cannot both create it)."""
+        the object exists (ifGenerationMatch=0: two processes cannot both create it);
+        `quick`: one try of QUICK_SECONDS, as on the way out after a signal."""
         blob = self.destination.bucket.blob(f"{self._key}/{name}")
         blob.upload_from_string(
             json.dumps(payload), content_type="application/json",
-            timeout=self.destination.request_timeout, retry=self.destination._retry(),
+            timeout=QUICK_SECONDS if quick else self.destination.request_timeout,
+            retry=None if quick else self.destination._retry(),
             if_generation_match=0 if only_new else None,
         )  # fmt: skip
 
@@ -98,9 +103,23 @@ class Meeting:
                 "--run-id (or remove that folder)"
             )
 
-    def abort(self, why: str) -> None:
+    def abort(self, why: str, *, quick: bool = False) -> None:
         """Tell the peers waiting at the barrier to stop: this process cannot save."""
-        self._put("ABORT", {"process": self.process.index, "why": why})
+        self._put("ABORT", {"process": self.process.index, "why": why}, quick=quick)
+
+    def interrupted(self, why: str, *, keep: bool) -> None:
+        """On the way out after a signal, within a few seconds and never raising: the peers
+        at the barrier stop; a process other than 0 sends a result saying so (process 0 then
+        names it instead of waiting out --gather-timeout); process 0 removes the run's
+        objects, as its verdict would have."""
+        with contextlib.suppress(Exception):
+            self.abort(why, quick=True)
+            if self.process.index != 0:
+                result = {"index": self.process.index, "host": self.process.host,
+                          "passed": False, "failure": why, "exit_code": 1}  # fmt: skip
+                self._put(self.report_name(self.process.index), result, quick=True)
+            else:
+                self.remove(keep_checkpoints=keep)
 
     def barrier(self, limit_seconds: float) -> None:
         """Mark this process ready, then wait until all are (or a peer aborted). Raises
@@ -140,9 +159,10 @@ class Meeting:
                 )
             if time.monotonic() > deadline:
                 missing = sorted(set(range(self.process.count)) - found(names))
-                raise PeerMissing(
-                    f"processes {missing} did not {what} within {limit_seconds:.0f} s"
-                )
+                text = f"processes {missing} did not {what} within {limit_seconds:.0f} s"
+                with contextlib.suppress(Exception):  # a late peer must not pass on our mark
+                    self.abort(text)
+                raise PeerMissing(text)
             time.sleep(POLL_SECONDS)
 
     def send_report(self, result: dict[str, Any]) -> str:
