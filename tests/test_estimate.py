@@ -387,6 +387,34 @@ def test_buffers_the_main_line_does_not_show_are_counted(shape, tmp_path):
         assert calibration.ram_per_element >= calibration.unseen_per_element + own
 
 
+def _built_size_shapes() -> list[str]:
+    from dlckpt.bench.pipelines.estimate_shapes import BUILT_SIZES
+
+    return list(BUILT_SIZES)
+
+
+@pytest.mark.accuracy
+@pytest.mark.parametrize("shape", _built_size_shapes())
+def test_a_shuffle_built_with_a_floor_or_a_cap_is_estimated_at_the_size_built(shape, tmp_path):
+    """shuffle(min(B, 600)) at B=2,000 and shuffle(max(B, 2000)) at 50,000: the sizes the pipeline
+    builds are read from its graph (a probe measured +563% with ±4% for a cap, -16% with
+    ±3.4% for a floor above the calibration buffers). The stated ± covers a real save, and
+    the estimate says which size it is for."""
+    from bench_estimate import shape_config
+
+    from dlckpt.estimate.estimator import estimate
+
+    buffer = 2_000 if "capped" in shape else 50_000  # 25x the floor: its growth unseen
+    overrides = ["estimate.cache=false", f"dataloader.shuffle_buffer_size={buffer}"]
+    cfg = shape_config(shape, tmp_path / "conf", overrides)
+    result = estimate(cfg, say=lambda _: None)
+    real = _real_checkpoint_bytes(cfg, buffer, tmp_path)
+    error = result.original_bytes / real - 1
+    assert abs(error) <= result.calibration.uncertainty_for(buffer), (shape, error, result.notes)
+    bound = "at most 600" if "capped" in shape else "at least 2,000"
+    assert any(f"builds its shuffle buffer with {bound} elements" in n for n in result.notes)
+
+
 def test_elements_growing_past_the_sample_widen_the_stated_range(tmp_path):
     """Element i holds 1 + i // 200 floats: at a 20,000 buffer the real save is ~36% above
     what the sample's elements (the first ~6,400) make of it. The sampled chunks' trend is

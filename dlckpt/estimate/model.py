@@ -80,6 +80,19 @@ class Calibration:
     # always to the full buffer. Measured (3,000-element passes of 256-byte vectors, settled
     # saves): a 10,000 buffer held ~9,300 elements, a 20,000 buffer ~13,000.
     pass_elements: int | None = None
+    # The smallest and the largest shuffle buffer the pipeline builds whatever the configured
+    # size (`shuffle(max(B, 2000))`: floor 2000; `shuffle(min(B, 3000))`: cap 3000), read from
+    # its graph (calibrate._read_built_sizes); None: it follows the configured size. The
+    # anchors' buffers are the built ones.
+    shuffle_floor: int | None = None
+    shuffle_cap: int | None = None
+
+    def built(self, buffer_size: int) -> int:
+        """The shuffle buffer the pipeline builds for a configured `buffer_size`."""
+        floor = getattr(self, "shuffle_floor", None)  # calibrations cached before: none
+        cap = getattr(self, "shuffle_cap", None)
+        built = max(buffer_size, floor) if floor is not None else buffer_size
+        return min(built, cap) if cap is not None else built
 
     @property
     def transit_bytes(self) -> float:
@@ -124,6 +137,7 @@ class Calibration:
         not grow with the buffer: it then holds no elements worth counting."""
         if self.constant:
             return 0
+        buffer_size = self.built(buffer_size)
         held = self.held_elements(buffer_size)
         return held * self.ram_per_element + (buffer_size - held) * SAVE_WORKING_BYTES_PER_SLOT
 
@@ -226,6 +240,7 @@ class Calibration:
 
     def bytes_for(self, buffer_size: int) -> int:
         """The checkpoint of a `buffer_size`-element shuffle buffer, in bytes."""
+        buffer_size = self.built(buffer_size)
         if self.constant:
             return round(statistics.median(size for _, size in self.anchors))
         beyond = self._anchor_beyond_stream(buffer_size)
@@ -248,6 +263,7 @@ class Calibration:
         """Relative 95% uncertainty: the per-element mean's, the anchors' spread, the batches
         in transit (a save on a busy machine may catch more or fewer), the depth autotuned
         buffers may gain, and a floor."""
+        buffer_size = self.built(buffer_size)
         total = max(self.bytes_for(buffer_size), 1)
         per_element, relative = self.per_element(buffer_size)
         held = self.held_elements(buffer_size)
@@ -278,7 +294,8 @@ class Calibration:
             return 0
         low, high = 1, 2
         while fits(high):
-            if self.constant or (self.stream_elements is not None and high >= 10**12):
+            capped = self.built(high) < high  # past the cap, the same buffer is built
+            if self.constant or capped or (self.stream_elements is not None and high >= 10**12):
                 return 10**12  # no buffer size changes the checkpoint
             low, high = high, high * 2
             if high > 10**12:
