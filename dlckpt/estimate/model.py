@@ -83,16 +83,21 @@ class Calibration:
     # The smallest and the largest shuffle buffer the pipeline builds whatever the configured
     # size (`shuffle(max(B, 2000))`: floor 2000; `shuffle(min(B, 3000))`: cap 3000), read from
     # its graph (calibrate._read_built_sizes); None: it follows the configured size. The
-    # anchors' buffers are the built ones.
+    # anchors' buffers are the built ones. (Cache entries of an older estimator version are
+    # never read: cache.ESTIMATOR_VERSION.)
     shuffle_floor: int | None = None
     shuffle_cap: int | None = None
+    # The share of the configured size the pipeline builds (`shuffle(B // 2)`: 0.5).
+    shuffle_scale: float = 1.0
 
     def built(self, buffer_size: int) -> int:
-        """The shuffle buffer the pipeline builds for a configured `buffer_size`."""
-        floor = getattr(self, "shuffle_floor", None)  # calibrations cached before: none
-        cap = getattr(self, "shuffle_cap", None)
-        built = max(buffer_size, floor) if floor is not None else buffer_size
-        return min(built, cap) if cap is not None else built
+        """The shuffle buffer the pipeline builds for a configured `buffer_size`:
+        min(max(int(scale x B), floor), cap), at least 1."""
+        if self.shuffle_scale == 1.0 and self.shuffle_floor is None and self.shuffle_cap is None:
+            return buffer_size
+        built = int(self.shuffle_scale * buffer_size)
+        built = max(built, self.shuffle_floor) if self.shuffle_floor is not None else built
+        return max(min(built, self.shuffle_cap) if self.shuffle_cap is not None else built, 1)
 
     @property
     def transit_bytes(self) -> float:

@@ -9,7 +9,17 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from dlckpt.estimate.calibrate import CONFIRM_LARGEST, _growth_between_anchors, _Run
+import pytest
+
+from dlckpt.estimate.calibrate import (
+    CAP_PROBE_BUFFER as PROBE,
+)
+from dlckpt.estimate.calibrate import (
+    CONFIRM_LARGEST,
+    _built_form,
+    _growth_between_anchors,
+    _Run,
+)
 from dlckpt.estimate.watchdog import Stage
 
 SEEN_IN_CI = [[8, 4514], [32, 4514], [64, 13965], [8, 4514], [8, 4514]]
@@ -45,3 +55,21 @@ def test_no_growth_costs_no_refill():
     flat = [[8, 4514], [32, 4514], [64, 4600], [8, 4514], [8, 4514]]
     run = _run_whose_saves_are([])  # a refill would raise StopIteration
     assert _Run.confirm_growth(run, Stage(), flat) == flat  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("reads", "form"),
+    [
+        ({8: 8, 32: 32, 64: 64, PROBE: PROBE}, (1.0, None, None)),  # follows B
+        ({8: 8, 32: 32, 64: 64, PROBE: 3000}, (1.0, None, 3000)),  # min(B, 3000)
+        ({8: 2000, 32: 2000, 64: 2000, PROBE: PROBE}, (1.0, 2000, None)),  # max(B, 2000)
+        ({8: 20, 32: 32, 64: 64, PROBE: PROBE}, (1.0, 20, None)),  # max(B, 20)
+        ({8: 2000, 32: 2000, 64: 2000, PROBE: 5000}, (1.0, 2000, 5000)),  # both
+        ({8: 4, 32: 16, 64: 32, PROBE: PROBE // 2}, None),  # B // 2: left to the anchors
+        ({8: 9, 32: 33, 64: 65, PROBE: PROBE + 1}, None),  # B + 1: not a clamp
+    ],
+)  # fmt: skip
+def test_the_shuffle_size_a_pipeline_builds_is_read_as_a_floor_and_a_cap(reads, form):
+    """calibrate._built_form: the shuffle sizes read from the graph at the calibration
+    buffers and at the probe, as min(max(B, floor), cap), or None for any other form."""
+    assert _built_form(reads) == form
