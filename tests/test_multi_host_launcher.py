@@ -148,13 +148,20 @@ def test_a_rank_that_never_starts_is_named_by_process_0(tmp_path, gcs_server, gc
     # Whichever of the two waited longer at the barrier gave up first and stopped the other.
     assert "· process 1 (host 1): " in out1
     assert "processes [2] did not reach the save within 10 s" in out1
-    last = out0.rstrip().splitlines()[-1]
-    assert last.startswith(
+    verdict, note = out0.rstrip().splitlines()[-2:]
+    assert verdict.startswith(
         f"✗ PROCESS 2 (HOST 2) SENT NO REPORT: no result in gs://{gcs_bucket.name}/jobs/"
         f"dlckpt-multi-host-{job}/meeting/ within 20 s of process 0's own"
-    ), last
+    ), verdict
     assert report["exit_code"] == 1 and list(report["sent_no_report"]) == ["2"]
-    assert left == []
+    # Process 2 may still start: the ABORT that stops it stays, and process 0 says so.
+    folder = f"jobs/dlckpt-multi-host-{job}"
+    assert left == [f"{folder}/meeting/ABORT"]
+    assert note == (
+        f"⚠ may be left: gs://{gcs_bucket.name}/{folder}/meeting/ABORT stays so that the "
+        "processes still running stop; remove the run's folder once they have: `gcloud "
+        f"storage rm -r gs://{gcs_bucket.name}/{folder}/`"
+    )
 
 
 @pytest.mark.parametrize(
@@ -230,12 +237,14 @@ def test_a_run_id_an_earlier_run_left_marks_under_is_refused(tmp_path, gcs_serve
     assert result.returncode == 2, result.stdout + result.stderr
     assert result.stderr.strip().splitlines()[-1] == (
         f"✗ --run-id: gs://{gcs_bucket.name}/jobs/dlckpt-multi-host-r1/meeting/ holds ready-0-of-2 "
-        "of process 0 from an earlier run with this run id: pass a new --run-id (or remove "
-        "that folder)"
+        "of process 0: another process of this run was started with the same index, or an "
+        "earlier run used this run id: give every process its own index and every run a new "
+        "--run-id (or remove that folder)"
     )
-    # Nothing of the user's (or of the earlier run) was removed.
+    # Nothing of the earlier run was removed; an ABORT stops whatever run it would join.
     assert [b.name for b in gcs_bucket.list_blobs()] == [
-        "jobs/dlckpt-multi-host-r1/meeting/ready-0-of-2"
+        "jobs/dlckpt-multi-host-r1/meeting/ABORT",
+        "jobs/dlckpt-multi-host-r1/meeting/ready-0-of-2",
     ]
 
 
@@ -324,3 +333,29 @@ def test_a_rank_stopped_by_sigterm_is_named_at_once(tmp_path, gcs_server, gcs_bu
     assert started[0].returncode == 1, out0
     assert out0.rstrip().splitlines()[-1] == "✗ PROCESS 1 (HOST 1) FAILED: interrupted by SIGTERM"
     assert [b.name for b in gcs_bucket.list_blobs(prefix="jobs/")] == []
+
+
+def test_a_rank_that_comes_after_the_verdict_stops_and_sends_nothing(
+    tmp_path, gcs_server, gcs_bucket, small_estimate_cache
+):
+    """Process 0 gives up at the barrier and gives its verdict; process 1 starts only then.
+    It must not save alone on the marks left: it stops at the ABORT, sends no result and
+    removes its own mark, so only the ABORT (noted by process 0) is left."""
+    from conftest import SMALL_CHEAP, run_in_process
+
+    env = script_env(GCS_TEST_BUCKET=f"gs://{gcs_bucket.name}/jobs",
+                     XDG_CACHE_HOME=str(small_estimate_cache[0]), **gcs_server.env)  # fmt: skip
+    job = ["--launcher", "--process-count", "2", "--run-id", "late1", "--config-name", "small",
+           *SMALL_CHEAP, "--barrier-timeout", "3", "--gather-timeout", "3"]  # fmt: skip
+    first = run_in_process("multi_host.py", "--process-index", "0", *job, env=env)
+    assert first.returncode == 1, first.stdout + first.stderr
+    late = run_in_process("multi_host.py", "--process-index", "1", *job, env=env)
+    assert late.returncode == 0, late.stdout + late.stderr
+    assert (
+        "· process 1 (host 1): the run is over without it (processes [1] did not reach the "
+        "save within 3 s): no result sent"
+    ) in late.stdout
+    assert "saved" not in late.stdout and "✓ process 1" not in late.stdout
+    assert [b.name for b in gcs_bucket.list_blobs()] == [
+        "jobs/dlckpt-multi-host-late1/meeting/ABORT"
+    ]

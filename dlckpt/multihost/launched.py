@@ -91,14 +91,25 @@ def _take_part(
         job.say(f"✗ {result.get('failure')}")
         report.update(passed=False, exit_code=EXIT_USAGE, failure=result.get("failure"))
         return EXIT_USAGE
+    if process.index != 0:
+        gone = meeting.final_abort()
+        if gone is not None:  # process 0 stopped or is done: no verdict will read it
+            meeting.forget_own()
+            job.say(f"· {process.label()}: the run is over without it ({gone}): no result sent")
+            report.update(passed=False, exit_code=EXIT_PASSED, failure=f"process 0: {gone}")
+            return EXIT_PASSED
     result["temp_folder"] = temp_folder_here()
     where = meeting.send_report(result)
     if process.index != 0:
         return _say_own(job, launch, result, where, report)
     try:
         return _verdict(job, launch, meeting, report, estimate, gather_seconds)
+    except Exception as error:  # bad input found while gathering: the peers stop too
+        with contextlib.suppress(Exception):
+            meeting.abort(f"{type(error).__name__}: {' '.join(str(error).split())[:160]}")
+        raise
     finally:
-        meeting.remove(keep_checkpoints=job.keep)
+        meeting.remove(keep_checkpoints=job.keep, everyone_reported=meeting.all_reported)
 
 
 def _measure_first(
@@ -165,7 +176,8 @@ def _verdict(
     }
     if estimate is not None:
         report["host_temp_folders"] = check_host_folders(job, results, estimate)
-    return conclude(job, Outcome(results=results, unheard=unheard), report, estimate)
+    outcome = Outcome(results=results, unheard=unheard, stopped_by=meeting.aborted())
+    return conclude(job, outcome, report, estimate)
 
 
 def temp_folder_here() -> dict[str, Any]:

@@ -23,6 +23,7 @@ from typing import Any
 from dlckpt.errors import UsageError
 from dlckpt.multihost.layout import Process
 from dlckpt.multihost.worker import PeerMissing
+from dlckpt.runtime.cleanup import note_left_behind
 
 POLL_SECONDS = 1.0
 QUICK_SECONDS = 5.0  # each write on the way out after a signal: one try, this long
@@ -44,6 +45,7 @@ class Meeting:
         self.process = process
         self._key = destination.location.key(run_prefix, FOLDER)
         self.duplicate = False  # another process of this run claimed this index first
+        self.all_reported = False  # gather() found every process's result
 
     def uri(self) -> str:
         return self.destination.location.uri(self.run_prefix)
@@ -97,15 +99,38 @@ class Meeting:
         own = {self.ready_name(self.process.index), self.report_name(self.process.index)}
         stale = sorted(own & set(self._names()))
         if stale:
-            raise UsageError(
+            text = (
                 f"--run-id: {self.uri()}/{FOLDER}/ holds {', '.join(stale)} of process "
-                f"{self.process.index} from an earlier run with this run id: pass a new "
-                "--run-id (or remove that folder)"
+                f"{self.process.index}: another process of this run was started with the same "
+                "index, or an earlier run used this run id: give every process its own index "
+                "and every run a new --run-id (or remove that folder)"
             )
+            with contextlib.suppress(Exception):  # the run it would join cannot be trusted
+                self.abort(text[:200])
+            raise UsageError(text)
 
-    def abort(self, why: str, *, quick: bool = False) -> None:
-        """Tell the peers waiting at the barrier to stop: this process cannot save."""
-        self._put("ABORT", {"process": self.process.index, "why": why}, quick=quick)
+    def aborted(self, names: dict[str, Any] | None = None) -> str | None:
+        """Who stopped the run and why ("process 1 failed (…)"), or None."""
+        names = self._names() if names is None else names
+        if "ABORT" not in names:
+            return None
+        why = json.loads(names["ABORT"].download_as_bytes())
+        return f"process {why['process']} failed ({why['why']})"
+
+    def abort(self, why: str, *, quick: bool = False, final: bool = False) -> None:
+        """Tell the peers waiting at the barrier to stop: this process cannot save. `final`:
+        process 0 is gone or done, so no verdict will gather the peers' results."""
+        payload = {"process": self.process.index, "why": why, "final": final}
+        self._put("ABORT", payload, quick=quick)
+
+    def final_abort(self) -> str | None:
+        """Why the run ended without reading this process's result (process 0 stopped, or
+        gave its verdict before this process came), or None."""
+        names = self._names()
+        if "ABORT" not in names:
+            return None
+        why = json.loads(names["ABORT"].download_as_bytes())
+        return str(why["why"]) if why.get("final") else None
 
     def interrupted(self, why: str, *, keep: bool) -> None:
         """On the way out after a signal, within a few seconds and never raising: the peers
@@ -113,13 +138,13 @@ class Meeting:
         names it instead of waiting out --gather-timeout); process 0 removes the run's
         objects, as its verdict would have."""
         with contextlib.suppress(Exception):
-            self.abort(why, quick=True)
+            self.abort(why, quick=True, final=self.process.index == 0)
             if self.process.index != 0:
                 result = {"index": self.process.index, "host": self.process.host,
                           "passed": False, "failure": why, "exit_code": 1}  # fmt: skip
                 self._put(self.report_name(self.process.index), result, quick=True)
-            else:
-                self.remove(keep_checkpoints=keep)
+            else:  # peers may be mid-save: their checkpoints stay theirs to remove
+                self.remove(keep_checkpoints=keep, everyone_reported=False)
 
     def barrier(self, limit_seconds: float) -> None:
         """Mark this process ready, then wait until all are (or a peer aborted). Raises
@@ -150,13 +175,12 @@ class Meeting:
         while True:
             names = self._names()
             self.check_counts(names)
+            # An abort first: a late process must not pass on marks a stopped run left.
+            why = self.aborted(names)
+            if why is not None:
+                raise PeerMissing(f"stopped before its save: {why}")
             if len(found(names)) >= self.process.count:
                 return names
-            if "ABORT" in names:
-                why = json.loads(names["ABORT"].download_as_bytes())
-                raise PeerMissing(
-                    f"stopped before its save: process {why['process']} failed ({why['why']})"
-                )
             if time.monotonic() > deadline:
                 missing = sorted(set(range(self.process.count)) - found(names))
                 text = f"processes {missing} did not {what} within {limit_seconds:.0f} s"
@@ -193,14 +217,36 @@ class Meeting:
             for name, index in wanted.items()
             if name in names
         }
-        return results, sorted(set(wanted.values()) - set(results))
+        missing = sorted(set(wanted.values()) - set(results))
+        self.all_reported = not missing
+        return results, missing
 
-    def remove(self, *, keep_checkpoints: bool) -> None:
+    def remove(self, *, keep_checkpoints: bool, everyone_reported: bool = True) -> None:
         """Delete the meeting objects, and (unless `keep_checkpoints`, --keep) everything
-        else under the run prefix: a checkpoint a process could not remove itself."""
-        if not keep_checkpoints:
+        else under the run prefix: a checkpoint a process could not remove itself. When a
+        peer may still be running (not `everyone_reported`), its checkpoint is its own to
+        remove, and the ABORT that stops it stays, noted as left."""
+        if everyone_reported and not keep_checkpoints:
             self.destination.remove(self.run_prefix)
             return
-        for name in self._names():
-            with contextlib.suppress(Exception):  # cleanup is best effort, as remove() is
-                self.destination.bucket.blob(f"{self._key}/{name}").delete(timeout=10)
+        names = self._names()
+        for name in names:
+            if everyone_reported or name != "ABORT":
+                with contextlib.suppress(Exception):  # cleanup is best effort, as remove() is
+                    self.destination.bucket.blob(f"{self._key}/{name}").delete(timeout=10)
+        if not everyone_reported and "ABORT" in names:
+            with contextlib.suppress(Exception):  # the run is over: late peers send nothing
+                why = json.loads(names["ABORT"].download_as_bytes())
+                self.abort(str(why["why"]), quick=True, final=True)
+            note_left_behind(
+                f"{self.uri()}/{FOLDER}/ABORT stays so that the processes still running stop; "
+                f"remove the run's folder once they have: `gcloud storage rm -r {self.uri()}/`"
+            )
+
+    def forget_own(self) -> None:
+        """Remove this process's ready mark: a run already over will not read it."""
+        with contextlib.suppress(Exception):
+            blob = self.destination.bucket.blob(
+                f"{self._key}/{self.ready_name(self.process.index)}"
+            )
+            blob.delete(timeout=QUICK_SECONDS)

@@ -66,6 +66,8 @@ class Outcome:
     died: dict[int, str] = field(default_factory=dict)  # index -> how it ended
     # Under a launcher: index -> why process 0 has no result of it (nothing in the bucket).
     unheard: dict[int, str] = field(default_factory=dict)
+    # Under a launcher: who stopped the run and why (its ABORT), when one did.
+    stopped_by: str | None = None
     overlaps: list[str] = field(default_factory=list)
     sizes: dict[str, dict[str, int]] | None = None  # job_size_report
 
@@ -240,6 +242,8 @@ def _first_failure(job: Job, outcome: Outcome) -> tuple[str | None, int]:
         if not result.get("passed"):
             code = EXIT_USAGE if result.get("exit_code") == EXIT_USAGE else EXIT_FAILED
             return f"{process.label().upper()} FAILED: {result.get('failure')}", code
+    if outcome.stopped_by is not None:  # every result passed, yet one process stopped it
+        return f"THE RUN WAS STOPPED: {outcome.stopped_by}", EXIT_FAILED
     return None, EXIT_PASSED
 
 
