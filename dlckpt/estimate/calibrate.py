@@ -35,7 +35,14 @@ from typing import Any
 
 from dlckpt.config import estimate_settings
 from dlckpt.errors import PreflightRefusal, UsageError
-from dlckpt.estimate.model import T95, Calibration, short_stream, slope, smaller_than_its_buffer
+from dlckpt.estimate.model import (
+    T95,
+    Calibration,
+    built_size,
+    short_stream,
+    slope,
+    smaller_than_its_buffer,
+)
 from dlckpt.estimate.saves import (
     HeldSave,
     IsolatedSaves,
@@ -900,51 +907,34 @@ def _read_built_sizes(calibration: Calibration, run: _Run) -> None:
     built = {b: sizes[0] for b, sizes in read.items()}
     built[CAP_PROBE_BUFFER] = probe[0]
     form = _built_form(built)
-    if form is None or form == (1.0, None, None):
+    if form is None or form == (None, None):
         return
-    scale, floor, cap = form
-    calibration.shuffle_scale, calibration.shuffle_floor, calibration.shuffle_cap = form
+    calibration.shuffle_floor, calibration.shuffle_cap = floor, cap = form
     calibration.anchors = [[calibration.built(b), size] for b, size in calibration.anchors]
-    bounds = [
-        f"{scale:g} x the configured size" if scale != 1 else "",
-        f"at least {floor:,}" if floor else "",
-        f"at most {cap:,}" if cap else "",
-    ]
+    bounds = [f"at least {floor:,}" if floor else "", f"at most {cap:,}" if cap else ""]
     calibration.notes.append(
-        f"the pipeline builds its shuffle buffer with {', '.join(b for b in bounds if b)} "
+        f"the pipeline builds its shuffle buffer with {' and '.join(b for b in bounds if b)} "
         "elements (read from its graph): the estimate is for the buffer it builds"
     )
     if len({b for b, _ in calibration.anchors}) == 1:
         _cover_growth_no_anchor_shows(calibration)
 
 
-def _built_form(built: dict[int, int]) -> tuple[float, int | None, int | None] | None:
-    """(scale, floor, cap) such that every configured size B in `built` (B -> the size
-    read) is min(max(int(scale x B), floor), cap), else None. The scale comes from the
-    largest calibration buffer, or the probe when every calibration buffer reads one value
-    above it (a floor)."""
-    calibration_reads = {b: size for b, size in built.items() if b != CAP_PROBE_BUFFER}
-    largest = max(calibration_reads)
-    values = set(calibration_reads.values())
-    floored = len(values) == 1 and min(values) > largest
-    if floored:  # the probe tells a share (B // 2 over a floor) from a cap (a few elements)
-        share = built[CAP_PROBE_BUFFER] / CAP_PROBE_BUFFER
-        scale = share if share >= 0.01 else 1.0
-    else:
-        scale = calibration_reads[largest] / largest
-    # A share of B (`shuffle(B // 2)`) puts the anchors closer together than the model's
-    # check of their growth can see past its noise (tried: -8.4% with ±6.8% at 20,000): it
-    # stays with the anchors, which over-count it (+83%), the safe side.
-    if scale != 1.0:
-        return None
-    floor = max((size for b, size in calibration_reads.items() if size > int(scale * b)),
-                default=None)  # fmt: skip
+def _built_form(built: dict[int, int]) -> tuple[int | None, int | None] | None:
+    """(floor, cap) such that every configured size B in `built` (B -> the size read) is
+    min(max(B, floor), cap) (model.built_size), else None. A share of B (`shuffle(B // 2)`)
+    is not taken: it puts the anchors closer together than the model's check of their
+    growth can see past its noise (tried: -8.4% with ±6.8% at 20,000), so it stays with the
+    anchors, which over-count it (+83%), the safe side. A cap is a size far below the probe;
+    one near it is such a share."""
     probe = built[CAP_PROBE_BUFFER]
-    cap = probe if probe < int(scale * CAP_PROBE_BUFFER) else None
-    form = (scale, floor, cap)
-    if any(calibration_built(b, *form) != size for b, size in built.items()):
+    floor = max((size for b, size in built.items() if size > b), default=None)
+    cap = probe if probe < CAP_PROBE_BUFFER else None
+    if cap is not None and cap > CAP_PROBE_BUFFER // 100:
         return None
-    return form
+    if any(built_size(b, floor, cap) != size for b, size in built.items()):
+        return None
+    return floor, cap
 
 
 def _cover_growth_no_anchor_shows(calibration: Calibration) -> None:
@@ -971,13 +961,6 @@ def _cover_growth_no_anchor_shows(calibration: Calibration) -> None:
         f"unknown: half counted per element (~{format_size(round(excess / 2))}), all of it "
         "in the ±"
     )
-
-
-def calibration_built(buffer: int, scale: float, floor: int | None, cap: int | None) -> int:
-    """min(max(int(scale x buffer), floor), cap), at least 1; None: no such bound."""
-    built = int(scale * buffer)
-    built = max(built, floor) if floor is not None else built
-    return max(min(built, cap) if cap is not None else built, 1)
 
 
 def _shuffle_sizes(dataset: Any) -> list[int]:

@@ -87,17 +87,10 @@ class Calibration:
     # never read: cache.ESTIMATOR_VERSION.)
     shuffle_floor: int | None = None
     shuffle_cap: int | None = None
-    # The share of the configured size the pipeline builds (`shuffle(B // 2)`: 0.5).
-    shuffle_scale: float = 1.0
 
     def built(self, buffer_size: int) -> int:
-        """The shuffle buffer the pipeline builds for a configured `buffer_size`:
-        min(max(int(scale x B), floor), cap), at least 1."""
-        if self.shuffle_scale == 1.0 and self.shuffle_floor is None and self.shuffle_cap is None:
-            return buffer_size
-        built = int(self.shuffle_scale * buffer_size)
-        built = max(built, self.shuffle_floor) if self.shuffle_floor is not None else built
-        return max(min(built, self.shuffle_cap) if self.shuffle_cap is not None else built, 1)
+        """The shuffle buffer the pipeline builds for a configured `buffer_size`."""
+        return built_size(buffer_size, self.shuffle_floor, self.shuffle_cap)
 
     @property
     def transit_bytes(self) -> float:
@@ -323,6 +316,12 @@ def short_stream(planned: list[tuple[int, int]], measured: list[list[float]]) ->
         if got[1] < size:
             return int(start + got[1]) if got[1] else int(start)
     return None
+
+
+def built_size(buffer: int, floor: int | None, cap: int | None) -> int:
+    """min(max(buffer, floor), cap); None: no such bound."""
+    built = max(buffer, floor) if floor is not None else buffer
+    return min(built, cap) if cap is not None else built
 
 
 def smaller_than_its_buffer(calibration: Calibration) -> bool:

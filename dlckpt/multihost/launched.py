@@ -22,8 +22,9 @@ from typing import TYPE_CHECKING, Any
 from dlckpt.errors import EXIT_PASSED, EXIT_USAGE
 from dlckpt.multihost.layout import Process
 from dlckpt.multihost.meeting import FOLDER, Meeting
-from dlckpt.multihost.run import Job, Outcome, conclude, passed_line, refuse_a_new_process_count
+from dlckpt.multihost.run import Job, Outcome, conclude, refuse_a_new_process_count, say_result
 from dlckpt.multihost.worker import run_and_answer
+from dlckpt.storage.transfer import one_line
 from dlckpt.tempdir import tf_temp_dir
 from dlckpt.units import format_size
 
@@ -106,7 +107,7 @@ def _take_part(
         return _verdict(job, launch, meeting, report, estimate, gather_seconds)
     except Exception as error:  # bad input found while gathering: the peers stop too
         with contextlib.suppress(Exception):
-            meeting.abort(f"{type(error).__name__}: {' '.join(str(error).split())[:160]}")
+            meeting.abort(one_line(error, 160))
         raise
     finally:
         meeting.remove(keep_checkpoints=job.keep, everyone_reported=meeting.all_reported)
@@ -122,7 +123,7 @@ def _measure_first(
         return measure()
     except BaseException as error:
         with contextlib.suppress(Exception):
-            meeting.abort(f"{type(error).__name__}: {' '.join(str(error).split())[:160]}")
+            meeting.abort(one_line(error, 160))
         if isinstance(error, Exception):  # not a signal: that answer must not wait
             with contextlib.suppress(Exception):
                 meeting.gather(gather_seconds, but_self=True)
@@ -134,14 +135,7 @@ def _say_own(
     job: Job, launch: Launch, result: dict[str, Any], where: str, report: dict[str, Any]
 ) -> int:
     """A process other than 0: its own line and report; exit 0 now its result is sent."""
-    label = launch.process.label()
-    for line in result.get("lines", []):
-        if line.startswith("⚠") or line.startswith("  "):
-            job.say(f"{label}: {line.strip()}")
-    if result.get("passed"):
-        job.say(passed_line(launch.process, result))
-    else:
-        job.say(f"{'·' if result.get('peer_missing') else '✗'} {label}: {result.get('failure')}")
+    say_result(job, launch.process, result)
     job.say(f"Result sent to {where}: process 0 gives the job's verdict")
     report.update(
         {k: v for k, v in result.items() if k not in ("fingerprints", "lines")},

@@ -93,9 +93,10 @@ class Meeting:
                 )
 
     def check_unused(self) -> None:
-        """UsageError when this process's own ready mark or report is already there: only
-        this process writes them, so they are an earlier run's with this run id, whose stale
-        marks would let the barrier pass before the peers are ready."""
+        """UsageError when this process's own ready mark or report is already there: an
+        earlier run with this run id left it, or a twin of this run took the index first.
+        Either way the run cannot be trusted: an ABORT stops it (process 0's verdict then
+        says so) before stale marks could let the barrier pass early."""
         own = {self.ready_name(self.process.index), self.report_name(self.process.index)}
         stale = sorted(own & set(self._names()))
         if stale:
@@ -109,13 +110,17 @@ class Meeting:
                 self.abort(text[:200])
             raise UsageError(text)
 
-    def aborted(self, names: dict[str, Any] | None = None) -> str | None:
-        """Who stopped the run and why ("process 1 failed (…)"), or None."""
+    def _abort_payload(self, names: dict[str, Any] | None = None) -> dict[str, Any] | None:
+        """The ABORT's {"process", "why", "final"}, or None when no process stopped the run."""
         names = self._names() if names is None else names
         if "ABORT" not in names:
             return None
-        why = json.loads(names["ABORT"].download_as_bytes())
-        return f"process {why['process']} failed ({why['why']})"
+        return dict(json.loads(names["ABORT"].download_as_bytes()))
+
+    def aborted(self, names: dict[str, Any] | None = None) -> str | None:
+        """Who stopped the run and why ("process 1 failed (…)"), or None."""
+        why = self._abort_payload(names)
+        return None if why is None else f"process {why['process']} failed ({why['why']})"
 
     def abort(self, why: str, *, quick: bool = False, final: bool = False) -> None:
         """Tell the peers waiting at the barrier to stop: this process cannot save. `final`:
@@ -126,17 +131,15 @@ class Meeting:
     def final_abort(self) -> str | None:
         """Why the run ended without reading this process's result (process 0 stopped, or
         gave its verdict before this process came), or None."""
-        names = self._names()
-        if "ABORT" not in names:
-            return None
-        why = json.loads(names["ABORT"].download_as_bytes())
-        return str(why["why"]) if why.get("final") else None
+        why = self._abort_payload()
+        return str(why["why"]) if why is not None and why.get("final") else None
 
     def interrupted(self, why: str, *, keep: bool) -> None:
         """On the way out after a signal, within a few seconds and never raising: the peers
         at the barrier stop; a process other than 0 sends a result saying so (process 0 then
-        names it instead of waiting out --gather-timeout); process 0 removes the run's
-        objects, as its verdict would have."""
+        names it instead of waiting out --gather-timeout); process 0's ABORT is final (no
+        verdict will read the peers' results) and stays, with the meeting's other objects
+        removed."""
         with contextlib.suppress(Exception):
             self.abort(why, quick=True, final=self.process.index == 0)
             if self.process.index != 0:
@@ -236,8 +239,8 @@ class Meeting:
                     self.destination.bucket.blob(f"{self._key}/{name}").delete(timeout=10)
         if not everyone_reported and "ABORT" in names:
             with contextlib.suppress(Exception):  # the run is over: late peers send nothing
-                why = json.loads(names["ABORT"].download_as_bytes())
-                self.abort(str(why["why"]), quick=True, final=True)
+                why = self._abort_payload(names)
+                self.abort(str(why["why"]) if why else "", quick=True, final=True)
             note_left_behind(
                 f"{self.uri()}/{FOLDER}/ABORT stays so that the processes still running stop; "
                 f"remove the run's folder once they have: `gcloud storage rm -r {self.uri()}/`"

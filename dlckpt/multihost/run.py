@@ -189,26 +189,27 @@ def _say_processes(job: Job, outcome: Outcome, code: int) -> None:
         if ended:
             job.say(f"✗ {process.label()}: {ended}")
             continue
-        result = outcome.results[process.index]
-        for line in result.get("lines", []):
-            if line.startswith("⚠") or line.startswith("  "):
-                job.say(f"{process.label()}: {line.strip()}")
-        if result.get("peer_missing"):
-            job.say(f"· {process.label()}: {result.get('failure')}")
-        elif not result.get("passed"):
-            job.say(f"✗ {process.label()}: {result.get('failure')}")
-        else:
-            job.say(passed_line(process, result))
+        say_result(job, process, outcome.results[process.index])
 
 
-def passed_line(process: Process, result: dict[str, Any]) -> str:
-    """The ✓ line of a process whose checkpoint restored exactly (its worker `result`)."""
-    checkpoint, verification = result["checkpoint"], result["verification"]
-    return (
-        f"✓ {process.label()}: saved {format_size(checkpoint['bytes'])} to "
-        f"{checkpoint['uri']}, restored in a new process: "
-        f"{verification['batches_compared']} batches match bit for bit"
-    )
+def say_result(job: Job, process: Process, result: dict[str, Any]) -> None:
+    """A process's own warnings and notes, then its line (its worker `result`): ✓ restored
+    exactly, ✗ failed, or · only stopped waiting for a failed peer."""
+    label = process.label()
+    for line in result.get("lines", []):
+        if line.startswith("⚠") or line.startswith("  "):
+            job.say(f"{label}: {line.strip()}")
+    if result.get("peer_missing"):
+        job.say(f"· {label}: {result.get('failure')}")
+    elif not result.get("passed"):
+        job.say(f"✗ {label}: {result.get('failure')}")
+    else:
+        checkpoint, verification = result["checkpoint"], result["verification"]
+        job.say(
+            f"✓ {label}: saved {format_size(checkpoint['bytes'])} to {checkpoint['uri']}, "
+            f"restored in a new process: {verification['batches_compared']} batches match "
+            "bit for bit"
+        )
 
 
 def _uneven_windows(job: Job, outcome: Outcome) -> str | None:

@@ -60,11 +60,11 @@ def test_no_growth_costs_no_refill():
 @pytest.mark.parametrize(
     ("reads", "form"),
     [
-        ({8: 8, 32: 32, 64: 64, PROBE: PROBE}, (1.0, None, None)),  # follows B
-        ({8: 8, 32: 32, 64: 64, PROBE: 3000}, (1.0, None, 3000)),  # min(B, 3000)
-        ({8: 2000, 32: 2000, 64: 2000, PROBE: PROBE}, (1.0, 2000, None)),  # max(B, 2000)
-        ({8: 20, 32: 32, 64: 64, PROBE: PROBE}, (1.0, 20, None)),  # max(B, 20)
-        ({8: 2000, 32: 2000, 64: 2000, PROBE: 5000}, (1.0, 2000, 5000)),  # both
+        ({8: 8, 32: 32, 64: 64, PROBE: PROBE}, (None, None)),  # follows B
+        ({8: 8, 32: 32, 64: 64, PROBE: 3000}, (None, 3000)),  # min(B, 3000)
+        ({8: 2000, 32: 2000, 64: 2000, PROBE: PROBE}, (2000, None)),  # max(B, 2000)
+        ({8: 20, 32: 32, 64: 64, PROBE: PROBE}, (20, None)),  # max(B, 20)
+        ({8: 2000, 32: 2000, 64: 2000, PROBE: 5000}, (2000, 5000)),  # both
         ({8: 4, 32: 16, 64: 32, PROBE: PROBE // 2}, None),  # B // 2: left to the anchors
         ({8: 9, 32: 33, 64: 65, PROBE: PROBE + 1}, None),  # B + 1: not a clamp
     ],
