@@ -168,7 +168,7 @@ def compression_rows(
     return rows
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--cases", nargs="+", help="presets and/or test-family shapes (default: all)"
@@ -193,21 +193,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--compression", action="store_true",
         help="print checkpoint bytes per buffered frame / decoded bytes, by kind of frame; exit",
     )  # fmt: skip
-    args = parser.parse_args(argv)
-    args.multipliers = args.multiplier or args.multipliers
+    return parser
+
+
+def _bad_input(args: argparse.Namespace) -> str | None:
+    """The one line for arguments of the wrong form (exit 2), else None."""
     if any(m < 1 for m in args.multipliers):
-        print("✗ --multipliers: expected positive integers, e.g. 20 100", file=sys.stderr)
-        return 2
+        return "✗ --multipliers: expected positive integers, e.g. 20 100"
     if args.real_saves < 1:
-        print(f"✗ --real-saves {args.real_saves}: expected a positive integer", file=sys.stderr)
-        return 2
+        return f"✗ --real-saves {args.real_saves}: expected a positive integer"
     known = [*PRESETS, *_shape_names()]
-    cases = args.cases or known
-    unknown = [c for c in cases if c not in known]
+    unknown = [c for c in args.cases or known if c not in known]
     if unknown:
-        print(
-            f"✗ --cases {' '.join(unknown)}: expected some of {', '.join(known)}", file=sys.stderr
-        )
+        return f"✗ --cases {' '.join(unknown)}: expected some of {', '.join(known)}"
+    return None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    args.multipliers = args.multiplier or args.multipliers
+    problem = _bad_input(args)
+    if problem:
+        print(problem, file=sys.stderr)
         return 2
     from tabulate import tabulate
 
@@ -220,7 +227,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows = []
     scratch = Path(tempfile.mkdtemp(prefix="dlckpt-bench-"))
     try:
-        for name in cases:
+        for name in args.cases or [*PRESETS, *_shape_names()]:
             rows.append(bench_case(name, args.multipliers, scratch, args.real_saves))
             print(json.dumps(rows[-1]), flush=True)
     finally:

@@ -102,7 +102,9 @@ def test_an_unseeded_file_shuffle_under_interleave_cannot_pass(tmp_path: Path):
     result, data = _run_case("c22", tmp_path)
     assert result.returncode == 1, result.stdout + result.stderr
     assert "✓ ALL TESTS PASSED" not in result.stdout
-    [line] = [line for line in result.stdout.splitlines() if line.startswith("✗ ")]
+    crosses = [line for line in result.stdout.splitlines() if line.startswith("✗ ")]
+    assert len(crosses) == 1, result.stdout
+    [line] = crosses
     assert line.startswith("✗ CANNOT VERIFY AN EXACT RESUME: the "), line
     assert "but Shuffle without a seed feeding ParallelInterleave(" in line
     assert "under a repeat" in line

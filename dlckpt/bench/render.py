@@ -130,7 +130,23 @@ def transfer_section(data: dict[str, Any] | None) -> list[str]:
 
 
 # The page is one table and its paragraph per section: long, but a straight line of rows.
+_SCALING_COLUMNS = [
+    "buffer", "checkpoint", "save s", "restore s", "peak RSS save", "peak RSS restore",
+    "server RSS",
+]  # fmt: skip
+# The fitted quantities: results key -> (what it is, its unit).
+_FITTED = {
+    "bytes": ("checkpoint", "B"),
+    "save_seconds": ("save", "s"),
+    "restore_seconds": ("restore", "s"),
+    "peak_rss_bytes": ("peak RSS, saving process", "B"),
+    "restore_peak_rss_bytes": ("peak RSS, restoring process", "B"),
+    "server_rss_bytes": ("embedded GCS server RSS after upload", "B"),
+}
+
+
 def scaling_section(data: dict[str, Any] | None) -> list[str]:
+    """Part 3: one row per buffer, the fitted lines, the preflight's RAM row held to them."""
     if not data:
         return []
     rows = [
@@ -142,23 +158,12 @@ def scaling_section(data: dict[str, Any] | None) -> list[str]:
         for r in data["rows"]
     ]  # fmt: skip
     fits = data["fits"]
-    units = {
-        "bytes": ("checkpoint", "B"),
-        "save_seconds": ("save", "s"),
-        "restore_seconds": ("restore", "s"),
-        "peak_rss_bytes": ("peak RSS, saving process", "B"),
-        "restore_peak_rss_bytes": ("peak RSS, restoring process", "B"),
-        "server_rss_bytes": ("embedded GCS server RSS after upload", "B"),
-    }
     fit_rows = [
         [name, f"{fits[key]['slope']:,.6g} {unit}", f"{fits[key]['intercept']:,.6g} {unit}",
          f"{fits[key]['r2']:.4f}"]
-        for key, (name, unit) in units.items()
+        for key, (name, unit) in _FITTED.items()
         if key in fits
     ]  # fmt: skip
-    ram = data["ram"]
-    verdict = "agrees within" if ram["within_tolerance"] else "**does NOT agree** within"
-    ratio = ram["estimate/measured_buffer"]
     overrides = " ".join(data.get("overrides") or [])
     return [
         "## 3. How cost grows with the shuffle buffer",
@@ -167,23 +172,22 @@ def scaling_section(data: dict[str, Any] | None) -> list[str]:
         "restored in another (peak RSS polled with psutil), then uploaded to a fresh embedded "
         "GCS server.",
         "",
-        _table(
-            [
-                "buffer",
-                "checkpoint",
-                "save s",
-                "restore s",
-                "peak RSS save",
-                "peak RSS restore",
-                "server RSS",
-            ],
-            rows,
-        ),
+        _table(_SCALING_COLUMNS, rows),
         "",
         "Fitted lines (value = intercept + slope × buffered elements):",
         "",
         _table(["quantity", "slope per element", "intercept", "r²"], fit_rows),
         "",
+        _ram_paragraph(data["ram"], data["rows"][0]),
+        "",
+    ]
+
+
+def _ram_paragraph(ram: dict[str, Any], first_row: dict[str, Any]) -> str:
+    """The preflight's host-RAM row against the saving process's measured peak RSS."""
+    verdict = "agrees within" if ram["within_tolerance"] else "**does NOT agree** within"
+    ratio = ram["estimate/measured_buffer"]
+    return (
         f"**Preflight RAM row vs measurement** at buffer {ram['buffer']:,}: the preflight's "
         f'"host RAM" row says {size_cell(ram["estimate_ram_bytes"])} '
         f"({ram.get('ram_bytes_per_element')} B per element: the allocator's bytes for an "
@@ -192,16 +196,15 @@ def scaling_section(data: dict[str, Any] | None) -> list[str]:
         f"process peaked at {size_cell(ram['measured_peak_rss_bytes'])} (the kernel's high-water "
         f"mark, {size_cell(ram['measured_peak_rss_kernel_bytes'])}, also counts start-up "
         "transients such as importing TensorFlow: it is "
-        f"{size_cell(data['rows'][0].get('peak_rss_kernel_bytes'))}"
-        f" at buffer {data['rows'][0]['buffer']:,}), of which "
+        f"{size_cell(first_row.get('peak_rss_kernel_bytes'))}"
+        f" at buffer {first_row['buffer']:,}), of which "
         f"{size_cell(ram['process_baseline_bytes'])} is the process with an empty buffer (the "
         f"intercept) and {size_cell(ram['measured_buffer_bytes'])} the buffer "
         f"({ram['measured_bytes_per_element']:,.0f} B per element). The row {verdict} "
         f"{ram['tolerance']:.0%} of the buffer's measured memory (estimate/measured = "
         f"{'n/a' if ratio is None else f'{ratio:.3f}'}). It does not count the process "
-        f"itself: estimate/peak RSS = {ram['estimate/measured_peak']:.3f}.",
-        "",
-    ]
+        f"itself: estimate/peak RSS = {ram['estimate/measured_peak']:.3f}."
+    )
 
 
 def answer_section(rows: list[dict[str, Any]] | None) -> list[str]:
@@ -314,6 +317,47 @@ def markdown(results: dict[str, Any]) -> str:
 
 
 # One figure, drawn panel by panel: splitting it would only pass the axes around.
+def _plot_measured_and_fit(
+    axes: Any, data: dict[str, Any], key: str, label: str, color: str, xs: Any
+) -> None:
+    """The measured points of `key` and its fitted line: solid within the measured buffers,
+    dotted beyond them (extrapolated)."""
+    rows, fit = data["rows"], data["fits"][key]
+    measured_max = max(r["buffer"] for r in rows)
+    axes.plot([r["buffer"] for r in rows], [r[key] for r in rows], "o", color=color,
+              label=f"{label} (measured)")  # fmt: skip
+    for part, style in ((xs <= measured_max, "-"), (xs >= measured_max, ":")):
+        axes.plot(
+            xs[part],
+            fit["intercept"] + fit["slope"] * xs[part],
+            style,
+            color=color,
+            alpha=0.6,
+            label=(
+                f"fit: {fit['slope']:,.0f} B/element + {format_size(fit['intercept'])}"
+                if style == "-"
+                else None
+            ),
+        )
+
+
+def _plot_limits(axes: Any, where: dict[str, Any], available: int | None) -> None:
+    """Horizontal lines: the tightest folder's free space, and the RAM available."""
+    free = where["free_bytes"]
+    axes.axhline(
+        free, color="black", linestyle="--",
+        label=f"free space, tightest folder ({where['path']}): {format_size(free)}",
+    )  # fmt: skip
+    if available:
+        axes.axhline(
+            available,
+            color="tab:red",
+            linestyle="-.",
+            alpha=0.5,
+            label=f"RAM available at the start: {format_size(available)}",
+        )
+
+
 def plot(results: dict[str, Any], path: Path) -> None:
     """Checkpoint bytes and peak RSS against buffer size, fitted lines, tightest free space."""
     import matplotlib
@@ -335,36 +379,8 @@ def plot(results: dict[str, Any], path: Path) -> None:
         ("bytes", "checkpoint bytes", "tab:blue"),
         ("peak_rss_bytes", "peak RSS of the saving process", "tab:red"),
     ):
-        fit = data["fits"][key]
-        axes.plot(buffers, [r[key] for r in rows], "o", color=color, label=f"{label} (measured)")
-        inside = xs <= buffers.max()
-        for part, style in ((inside, "-"), (xs >= buffers.max(), ":")):
-            axes.plot(
-                xs[part],
-                fit["intercept"] + fit["slope"] * xs[part],
-                style,
-                color=color,
-                alpha=0.6,
-                label=(
-                    f"fit: {fit['slope']:,.0f} B/element + {format_size(fit['intercept'])}"
-                    if style == "-"
-                    else None
-                ),
-            )
-    where = data["tightest_location"]
-    axes.axhline(
-        free, color="black", linestyle="--",
-        label=f"free space, tightest folder ({where['path']}): {format_size(free)}",
-    )  # fmt: skip
-    available = results["machine"].get("ram_available_bytes")
-    if available:
-        axes.axhline(
-            available,
-            color="tab:red",
-            linestyle="-.",
-            alpha=0.5,
-            label=f"RAM available at the start: {format_size(available)}",
-        )
+        _plot_measured_and_fit(axes, data, key, label, color, xs)
+    _plot_limits(axes, data["tightest_location"], results["machine"].get("ram_available_bytes"))
     axes.set_xscale("log")
     axes.set_xlabel("shuffle buffer (elements); dotted: the fitted lines extrapolated")
     axes.set_yscale("log")

@@ -65,54 +65,34 @@ def scenario_locations(
     checkpoint = estimate.tested_bytes
     tf_temp, tf_variable, _ = tf_temp_dir()
     scratch = scratch_dir or (tf_temp if scenario == "full" else tempfile.gettempdir())
-    rows: list[Location] = []
     if scenario == "local_staging":
         staging = staging_dir or os.environ.get("LOCAL_STAGING_DIR") or scratch
-        rows.append(
-            Location(
-                "staging folder (the saved checkpoint)",
-                staging,
-                checkpoint,
-                variable="LOCAL_STAGING_DIR",
-            )
-        )
+        saved = Location(
+            "staging folder (the saved checkpoint)", staging, checkpoint,
+            variable="LOCAL_STAGING_DIR",
+        )  # fmt: skip
     else:
-        rows.append(
-            Location(
-                "scratch folder (the saved checkpoint)", scratch, checkpoint, variable="TMPDIR"
-            )
+        saved = Location(
+            "scratch folder (the saved checkpoint)", scratch, checkpoint, variable="TMPDIR"
         )
-    rows.append(
+    hosts = estimate.num_hosts
+    return [
+        saved,
         Location(
-            f"TensorFlow temp folder for gs:// writes ({tf_variable})",
-            tf_temp,
-            checkpoint,
+            f"TensorFlow temp folder for gs:// writes ({tf_variable})", tf_temp, checkpoint,
             variable="TMPDIR" if tf_variable in ("TMPDIR", "default") else tf_variable,
-        )
-    )
-    rows.append(
+        ),
         Location(
-            "download folder (restore from GCS)",
-            download_dir or scratch,
-            checkpoint,
+            "download folder (restore from GCS)", download_dir or scratch, checkpoint,
             variable="TMPDIR",
-        )
-    )
-    rows.append(
+        ),
+        Location(RAM_ROW, RAM, estimate.ram_bytes_for(estimate.tested_buffer)),
         Location(
-            RAM_ROW,
-            RAM,
-            estimate.ram_bytes_for(estimate.tested_buffer),
-        )
-    )
-    rows.append(
-        Location(
-            f"GCS total ({estimate.num_hosts} host{'s' if estimate.num_hosts != 1 else ''})",
+            f"GCS total ({hosts} host{'s' if hosts != 1 else ''})",
             gcs_uri or os.environ.get("GCS_TEST_BUCKET") or "gs:// (embedded server when unset)",
-            checkpoint * estimate.num_hosts,
-        )
-    )
-    return rows
+            checkpoint * hosts,
+        ),
+    ]  # fmt: skip
 
 
 def tensorflow_gcs_locations(

@@ -221,7 +221,6 @@ def _restore_and_compare(run: _RoundTrip, source: str, prefix: Path | str) -> bo
     """Restore in a new process from `prefix` (path or gs:// URI); compare with the expected."""
     from dlckpt.roundtrip.child import restore_in_new_process
     from dlckpt.roundtrip.digest import first_mismatch
-    from dlckpt.roundtrip.window import expected_fresh_elements
     from dlckpt.storage.embedded.server import watched
 
     outcome, expected = run.outcome, run.expected
@@ -257,6 +256,16 @@ def _restore_and_compare(run: _RoundTrip, source: str, prefix: Path | str) -> bo
         )
         return False
     record["passed"] = True
+    _say_match(run, result.restore_seconds, source)
+    return True
+
+
+def _say_match(run: _RoundTrip, restore_seconds: float, source: str) -> None:
+    """A restore that matched: what the window covered (fresh elements, whether it passed
+    every buffer held at save time) into the outcome, and its two ✓ lines."""
+    from dlckpt.roundtrip.window import expected_fresh_elements
+
+    outcome, expected = run.outcome, run.expected
     outcome.elements_compared = expected.elements
     per_batch = expected.elements / max(len(expected.digests), 1)
     buffered_elements = run.window.buffered_batches * per_batch
@@ -265,7 +274,7 @@ def _restore_and_compare(run: _RoundTrip, source: str, prefix: Path | str) -> bo
         expected.ended or len(expected.digests) >= run.window.batches
     )
     keys = len(expected.digests[0]) if expected.digests else 0
-    run.say(f"✓ Restored in a new process from the {source} in {result.restore_seconds:.1f} s")
+    run.say(f"✓ Restored in a new process from the {source} in {restore_seconds:.1f} s")
     ending = ", then the end of data" if expected.ended else ""
     run.say(
         f"✓ {len(expected.digests)} batches ({expected.elements:,} elements) after the restore "
@@ -277,7 +286,6 @@ def _restore_and_compare(run: _RoundTrip, source: str, prefix: Path | str) -> bo
             else "fewer than the buffers held at save time"
         )
     )
-    return True
 
 
 def _upload_and_compare(
@@ -338,25 +346,13 @@ def _save_to_gcs(
     from dlckpt.storage.tf_gcs import (
         GIVE_UP_SECONDS,
         save_iterator_to_gcs,
-        staged_text,
         staging_full_line,
-        tf_gcs_settings,
         transfer_failure_line,
     )
-    from dlckpt.tempdir import tf_temp_dir
 
     outcome = run.outcome
-    outcome.writer = "tensorflow-gcs"
-    outcome.tf_temp_dir, outcome.tf_temp_dir_source, _ = tf_temp_dir()
     embedded = destination.embedded
-    outcome.tf_gcs_bounds = dict(embedded.bounds) if embedded is not None else {}
-    outcome.tf_gcs_settings = {
-        name: value
-        for name, value in tf_gcs_settings().items()
-        if name not in outcome.tf_gcs_bounds
-    }
-    for name, value in outcome.tf_gcs_settings.items():
-        run.say(f"TensorFlow GCS setting: {name}={value}")
+    _record_tf_gcs_settings(run, embedded)
     uri = destination.location.uri(run_prefix, CHECKPOINT_NAME)
     try:
         with watched(
@@ -379,16 +375,45 @@ def _save_to_gcs(
         destination.remove(run_prefix)  # TensorFlow uploads a file only once it is whole
         outcome.failure = staging_full_line(disk_full_text(error), needed)
         return None
+    _record_gcs_save(run, saved, destination.uri(run_prefix))
+    return saved
+
+
+def _record_tf_gcs_settings(run: _RoundTrip, embedded: Any) -> None:
+    """Into the outcome: the writer, TensorFlow's temp folder (where it stages the save) and
+    the GCS_* settings in force; each setting the user gave is said (the embedded server's
+    own bounds are recorded apart)."""
+    from dlckpt.storage.tf_gcs import tf_gcs_settings
+    from dlckpt.tempdir import tf_temp_dir
+
+    outcome = run.outcome
+    outcome.writer = "tensorflow-gcs"
+    outcome.tf_temp_dir, outcome.tf_temp_dir_source, _ = tf_temp_dir()
+    outcome.tf_gcs_bounds = dict(embedded.bounds) if embedded is not None else {}
+    outcome.tf_gcs_settings = {
+        name: value
+        for name, value in tf_gcs_settings().items()
+        if name not in outcome.tf_gcs_bounds
+    }
+    for name, value in outcome.tf_gcs_settings.items():
+        run.say(f"TensorFlow GCS setting: {name}={value}")
+
+
+def _record_gcs_save(run: _RoundTrip, saved: Any, checkpoint_uri: str) -> None:
+    """A save that reached the bucket (a storage.tf_gcs save result): into the outcome, and
+    its ✓ line."""
+    from dlckpt.storage.tf_gcs import staged_text
+
+    outcome = run.outcome
     outcome.tf_temp_peak_bytes = saved.temp_peak_bytes or None  # None: not seen
     outcome.checkpoint_bytes, outcome.checkpoint_files = saved.bytes, saved.files
     outcome.save_seconds = saved.save_seconds
-    outcome.checkpoint_uri = destination.uri(run_prefix)
+    outcome.checkpoint_uri = checkpoint_uri
     run.say(
         f"✓ Saved the iterator after {run.cfg.roundtrip.batches_before_save} batches straight "
-        f"to {outcome.checkpoint_uri} with TensorFlow's own gs:// filesystem: {saved.files} "
+        f"to {checkpoint_uri} with TensorFlow's own gs:// filesystem: {saved.files} "
         f"files, {format_size(saved.bytes)} in {saved.save_seconds:.1f} s ({staged_text(saved)})"
     )
-    return saved
 
 
 def _restore_failure(run: _RoundTrip, source: str, prefix: Path | str, error: str) -> str:

@@ -141,39 +141,61 @@ def measure_strategy(
     digests). The restore is left to `finish_restore`, so restores can run side by side
     without disturbing the next strategy's timing.
     """
-    from omegaconf import OmegaConf
-
-    from dlckpt.ckpt_io import UnsaveablePipeline, save_iterator
-    from dlckpt.pipeline.build import instantiate_dataset
     from dlckpt.roundtrip.digest import take_digests
 
     result = StrategyResult(strategy.name)
     grain = strategy.framework == "grain"
-    if grain:
-        from hydra.utils import instantiate
-
-        write_array_record(Path(dataloader_cfg["data_dir"]))
-        with quiet_absl():
-            iterator = iter(instantiate(dataloader_cfg, _convert_="all"))
-    else:
-        iterator = iter(instantiate_dataset(OmegaConf.create(dataloader_cfg)))
-
-    indices: list[int] = []
-    for _ in range(warmup_batches):  # the first batch fills the buffer
-        indices.extend(int(i) for i in next(iterator)["index"])
-    started = time.perf_counter()
-    for _ in range(timed_batches):
-        indices.extend(int(i) for i in next(iterator)["index"])
-    elapsed = time.perf_counter() - started
-    batch_size = int(dataloader_cfg["batch_size"])
-    result.elements_per_second = timed_batches * batch_size / elapsed if elapsed > 0 else 0.0
+    iterator = _open_iterator(dataloader_cfg, grain)
+    indices = _time_batches(iterator, result, dataloader_cfg, warmup_batches, timed_batches)
     # Only outputs that cannot come from a second epoch (p + buffer <= records) say how well
     # one epoch is mixed; every strategy is scored on the same count.
     buffer = int(dataloader_cfg.get("shuffle_buffer_size") or 0)
     limit = max(2, spec.num_records - buffer)
     result.quality = shuffle_quality(indices[:limit], spec.steps_per_episode)
+    checkpoint = _save_state(iterator, result, workdir / "checkpoint", grain)
+    if checkpoint is None:
+        return result, None
+    expected = take_digests(iterator, compare_batches)
+    return result, PendingRestore(strategy, dataloader_cfg, checkpoint, expected, workdir)
 
-    checkpoint_dir = workdir / "checkpoint"
+
+def _open_iterator(dataloader_cfg: dict[str, Any], grain: bool) -> Any:
+    """An iterator over the strategy's loader (Grain: its data written first)."""
+    from omegaconf import OmegaConf
+
+    from dlckpt.pipeline.build import instantiate_dataset
+
+    if not grain:
+        return iter(instantiate_dataset(OmegaConf.create(dataloader_cfg)))
+    from hydra.utils import instantiate
+
+    write_array_record(Path(dataloader_cfg["data_dir"]))
+    with quiet_absl():
+        return iter(instantiate(dataloader_cfg, _convert_="all"))
+
+
+def _time_batches(
+    iterator: Any, result: StrategyResult, dataloader_cfg: dict[str, Any], warmup: int, timed: int
+) -> list[int]:
+    """Read `warmup` then `timed` batches; the timed ones give elements per second. Returns
+    every element index read, in order."""
+    indices: list[int] = []
+    for _ in range(warmup):  # the first batch fills the buffer
+        indices.extend(int(i) for i in next(iterator)["index"])
+    started = time.perf_counter()
+    for _ in range(timed):
+        indices.extend(int(i) for i in next(iterator)["index"])
+    elapsed = time.perf_counter() - started
+    batch_size = int(dataloader_cfg["batch_size"])
+    result.elements_per_second = timed * batch_size / elapsed if elapsed > 0 else 0.0
+    return indices
+
+
+def _save_state(iterator: Any, result: StrategyResult, checkpoint_dir: Path, grain: bool) -> Any:
+    """Save the iterator (Grain: its JSON state) into `checkpoint_dir`: the path to restore
+    from, or None with `result.error` set when TensorFlow cannot save it."""
+    from dlckpt.ckpt_io import UnsaveablePipeline, save_iterator
+
     if grain:
         checkpoint_dir.mkdir(parents=True, exist_ok=True)
         checkpoint = checkpoint_dir / "iterator_state.json"
@@ -181,16 +203,14 @@ def measure_strategy(
         checkpoint.write_text(json.dumps(iterator.get_state()))
         result.save_seconds = time.perf_counter() - started
         result.checkpoint_bytes = checkpoint.stat().st_size
-    else:
-        try:
-            saved = save_iterator(iterator, checkpoint_dir)
-        except UnsaveablePipeline as error:
-            result.error = str(error)
-            return result, None
-        result.checkpoint_bytes, result.save_seconds = saved.bytes, saved.save_seconds
-        checkpoint = saved.prefix
-    expected = take_digests(iterator, compare_batches)
-    return result, PendingRestore(strategy, dataloader_cfg, checkpoint, expected, workdir)
+        return checkpoint
+    try:
+        saved = save_iterator(iterator, checkpoint_dir)
+    except UnsaveablePipeline as error:
+        result.error = str(error)
+        return None
+    result.checkpoint_bytes, result.save_seconds = saved.bytes, saved.save_seconds
+    return saved.prefix
 
 
 def finish_restore(result: StrategyResult, pending: PendingRestore) -> StrategyResult:
