@@ -102,9 +102,19 @@ def test_an_unseeded_file_shuffle_under_interleave_cannot_pass(tmp_path: Path):
     result, data = _run_case("c22", tmp_path)
     assert result.returncode == 1, result.stdout + result.stderr
     assert "✓ ALL TESTS PASSED" not in result.stdout
-    crosses = [line for line in result.stdout.splitlines() if line.startswith("✗ ")]
+    # The verdict is the one ✗ line besides the size cross-check's: this pipeline's fixed
+    # part is its autotuned interleave and map buffers, whose depth follows the load, so a
+    # real save under a busy suite can fall outside the stated ± (an honest ✗ of its own;
+    # seen once in a full run).
+    crosses = [
+        line
+        for line in result.stdout.splitlines()
+        if line.startswith("✗ ") and not line.startswith("✗ estimate cross-check")
+    ]
     assert len(crosses) == 1, result.stdout
     [line] = crosses
+    # It is the run's last ✗ line: the verdict, after the cross-check.
+    assert [x for x in result.stdout.splitlines() if x.startswith("✗ ")][-1] == line
     assert line.startswith("✗ CANNOT VERIFY AN EXACT RESUME: the "), line
     assert "but Shuffle without a seed feeding ParallelInterleave(" in line
     assert "under a repeat" in line
