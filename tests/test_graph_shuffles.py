@@ -147,3 +147,23 @@ def test_a_mixture_of_shuffled_sources_is_never_under_its_real_save(tmp_path, mo
         real,
         result.report(),
     )
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("two-gigabyte-graph")  # ~9 GB of RSS while TensorFlow serializes it
+def test_a_graph_past_protobufs_2_gb_is_not_read_as_a_graph_without_risks():
+    """A pipeline holding over 2 GB of in-memory data: TensorFlow serializes its graph as an
+    empty GraphDef (it logs the protobuf limit and returns nothing), which would read as a
+    pipeline with no risk at all. It is an unread graph, and a match cannot be a pass."""
+    import tensorflow as tf
+
+    from dlckpt.pipeline.risks import GraphUnreadable, unread_graph_analysis
+
+    rows = tf.data.Dataset.from_tensors(tf.zeros([2**31 + 2**20], tf.uint8))
+    with pytest.raises(GraphUnreadable, match="2 GB limit"):
+        analyze(rows.shuffle(4).repeat())
+    del rows
+    # What the round trip plans with instead: the window it can, and a risk no window clears.
+    [risk] = unread_graph_analysis("why", 100).risks
+    assert risk.unverifiable and risk.kind == "unread_graph"
+    assert risk.line().startswith("the pipeline's graph: could not be read (why), so a shuffle")

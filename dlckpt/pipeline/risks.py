@@ -185,7 +185,8 @@ def generic_advice(op: str) -> str:
 class Risk:
     """One setting that can break an exact resume: where it is, why, and the fix."""
 
-    kind: str  # "deterministic", "external_state", "stateful_op", "unseeded_shuffle"
+    # "deterministic", "external_state", "stateful_op", "unseeded_shuffle", "unread_graph"
+    kind: str
     where: str
     why: str
     fix: str
@@ -217,6 +218,30 @@ class PipelineAnalysis:
     walked: set[str] = field(default_factory=set)
     notes: list[str] = field(default_factory=list)
     checked: list[str] = field(default_factory=list)
+
+
+class GraphUnreadable(Exception):
+    """The pipeline's graph could not be read whole (the message says why)."""
+
+
+def unread_graph_analysis(why: str, buffer: int) -> PipelineAnalysis:
+    """The analysis of a graph that could not be read: the window assumes one element a
+    batch (`buffer` buffered), and one unverifiable risk, so a match is never a pass (a
+    shuffle that draws a new order past the window could not be looked for)."""
+    return PipelineAnalysis(
+        risks=[
+            Risk(
+                "unread_graph",
+                "the pipeline's graph",
+                f"could not be read ({why}), so a shuffle without a seed that draws a new "
+                "order after the compared batches could not be looked for",
+                "keep large arrays out of the graph (write them to TFRecord files, or read "
+                "them with Dataset.from_generator) so the graph can be read",
+                unverifiable=True,
+            )
+        ],
+        buffered_batches=float(buffer),
+    )
 
 
 def _graph_def(dataset: Any) -> Any:
@@ -370,6 +395,14 @@ def analyze(dataset: Any) -> PipelineAnalysis:
     parts become notes, and counts err on the long side.
     """
     graph_def = _graph_def(dataset)
+    if not graph_def.node:
+        # TensorFlow logs "GraphDef exceeded maximum protobuf size of 2GB" and returns an
+        # empty graph (measured on TF 2.21 with a 2.1 GB tensor in from_tensors): a large
+        # in-memory array inside the pipeline. Nothing of it was read.
+        raise GraphUnreadable(
+            "TensorFlow serialized it as an empty graph, as it does past protobuf's 2 GB "
+            "limit: a large in-memory array inside the pipeline"
+        )
     nodes = {node.name: node for node in graph_def.node}
     options = dataset.options()
     policy_value = options.experimental_external_state_policy

@@ -136,13 +136,14 @@ def _name_risks(run: _RoundTrip, dataset: Any) -> None:
     try:
         run.analysis = analyze(dataset)
     except Exception as error:  # a graph TensorFlow cannot serialize: plan without it
-        from dlckpt.pipeline.risks import PipelineAnalysis
+        from dlckpt.pipeline.risks import GraphUnreadable, unread_graph_analysis
 
         buffer = int(run.dataloader_cfg.get("shuffle_buffer_size") or 0)
-        run.analysis = PipelineAnalysis(buffered_batches=float(buffer))
+        why = str(error) if isinstance(error, GraphUnreadable) else type(error).__name__
+        run.analysis = unread_graph_analysis(why, buffer)
         run.say(
-            f"⚠ Could not read the pipeline's graph ({type(error).__name__}): no risks named; "
-            f"the window assumes one element a batch ({buffer:,} buffered)"
+            f"⚠ Could not read the pipeline's graph: the window assumes one element a batch "
+            f"({buffer:,} buffered)"
         )
     run.window = plan_window(run.analysis, run.cfg.roundtrip)
     run.outcome.risks = [risk.report() for risk in run.analysis.risks]
@@ -212,6 +213,7 @@ def _read_expected(run: _RoundTrip, iterator: Any) -> None:
 
 def _likely_cause(run: _RoundTrip) -> str:
     risks = run.analysis.risks if run.analysis is not None else []
+    risks = [risk for risk in risks if risk.kind != "unread_graph"]  # a gap, not a cause
     if not risks:
         return ""
     return f"; likely cause: {risks[0].line()}"
