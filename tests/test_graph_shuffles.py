@@ -28,6 +28,12 @@ KINDS = [
     ("zipped_with_a_shuffled_side", {}, "without a seed feeding zip, then repeat", False),
     ("shuffle_inside_flat_map", {}, "inside FlatMap(lambda), built anew at every call", True),
     ("loaded_with_a_shuffling_reader", {"path": None}, "inside Load(", True),
+    # Random draws that are not a Shuffle op, and datasets read anew without a Repeat op.
+    ("mixture_drawn_without_a_seed", {}, "sample_from_datasets without a seed under a repeat", True),
+    ("random_numbers_zipped_in", {}, "Dataset.random or sample_from_datasets without a seed", True),
+    ("captured_by_flat_map", {}, "captured by FlatMap(lambda), read anew at every call", True),
+    ("concatenated_with_itself", {}, "in a later input of concatenate, started only when", True),
+    ("global_shuffle_repeated", {}, "GlobalShuffle without a seed feeding Batch under a repeat", True),
 ]  # fmt: skip
 
 
@@ -103,6 +109,80 @@ def test_an_unseeded_shuffle_off_the_main_line_never_passes(target, ending, tmp_
         assert failure is None, seeded
         assert any(line.startswith("✓ No risk to an exact resume found") for line in seeded)
     assert list(tmp_path.iterdir()) == []  # scratch removed
+
+
+# Found by a new user's check (each a false ✓ ALL TESTS PASSED before): a mixture without
+# its own seed, Dataset.random, a dataset captured by flat_map, a dataset concatenated with
+# itself, a global shuffle. Real round trips: unseeded, each diverges (here within the
+# window, so the mismatch names the draw); seeded, each passes.
+REDRAWS_WITHOUT_A_SHUFFLE_UNDER_A_REPEAT = [
+    "mixture_drawn_without_a_seed",
+    "random_numbers_zipped_in",
+    "captured_by_flat_map",
+    "concatenated_with_itself",
+    "global_shuffle_repeated",
+]
+
+
+@pytest.mark.parametrize("target", REDRAWS_WITHOUT_A_SHUFFLE_UNDER_A_REPEAT)
+def test_other_unseeded_draws_and_rereads_never_pass(target, tmp_path):
+    lines: list[str] = []
+    failure = _round_trip(target, None, tmp_path, lines).failure
+    assert failure is not None and failure.startswith(
+        ("CHECKPOINT DOES NOT RESUME EXACTLY", "CANNOT VERIFY AN EXACT RESUME")
+    ), failure
+    assert "without a seed" in failure and "seed=N" in failure
+    assert not any(line.startswith("✓ No risk") for line in lines)
+    seeded: list[str] = []
+    assert _round_trip(target, 5, tmp_path, seeded).failure is None, seeded
+    assert list(tmp_path.iterdir()) == []  # scratch removed
+
+
+def test_an_epoch_of_unknown_length_cannot_be_windowed_past():
+    """rebatch (like unbatch, window, flat_map) changes how many outputs an input makes:
+    the epoch's length in output batches is unknown, so no window is planned to its
+    boundary and the unseeded shuffle under the repeat is unverifiable (counted before as
+    a tenth of the real epoch: the window stopped short and a diverging run passed)."""
+    import tensorflow as tf
+
+    rebatched = tf.data.Dataset.range(2000).shuffle(100).repeat().batch(40).rebatch(4)
+    analysis = analyze(rebatched)
+    assert analysis.epoch_batches is None
+    assert [r.unverifiable for r in analysis.risks if r.kind == "unseeded_shuffle"] == [True]
+    batched = tf.data.Dataset.range(2000).shuffle(100).repeat().batch(4)
+    assert analyze(batched).epoch_batches == 500
+
+
+def test_a_window_cut_before_the_epoch_boundary_cannot_pass(tmp_path):
+    """An unseeded shuffle under a repeat whose epoch (2.5 million batches) the window is
+    planned past, cut by its time budget: the match is not a pass."""
+    from omegaconf import OmegaConf
+
+    from dlckpt.config import Settings
+    from dlckpt.roundtrip.scenario import run_round_trip
+
+    lines: list[str] = []
+    cfg = OmegaConf.merge(
+        OmegaConf.structured(Settings),
+        {
+            "dataloader": {
+                "_target_": f"{graph_pipelines.__name__}.long_epoch_unseeded",
+                "shuffle_buffer_size": 16,
+            }
+        },
+        {"roundtrip": {"window_seconds": 2.0}},
+    )
+    outcome = run_round_trip(
+        cfg, scratch_root=tmp_path, destination=None, run_prefix="dlckpt-verdict",
+        keep=False, say=lines.append,
+    )  # fmt: skip
+    assert outcome.failure is not None, lines
+    assert outcome.failure.startswith(
+        f"CANNOT VERIFY AN EXACT RESUME: the {outcome.batches_compared:,} batches compared "
+        "match, but they stop before the epoch boundary at compared batch 2,499,997 "
+        "(roundtrip.window_seconds=2.0 cut the window), where shuffle("
+    ), outcome.failure
+    assert 0 < outcome.batches_compared < 2_499_997
 
 
 def _estimate_and_real(tmp_path: Path, target: str, **dataloader):

@@ -451,13 +451,16 @@ def _data_inputs(node: Any) -> list[str]:
 
 
 def _redrawing_shuffle_risks(graph_def: Any, walked: set[str]) -> list[Risk]:
-    """Unseeded shuffles the buffer walk did not judge, anywhere in the graph.
+    """Unseeded random draws the buffer walk did not judge, anywhere in the graph.
 
     Every input of every dataset node is followed (zip, sample_from_datasets /
-    choose_from_datasets, the input side of interleave), and every function a node carries
-    (interleave / flat_map / Dataset.load reader functions) is read for the datasets it
-    builds. A shuffle draws a new order when a repeat above it starts a new pass, or, inside
-    a function, at every call: from seeds the iterator checkpoint does not hold (with
+    choose_from_datasets, concatenate, the input side of interleave, datasets captured by a
+    function), and every function a node carries (interleave / flat_map / Dataset.load reader
+    functions) is read for the datasets it builds. A shuffle, a global shuffle or a random
+    dataset (Dataset.random, sample_from_datasets' choices) without a seed draws from seeds
+    the iterator checkpoint does not hold whenever its iterator is made anew: at each pass a
+    repeat above it starts, at each call of the function that captures it, when concatenate
+    reaches its second input, and inside a function at every call (with
     reshuffle_each_iteration=False too: its one order is drawn anew in every process).
     """
     nodes = {node.name: node for node in graph_def.node}
@@ -466,26 +469,70 @@ def _redrawing_shuffle_risks(graph_def: Any, walked: set[str]) -> list[Risk]:
     if start is None:
         return []
     risks: list[Risk] = []
-    seen: set[tuple[str, bool]] = set()
+    seen: set[tuple[str, str]] = set()
     read_functions: set[str] = set()
-    stack = [(start, False, "the output")]
+    # (node name, why its iterator is made anew after the save ("": it is not), consumer)
+    stack = [(start, "", "the output")]
     while stack:
-        name, repeat_above, consumer = stack.pop()
+        name, again, consumer = stack.pop()
         node = nodes.get(name)
-        if (name, repeat_above) in seen or node is None or "Dataset" not in node.op:
+        if (name, again) in seen or node is None or "Dataset" not in node.op:
             continue
-        seen.add((name, repeat_above))
-        if node.op.startswith("Shuffle") and name not in walked and repeat_above:
-            _, seeded, _ = _shuffle_facts(nodes, node)
-            if not seeded:
-                risks.append(_redraw_risk(node, f"feeding {consumer} under a repeat"))
-        repeat_below = repeat_above or node.op.startswith("Repeat")
-        # A repeat is named by the clause "under a repeat": the consumer named is the next one.
-        label = consumer if node.op.startswith("Repeat") else _consumer_label(node)
-        stack += [(name, repeat_below, label) for name in _data_inputs(node)]
+        seen.add((name, again))
+        # The main line's shuffles under a plain repeat are judged by the buffer walk, whose
+        # window is planned past their next draw.
+        judged = name in walked and node.op.startswith("Shuffle") and again == UNDER_A_REPEAT
+        if again and not judged and _draws_unseeded(nodes, node):
+            risks.append(_redraw_risk(node, consumer, again))
+        stack += _inputs_made_anew(node, again, consumer, nodes)
         for function in _functions_of(node):
             risks += _function_shuffle_risks(functions, function, _where(node), read_functions)
     return risks
+
+
+UNDER_A_REPEAT = "under a repeat"
+
+
+def _inputs_made_anew(
+    node: Any, again: str, consumer: str, nodes: dict[str, Any]
+) -> list[tuple[str, str, str]]:
+    """`node`'s dataset inputs, each with why its iterator is made anew after a save ("" if
+    it is not) and the consumer to name: a repeat's input at each pass; concatenate's later
+    inputs when the first ends; datasets a function captures (inputs after the first of a
+    node that carries a function) at each call."""
+    inputs = [
+        name for name in _data_inputs(node) if "Dataset" in getattr(nodes.get(name), "op", "")
+    ]
+    if node.op.startswith("Repeat"):
+        # A repeat is named by the clause "under a repeat": the consumer named is the next one.
+        return [(name, again or UNDER_A_REPEAT, consumer) for name in inputs]
+    label = _consumer_label(node)
+    first, later = inputs[:1], inputs[1:]
+    if node.op.startswith("Concatenate"):
+        anew = again or "in a later input of concatenate, started only when the one before ends"
+    elif _functions_of(node) and not node.op.startswith("DirectedInterleave"):
+        anew = again or f"captured by {_where(node)}, read anew at every call"
+    else:
+        return [(name, again, label) for name in inputs]
+    # The clause names the consumer itself: none is named again.
+    return [(name, again, label) for name in first] + [
+        (name, anew, label if again else "") for name in later
+    ]
+
+
+def _draws_unseeded(nodes: dict[str, Any], node: Any) -> bool:
+    """Whether `node` draws random numbers from seeds it picks itself (no seed given, no
+    global seed set): a shuffle, a global shuffle, or a random dataset (Dataset.random,
+    and the choices of sample_from_datasets)."""
+    if node.op.startswith("Shuffle"):
+        return not _shuffle_facts(nodes, node)[1]
+    if node.op.startswith("RandomDataset"):
+        seeds = node.input[0:2]  # seed, seed2[, seed_generator]
+    elif node.op.startswith("GlobalShuffleDataset"):
+        seeds = node.input[1:3]  # input, seed, seed2, seed_generator
+    else:
+        return False
+    return not any(_const_int(nodes, seed) for seed in seeds)
 
 
 def _consumer_label(node: Any) -> str:
@@ -507,22 +554,36 @@ def _function_shuffle_risks(
     body = {node.name: node for node in functions[name].node_def}
     risks = []
     for node in functions[name].node_def:
-        if node.op.startswith("Shuffle"):
-            _, seeded, _ = _shuffle_facts(body, node)
-            if not seeded:
-                risks.append(_redraw_risk(node, f"inside {caller}, built anew at every call"))
+        if _draws_unseeded(body, node):
+            risks.append(_redraw_risk(node, "", f"inside {caller}, built anew at every call"))
         for called in [*_functions_of(node), *([node.op] if node.op in functions else [])]:
             risks += _function_shuffle_risks(functions, called, caller, read)
     return risks
 
 
-def _redraw_risk(node: Any, place: str) -> Risk:
+def _redraw_risk(node: Any, consumer: str, again: str) -> Risk:
+    """An unseeded draw whose iterator is made anew after a save (`again` says when)."""
+    feeding = f" feeding {consumer}" if consumer else ""
+    if node.op.startswith("RandomDataset"):
+        return Risk(
+            "unseeded_shuffle",
+            f"Dataset.random or sample_from_datasets without a seed {again}",
+            "it draws new random numbers (a mixture's choices) when it starts again, from "
+            "seeds the iterator checkpoint does not hold, so a resumed job reads another "
+            "sequence from then on",
+            "give it a seed: sample_from_datasets(..., seed=N), Dataset.random(seed=N), or "
+            "tf.random.set_seed(N) before building the pipeline",
+            unverifiable=True,
+        )
     return Risk(
         "unseeded_shuffle",
-        f"{node.op.split('Dataset')[0]} without a seed {place}",
+        f"{node.op.split('Dataset')[0]} without a seed{feeding} {again}",
         "it draws a new order at its next pass from seeds the iterator checkpoint does not "
         "hold, so a resumed job reads its input in another order from then on",
-        SHUFFLE_SEED_FIX,
+        "give that global shuffle a seed: global_shuffle(..., seed=N), or "
+        "tf.random.set_seed(N) before building the pipeline"
+        if node.op.startswith("GlobalShuffle")
+        else SHUFFLE_SEED_FIX,
         unverifiable=True,
     )
 
@@ -618,18 +679,37 @@ def _scale_below(
     return scale
 
 
+# Datasets whose output count per input element is known between the output and a repeat:
+# one output per input (or fewer: take, skip, filter, shard; the epoch then comes sooner than
+# counted and the window runs past it), or a batch of `_batch_size` inputs. Any other kind
+# (rebatch, unbatch, flat_map, window, zip, ...) makes the epoch's length unknown, so no
+# window can be planned to its boundary (measured with rebatch: counted as a tenth of the
+# real epoch, the window stopped short of it and a diverging run passed).
+_ONE_TO_ONE = {
+    "_MapDataset", "_ParallelMapDataset", "_PrefetchDataset", "_ShuffleDataset",
+    "CacheDataset", "_TakeDataset", "_SkipDataset", "_FilterDataset", "_OptionsDataset",
+    "_IgnoreErrorsDataset", "_AssertCardinalityDataset", "_ShardDataset", "_ScanDataset",
+    "_ModelDataset", "_MaxIntraOpParallelismDataset", "_PrivateThreadPoolDataset",
+    "_GlobalShuffleDataset",
+}  # fmt: skip
+_BATCHING = {"_BatchDataset", "_PaddedBatchDataset", "_ParallelBatchDataset"}
+
+
 def _epoch_batches(dataset: Any, analysis: PipelineAnalysis) -> int | None:
-    """Output batches before a repeat starts a new epoch (finite, known inputs only)."""
+    """Output batches before a repeat starts a new epoch (finite, known inputs only; None
+    when an op between the output and the repeat makes the count unknown)."""
     if not any(r.kind == "unseeded_shuffle" for r in analysis.risks):
         return None
     node, batch = dataset, 1
     while node is not None:
         kind = type(node).__name__
-        if "Batch" in kind and hasattr(node, "_batch_size"):
-            batch *= max(int(node._batch_size.numpy()), 1)
         if "Repeat" in kind:
             inner = getattr(node, "_input_dataset", None)
             cardinality = int(inner.cardinality().numpy()) if inner is not None else -1
             return math.ceil(cardinality / batch) if cardinality > 0 else None
+        if kind in _BATCHING:
+            batch *= max(int(node._batch_size.numpy()), 1)
+        elif kind not in _ONE_TO_ONE:
+            return None
         node = getattr(node, "_input_dataset", None)
     return None

@@ -277,6 +277,9 @@ def _say_match(run: _RoundTrip, restore_seconds: float, source: str) -> None:
     )
     keys = len(expected.digests[0]) if expected.digests else 0
     run.say(f"✓ Restored in a new process from the {source} in {restore_seconds:.1f} s")
+    if not expected.digests:
+        run.say("⚠ No batch was compared after the restore: nothing was checked")
+        return
     ending = ", then the end of data" if expected.ended else ""
     run.say(
         f"✓ {len(expected.digests)} batches ({expected.elements:,} elements) after the restore "
@@ -447,6 +450,12 @@ def _abandon(run: _RoundTrip, uri: str, embedded: Any, trouble: str) -> None:
 def _refuse_an_unverifiable_pass(run: _RoundTrip) -> None:
     """A match is not a pass when a risk lies beyond what any compared window reaches (an
     unseeded shuffle that draws again at a later pass): the run ends "cannot verify", exit 1."""
+    if run.outcome.passed and run.expected is not None and not run.expected.digests:
+        run.outcome.failure = (
+            "CANNOT VERIFY AN EXACT RESUME: no batch was compared (roundtrip.window_seconds="
+            f"{run.cfg.roundtrip.window_seconds} ran out before the first); raise it"
+        )
+        return
     risks = run.analysis.risks if run.analysis is not None else []
     blocking = [risk for risk in risks if risk.unverifiable]
     if run.outcome.passed and blocking:
@@ -455,6 +464,28 @@ def _refuse_an_unverifiable_pass(run: _RoundTrip) -> None:
             f"match, but {blocking[0].line()}"
             + (f" ({len(blocking) - 1} more above)" if len(blocking) > 1 else "")
         )
+        return
+    short = _short_of_the_boundary(run)
+    redrawing = [risk for risk in risks if risk.kind == "unseeded_shuffle"]
+    if run.outcome.passed and short and redrawing:
+        # The window was planned past the next epoch's draw, but the time budget cut it.
+        run.outcome.failure = (
+            f"CANNOT VERIFY AN EXACT RESUME: the {run.outcome.batches_compared:,} batches "
+            f"compared match, but they stop before the epoch boundary at compared batch "
+            f"{short:,} (roundtrip.window_seconds={run.cfg.roundtrip.window_seconds} cut the "
+            f"window), where {redrawing[0].line()}"
+        )
+
+
+def _short_of_the_boundary(run: _RoundTrip) -> int | None:
+    """The compared batch of the next epoch boundary when the window stopped before the
+    batches planned past it (the time budget cut it), else None."""
+    window, expected = run.window, run.expected
+    if window is None or window.epoch_boundary_batch is None or expected is None:
+        return None
+    if expected.ended or len(expected.digests) >= window.batches:
+        return None
+    return window.epoch_boundary_batch
 
 
 def _say_risks_checked(run: _RoundTrip) -> None:
@@ -716,9 +747,9 @@ def finish(
             failure = check.failure()
     for line in closing_lines:
         print(line)
-    print("✓ ALL TESTS PASSED" if failure is None else f"✗ {failure}")
     for note in outcome.notes:
         print(f"  ({note})")
+    print("✓ ALL TESTS PASSED" if failure is None else f"✗ {failure}")
     exit_code = EXIT_PASSED if failure is None else EXIT_FAILED
     write_report(
         args.report,

@@ -89,3 +89,65 @@ def zipped_shuffles(*, shuffle_buffer_size: int, batch_size: int = 4) -> tf.data
     ids = tf.data.Dataset.range(10**6).shuffle(shuffle_buffer_size, seed=1)
     values = tf.data.Dataset.range(10**6).map(lambda i: i * 3).shuffle(shuffle_buffer_size, seed=2)
     return tf.data.Dataset.zip((ids, values)).batch(batch_size)
+
+
+def mixture_drawn_without_a_seed(
+    *, shuffle_buffer_size: int, batch_size: int = 4, seed: int | None = None
+) -> tf.data.Dataset:
+    """sample_from_datasets of two finite seeded sources, the mixture's own `seed` left to
+    `seed`, repeated: its choices come from a random dataset drawn anew at every pass."""
+    sources = [
+        tf.data.Dataset.range(k * 1000, k * 1000 + 40).shuffle(40, seed=k + 1) for k in range(2)
+    ]
+    mixed = tf.data.Dataset.sample_from_datasets(
+        sources, weights=[0.5, 0.5], seed=seed, stop_on_empty_dataset=True
+    )
+    return _finish(mixed.repeat(), shuffle_buffer_size, batch_size)
+
+
+def random_numbers_zipped_in(
+    *, shuffle_buffer_size: int, batch_size: int = 4, seed: int | None = None
+) -> tf.data.Dataset:
+    """Dataset.random (augmentation noise) zipped beside the data, repeated."""
+    noise = tf.data.Dataset.random(seed=seed).take(30)
+    pairs = tf.data.Dataset.zip((tf.data.Dataset.range(30), noise)).repeat()
+    return _finish(pairs.map(lambda i, r: i * 1000 + r % 1000), shuffle_buffer_size, batch_size)
+
+
+def captured_by_flat_map(
+    *, shuffle_buffer_size: int, batch_size: int = 4, seed: int | None = None
+) -> tf.data.Dataset:
+    """A shuffled dataset captured by a flat_map function: read anew at every call, as a
+    repeat would (no Repeat op in the graph)."""
+    shuffled = tf.data.Dataset.range(30).shuffle(30, seed=seed)
+    return _finish(
+        tf.data.Dataset.range(10**6).flat_map(lambda _: shuffled), shuffle_buffer_size, batch_size
+    )
+
+
+def concatenated_with_itself(
+    *, shuffle_buffer_size: int, batch_size: int = 4, seed: int | None = None
+) -> tf.data.Dataset:
+    """A shuffled dataset concatenated with itself: the second copy's iterator (and its
+    seeds) is made only when the first ends."""
+    shuffled = tf.data.Dataset.range(60).shuffle(60, seed=seed)
+    return _finish(shuffled.concatenate(shuffled), shuffle_buffer_size, batch_size)
+
+
+def global_shuffle_repeated(
+    *, shuffle_buffer_size: int, batch_size: int = 4, seed: int | None = None
+) -> tf.data.Dataset:
+    """A global shuffle (random access, symbolic checkpoint) repeated: each pass draws a
+    new permutation from its seed."""
+    from tensorflow.python.data.experimental.ops.global_shuffle_op import _global_shuffle
+
+    shuffled = _global_shuffle(tf.data.Dataset.range(30), seed=seed).repeat()
+    options = tf.data.Options()
+    options.experimental_symbolic_checkpoint = True
+    return shuffled.batch(batch_size).with_options(options)
+
+
+def long_epoch_unseeded(*, shuffle_buffer_size: int, batch_size: int = 4) -> tf.data.Dataset:
+    """10 million ids shuffled without a seed and repeated: an epoch of 2.5 million batches,
+    past any test's time budget."""
+    return tf.data.Dataset.range(10**7).shuffle(shuffle_buffer_size).repeat().batch(batch_size)
