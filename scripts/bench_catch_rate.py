@@ -5,7 +5,8 @@ Runs every pipeline of dlckpt/bench/pipelines/resume_pipelines.py (nondeterminis
 interleave and options; an unseeded random op under IGNORE and WARN; an unseeded
 reshuffle across an epoch boundary) and the unseeded shuffles off the graph's main line of
 graph_pipelines.py (a file list under interleave, mixture sources, a zip side, inside
-flat_map, a Dataset.load reader) through the same round trip as the small-buffer test
+flat_map, a Dataset.load reader; a mixture and Dataset.random without a seed, a dataset
+captured by flat_map or concatenated with itself, a global shuffle) through the same round trip as the small-buffer test
 (save, restore in a new process, compare the window), `--runs` times each, at the buffer
 and batch size the tests use, and prints caught/runs per pipeline and how each ended
 (diverged, cannot verify, cannot be saved). Writes bench/catch_rate.json. Not a test: the
@@ -44,6 +45,11 @@ VARIANTS = [
     (GRAPH, "zipped_with_a_shuffled_side", 16, 4),
     (GRAPH, "shuffle_inside_flat_map", 16, 4),
     (GRAPH, "loaded_with_a_shuffling_reader", 16, 4),
+    (GRAPH, "mixture_drawn_without_a_seed", 16, 4),
+    (GRAPH, "random_numbers_zipped_in", 16, 4),
+    (GRAPH, "captured_by_flat_map", 16, 4),
+    (GRAPH, "concatenated_with_itself", 16, 4),
+    (GRAPH, "global_shuffle_repeated", 16, 4),
 ]
 # How a caught run ended: the start of its ✗ line.
 ENDINGS = {
