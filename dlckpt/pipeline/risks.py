@@ -307,7 +307,10 @@ def _user_function_name(function_name: str) -> str:
     # A callable without a __name__ (a functools.partial, as TFDS's reader passes) is named
     # by TensorFlow from its class, "<class 'functools.partial'>" with the punctuation dropped.
     if name.startswith("class") and "." in name:
-        return f"a {name.removeprefix('class')}"
+        kind = name.removeprefix("class")
+        # A class passed as the function (interleave(tf.data.TFRecordDataset)) is named by
+        # its metaclass, which would read "a abc.ABCMeta".
+        return "a dataset class" if kind in ("abc.ABCMeta", "type") else f"a {kind}"
     return name
 
 
@@ -342,7 +345,10 @@ def _stateful_op_risks(graph_def: Any, policy: str) -> Iterable[Risk]:
         for function in _functions_of(node):
             for op in sorted(ops_by_function.get(function, ())):
                 kind = stateful_kind(op)
-                if kind is None:
+                if kind is None or (node.op.startswith("Load") and op in _SEED_GENERATOR_OPS):
+                    # Dataset.load runs its reader function once per iterator and saves the
+                    # reader's iterator: a shuffle there saves (measured on TF 2.21; seeded,
+                    # it resumes exactly). Unseeded, it is a redraw risk (see below).
                     continue
                 consequence = (
                     "TensorFlow refuses to save the iterator"

@@ -288,6 +288,8 @@ def _say_match(run: _RoundTrip, restore_seconds: float, source: str) -> None:
             f"{run.window.reason()}, ~{outcome.fresh_elements_compared:,} elements drawn fresh "
             "from upstream"
             if outcome.window_covers_buffers
+            else f"cut by roundtrip.window_seconds before the {run.window.batches:,} planned"
+            if expected.cut
             else "fewer than the buffers held at save time"
         )
     )
