@@ -270,3 +270,49 @@ def test_a_load_reader_that_shuffles_with_a_seed_passes_and_without_one_cannot(t
             assert failure is not None
             assert failure.startswith("CANNOT VERIFY AN EXACT RESUME: the "), failure
             assert "Shuffle without a seed inside Load(load_reader)" in failure
+
+
+@pytest.fixture
+def global_seed_restored():
+    """TensorFlow's global seed put back after a pipeline that sets it (later tests in this
+    worker would otherwise see every unseeded shuffle seeded)."""
+    from tensorflow.python.eager import context
+
+    saved = context.global_seed()
+    yield
+    import tensorflow as tf
+
+    tf.random.set_seed(saved)
+
+
+def test_a_global_seed_set_after_building_cannot_pass(tmp_path, global_seed_restored):
+    """The estimator builds the pipeline before the round trip does: the first build is
+    unseeded (a job's single build), the round trip's is seeded. Before, the risk walk read
+    the seeded build and passed a pipeline that diverges at its next epoch."""
+    from omegaconf import OmegaConf
+
+    from dlckpt.pipeline.build import instantiate_dataset
+
+    target = f"{graph_pipelines.__name__}.seed_set_after_building"
+    dataloader = {"_target_": target, "shuffle_buffer_size": 16, "tag": str(tmp_path)}
+    instantiate_dataset(OmegaConf.create({**dataloader, "shuffle_buffer_size": 8}))
+    lines: list[str] = []
+    failure = round_trip_in_process(dataloader, tmp_path, lines).failure
+    # 100,000 ids: the window does not reach the next epoch, where the draws differ.
+    assert failure is not None and failure.startswith("CANNOT VERIFY AN EXACT RESUME: the "), (
+        failure
+    )
+    assert "Shuffle without a seed when the pipeline is first built" in failure
+    assert "tf.random.set_seed(N) before building the pipeline" in failure
+
+
+def test_a_seed_drawn_at_run_time_cannot_pass(tmp_path):
+    """seed=<a number drawn at build time>: seeded in each process, but not the same seeds
+    in the restore process: the match within the window is not a pass."""
+    target = f"{graph_pipelines.__name__}.seed_drawn_at_run_time"
+    dataloader = {"_target_": target, "shuffle_buffer_size": 16, "tag": str(tmp_path)}
+    lines: list[str] = []
+    failure = round_trip_in_process(dataloader, tmp_path, lines).failure
+    assert failure is not None, lines
+    assert failure.startswith("CANNOT VERIFY AN EXACT RESUME: the "), failure
+    assert "random seeds differ between two processes that build it (Shuffle: seeds (" in failure

@@ -134,6 +134,9 @@ def instantiate_dataset(dataloader_cfg: Any) -> Any:
             f"dataloader._target_={target!r} returned {type(dataset).__name__}, "
             "expected a tf.data.Dataset"
         )
+    from dlckpt.pipeline.seeds import note_build
+
+    note_build(dataloader_cfg, dataset)
     return dataset
 
 

@@ -526,6 +526,36 @@ def _inputs_made_anew(
     ]
 
 
+def seeds_of_draws(dataset: Any) -> list[tuple[str, int, int]]:
+    """(op, seed, seed2) of every random draw in `dataset`'s graph and its functions, in
+    graph order (see pipeline.seeds). Raises GraphUnreadable for an empty graph."""
+    graph_def = _graph_def(dataset)
+    if not graph_def.node:
+        raise GraphUnreadable("empty graph")
+    bodies = [{n.name: n for n in graph_def.node}] + [
+        {n.name: n for n in f.node_def} for f in graph_def.library.function
+    ]
+    found = []
+    for nodes in bodies:
+        for node in nodes.values():
+            seeds = _seed_inputs(node)
+            if seeds is not None:
+                values = [_const_int(nodes, name) or 0 for name in seeds]
+                found.append((node.op.split("Dataset")[0], values[0], values[1]))
+    return found
+
+
+def _seed_inputs(node: Any) -> list[str] | None:
+    """The names of a random draw's (seed, seed2) inputs; None for other nodes."""
+    if node.op.startswith("Shuffle"):
+        return list(node.input[2:4]) if len(node.input) > 3 else None
+    if node.op.startswith("RandomDataset"):
+        return list(node.input[0:2])  # seed, seed2[, seed_generator]
+    if node.op.startswith("GlobalShuffleDataset"):
+        return list(node.input[1:3])  # input, seed, seed2, seed_generator
+    return None
+
+
 def _draws_unseeded(nodes: dict[str, Any], node: Any) -> bool:
     """Whether `node` draws random numbers from seeds it picks itself (no seed given, no
     global seed set): a shuffle, a global shuffle, or a random dataset (Dataset.random,

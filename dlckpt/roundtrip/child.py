@@ -33,6 +33,8 @@ class RestoreResult:
     stream: DigestStream
     restore_seconds: float
     error: str | None = None
+    # The restore process's build's random seeds (pipeline.seeds; None: not read).
+    seeds: list[tuple[str, int, int]] | None = None
 
 
 def restore_in_new_process(
@@ -98,7 +100,13 @@ def restore_in_new_process(
             f"restore process exited {completed.returncode}: {tail}",
         )
     data = json.loads(result_path.read_text())
-    return RestoreResult(stream_from_json(data), data["restore_seconds"], data.get("error"))
+    seeds = data.get("seeds")
+    return RestoreResult(
+        stream_from_json(data),
+        data["restore_seconds"],
+        data.get("error"),
+        [tuple(draw) for draw in seeds] if seeds is not None else None,  # type: ignore[misc]
+    )
 
 
 def _child_env(workdir: Path, extra: dict[str, str] | None) -> dict[str, str]:
@@ -139,6 +147,10 @@ def _restore_main(argv: list[str]) -> int:
     try:
         grain = request.get("format") == GRAIN_STATE
         dataset = _build_grain(request["dataloader"]) if grain else _build_tf(request["dataloader"])
+        if not grain:  # this process's only build: the seeds a resumed job's build holds
+            from dlckpt.pipeline.seeds import first_build
+
+            result["seeds"] = first_build(request["dataloader"])
         restore = restore_grain_iterator if grain else restore_iterator
         started = time.perf_counter()
         iterator = restore(dataset, request["prefix"])

@@ -126,6 +126,7 @@ class _RoundTrip:
     window: Any = None  # roundtrip.window.Window
     expected: Any = None  # roundtrip.digest.DigestStream
     embedded: Any = None  # storage.embedded.server.EmbeddedGcs behind a gs:// restore
+    restore_seeds: Any = None  # the restore process's random seeds (pipeline.seeds.Seeds)
 
 
 def _name_risks(run: _RoundTrip, dataset: Any) -> None:
@@ -145,12 +146,36 @@ def _name_risks(run: _RoundTrip, dataset: Any) -> None:
             f"⚠ Could not read the pipeline's graph: the window assumes one element a batch "
             f"({buffer:,} buffered)"
         )
+    run.analysis.risks.extend(_seeded_only_later(run, dataset))
     run.window = plan_window(run.analysis, run.cfg.roundtrip)
     run.outcome.risks = [risk.report() for risk in run.analysis.risks]
     run.outcome.risks_checked = list(run.analysis.checked)
     run.outcome.window_batches = run.window.batches
     for risk in run.analysis.risks:
         run.say(f"⚠ Risk to an exact resume: {risk.line()}")
+
+
+def _seeded_only_later(run: _RoundTrip, dataset: Any) -> list[Any]:
+    """An unverifiable risk when this process's first build of the pipeline had unseeded
+    draws that this build has seeded (tf.random.set_seed runs after the pipeline is built):
+    a job builds it once, unseeded."""
+    from dlckpt.pipeline.risks import Risk
+    from dlckpt.pipeline.seeds import draw_seeds, first_build, unseeded
+
+    first, now = first_build(run.dataloader_cfg), draw_seeds(dataset)
+    if first is None or now is None or len(unseeded(first)) <= len(unseeded(now)):
+        return []
+    return [
+        Risk(
+            "unseeded_shuffle",
+            f"{unseeded(first)[0]} without a seed when the pipeline is first built",
+            "it is seeded only in later builds in this process (tf.random.set_seed runs after "
+            "the pipeline is built), and a job builds it once: it draws from seeds the "
+            "iterator checkpoint does not hold, so a resumed job reads another order",
+            "call tf.random.set_seed(N) before building the pipeline, or pass seed=N to the op",
+            unverifiable=True,
+        )
+    ]
 
 
 def _fill(run: _RoundTrip, iterator: Any) -> None:
@@ -212,6 +237,9 @@ def _read_expected(run: _RoundTrip, iterator: Any) -> None:
 
 
 def _likely_cause(run: _RoundTrip) -> str:
+    moved = _seeds_moved(run)
+    if moved:
+        return f"; likely cause: the pipeline's random seeds differ between two processes ({moved})"
     risks = run.analysis.risks if run.analysis is not None else []
     risks = [risk for risk in risks if risk.kind != "unread_graph"]  # a gap, not a cause
     if not risks:
@@ -238,6 +266,7 @@ def _restore_and_compare(run: _RoundTrip, source: str, prefix: Path | str) -> bo
         )
     outcome.restore_seconds = result.restore_seconds
     outcome.batches_compared = len(result.stream.digests)
+    run.restore_seeds = result.seeds
     record = {
         "source": source,
         "path": str(prefix.parent) if isinstance(prefix, Path) else prefix.rsplit("/", 1)[0],
@@ -467,6 +496,16 @@ def _refuse_an_unverifiable_pass(run: _RoundTrip) -> None:
             + (f" ({len(blocking) - 1} more above)" if len(blocking) > 1 else "")
         )
         return
+    moved = _seeds_moved(run)
+    if run.outcome.passed and moved:
+        run.outcome.failure = (
+            f"CANNOT VERIFY AN EXACT RESUME: the {run.outcome.batches_compared:,} batches "
+            f"compared match, but the pipeline's random seeds differ between two processes "
+            f"that build it ({moved}): a resumed job draws from other seeds at its next pass; "
+            "pass fixed seeds (shuffle(..., seed=N), not one drawn at run time) and call "
+            "tf.random.set_seed(N) before building the pipeline"
+        )
+        return
     short = _short_of_the_boundary(run)
     redrawing = [risk for risk in risks if risk.kind == "unseeded_shuffle"]
     if run.outcome.passed and short and redrawing:
@@ -477,6 +516,17 @@ def _refuse_an_unverifiable_pass(run: _RoundTrip) -> None:
             f"{short:,} (roundtrip.window_seconds={run.cfg.roundtrip.window_seconds} cut the "
             f"window), where {redrawing[0].line()}"
         )
+
+
+def _seeds_moved(run: _RoundTrip) -> str | None:
+    """How the seeds of this process's first build of the pipeline (a job's single build)
+    differ from the restore process's build, or None (the same, or either unread)."""
+    from dlckpt.pipeline.seeds import differing, first_build
+
+    first = first_build(run.dataloader_cfg)
+    if first is None or run.restore_seeds is None:
+        return None
+    return differing(first, run.restore_seeds)
 
 
 def _short_of_the_boundary(run: _RoundTrip) -> int | None:

@@ -151,3 +151,25 @@ def long_epoch_unseeded(*, shuffle_buffer_size: int, batch_size: int = 4) -> tf.
     """10 million ids shuffled without a seed and repeated: an epoch of 2.5 million batches,
     past any test's time budget."""
     return tf.data.Dataset.range(10**7).shuffle(shuffle_buffer_size).repeat().batch(batch_size)
+
+
+def seed_set_after_building(
+    *, shuffle_buffer_size: int, batch_size: int = 4, tag: str = ""
+) -> tf.data.Dataset:
+    """tf.random.set_seed called after the pipeline is built: a job's single build is
+    unseeded, while later builds in the same process are seeded. (`tag` only tells one
+    test's builds from another's.)"""
+    shuffled = tf.data.Dataset.range(10**5).shuffle(30).repeat()
+    tf.random.set_seed(1234)
+    return shuffled.batch(batch_size)
+
+
+def seed_drawn_at_run_time(
+    *, shuffle_buffer_size: int, batch_size: int = 4, tag: str = ""
+) -> tf.data.Dataset:
+    """A shuffle seeded with a number drawn when the pipeline is built: another in every
+    process, so a resumed job reshuffles its next pass differently."""
+    import random
+
+    seed = random.SystemRandom().randrange(1, 2**31 - 1)
+    return tf.data.Dataset.range(10**5).shuffle(30, seed=seed).repeat().batch(batch_size)

@@ -1,0 +1,75 @@
+"""The seeds of a pipeline's random draws (shuffles, random datasets), as one build holds them.
+
+A job builds its pipeline once per process; a resumed job builds it again in a new process.
+Its draws repeat only if both builds hold the same seeds. Two ways they do not, both seen
+as false passes (a new user's check, session 14): `tf.random.set_seed` called after the
+pipeline is built (the first build is unseeded, later builds in the same process are
+seeded), and a seed drawn at run time (`seed=np.random.randint(...)`). The round trip
+builds the pipeline several times in its own process, so it keeps the seeds of the first
+build of each dataloader config (what a job has) and holds them to the restore process's.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+# (op, seed, seed2) of every random draw, in graph order (function bodies after the graph).
+Seeds = list[tuple[str, int, int]]
+
+# Per process: the seeds of the first build of each dataloader config (its JSON), as a job
+# that builds the pipeline once would hold them. Kept for the process's life on purpose.
+_FIRST_BUILD: dict[str, Seeds | None] = {}
+
+
+def draw_seeds(dataset: Any) -> Seeds | None:
+    """The seeds of `dataset`'s random draws (None: its graph could not be read)."""
+    from dlckpt.pipeline.risks import GraphUnreadable, seeds_of_draws
+
+    try:
+        return seeds_of_draws(dataset)
+    except (GraphUnreadable, Exception):  # a graph TensorFlow cannot serialize
+        return None
+
+
+def note_build(dataloader_cfg: Any, dataset: Any) -> None:
+    """Keep `dataset`'s seeds if it is this process's first build of `dataloader_cfg`."""
+    key = config_key(dataloader_cfg)
+    if key not in _FIRST_BUILD:
+        _FIRST_BUILD[key] = draw_seeds(dataset)
+
+
+def first_build(dataloader_cfg: Any) -> Seeds | None:
+    """The seeds of this process's first build of `dataloader_cfg` (None: none, or unread)."""
+    return _FIRST_BUILD.get(config_key(dataloader_cfg))
+
+
+def config_key(dataloader_cfg: Any) -> str:
+    """A dataloader config (a mapping, or an OmegaConf node) as canonical JSON, without its
+    shuffle buffer size: the estimator builds the pipeline at other buffers first, and the
+    first of those builds is the one whose seeds a job's single build has."""
+    from omegaconf import DictConfig, OmegaConf
+
+    plain = (
+        OmegaConf.to_container(dataloader_cfg, resolve=True)
+        if isinstance(dataloader_cfg, DictConfig)
+        else dict(dataloader_cfg)
+    )
+    assert isinstance(plain, dict)
+    plain.pop("shuffle_buffer_size", None)
+    return json.dumps(plain, sort_keys=True, default=str)
+
+
+def unseeded(seeds: Seeds) -> list[str]:
+    """The ops among `seeds` that pick their own seeds (seed and seed2 both 0)."""
+    return [op for op, seed, seed2 in seeds if seed == 0 and seed2 == 0]
+
+
+def differing(here: Seeds, there: Seeds) -> str | None:
+    """The first draw whose seeds differ between two builds, as text (None: the same)."""
+    if len(here) != len(there):
+        return f"{len(here)} random draws here, {len(there)} there"
+    for (op, *mine), (_, *theirs) in zip(here, there, strict=True):
+        if mine != theirs:
+            return f"{op}: seeds {tuple(mine)} here, {tuple(theirs)} in the restore process"
+    return None
