@@ -8,8 +8,8 @@ graph_pipelines.py (a file list under interleave, mixture sources, a zip side, i
 flat_map, a Dataset.load reader; a mixture and Dataset.random without a seed, a dataset
 captured by flat_map or concatenated with itself, a global shuffle) through the same round
 trip as the small-buffer test (save, restore in a new process, compare the window), `--runs`
-times each, at the buffer
-and batch size the tests use, and prints caught/runs per pipeline and how each ended
+times each, at the buffer and batch size the tests use, and prints caught/runs per pipeline
+and how each ended
 (diverged, cannot verify, cannot be saved). Writes bench/catch_rate.json. Not a test: the
 rate is a property measured over repeated runs.
 
