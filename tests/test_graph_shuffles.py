@@ -326,3 +326,21 @@ def test_a_seed_drawn_at_run_time_cannot_pass(tmp_path):
     assert failure is not None, lines
     assert failure.startswith("CANNOT VERIFY AN EXACT RESUME: the "), failure
     assert "random seeds differ between two processes that build it (Shuffle: seeds (" in failure
+
+
+def test_a_save_that_breaks_the_running_pipeline_is_a_failed_check(tmp_path):
+    """Dataset.snapshot while it writes: the save succeeds, then the next batch raises
+    InternalError in the same process. A job would fail after its first save: exit 1 with
+    the cause, not exit 4 ("stopped before a verdict"), as a new user's check found."""
+    target = f"{graph_pipelines.__name__}.snapshot_being_written"
+    (tmp_path / "run").mkdir()
+    dataloader = {"_target_": target, "shuffle_buffer_size": 16, "path": str(tmp_path / "snap")}
+    lines: list[str] = []
+    failure = round_trip_in_process(dataloader, tmp_path / "run", lines).failure
+    assert failure is not None and failure.startswith(
+        "THE RUNNING PIPELINE FAILED AFTER THE SAVE: reading on from the iterator just saved "
+        "raised "
+    ), (failure, lines)
+    assert "Dataset.snapshot" in failure
+    assert any(line.startswith("✓ Saved the iterator") for line in lines)
+    assert list((tmp_path / "run").iterdir()) == []  # scratch removed

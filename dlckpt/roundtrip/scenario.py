@@ -217,15 +217,31 @@ def _save(run: _RoundTrip, dataset: Any, iterator: Any, save_dir: Path, disk_ful
     return None
 
 
-def _read_expected(run: _RoundTrip, iterator: Any) -> None:
-    """Digest the window's batches from the original iterator, within the time budget."""
+def _read_expected(run: _RoundTrip, iterator: Any) -> bool:
+    """Digest the window's batches from the original iterator, within the time budget.
+
+    False (and the ✗ line in the outcome) when the pipeline raises after the save: a job
+    would fail there after its first save (Dataset.snapshot does while it writes, measured
+    on TF 2.21 by a new user's check: InternalError, in one process, no restore involved).
+    """
     import time
 
     from dlckpt.roundtrip.digest import take_digests
+    from dlckpt.runtime.tf_import import import_tensorflow
 
     settings = run.cfg.roundtrip
     deadline = time.monotonic() + float(settings.window_seconds)
-    run.expected = take_digests(iterator, run.window.batches, deadline)
+    try:
+        run.expected = take_digests(iterator, run.window.batches, deadline)
+    except import_tensorflow().errors.OpError as error:
+        detail = " ".join(str(error.message).split())[:300]
+        run.outcome.failure = (
+            "THE RUNNING PIPELINE FAILED AFTER THE SAVE: reading on from the iterator just "
+            f"saved raised {type(error).__name__}: {detail}. A job would fail here after its "
+            "first save (Dataset.snapshot does while it is still writing its snapshot: save "
+            "only once the snapshot is complete, or drop the snapshot)"
+        )
+        return False
     if not run.expected.digests and run.expected.ended:
         raise _too_short(int(settings.batches_before_save), int(settings.batches_before_save))
     if run.expected.cut:
@@ -234,6 +250,7 @@ def _read_expected(run: _RoundTrip, iterator: Any) -> None:
             f"batches by roundtrip.window_seconds={settings.window_seconds}: it does not cover "
             f"{run.window.reason()}; raise roundtrip.window_seconds to compare them all"
         )
+    return True
 
 
 def _likely_cause(run: _RoundTrip) -> str:
@@ -674,7 +691,8 @@ def _trip_through_tensorflow_gcs(
     if on_gcs is None:
         held.written = False  # nothing is left under the run prefix
         return
-    _read_expected(run, iterator)
+    if not _read_expected(run, iterator):
+        return
     del iterator, dataset  # one live iterator at a time
     _restore_and_compare(run, "bucket (gs://, TensorFlow's filesystem)", on_gcs.prefix)
     _refuse_an_unverifiable_pass(run)
@@ -705,7 +723,8 @@ def _trip_through_a_saved_copy(
         f"{saved.prefix.parent}: {saved.files} files, {format_size(saved.bytes)} "
         f"in {saved.save_seconds:.1f} s"
     )
-    _read_expected(run, iterator)
+    if not _read_expected(run, iterator):
+        return
     del iterator, dataset  # one live iterator at a time (cache files, readers)
     destination = held.destination
     if (compare_before_upload or destination is None) and not _restore_and_compare(

@@ -173,3 +173,12 @@ def seed_drawn_at_run_time(
 
     seed = random.SystemRandom().randrange(1, 2**31 - 1)
     return tf.data.Dataset.range(10**5).shuffle(30, seed=seed).repeat().batch(batch_size)
+
+
+def snapshot_being_written(
+    *, shuffle_buffer_size: int, path: str, batch_size: int = 4
+) -> tf.data.Dataset:
+    """A seeded shuffle written to a Dataset.snapshot at `path` on its first pass: a save
+    while the snapshot is still being written breaks the running iterator (TF 2.21)."""
+    shuffled = tf.data.Dataset.range(1000).shuffle(1000, seed=2).snapshot(path)
+    return shuffled.repeat().batch(batch_size)
