@@ -24,11 +24,11 @@ _FIRST_BUILD: dict[str, Seeds | None] = {}
 
 def draw_seeds(dataset: Any) -> Seeds | None:
     """The seeds of `dataset`'s random draws (None: its graph could not be read)."""
-    from dlckpt.pipeline.risks import GraphUnreadable, seeds_of_draws
+    from dlckpt.pipeline.risks import seeds_of_draws
 
     try:
         return seeds_of_draws(dataset)
-    except (GraphUnreadable, Exception):  # a graph TensorFlow cannot serialize
+    except Exception:  # GraphUnreadable, or a graph TensorFlow cannot serialize at all
         return None
 
 
