@@ -1,0 +1,29 @@
+"""pipeline.seeds: the seeds of two builds held to each other (pure; no TensorFlow)."""
+
+from __future__ import annotations
+
+from omegaconf import OmegaConf
+
+from dlckpt.pipeline.seeds import config_key, differing, unseeded
+
+
+def test_the_same_seeds_differ_nowhere_and_the_first_difference_is_named():
+    here = [("Shuffle", 87654321, 5), ("Random", 0, 0)]
+    assert differing(here, list(here)) is None
+    assert differing(here, [("Shuffle", 87654321, 6), ("Random", 1, 2)]) == (
+        "Shuffle: seeds (87654321, 5) here, (87654321, 6) in the restore process"
+    )
+    assert differing(here, here[:1]) == "2 random draws here, 1 there"
+
+
+def test_only_draws_with_both_seeds_zero_pick_their_own():
+    assert unseeded([("Shuffle", 0, 0), ("Shuffle", 0, 7), ("Random", 1234, 0)]) == ["Shuffle"]
+
+
+def test_a_config_is_one_key_whatever_its_buffer_and_form():
+    """The estimator builds at other buffers first; the first of those builds counts."""
+    plain = {"_target_": "m.make", "shuffle_buffer_size": 100, "seed": 7}
+    node = OmegaConf.create({**plain, "shuffle_buffer_size": 8})
+    assert config_key(plain) == config_key(node)
+    assert config_key(plain) != config_key({**plain, "seed": 8})
+    assert plain["shuffle_buffer_size"] == 100  # the caller's mapping is left as it was
