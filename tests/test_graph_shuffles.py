@@ -8,7 +8,9 @@ a risk before the run and the run cannot end in a pass; a seeded one is no risk 
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import os
 from pathlib import Path
 
 import pytest
@@ -295,10 +297,11 @@ def global_seed_restored():
     tf.random.set_seed(saved)
 
 
-def test_a_global_seed_set_after_building_cannot_pass(tmp_path, global_seed_restored):
-    """The estimator builds the pipeline before the round trip does: the first build is
-    unseeded (a job's single build), the round trip's is seeded. Before, the risk walk read
-    the seeded build and passed a pipeline that diverges at its next epoch."""
+def test_a_global_seed_set_after_building_is_an_unseeded_shuffle(tmp_path, global_seed_restored):
+    """The estimator builds the pipeline before the round trip does. The round trip's build
+    starts from the random state of this process's first build (a job's single build), so
+    tf.random.set_seed called after building leaves it unseeded, as in a job: it diverges at
+    the next epoch, named. (Before, the round trip's build was seeded and the run passed.)"""
     from omegaconf import OmegaConf
 
     from dlckpt.pipeline.build import instantiate_dataset
@@ -308,12 +311,78 @@ def test_a_global_seed_set_after_building_cannot_pass(tmp_path, global_seed_rest
     instantiate_dataset(OmegaConf.create({**dataloader, "shuffle_buffer_size": 8}))
     lines: list[str] = []
     failure = round_trip_in_process(dataloader, tmp_path, lines).failure
+    assert failure is not None and failure.startswith("CHECKPOINT DOES NOT RESUME EXACTLY"), failure
+    assert "likely cause: shuffle(reshuffle_each_iteration=True) without a seed" in failure
+
+
+def test_a_seed_that_depends_on_build_order_cannot_pass(tmp_path):
+    """Unseeded at the first build, seeded at later ones, by no random state the run can
+    restore: the first build (a job's) is the one that counts."""
+    from omegaconf import OmegaConf
+
+    from dlckpt.pipeline.build import instantiate_dataset
+
+    target = f"{graph_pipelines.__name__}.seeded_from_the_second_build"
+    dataloader = {"_target_": target, "shuffle_buffer_size": 16, "tag": str(tmp_path)}
+    instantiate_dataset(OmegaConf.create({**dataloader, "shuffle_buffer_size": 8}))
+    lines: list[str] = []
+    failure = round_trip_in_process(dataloader, tmp_path, lines).failure
     # 100,000 ids: the window does not reach the next epoch, where the draws differ.
     assert failure is not None and failure.startswith("CANNOT VERIFY AN EXACT RESUME: the "), (
         failure
     )
     assert "Shuffle without a seed when the pipeline is first built" in failure
-    assert "tf.random.set_seed(N) before building the pipeline" in failure
+
+
+@contextlib.contextmanager
+def _pythonpath(folder: Path):
+    """`folder` on PYTHONPATH for the restore process, then as it was."""
+    saved = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(folder), saved]))
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("PYTHONPATH")
+        else:
+            os.environ["PYTHONPATH"] = saved
+
+
+def test_a_global_seed_set_when_the_builder_is_imported_passes(tmp_path, global_seed_restored):
+    """tf.random.set_seed at the builder module's import, unseeded shuffles: a job (one
+    build per process) resumes exactly. The run builds it several times in one process;
+    each build starts from the first build's random state, so the round trip's seeds are
+    the restore process's (before, they moved on and the run failed at the next epoch)."""
+    folder = tmp_path / "module"
+    folder.mkdir()
+    (folder / "seeded_at_import.py").write_text(
+        "import tensorflow as tf\n\ntf.random.set_seed(42)\n\n\n"
+        "def make(shuffle_buffer_size, tag=''):\n"
+        "    ds = tf.data.Dataset.range(40).shuffle(40)\n"
+        "    return ds.repeat().batch(4)\n"
+    )
+    from omegaconf import OmegaConf
+
+    from dlckpt.pipeline.build import instantiate_dataset
+
+    dataloader = {"_target_": "seeded_at_import.make", "shuffle_buffer_size": 16,
+                  "tag": str(tmp_path)}  # fmt: skip
+    import sys
+
+    sys.path.insert(0, str(folder))
+    try:
+        for buffer in (8, 32):  # the estimator's builds, before the round trip's
+            instantiate_dataset(OmegaConf.create({**dataloader, "shuffle_buffer_size": buffer}))
+        lines: list[str] = []
+        run = tmp_path / "run"
+        run.mkdir()
+        with _pythonpath(folder):
+            outcome = round_trip_in_process(dataloader, run, lines)
+    finally:
+        sys.path.remove(str(folder))
+        sys.modules.pop("seeded_at_import", None)
+    assert outcome.failure is None, lines
+    assert outcome.batches_compared > 10  # past the epoch of 10 batches
 
 
 def test_a_seed_drawn_at_run_time_cannot_pass(tmp_path):

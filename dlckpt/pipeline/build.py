@@ -95,9 +95,13 @@ def instantiate_dataset(dataloader_cfg: Any) -> Any:
     # Import TensorFlow our way (quiet) before the user's module imports it its way.
     tf = import_tensorflow()
     target = dataloader_cfg.get("_target_")
+    from dlckpt.pipeline.seeds import as_first_build
+
     try:
         with _exits_raise(target):
-            dataset = instantiate(dataloader_cfg, _convert_="all")
+            _import_target(target)  # its import may set a seed: before the state is kept
+            with as_first_build(dataloader_cfg):
+                dataset = instantiate(dataloader_cfg, _convert_="all")
     except InstantiationException as exc:
         cause = exc.__cause__ or exc
         missing = _missing_module(exc)
@@ -138,6 +142,17 @@ def instantiate_dataset(dataloader_cfg: Any) -> Any:
 
     note_build(dataloader_cfg, dataset)
     return dataset
+
+
+def _import_target(target: Any) -> None:
+    """Import the module of `dataloader._target_`; a target that does not import is left to
+    instantiate, which says so in its own words (handled above)."""
+    import importlib
+
+    module = str(target).rsplit(".", 1)[0] if target and "." in str(target) else None
+    if module:
+        with contextlib.suppress(Exception):
+            importlib.import_module(module)
 
 
 def distributed_dataset_text(target: Any, dataset: Any) -> str:

@@ -11,7 +11,9 @@ build of each dataloader config (what a job has) and holds them to the restore p
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from typing import Any
 
 # (op, seed, seed2) of every random draw, in graph order (function bodies after the graph).
@@ -20,6 +22,63 @@ Seeds = list[tuple[str, int, int]]
 # Per process: the seeds of the first build of each dataloader config (its JSON), as a job
 # that builds the pipeline once would hold them. Kept for the process's life on purpose.
 _FIRST_BUILD: dict[str, Seeds | None] = {}
+# Per process: the random state each config's first build started from (see as_first_build).
+_FIRST_STATE: dict[str, tuple[Any, ...]] = {}
+
+
+@contextlib.contextmanager
+def as_first_build(dataloader_cfg: Any) -> Iterator[None]:
+    """Build as this process first built `dataloader_cfg`: from the same random state.
+
+    A job builds its pipeline once per process; this tool builds it several times in one
+    (the estimator's builds come first). Seeds the user's code draws at build time (a
+    global seed set when their module is imported, numpy's or Python's global generator)
+    would otherwise move on from build to build: TensorFlow gives each op created under a
+    global seed the next number of a generator seeded with it, so the round trip's own
+    build had other seeds than the restore process's single build, and pipelines that
+    resume exactly in a job were failed (a new user's check, session 14: six of them).
+    The state is TensorFlow's global seed and its op-seed generator, numpy's and Python's
+    global generators. The caller has imported the builder's module already (an import
+    may set a seed). After a later build, the state it found is put back.
+    """
+    key = config_key(dataloader_cfg)
+    if key not in _FIRST_STATE:
+        _FIRST_STATE[key] = _random_state()
+        yield
+        return
+    found = _random_state()
+    _set_random_state(_FIRST_STATE[key])
+    try:
+        yield
+    finally:
+        _set_random_state(found)
+
+
+def _random_state() -> tuple[Any, ...]:
+    import random
+
+    import numpy as np
+    from tensorflow.python.eager import context
+
+    generator = getattr(context.context(), "_rng", None)  # set by tf.random.set_seed
+    op_seeds = generator.getstate() if generator is not None else None
+    return context.global_seed(), op_seeds, np.random.get_state(), random.getstate()
+
+
+def _set_random_state(state: tuple[Any, ...]) -> None:
+    import random
+
+    import numpy as np
+    from tensorflow.python.eager import context
+
+    from dlckpt.runtime.tf_import import import_tensorflow
+
+    global_seed, op_seeds, numpy_state, python_state = state
+    import_tensorflow().random.set_seed(global_seed)
+    if op_seeds is not None:
+        context.context()._rng.setstate(op_seeds)
+    np.random.set_state(numpy_state)
+    random.setstate(python_state)
 
 
 def draw_seeds(dataset: Any) -> Seeds | None:
