@@ -413,3 +413,20 @@ def test_a_save_that_breaks_the_running_pipeline_is_a_failed_check(tmp_path):
     assert "Dataset.snapshot" in failure
     assert any(line.startswith("✓ Saved the iterator") for line in lines)
     assert list((tmp_path / "run").iterdir()) == []  # scratch removed
+
+
+def test_builds_with_other_draws_at_other_buffers_are_not_called_moved_seeds(tmp_path):
+    """A builder that adds a seeded shuffle at large buffers: the estimator's first build
+    (buffer 8) has one random draw, the tested build (100) two. Seeds are held between the
+    tested build and the restore process's build of the same config, so this resumes and
+    passes (before: "1 random draws here, 2 there", cannot verify)."""
+    from omegaconf import OmegaConf
+
+    from dlckpt.pipeline.build import instantiate_dataset
+
+    target = f"{graph_pipelines.__name__}.extra_draw_at_large_buffers"
+    dataloader = {"_target_": target, "shuffle_buffer_size": 100, "tag": str(tmp_path)}
+    instantiate_dataset(OmegaConf.create({**dataloader, "shuffle_buffer_size": 8}))
+    lines: list[str] = []
+    outcome = round_trip_in_process(dataloader, tmp_path, lines)
+    assert outcome.failure is None, lines

@@ -126,7 +126,8 @@ class _RoundTrip:
     window: Any = None  # roundtrip.window.Window
     expected: Any = None  # roundtrip.digest.DigestStream
     embedded: Any = None  # storage.embedded.server.EmbeddedGcs behind a gs:// restore
-    restore_seeds: Any = None  # the restore process's random seeds (pipeline.seeds.Seeds)
+    build_seeds: Any = None  # this build's random seeds (pipeline.seeds.Seeds; None: unread)
+    restore_seeds: Any = None  # the restore process's build's
 
 
 def _name_risks(run: _RoundTrip, dataset: Any) -> None:
@@ -163,7 +164,10 @@ def _seeded_only_later(run: _RoundTrip, dataset: Any) -> list[Any]:
     from dlckpt.pipeline.seeds import draw_seeds, first_build, unseeded
 
     first, now = first_build(run.dataloader_cfg), draw_seeds(dataset)
-    if first is None or now is None or len(unseeded(first)) <= len(unseeded(now)):
+    run.build_seeds = now
+    if first is None or now is None or [op for op, *_ in first] != [op for op, *_ in now]:
+        return []  # not the same draws (a builder may add one at some buffers): no claim
+    if len(unseeded(first)) <= len(unseeded(now)):
         return []
     return [
         Risk(
@@ -536,14 +540,14 @@ def _refuse_an_unverifiable_pass(run: _RoundTrip) -> None:
 
 
 def _seeds_moved(run: _RoundTrip) -> str | None:
-    """How the seeds of this process's first build of the pipeline (a job's single build)
-    differ from the restore process's build, or None (the same, or either unread)."""
-    from dlckpt.pipeline.seeds import differing, first_build
+    """How the seeds of the round trip's build (which starts from the random state of this
+    process's first build: pipeline.seeds.as_first_build) differ from the restore
+    process's build of the same config, or None (the same, or either unread)."""
+    from dlckpt.pipeline.seeds import differing
 
-    first = first_build(run.dataloader_cfg)
-    if first is None or run.restore_seeds is None:
+    if run.build_seeds is None or run.restore_seeds is None:
         return None
-    return differing(first, run.restore_seeds)
+    return differing(run.build_seeds, run.restore_seeds)
 
 
 def _short_of_the_boundary(run: _RoundTrip) -> int | None:

@@ -195,3 +195,14 @@ def seeded_from_the_second_build(
     _BUILDS[tag] = _BUILDS.get(tag, 0) + 1
     seed = None if _BUILDS[tag] == 1 else 1234
     return tf.data.Dataset.range(10**5).shuffle(30, seed=seed).repeat().batch(batch_size)
+
+
+def extra_draw_at_large_buffers(
+    *, shuffle_buffer_size: int, batch_size: int = 4, seed: int = 3, tag: str = ""
+) -> tf.data.Dataset:
+    """Seeded throughout, with one more seeded shuffle only at buffers of 64 and more: the
+    estimator's first builds (small buffers) have fewer random draws than the tested one."""
+    ids = tf.data.Dataset.range(300)
+    if shuffle_buffer_size >= 64:
+        ids = ids.shuffle(16, seed=seed)
+    return ids.repeat().shuffle(shuffle_buffer_size, seed=seed + 1).batch(batch_size)
