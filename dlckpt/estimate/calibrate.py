@@ -895,17 +895,18 @@ def _read_built_sizes(calibration: Calibration, run: _Run) -> None:
     50,000 with ±3.4% before this) or a cap (`shuffle(min(B, 3000))`: +563% at 20,000).
     Read from the graph built at each calibration buffer and at CAP_PROBE_BUFFER, for one
     shuffle whose sizes fit min(max(B, floor), cap); the anchors then stand at the sizes
-    built. Several shuffles, or sizes of another form (a share of B), are left to the
-    anchors."""
+    built. With several shuffles, the one whose size changes with B is read when the others
+    keep theirs (a fixed file-list shuffle beside a capped one: `shuffle(min(B, 50))` after
+    a `shuffle(60)` was +35% at buffer 100, outside its ±30%, in a new user's check); two
+    that change, or sizes of another form (a share of B), are left to the anchors."""
     try:
         read = {b: _shuffle_sizes(run.dataset(b)) for b in sorted(set(run.sizes))}
-        probe = _shuffle_sizes(run.dataset(CAP_PROBE_BUFFER))
+        read[CAP_PROBE_BUFFER] = _shuffle_sizes(run.dataset(CAP_PROBE_BUFFER))
     except Exception:  # a builder that cannot take such a size: nothing is read
         return
-    if len(probe) != 1 or any(len(sizes) != 1 for sizes in read.values()):
+    built = _the_sized_shuffle(read)
+    if built is None:
         return
-    built = {b: sizes[0] for b, sizes in read.items()}
-    built[CAP_PROBE_BUFFER] = probe[0]
     form = _built_form(built)
     if form is None or form == (None, None):
         return
@@ -918,6 +919,20 @@ def _read_built_sizes(calibration: Calibration, run: _Run) -> None:
     )
     if len({b for b, _ in calibration.anchors}) == 1:
         _cover_growth_no_anchor_shows(calibration)
+
+
+def _the_sized_shuffle(read: dict[int, list[int]]) -> dict[int, int] | None:
+    """From the shuffle sizes built at each buffer (same count at every buffer), the sizes of
+    the one shuffle that follows the buffer: the only one, or the only one of several whose
+    size changes (the others keep theirs). None when there is none or more than one."""
+    counts = {len(sizes) for sizes in read.values()}
+    if len(counts) != 1 or 0 in counts:
+        return None
+    columns = [{b: sizes[i] for b, sizes in read.items()} for i in range(counts.pop())]
+    if len(columns) == 1:
+        return columns[0]
+    changing = [column for column in columns if len(set(column.values())) > 1]
+    return changing[0] if len(changing) == 1 else None
 
 
 def _built_form(built: dict[int, int]) -> tuple[int | None, int | None] | None:

@@ -73,3 +73,17 @@ def test_the_shuffle_size_a_pipeline_builds_is_read_as_a_floor_and_a_cap(reads, 
     """calibrate._built_form: the shuffle sizes read from the graph at the calibration
     buffers and at the probe, as min(max(B, floor), cap), or None for any other form."""
     assert _built_form(reads) == form
+
+
+def test_the_sized_shuffle_is_the_one_that_follows_the_buffer():
+    from dlckpt.estimate.calibrate import _the_sized_shuffle
+
+    # A fixed file-list shuffle (60) beside one capped at 50: the capped one is read.
+    read = {8: [60, 8], 32: [60, 32], 64: [60, 50], 10**9: [60, 50]}
+    assert _the_sized_shuffle(read) == {8: 8, 32: 32, 64: 50, 10**9: 50}
+    assert _the_sized_shuffle({8: [8], 32: [32]}) == {8: 8, 32: 32}  # the only one
+    # Two that follow the buffer, none, or counts that differ between builds: no reading.
+    assert _the_sized_shuffle({8: [8, 8], 32: [32, 32]}) is None
+    assert _the_sized_shuffle({8: [60, 5], 32: [60, 5]}) is None
+    assert _the_sized_shuffle({8: [8], 32: [60, 32]}) is None
+    assert _the_sized_shuffle({8: [], 32: []}) is None
