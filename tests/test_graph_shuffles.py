@@ -430,3 +430,18 @@ def test_builds_with_other_draws_at_other_buffers_are_not_called_moved_seeds(tmp
     lines: list[str] = []
     outcome = round_trip_in_process(dataloader, tmp_path, lines)
     assert outcome.failure is None, lines
+
+
+def test_dataset_random_inside_a_function_saves_and_only_unseeded_is_a_risk(tmp_path):
+    """TensorFlow saves a Dataset.random built inside an interleave function, seeded or not
+    (TF 2.15 and 2.21): no "refuses to save" risk (a new user's check found one, with
+    advice to do what the pipeline already did); seeded, it resumes; unseeded, each call
+    draws anew."""
+    target = "random_numbers_inside_interleave"
+    seeded = analyze(_build(target, {}, 101, tmp_path)).risks
+    assert seeded == []
+    [risk] = analyze(_build(target, {}, None, tmp_path)).risks
+    assert risk.kind == "unseeded_shuffle" and risk.unverifiable
+    assert "inside Interleave(lambda), built anew at every call" in risk.where
+    lines: list[str] = []
+    assert _round_trip(target, 101, tmp_path, lines).failure is None, lines

@@ -167,6 +167,10 @@ def stateful_kind(op: str) -> str | None:
     ):
         if op in ops:
             return kind
+    if op.startswith("RandomDataset"):
+        # Dataset.random inside a function saves with the iterator, seeded or not (TF 2.15
+        # and 2.21, a new user's check); unseeded, it is a redraw risk instead.
+        return None
     if op.startswith("Random") or op.startswith("Stateful"):
         return "random" if op.startswith("Random") else "generator"
     return None

@@ -206,3 +206,15 @@ def extra_draw_at_large_buffers(
     if shuffle_buffer_size >= 64:
         ids = ids.shuffle(16, seed=seed)
     return ids.repeat().shuffle(shuffle_buffer_size, seed=seed + 1).batch(batch_size)
+
+
+def random_numbers_inside_interleave(
+    *, shuffle_buffer_size: int, batch_size: int = 4, seed: int | None = None
+) -> tf.data.Dataset:
+    """Per-element noise from Dataset.random built inside an interleave function."""
+    keys = tf.data.Dataset.range(20).repeat()
+    noisy = keys.interleave(
+        lambda k: tf.data.Dataset.random(seed=seed).take(2).map(lambda r: k * 1000 + r % 1000),
+        cycle_length=2,
+    )
+    return _finish(noisy, shuffle_buffer_size, batch_size)
