@@ -1,12 +1,14 @@
 """The seeds of a pipeline's random draws (shuffles, random datasets), as one build holds them.
 
 A job builds its pipeline once per process; a resumed job builds it again in a new process.
-Its draws repeat only if both builds hold the same seeds. Two ways they do not, both seen
-as false passes (a new user's check, session 14): `tf.random.set_seed` called after the
-pipeline is built (the first build is unseeded, later builds in the same process are
-seeded), and a seed drawn at run time (`seed=np.random.randint(...)`). The round trip
-builds the pipeline several times in its own process, so it keeps the seeds of the first
-build of each dataloader config (what a job has) and holds them to the restore process's.
+Its draws repeat only if both builds hold the same seeds. They do not when a seed is drawn
+at run time (`seed=np.random.randint(...)` without a fixed numpy seed, a time-based seed),
+nor when `tf.random.set_seed` runs after the pipeline is built (its first build is
+unseeded): both were false passes in a new user's check (session 14). This tool builds the
+pipeline several times in one process, so every build of a config starts from the random
+state of its first (as_first_build); the round trip's build's seeds are then held to the
+restore process's, and a first build's unseeded draws that a later build has seeded are a
+risk (roundtrip.scenario).
 """
 
 from __future__ import annotations
