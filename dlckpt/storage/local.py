@@ -69,16 +69,25 @@ class LocalDestination:
                 "would overwrite it; set GCS_TEST_BUCKET to another folder "
                 "(it is left as it is)"
             )
+        exists = TransferError(
+            f"{target}: already exists; a run copies only into a new run folder "
+            "(it is left as it is)"
+        )
+        if target.exists():
+            raise exists
+        # Recorded before the folder is made: an interrupt landing between the two would
+        # otherwise leave a folder its own cleanup does not know (CI saw one after a SIGHUP
+        # redelivered as the copy began). Run prefixes are unique, so the folder checked
+        # absent just above is this run's.
+        self._created.add(run_prefix)
         try:
             target.mkdir(parents=True, exist_ok=False)
         except FileExistsError:
-            raise TransferError(
-                f"{target}: already exists; a run copies only into a new run folder "
-                "(it is left as it is)"
-            ) from None
+            self._created.discard(run_prefix)
+            raise exists from None
         except OSError as error:
+            self._created.discard(run_prefix)
             raise TransferError(f"{target}: {_os_error(error, self.root)}") from None
-        self._created.add(run_prefix)
         try:
             manifest = file_manifest(files)
             for path in files:
