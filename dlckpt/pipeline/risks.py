@@ -222,6 +222,9 @@ class PipelineAnalysis:
     walked: set[str] = field(default_factory=set)
     notes: list[str] = field(default_factory=list)
     checked: list[str] = field(default_factory=list)
+    # (op, seed, seed2) of every random draw, as this build holds them (pipeline.seeds;
+    # None: the graph was not read).
+    seeds: list[tuple[str, int, int]] | None = None
 
 
 class GraphUnreadable(Exception):
@@ -246,6 +249,20 @@ def unread_graph_analysis(why: str, buffer: int) -> PipelineAnalysis:
         ],
         buffered_batches=float(buffer),
     )
+
+
+def _read_graph(dataset: Any) -> Any:
+    """`dataset`'s GraphDef; GraphUnreadable when TensorFlow returns it empty."""
+    graph_def = _graph_def(dataset)
+    if not graph_def.node:
+        # TensorFlow logs "GraphDef exceeded maximum protobuf size of 2GB" and returns an
+        # empty graph (measured on TF 2.21 with a 2.1 GB tensor in from_tensors): a large
+        # in-memory array inside the pipeline. Nothing of it was read.
+        raise GraphUnreadable(
+            "TensorFlow serialized it as an empty graph, as it does past protobuf's 2 GB "
+            "limit: a large in-memory array inside the pipeline"
+        )
+    return graph_def
 
 
 def _graph_def(dataset: Any) -> Any:
@@ -369,9 +386,7 @@ def _stateful_op_risks(graph_def: Any, policy: str) -> Iterable[Risk]:
 def _shuffle_facts(nodes: dict[str, Any], node: Any) -> tuple[int | None, bool, bool]:
     """(buffer_size, seeded, reshuffle_each_iteration) of a Shuffle* node."""
     buffer = _const_int(nodes, node.input[1]) if len(node.input) > 1 else None
-    seed = _const_int(nodes, node.input[2]) if len(node.input) > 2 else None
-    seed2 = _const_int(nodes, node.input[3]) if len(node.input) > 3 else None
-    seeded = bool(seed) or bool(seed2)
+    seeded = not _draws_unseeded(nodes, node)
     reshuffle = (
         node.attr["reshuffle_each_iteration"].b if "reshuffle_each_iteration" in node.attr else True
     )
@@ -404,15 +419,7 @@ def analyze(dataset: Any) -> PipelineAnalysis:
     hold exclusive resources. Raises nothing for graphs it does not understand: unknown
     parts become notes, and counts err on the long side.
     """
-    graph_def = _graph_def(dataset)
-    if not graph_def.node:
-        # TensorFlow logs "GraphDef exceeded maximum protobuf size of 2GB" and returns an
-        # empty graph (measured on TF 2.21 with a 2.1 GB tensor in from_tensors): a large
-        # in-memory array inside the pipeline. Nothing of it was read.
-        raise GraphUnreadable(
-            "TensorFlow serialized it as an empty graph, as it does past protobuf's 2 GB "
-            "limit: a large in-memory array inside the pipeline"
-        )
+    graph_def = _read_graph(dataset)
     nodes = {node.name: node for node in graph_def.node}
     options = dataset.options()
     policy_value = options.experimental_external_state_policy
@@ -435,6 +442,7 @@ def analyze(dataset: Any) -> PipelineAnalysis:
         "stateful ops in the pipeline's functions",
         "shuffle seeds across epochs, anywhere in the graph",
     ]
+    analysis.seeds = _seeds_in(graph_def)
     _walk_buffers(dataset, graph_def, nodes, analysis)
     analysis.risks.extend(_redrawing_shuffle_risks(graph_def, analysis.walked))
     for risk in analysis.risks:
@@ -533,9 +541,10 @@ def _inputs_made_anew(
 def seeds_of_draws(dataset: Any) -> list[tuple[str, int, int]]:
     """(op, seed, seed2) of every random draw in `dataset`'s graph and its functions, in
     graph order (see pipeline.seeds). Raises GraphUnreadable for an empty graph."""
-    graph_def = _graph_def(dataset)
-    if not graph_def.node:
-        raise GraphUnreadable("empty graph")
+    return _seeds_in(_read_graph(dataset))
+
+
+def _seeds_in(graph_def: Any) -> list[tuple[str, int, int]]:
     bodies = [{n.name: n for n in graph_def.node}] + [
         {n.name: n for n in f.node_def} for f in graph_def.library.function
     ]
@@ -544,7 +553,7 @@ def seeds_of_draws(dataset: Any) -> list[tuple[str, int, int]]:
         for node in nodes.values():
             seeds = _seed_inputs(node)
             if seeds is not None:
-                values = [_const_int(nodes, name) or 0 for name in seeds]
+                values = [_const_int(nodes, name) or 0 for name in seeds] + [0, 0]
                 found.append((node.op.split("Dataset")[0], values[0], values[1]))
     return found
 
@@ -552,7 +561,7 @@ def seeds_of_draws(dataset: Any) -> list[tuple[str, int, int]]:
 def _seed_inputs(node: Any) -> list[str] | None:
     """The names of a random draw's (seed, seed2) inputs; None for other nodes."""
     if node.op.startswith("Shuffle"):
-        return list(node.input[2:4]) if len(node.input) > 3 else None
+        return list(node.input[2:4])  # input, buffer_size, seed, seed2[, seed_generator]
     if node.op.startswith("RandomDataset"):
         return list(node.input[0:2])  # seed, seed2[, seed_generator]
     if node.op.startswith("GlobalShuffleDataset"):
@@ -564,15 +573,8 @@ def _draws_unseeded(nodes: dict[str, Any], node: Any) -> bool:
     """Whether `node` draws random numbers from seeds it picks itself (no seed given, no
     global seed set): a shuffle, a global shuffle, or a random dataset (Dataset.random,
     and the choices of sample_from_datasets)."""
-    if node.op.startswith("Shuffle"):
-        return not _shuffle_facts(nodes, node)[1]
-    if node.op.startswith("RandomDataset"):
-        seeds = node.input[0:2]  # seed, seed2[, seed_generator]
-    elif node.op.startswith("GlobalShuffleDataset"):
-        seeds = node.input[1:3]  # input, seed, seed2, seed_generator
-    else:
-        return False
-    return not any(_const_int(nodes, seed) for seed in seeds)
+    seeds = _seed_inputs(node)
+    return seeds is not None and not any(_const_int(nodes, seed) for seed in seeds)
 
 
 def _consumer_label(node: Any) -> str:

@@ -147,7 +147,7 @@ def _name_risks(run: _RoundTrip, dataset: Any) -> None:
             f"⚠ Could not read the pipeline's graph: the window assumes one element a batch "
             f"({buffer:,} buffered)"
         )
-    run.analysis.risks.extend(_seeded_only_later(run, dataset))
+    run.analysis.risks.extend(_seeded_only_later(run))
     run.window = plan_window(run.analysis, run.cfg.roundtrip)
     run.outcome.risks = [risk.report() for risk in run.analysis.risks]
     run.outcome.risks_checked = list(run.analysis.checked)
@@ -156,15 +156,15 @@ def _name_risks(run: _RoundTrip, dataset: Any) -> None:
         run.say(f"⚠ Risk to an exact resume: {risk.line()}")
 
 
-def _seeded_only_later(run: _RoundTrip, dataset: Any) -> list[Any]:
+def _seeded_only_later(run: _RoundTrip) -> list[Any]:
     """An unverifiable risk when this process's first build of the pipeline had unseeded
     draws that this build has seeded (tf.random.set_seed runs after the pipeline is built):
     a job builds it once, unseeded."""
     from dlckpt.pipeline.risks import Risk
-    from dlckpt.pipeline.seeds import draw_seeds, first_build, unseeded
+    from dlckpt.pipeline.seeds import first_build, unseeded
 
-    first, now = first_build(run.dataloader_cfg), draw_seeds(dataset)
-    run.build_seeds = now
+    first = first_build(run.dataloader_cfg)
+    now = run.build_seeds = run.analysis.seeds
     if first is None or now is None or [op for op, *_ in first] != [op for op, *_ in now]:
         return []  # not the same draws (a builder may add one at some buffers): no claim
     if len(unseeded(first)) <= len(unseeded(now)):
@@ -502,41 +502,44 @@ def _abandon(run: _RoundTrip, uri: str, embedded: Any, trouble: str) -> None:
 def _refuse_an_unverifiable_pass(run: _RoundTrip) -> None:
     """A match is not a pass when a risk lies beyond what any compared window reaches (an
     unseeded shuffle that draws again at a later pass): the run ends "cannot verify", exit 1."""
-    if run.outcome.passed and run.expected is not None and not run.expected.digests:
-        run.outcome.failure = (
-            "CANNOT VERIFY AN EXACT RESUME: no batch was compared (roundtrip.window_seconds="
+    gap = _unverified(run) if run.outcome.passed else None
+    if gap is not None:
+        run.outcome.failure = f"CANNOT VERIFY AN EXACT RESUME: {gap}"
+
+
+def _unverified(run: _RoundTrip) -> str | None:
+    """What a match leaves unverified (the text after "CANNOT VERIFY AN EXACT RESUME: "), or
+    None: no batch compared; a risk no window reaches; seeds that differ between the two
+    processes; a window cut before the epoch boundary it was planned past."""
+    if run.expected is not None and not run.expected.digests:
+        return (
+            f"no batch was compared (roundtrip.window_seconds="
             f"{run.cfg.roundtrip.window_seconds} ran out before the first); raise it"
         )
-        return
+    matched = f"the {run.outcome.batches_compared:,} batches compared match, but "
     risks = run.analysis.risks if run.analysis is not None else []
     blocking = [risk for risk in risks if risk.unverifiable]
-    if run.outcome.passed and blocking:
-        run.outcome.failure = (
-            f"CANNOT VERIFY AN EXACT RESUME: the {run.outcome.batches_compared} batches compared "
-            f"match, but {blocking[0].line()}"
-            + (f" ({len(blocking) - 1} more above)" if len(blocking) > 1 else "")
-        )
-        return
+    if blocking:
+        more = f" ({len(blocking) - 1} more above)" if len(blocking) > 1 else ""
+        return matched + blocking[0].line() + more
     moved = _seeds_moved(run)
-    if run.outcome.passed and moved:
-        run.outcome.failure = (
-            f"CANNOT VERIFY AN EXACT RESUME: the {run.outcome.batches_compared:,} batches "
-            f"compared match, but the pipeline's random seeds differ between two processes "
-            f"that build it ({moved}): a resumed job draws from other seeds at its next pass; "
-            "pass fixed seeds (shuffle(..., seed=N), not one drawn at run time) and call "
+    if moved:
+        return matched + (
+            f"the pipeline's random seeds differ between two processes that build it "
+            f"({moved}): a resumed job draws from other seeds at its next pass; pass fixed "
+            "seeds (shuffle(..., seed=N), not one drawn at run time) and call "
             "tf.random.set_seed(N) before building the pipeline"
         )
-        return
     short = _short_of_the_boundary(run)
     redrawing = [risk for risk in risks if risk.kind == "unseeded_shuffle"]
-    if run.outcome.passed and short and redrawing:
+    if short and redrawing:
         # The window was planned past the next epoch's draw, but the time budget cut it.
-        run.outcome.failure = (
-            f"CANNOT VERIFY AN EXACT RESUME: the {run.outcome.batches_compared:,} batches "
-            f"compared match, but they stop before the epoch boundary at compared batch "
-            f"{short:,} (roundtrip.window_seconds={run.cfg.roundtrip.window_seconds} cut the "
-            f"window), where {redrawing[0].line()}"
+        return matched + (
+            f"they stop before the epoch boundary at compared batch {short:,} "
+            f"(roundtrip.window_seconds={run.cfg.roundtrip.window_seconds} cut the window), "
+            f"where {redrawing[0].line()}"
         )
+    return None
 
 
 def _seeds_moved(run: _RoundTrip) -> str | None:
