@@ -43,6 +43,11 @@ def pytest_configure(config: pytest.Config) -> None:
     import faulthandler
     import signal
 
+    # A suite started as a background job (`make test &`, nohup) has SIGINT ignored, and
+    # the scripts it starts inherit that: a script keeps a signal its parent ignores, so the
+    # Ctrl-C tests would wait for an exit that never comes. Python's own handler instead.
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     stderr = os.dup(2)  # a copy: pytest captures fd 2 itself during each test
     for sig in (signal.SIGTERM, signal.SIGHUP):
         faulthandler.register(sig, file=stderr, all_threads=True, chain=True)
@@ -69,7 +74,12 @@ def _no_watchdog_left_armed() -> Iterator[None]:
     yield
     from dlckpt.runtime.signals import WATCHDOG_THREAD
 
-    armed = [t for t in threading.enumerate() if t.name.startswith(WATCHDOG_THREAD)]
+    # A cancelled timer's thread may still be winding down: armed means not cancelled.
+    armed = [
+        t for t in threading.enumerate()
+        if t.name.startswith(WATCHDOG_THREAD)
+        and not (isinstance(t, threading.Timer) and t.finished.is_set())
+    ]  # fmt: skip
     for timer in armed:
         if isinstance(timer, threading.Timer):
             timer.cancel()

@@ -149,6 +149,9 @@ class _Block:
 def interrupts_raise(limit_seconds: float = CLEANUP_LIMIT_SECONDS) -> Iterator[None]:
     """Inside the block SIGINT, SIGTERM and SIGHUP raise `Interrupted`; the old handlers after.
 
+    A signal ignored when the block starts (SIG_IGN: `nohup`, a background job's SIGINT)
+    stays ignored.
+
     A signal that arrives while TensorFlow's code runs in the main thread is raised when
     that call returns (see _Block). Outside the main thread (where Python cannot set
     handlers) the block runs unchanged.
@@ -161,7 +164,11 @@ def interrupts_raise(limit_seconds: float = CLEANUP_LIMIT_SECONDS) -> Iterator[N
     previous: dict[signal.Signals, Any] = {}
     try:  # installed inside the try: a signal in between still reaches the finally
         for signum in EXIT_CODES:
-            previous[signum] = signal.signal(signum, block.handler)
+            # A signal the parent ignores stays ignored: `nohup` ignores SIGHUP so that a
+            # long run outlives its terminal, and a shell's background job (`cmd &`)
+            # ignores SIGINT so that Ctrl-C at the prompt does not reach it.
+            if signal.getsignal(signum) is not signal.SIG_IGN:
+                previous[signum] = signal.signal(signum, block.handler)
         yield
     finally:
         # The handler runs wherever the main thread is, inside close() too: had it raised

@@ -8,6 +8,7 @@ saw `__autograph_generated_file*.py` left after a SIGTERM during the estimate).
 from __future__ import annotations
 
 import _thread
+import signal
 import threading
 import time
 
@@ -35,6 +36,9 @@ def test_an_interrupt_stops_the_worker_before_the_caller_goes_on():
     beats: list[float] = []
     ended: list[BaseException] = []
     timer = threading.Timer(0.3, _thread.interrupt_main)  # a Ctrl-C in the main thread
+    # interrupt_main does nothing while SIGINT is ignored (a suite started in the
+    # background), and the busy worker never stalls: the test would wait forever.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     timer.start()
     try:
         with pytest.raises(KeyboardInterrupt):
@@ -42,6 +46,7 @@ def test_an_interrupt_stops_the_worker_before_the_caller_goes_on():
         left = time.monotonic()
     finally:
         timer.cancel()
+        signal.signal(signal.SIGINT, previous)
     assert [type(error) for error in ended] == [StageCancelled]
     assert beats and beats[-1] <= left  # nothing ran after the caller went on
 
