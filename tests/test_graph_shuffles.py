@@ -168,6 +168,23 @@ def test_an_epoch_of_unknown_length_cannot_be_windowed_past():
     assert analyze(batched).epoch_batches == 500
 
 
+@pytest.mark.parametrize(("seed", "risks"), [(None, 1), (3, 0)])
+def test_the_fused_shuffle_and_repeat_holds_its_own_repeat(seed, risks):
+    """tf.data.experimental.shuffle_and_repeat is one op (ShuffleAndRepeatDataset) with no
+    Repeat node above its shuffle: unseeded, it reshuffles at every epoch all the same (a
+    new user's pipeline passed while it diverged at batch 497, its first epoch boundary),
+    so it is a risk whose epoch the window is planned past; seeded, none."""
+    import tensorflow as tf
+
+    fused = tf.data.experimental.shuffle_and_repeat(100, seed=seed)
+    analysis = analyze(tf.data.Dataset.range(2000).apply(fused).batch(4).prefetch(1))
+    found = [r for r in analysis.risks if r.kind == "unseeded_shuffle"]
+    assert [r.unverifiable for r in found] == [False] * risks
+    assert analysis.epoch_batches == (500 if risks else None)
+    once = tf.data.experimental.shuffle_and_repeat(100, count=1)
+    assert not analyze(tf.data.Dataset.range(2000).apply(once)).risks
+
+
 def test_a_window_cut_before_the_epoch_boundary_cannot_pass(tmp_path):
     """An unseeded shuffle under a repeat whose epoch (2.5 million batches) the window is
     planned past, cut by its time budget: the match is not a pass."""

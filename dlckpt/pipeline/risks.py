@@ -654,7 +654,8 @@ def _walk_buffers(
             continue
         analysis.walked.add(name)
         if node.op.startswith("Shuffle"):
-            _count_shuffle(nodes, node, scale, repeat_below, analysis, feeding)
+            repeats = repeat_below or _repeats_itself(nodes, node)
+            _count_shuffle(nodes, node, scale, repeats, analysis, feeding)
         analysis.buffered_batches += _capacity(nodes, node) * scale
         repeat_below = repeat_below or node.op.startswith("Repeat")
         below = _scale_below(nodes, node, scale, analysis)
@@ -666,6 +667,16 @@ def _walk_buffers(
         # Reversed: the first input is walked first, so the nearest shuffle is the main line's.
         stack += [(i, below, repeat_below, feeding) for i in reversed(inputs)]
     analysis.epoch_batches = _epoch_batches(dataset, analysis)
+
+
+def _repeats_itself(nodes: dict[str, Any], node: Any) -> bool:
+    """A ShuffleAndRepeatDataset (tf.data.experimental.shuffle_and_repeat, and the fused op
+    TensorFlow's optimizer makes of shuffle().repeat()) holds its repeat: inputs are
+    (input, buffer_size, seed, seed2, count, [seed_generator]); count 1 never repeats."""
+    if not node.op.startswith("ShuffleAndRepeat"):
+        return False
+    count = _const_int(nodes, node.input[4]) if len(node.input) > 4 else None
+    return count != 1
 
 
 def _count_shuffle(
