@@ -153,6 +153,21 @@ def test_other_unseeded_draws_and_rereads_never_pass(target, tmp_path):
     assert list(tmp_path.iterdir()) == []  # scratch removed
 
 
+def test_a_file_list_ordered_at_build_time_without_a_seed_cannot_pass(tmp_path):
+    """A file list Python shuffles while the pipeline is built is a constant of the graph:
+    unseeded, the restore process holds another order and a resumed job diverges at its
+    next file, far past the window (a new user's pipeline passed; so did one shuffled by
+    an eager tf.random.shuffle). Seeded, both processes hold one list and it passes."""
+    lines: list[str] = []
+    failure = _round_trip("file_list_ordered_at_build", None, tmp_path, lines).failure
+    assert failure is not None and failure.startswith("CANNOT VERIFY AN EXACT RESUME"), failure
+    assert "holds other constants in two processes" in failure
+    assert "TensorSliceDataset's constant int64[64] [" in failure
+    seeded: list[str] = []
+    assert _round_trip("file_list_ordered_at_build", 5, tmp_path, seeded).failure is None, seeded
+    assert list(tmp_path.iterdir()) == []  # scratch removed
+
+
 def test_an_epoch_of_unknown_length_cannot_be_windowed_past():
     """rebatch (like unbatch, window, flat_map) changes how many outputs an input makes:
     the epoch's length in output batches is unknown, so no window is planned to its

@@ -12,6 +12,7 @@ The round trip still decides the verdict; this module only names likely causes a
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 from collections.abc import Iterable
@@ -225,6 +226,8 @@ class PipelineAnalysis:
     # (op, seed, seed2) of every random draw, as this build holds them (pipeline.seeds;
     # None: the graph was not read).
     seeds: list[tuple[str, int, int]] | None = None
+    # (what it is, digest) of every other constant, as this build holds them (pipeline.seeds).
+    constants: list[tuple[str, str]] | None = None
 
 
 class GraphUnreadable(Exception):
@@ -443,6 +446,7 @@ def analyze(dataset: Any) -> PipelineAnalysis:
         "shuffle seeds across epochs, anywhere in the graph",
     ]
     analysis.seeds = _seeds_in(graph_def)
+    analysis.constants = constants_in(graph_def)
     _walk_buffers(dataset, graph_def, nodes, analysis)
     analysis.risks.extend(_redrawing_shuffle_risks(graph_def, analysis.walked))
     for risk in analysis.risks:
@@ -538,18 +542,80 @@ def _inputs_made_anew(
     ]
 
 
-def seeds_of_draws(dataset: Any) -> list[tuple[str, int, int]]:
+def seeds_and_constants(
+    dataset: Any,
+) -> tuple[list[tuple[str, int, int]], list[tuple[str, str]]]:
     """(op, seed, seed2) of every random draw in `dataset`'s graph and its functions, in
-    graph order (see pipeline.seeds). Raises GraphUnreadable for an empty graph."""
-    return _seeds_in(_read_graph(dataset))
+    graph order, and its other constants (constants_in; see pipeline.seeds). Raises
+    GraphUnreadable for an empty graph."""
+    graph_def = _read_graph(dataset)
+    return _seeds_in(graph_def), constants_in(graph_def)
+
+
+def _bodies(graph_def: Any) -> list[dict[str, Any]]:
+    """The graph's nodes, then each library function's, by name."""
+    return [{n.name: n for n in graph_def.node}] + [
+        {n.name: n for n in f.node_def} for f in graph_def.library.function
+    ]
+
+
+# Resource and variant constants are handles (a seed generator's, a lookup table's): named
+# per process; the state behind them is the checkpoint's, not the graph's.
+_HANDLES = {20, 21}  # DT_RESOURCE, DT_VARIANT (tensorflow/core/framework/types.proto)
+
+
+def constants_in(graph_def: Any) -> list[tuple[str, str]]:
+    """(what it is, digest) of every constant in the graph and its functions but the random
+    draws' seeds (compared on their own, pipeline.seeds), sorted by digest: functions are
+    named by a per-process counter, values are not.
+
+    Two processes that build one pipeline hold the same constants, or they read other data:
+    a file list shuffled in Python or by an eager op at build time without a seed is one
+    constant in another order in every process (a new user's pipeline passed while its
+    resumed read diverged at the next file, ~1,100 elements on).
+    """
+    found = []
+    for nodes in _bodies(graph_def):
+        consumers: dict[str, str] = {}
+        seed_names: set[str] = set()
+        for node in nodes.values():
+            for name in node.input:
+                consumers.setdefault(name.split(":")[0].lstrip("^"), node.op)
+            seed_names.update(name.split(":")[0] for name in _seed_inputs(node) or [])
+        for node in nodes.values():
+            tensor = node.attr["value"].tensor
+            if node.op != "Const" or node.name in seed_names or tensor.dtype in _HANDLES:
+                continue
+            digest = hashlib.blake2b(tensor.SerializeToString(deterministic=True), digest_size=8)
+            what = f"{consumers.get(node.name, 'unused')}'s constant {_describe(tensor)}"
+            found.append((what, digest.hexdigest()))
+    return sorted(found, key=lambda entry: entry[1])
+
+
+def _describe(tensor: Any) -> str:
+    """A TensorProto as dtype[shape] and its first values (strings cut at 60 characters)."""
+    from dlckpt.runtime.tf_import import import_tensorflow
+
+    tf = import_tensorflow()
+    shape = [dim.size for dim in tensor.tensor_shape.dim]
+    text = f"{tf.dtypes.as_dtype(tensor.dtype).name}{shape}"
+    if math.prod(shape) > 100_000 or tensor.dtype == tf.variant.as_datatype_enum:
+        return text
+    try:  # parse_tensor, not make_ndarray: strings may be packed in tensor_content
+        dtype = tf.dtypes.as_dtype(tensor.dtype)
+        values = tf.io.parse_tensor(tensor.SerializeToString(), dtype).numpy().reshape(-1)
+    except Exception:  # a dtype numpy cannot hold: the type and shape say enough
+        return text
+    shown = [
+        repr(value.decode(errors="replace")[:60] if isinstance(value, bytes) else value.item())
+        for value in values[:3]
+    ]
+    return f"{text} [{', '.join(shown)}{', …' if len(values) > 3 else ''}]"
 
 
 def _seeds_in(graph_def: Any) -> list[tuple[str, int, int]]:
-    bodies = [{n.name: n for n in graph_def.node}] + [
-        {n.name: n for n in f.node_def} for f in graph_def.library.function
-    ]
     found = []
-    for nodes in bodies:
+    for nodes in _bodies(graph_def):
         for node in nodes.values():
             seeds = _seed_inputs(node)
             if seeds is not None:

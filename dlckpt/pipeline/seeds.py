@@ -13,6 +13,7 @@ risk (roundtrip.scenario).
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import json
 from collections.abc import Iterator
@@ -20,10 +21,12 @@ from typing import Any
 
 # (op, seed, seed2) of every random draw, in graph order (function bodies after the graph).
 Seeds = list[tuple[str, int, int]]
+# (what it is, digest) of every other constant, by digest (pipeline.risks.constants_in).
+Constants = list[tuple[str, str]]
 
-# Per process: the seeds of the first build of each dataloader config (its JSON), as a job
-# that builds the pipeline once would hold them. Kept for the process's life on purpose.
-_FIRST_BUILD: dict[str, Seeds | None] = {}
+# Per process: the seeds and constants of the first build of each dataloader config (its
+# JSON), as a job that builds the pipeline once would hold them. Kept for the process's life.
+_FIRST_BUILD: dict[str, tuple[Seeds, Constants] | None] = {}
 # Per process: the random state each config's first build started from (see as_first_build).
 _FIRST_STATE: dict[str, tuple[Any, ...]] = {}
 
@@ -83,26 +86,34 @@ def _set_random_state(state: tuple[Any, ...]) -> None:
     random.setstate(python_state)
 
 
-def draw_seeds(dataset: Any) -> Seeds | None:
-    """The seeds of `dataset`'s random draws (None: its graph could not be read)."""
-    from dlckpt.pipeline.risks import seeds_of_draws
+def _read_build(dataset: Any) -> tuple[Seeds, Constants] | None:
+    """`dataset`'s seeds and constants (None: its graph could not be read)."""
+    from dlckpt.pipeline.risks import seeds_and_constants
 
     try:
-        return seeds_of_draws(dataset)
+        return seeds_and_constants(dataset)
     except Exception:  # GraphUnreadable, or a graph TensorFlow cannot serialize at all
         return None
 
 
 def note_build(dataloader_cfg: Any, dataset: Any) -> None:
-    """Keep `dataset`'s seeds if it is this process's first build of `dataloader_cfg`."""
+    """Keep `dataset`'s seeds and constants if it is this process's first build of
+    `dataloader_cfg`."""
     key = config_key(dataloader_cfg)
     if key not in _FIRST_BUILD:
-        _FIRST_BUILD[key] = draw_seeds(dataset)
+        _FIRST_BUILD[key] = _read_build(dataset)
 
 
 def first_build(dataloader_cfg: Any) -> Seeds | None:
     """The seeds of this process's first build of `dataloader_cfg` (None: none, or unread)."""
-    return _FIRST_BUILD.get(config_key(dataloader_cfg))
+    build = _FIRST_BUILD.get(config_key(dataloader_cfg))
+    return build[0] if build is not None else None
+
+
+def first_constants(dataloader_cfg: Any) -> Constants | None:
+    """The constants of this process's first build of `dataloader_cfg` (None: none, unread)."""
+    build = _FIRST_BUILD.get(config_key(dataloader_cfg))
+    return build[1] if build is not None else None
 
 
 def config_key(dataloader_cfg: Any) -> str:
@@ -134,3 +145,18 @@ def differing(here: Seeds, there: Seeds) -> str | None:
         if mine != theirs:
             return f"{op}: seeds {tuple(mine)} here, {tuple(theirs)} in the restore process"
     return None
+
+
+def differing_constants(here: Constants, there: Constants) -> str | None:
+    """A constant one build holds and the other does not, as text (None: the same)."""
+    theirs = collections.Counter(digest for _, digest in there)
+    mine = collections.Counter(digest for _, digest in here)
+    only_here = [what for what, digest in here if mine[digest] > theirs[digest]]
+    only_there = [what for what, digest in there if theirs[digest] > mine[digest]]
+    if not only_here and not only_there:
+        return None
+    if not only_there:
+        return f"{only_here[0]} here, not in the restore process"
+    if not only_here:
+        return f"{only_there[0]} in the restore process, not here"
+    return f"{only_here[0]} here, {only_there[0]} in the restore process"

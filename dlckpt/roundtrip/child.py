@@ -33,8 +33,10 @@ class RestoreResult:
     stream: DigestStream
     restore_seconds: float
     error: str | None = None
-    # The restore process's build's random seeds (pipeline.seeds; None: not read).
+    # The restore process's build's random seeds and other constants (pipeline.seeds;
+    # None: not read).
     seeds: list[tuple[str, int, int]] | None = None
+    constants: list[tuple[str, str]] | None = None
 
 
 def restore_in_new_process(
@@ -100,12 +102,13 @@ def restore_in_new_process(
             f"restore process exited {completed.returncode}: {tail}",
         )
     data = json.loads(result_path.read_text())
-    seeds = data.get("seeds")
+    seeds, constants = data.get("seeds"), data.get("constants")
     return RestoreResult(
         stream_from_json(data),
         data["restore_seconds"],
         data.get("error"),
         [tuple(draw) for draw in seeds] if seeds is not None else None,  # type: ignore[misc]
+        [tuple(c) for c in constants] if constants is not None else None,  # type: ignore[misc]
     )
 
 
@@ -147,10 +150,11 @@ def _restore_main(argv: list[str]) -> int:
     try:
         grain = request.get("format") == GRAIN_STATE
         dataset = _build_grain(request["dataloader"]) if grain else _build_tf(request["dataloader"])
-        if not grain:  # this process's only build: the seeds a resumed job's build holds
-            from dlckpt.pipeline.seeds import first_build
+        if not grain:  # this process's only build: what a resumed job's build holds
+            from dlckpt.pipeline.seeds import first_build, first_constants
 
             result["seeds"] = first_build(request["dataloader"])
+            result["constants"] = first_constants(request["dataloader"])
         restore = restore_grain_iterator if grain else restore_iterator
         started = time.perf_counter()
         iterator = restore(dataset, request["prefix"])

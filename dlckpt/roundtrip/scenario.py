@@ -128,6 +128,7 @@ class _RoundTrip:
     embedded: Any = None  # storage.embedded.server.EmbeddedGcs behind a gs:// restore
     build_seeds: Any = None  # this build's random seeds (pipeline.seeds.Seeds; None: unread)
     restore_seeds: Any = None  # the restore process's build's
+    restore_constants: Any = None  # the restore process's build's (pipeline.seeds.Constants)
 
 
 def _name_risks(run: _RoundTrip, dataset: Any) -> None:
@@ -261,6 +262,12 @@ def _likely_cause(run: _RoundTrip) -> str:
     moved = _seeds_moved(run)
     if moved:
         return f"; likely cause: the pipeline's random seeds differ between two processes ({moved})"
+    changed = _constants_moved(run)
+    if changed:
+        return (
+            f"; likely cause: the pipeline's graph holds other constants in two processes "
+            f"({changed})"
+        )
     risks = run.analysis.risks if run.analysis is not None else []
     risks = [risk for risk in risks if risk.kind != "unread_graph"]  # a gap, not a cause
     if not risks:
@@ -287,7 +294,7 @@ def _restore_and_compare(run: _RoundTrip, source: str, prefix: Path | str) -> bo
         )
     outcome.restore_seconds = result.restore_seconds
     outcome.batches_compared = len(result.stream.digests)
-    run.restore_seeds = result.seeds
+    run.restore_seeds, run.restore_constants = result.seeds, result.constants
     record = {
         "source": source,
         "path": str(prefix.parent) if isinstance(prefix, Path) else prefix.rsplit("/", 1)[0],
@@ -530,6 +537,14 @@ def _unverified(run: _RoundTrip) -> str | None:
             "seeds (shuffle(..., seed=N), not one drawn at run time) and call "
             "tf.random.set_seed(N) before building the pipeline"
         )
+    changed = _constants_moved(run)
+    if changed:
+        return matched + (
+            f"the pipeline's graph holds other constants in two processes that build it "
+            f"({changed}): a resumed job reads other data; build it from fixed inputs (sort "
+            "a file list; shuffle one with a seed: random.Random(N).shuffle(files), "
+            "list_files(..., seed=N)) and keep values drawn at build time out of the graph"
+        )
     short = _short_of_the_boundary(run)
     redrawing = [risk for risk in risks if risk.kind == "unseeded_shuffle"]
     if short and redrawing:
@@ -551,6 +566,17 @@ def _seeds_moved(run: _RoundTrip) -> str | None:
     if run.build_seeds is None or run.restore_seeds is None:
         return None
     return differing(run.build_seeds, run.restore_seeds)
+
+
+def _constants_moved(run: _RoundTrip) -> str | None:
+    """A constant the round trip's build holds and the restore process's build of the same
+    config does not (a file list shuffled at build time), or None (the same, or unread)."""
+    from dlckpt.pipeline.seeds import differing_constants
+
+    here = run.analysis.constants if run.analysis is not None else None
+    if here is None or run.restore_constants is None:
+        return None
+    return differing_constants(here, run.restore_constants)
 
 
 def _short_of_the_boundary(run: _RoundTrip) -> int | None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from omegaconf import OmegaConf
 
-from dlckpt.pipeline.seeds import config_key, differing, unseeded
+from dlckpt.pipeline.seeds import config_key, differing, differing_constants, unseeded
 
 
 def test_the_same_seeds_differ_nowhere_and_the_first_difference_is_named():
@@ -27,3 +27,18 @@ def test_a_config_is_one_key_whatever_its_buffer_and_form():
     assert config_key(plain) == config_key(node)
     assert config_key(plain) != config_key({**plain, "seed": 8})
     assert plain["shuffle_buffer_size"] == 100  # the caller's mapping is left as it was
+
+
+def test_constants_are_compared_as_a_multiset_and_the_odd_one_is_named():
+    here = [("TensorSliceDataset's constant int32[3] [2, 0, 1]", "aa"), ("Batch's 4", "bb")]
+    assert differing_constants(here, list(reversed(here))) is None  # order: function names
+    there = [("TensorSliceDataset's constant int32[3] [1, 2, 0]", "cc"), ("Batch's 4", "bb")]
+    assert differing_constants(here, there) == (
+        "TensorSliceDataset's constant int32[3] [2, 0, 1] here, "
+        "TensorSliceDataset's constant int32[3] [1, 2, 0] in the restore process"
+    )
+    assert differing_constants(here, here[1:]) == (
+        "TensorSliceDataset's constant int32[3] [2, 0, 1] here, not in the restore process"
+    )
+    twice = [("Batch's 4", "bb"), ("Batch's 4", "bb")]
+    assert differing_constants(here[1:], twice) == "Batch's 4 in the restore process, not here"

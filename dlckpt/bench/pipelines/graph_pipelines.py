@@ -6,6 +6,8 @@ pass would come from the off-line one alone."""
 
 from __future__ import annotations
 
+import random
+
 import tensorflow as tf
 
 
@@ -145,6 +147,20 @@ def global_shuffle_repeated(
     options = tf.data.Options()
     options.experimental_symbolic_checkpoint = True
     return shuffled.batch(batch_size).with_options(options)
+
+
+def file_list_ordered_at_build(
+    *, shuffle_buffer_size: int, batch_size: int = 4, seed: int | None = None
+) -> tf.data.Dataset:
+    """64 "files" (runs of 100 ids) in an order Python draws when the pipeline is built,
+    read two at a time: no random op in the graph, but without a seed each process holds
+    another file list, and a resumed job diverges when its next file opens."""
+    files = list(range(64))
+    (random.Random(seed) if seed is not None else random).shuffle(files)  # type: ignore[attr-defined]
+    rows = tf.data.Dataset.from_tensor_slices(tf.constant(files, tf.int64)).interleave(
+        lambda file: tf.data.Dataset.range(file * 100, (file + 1) * 100), cycle_length=2
+    )
+    return _finish(rows.repeat(), shuffle_buffer_size, batch_size)
 
 
 def long_epoch_unseeded(*, shuffle_buffer_size: int, batch_size: int = 4) -> tf.data.Dataset:
