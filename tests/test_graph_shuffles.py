@@ -257,7 +257,7 @@ def test_shuffles_under_zip_are_not_called_constant_and_the_estimate_covers_a_re
     assert result.bytes_for(buffer) > 10 * result.bytes_for(8)  # it grows with the buffer
     error = result.bytes_for(buffer) / real - 1
     assert abs(error) <= result.uncertainty_for(buffer), (error, result.report())
-    assert any("sit off the line from the output" in note for note in result.notes)
+    assert any("shuffle buffers follow shuffle_buffer_size" in note for note in result.notes)
 
 
 def test_a_mixture_of_shuffled_sources_is_never_under_its_real_save(tmp_path, monkeypatch):

@@ -21,7 +21,7 @@ from dlckpt.estimate.model import Calibration
 # Bump when the calibration procedure changes: old cache entries then no longer match.
 # 8: the shuffle buffer is measured isolated from the pipeline's other buffers (issue 9).
 # 23: a shuffle built with a floor or a cap; 22: buffers sized from B; 21: RAM of unseen buffers
-ESTIMATOR_VERSION = 24
+ESTIMATOR_VERSION = 25
 
 
 def cache_dir() -> Path:
