@@ -27,7 +27,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import SCRIPTS_DIR, run_script, script_env, tmpfs_mount
+from conftest import SCRIPTS_DIR, run_in_process, run_script, script_env, tmpfs_mount
 
 EXIT_BOUND_SECONDS = 60  # generous: a bound that catches a hang, not a speed target
 SMALL_BUFFER = "test_dataloader_checkpoint_small_buffer.py"
@@ -305,6 +305,67 @@ def test_bad_input_builder_that_raises_is_one_line_with_its_type(
     assert str(caught.value).startswith(
         f"dataloader: {name}.build raised {exception} while building the dataset: {message}"
     )
+
+
+@pytest.mark.parametrize(
+    ("elements", "held"),
+    [("tf.data.Dataset.range(40).window(4)", "DatasetSpec"),
+     ("tf.data.Dataset.range(40).map(lambda i: tf.experimental.Optional.from_value(i))",
+      "OptionalSpec")],
+    ids=["window", "optional"],
+)  # fmt: skip
+def test_bad_input_elements_that_are_not_tensors_are_named(tmp_path, monkeypatch, elements, held):
+    """A window() left unflattened yields datasets; TensorFlow saves such an iterator, but no
+    batch of it can be read as values: one line, before anything runs (was exit 4)."""
+    from omegaconf import OmegaConf
+
+    from dlckpt.errors import UsageError
+    from dlckpt.pipeline.build import instantiate_dataset
+
+    name = f"yielding_{held.lower()}"
+    (tmp_path / f"{name}.py").write_text(
+        f"import tensorflow as tf\ndef build(*, shuffle_buffer_size):\n    return {elements}\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    cfg = OmegaConf.create({"_target_": f"{name}.build", "shuffle_buffer_size": 8})
+    with pytest.raises(UsageError, match=f"yields elements holding a {held}; the test compares"):
+        instantiate_dataset(cfg)
+
+
+def test_bad_input_a_pipeline_that_fails_as_it_is_read_is_exit_2_naming_the_error(tmp_path):
+    """A truncated TFRecord file: TensorFlow's DataLossError at the element that reaches
+    it. The pipeline fails, not the checkpoint: exit 2, one line with TensorFlow's own words
+    (without its wrappers), and the report written (was exit 4, "the run stopped")."""
+    import tensorflow as tf
+
+    records = tmp_path / "records.tfrecord"
+    with tf.io.TFRecordWriter(str(records)) as writer:
+        for index in range(50):
+            writer.write(b"x" * 100 + bytes([index]))
+    records.write_bytes(records.read_bytes()[:-60])  # cut inside the last record
+    (tmp_path / "truncated_records.py").write_text(
+        "import tensorflow as tf\n"
+        "def build(*, shuffle_buffer_size, path):\n"
+        "    rows = tf.data.TFRecordDataset(path).repeat()\n"
+        "    return rows.shuffle(shuffle_buffer_size, seed=1).batch(2)\n"
+    )
+    (tmp_path / "conf").mkdir()
+    (tmp_path / "conf" / "truncated.yaml").write_text(
+        "dataloader:\n  _target_: truncated_records.build\n"
+        f"  shuffle_buffer_size: 100\n  path: {records}\n"
+    )
+    report = tmp_path / "r.json"
+    env = script_env(PYTHONPATH=str(tmp_path))
+    args = ["--config-dir", str(tmp_path / "conf"), "--config-name", "truncated"]
+    result = run_in_process(SMALL_BUFFER, *args, "--report", str(report), env=env)
+    assert result.returncode == 2, result.stderr[-2000:]
+    [line] = [line for line in result.stderr.splitlines() if line.startswith("✗")]
+    assert line.startswith(
+        "✗ dataloader: the pipeline raised DataLossError while reading its elements: "
+        "truncated record at "
+    ), line
+    assert "function_node" not in line and "[Op:" not in line
+    assert json.loads(report.read_text())["exit_code"] == 2
 
 
 # --- --report: writable up front, written on every exit --------------------------------

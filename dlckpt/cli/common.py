@@ -33,6 +33,7 @@ from dlckpt.job_env import (
     job_environment,
     split_env_assignments,
 )
+from dlckpt.pipeline.build import read_failure
 from dlckpt.report import (
     reset_report,
     start_report,
@@ -180,8 +181,11 @@ def _run_body(body: Callable[[], int], argv: Sequence[str] | None, report: dict[
             code, line = exit_code(interrupt), _interrupted_line(interrupt)
         except Exception as error:
             wrapped = _wrapped_interrupt(error) or received_interrupt()
+            unreadable = read_failure(error)
             if wrapped is not None:  # a library (OmegaConf) re-raised a signal as its own error
                 code, line = exit_code(wrapped), _interrupted_line(wrapped)
+            elif unreadable is not None:
+                code, line = EXIT_USAGE, f"✗ {unreadable}"
             else:
                 code, line = _unexpected(error, argv)
         problem = write_exit_report(

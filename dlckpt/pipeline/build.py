@@ -10,8 +10,10 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import os
+import re
 import sys
 import threading
+import traceback
 from collections.abc import Iterator
 from typing import Any, NoReturn
 
@@ -138,10 +140,27 @@ def instantiate_dataset(dataloader_cfg: Any) -> Any:
             f"dataloader._target_={target!r} returned {type(dataset).__name__}, "
             "expected a tf.data.Dataset"
         )
+    _check_element_kinds(target, dataset)
     from dlckpt.pipeline.seeds import note_build
 
     note_build(dataloader_cfg, dataset)
     return dataset
+
+
+def _check_element_kinds(target: Any, dataset: Any) -> None:
+    """UsageError when an element holds something other than tensors (dense, ragged,
+    sparse): a dataset (window() without a flat_map), an Optional. TensorFlow saves such an
+    iterator, but its batches cannot be read as values, so nothing could be compared (a new
+    user's check ended in exit 4 with "Cannot convert a Tensor of dtype variant")."""
+    tf = import_tensorflow()
+    kinds = (tf.TensorSpec, tf.RaggedTensorSpec, tf.SparseTensorSpec)
+    for spec in tf.nest.flatten(dataset.element_spec, expand_composites=False):
+        if not isinstance(spec, kinds):
+            raise UsageError(
+                f"dataloader: {target} yields elements holding a {type(spec).__name__}; the "
+                "test compares tensors (dense, ragged or sparse): make them tensors first "
+                "(window(n): .flat_map(lambda w: w.batch(n)); an Optional: its value)"
+            )
 
 
 def _import_target(target: Any) -> None:
@@ -175,3 +194,30 @@ def distributed_dataset_text(target: Any, dataset: Any) -> str:
         "process_count, as InputContext's input_pipeline_id and num_input_pipelines; "
         "docs/multi-host.md)"
     )
+
+
+def read_failure(error: BaseException) -> UsageError | None:
+    """The user's pipeline failing as it is read (a TensorFlow error raised by an iterator's
+    next element: a truncated TFRecord's DataLossError, a map's InvalidArgumentError) as
+    bad input naming what it raised; None for any other error. Exit 2, not 4: it is the
+    pipeline that fails, before anything is saved (a new user's check: exit 4 for both)."""
+    tf = sys.modules.get("tensorflow")
+    if tf is None or not isinstance(error, tf.errors.OpError):
+        return None
+    frames = traceback.extract_tb(error.__traceback__)
+    if not any(frame.filename.endswith(_ITERATOR_SOURCE) for frame in frames):
+        return None
+    # Without TensorFlow's wrappers: "{{function_node __wrapped__IteratorGetNext...}}" before
+    # the message, " [Op:IteratorGetNext] name:" after it.
+    message = re.sub(r"\{\{function_node [^}]*\}\}", "", str(error.message))
+    message = re.sub(r"\s*\[Op:\w+\]( name:.*)?$", "", message.strip())
+    detail = " ".join(message.split())[:300]
+    return UsageError(
+        f"dataloader: the pipeline raised {type(error).__name__} while reading its elements: "
+        f"{detail}; it fails without this tool too (`for batch in dataset: pass`): fix it, "
+        "then run again"
+    )
+
+
+# Where TensorFlow raises a dataset iterator's errors (tf.data's Python iterator).
+_ITERATOR_SOURCE = os.path.join("data", "ops", "iterator_ops.py")
