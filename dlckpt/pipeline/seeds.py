@@ -1,4 +1,5 @@
-"""The seeds of a pipeline's random draws (shuffles, random datasets), as one build holds them.
+"""The seeds of a pipeline's random draws (shuffles, random datasets) and its other graph
+constants, as one build holds them.
 
 A job builds its pipeline once per process; a resumed job builds it again in a new process.
 Its draws repeat only if both builds hold the same seeds. They do not when a seed is drawn
@@ -8,7 +9,9 @@ unseeded): both were false passes in a new user's check (session 14). This tool 
 pipeline several times in one process, so every build of a config starts from the random
 state of its first (as_first_build); the round trip's build's seeds are then held to the
 restore process's, and a first build's unseeded draws that a later build has seeded are a
-risk (roundtrip.scenario).
+risk (roundtrip.scenario). The graph's other constants are held the same way: a file list
+shuffled in Python at build time without a seed is one constant in another order in every
+process (a false pass in a new user's check, session 15).
 """
 
 from __future__ import annotations
