@@ -819,13 +819,21 @@ def _cover_the_anchors_slope(calibration: Calibration, anchors: list[list[int]],
     missing = growth[0] - calibration.per_element(at)[0]
     if missing <= 0:
         return
-    calibration.extra_label = "for buffers the sampling did not see (see the notes)"
-    calibration.extra_per_element += missing
-    calibration.unseen_per_element = missing
-    calibration.extra_error = math.hypot(calibration.extra_error, ANCHOR_GROWTH_ERROR * missing)
+    _add_unseen_growth(calibration, missing, "(each buffer's slots)")
+
+
+def _add_unseen_growth(calibration: Calibration, growth: float, why: str) -> None:
+    """Add `growth` bytes per buffer element the anchors show and the sampled buffers do
+    not, with the wide ± of growth seen only between anchors; `why` ends the note."""
+    unseen = "for buffers the sampling did not see (see the notes)"
+    cached = calibration.extra_per_element > 0
+    calibration.extra_label = f"{calibration.extra_label} and {unseen}" if cached else unseen
+    calibration.extra_per_element += growth
+    calibration.unseen_per_element = growth
+    calibration.extra_error = math.hypot(calibration.extra_error, ANCHOR_GROWTH_ERROR * growth)
     calibration.notes.append(
-        f"whole-pipeline saves grow by ~{format_size(missing)} per buffer element more than "
-        "the shuffle buffers measured one by one (each buffer's slots): added, with a wide ±"
+        f"whole-pipeline saves grow by ~{format_size(growth)} per buffer element more than "
+        f"the shuffle buffers measured one by one {why}: added, with a wide ±"
     )
 
 
@@ -860,17 +868,8 @@ def _check_against_anchors(calibration: Calibration, run: _Run) -> None:
     if growth is None:
         return
     if growth > 0:
-        unseen = "for buffers the sampling did not see (see the notes)"
-        cached = calibration.extra_per_element > 0
-        calibration.extra_label = f"{calibration.extra_label} and {unseen}" if cached else unseen
-        calibration.extra_per_element += growth
-        calibration.unseen_per_element = growth
-        calibration.extra_error = math.hypot(calibration.extra_error, ANCHOR_GROWTH_ERROR * growth)
-        calibration.notes.append(
-            f"whole-pipeline saves grow by ~{format_size(growth)} per buffer element more than "
-            "the shuffle buffers measured one by one account for (the configured size also "
-            "reaches a buffer they do not show): added, with a wide ±"
-        )
+        why = "account for (the configured size also reaches a buffer they do not show)"
+        _add_unseen_growth(calibration, growth, why)
     else:
         calibration.extra_error = math.hypot(calibration.extra_error, growth)
         calibration.notes.append(
