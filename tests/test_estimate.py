@@ -415,6 +415,26 @@ def test_a_shuffle_built_with_a_floor_or_a_cap_is_estimated_at_the_size_built(sh
     assert any(f"builds its shuffle buffer with {bound} elements" in n for n in result.notes)
 
 
+@pytest.mark.accuracy
+def test_a_concatenates_later_input_is_sampled_from_its_own_start(tmp_path):
+    """8,000 small vectors, then large ones: at a 20,000 buffer most of it holds large
+    ones, past the sampled first ~6,000 elements. Each input is sampled from its own
+    start and the stream past the sample is taken as the last input's; the stated ± covers
+    a real save (before: a sixth of it with ±3%, on a new user's pipeline of this kind)."""
+    from bench_estimate import shape_config
+
+    from dlckpt.estimate.estimator import estimate
+
+    overrides = ["estimate.cache=false", "dataloader.shuffle_buffer_size=20000"]
+    cfg = shape_config("small_vectors_then_large_ones", tmp_path / "conf", overrides)
+    result = estimate(cfg, say=lambda _: None)
+    real = _real_checkpoint_bytes(cfg, 20_000, tmp_path)
+    error = result.original_bytes / real - 1
+    assert abs(error) <= result.calibration.uncertainty_for(20_000), (error, result.notes)
+    assert result.calibration.uncertainty_for(20_000) < 0.15  # the step is not the spread
+    assert result.calibration.segment_starts == [0, 8000]
+
+
 def test_elements_growing_past_the_sample_widen_the_stated_range(tmp_path):
     """Element i holds 1 + i // 200 floats: at a 20,000 buffer the real save is ~36% above
     what the sample's elements (the first ~6,400) make of it. The sampled chunks' trend is

@@ -20,8 +20,9 @@ from dlckpt.estimate.model import Calibration
 
 # Bump when the calibration procedure changes: old cache entries then no longer match.
 # 8: the shuffle buffer is measured isolated from the pipeline's other buffers (issue 9).
+# 26: a concatenate's inputs sampled each; 25: several sized shuffles on the main line
 # 23: a shuffle built with a floor or a cap; 22: buffers sized from B; 21: RAM of unseen buffers
-ESTIMATOR_VERSION = 25
+ESTIMATOR_VERSION = 26
 
 
 def cache_dir() -> Path:

@@ -87,6 +87,10 @@ class Calibration:
     # never read: cache.ESTIMATOR_VERSION.)
     shuffle_floor: int | None = None
     shuffle_cap: int | None = None
+    # Stream positions where the shuffle's input moves on to the next input of a concatenate
+    # (calibrate._segment_layout samples each from its start): the stream past the sample is
+    # like the last input sampled, and the spread and trend are read within each input.
+    segment_starts: list[int] = field(default_factory=lambda: [0])
 
     def built(self, buffer_size: int) -> int:
         """The shuffle buffer the pipeline builds for a configured `buffer_size`."""
@@ -171,10 +175,12 @@ class Calibration:
             values.append(self._chunk_value(index, int(inside)))
             sampled += inside
         mean = sum(w * v for w, v in zip(weights, values, strict=True)) / sum(weights)
+        if buffer_size > end and len(self.segment_starts) > 1:
+            mean = self._with_the_last_input(mean, end, buffer_size, weights, values)
         if mean <= 0:
             return 0.0, 0.0
         unsampled = max(1.0 - sampled / sum(weights), 0.0)
-        spread = [c[2] + self.slot_bytes for c in self.chunks]
+        spread = self._spread()
         if len(spread) < 2:
             return mean, 0.05  # one chunk: no spread to measure, say so with a wide margin
         stdev = statistics.stdev(spread)
@@ -190,13 +196,48 @@ class Calibration:
             relative = math.hypot(relative, stdev * cut / mean)
         return mean, relative
 
+    def _segment_of(self, start: float) -> int:
+        return max(i for i, first in enumerate(self.segment_starts) if first <= start)
+
+    def _with_the_last_input(
+        self, mean: float, end: int, buffer_size: int, weights: list[float], values: list[float]
+    ) -> float:
+        """The mean over a buffer past the sample (`end`) whose stream went on from one input
+        of a concatenate to the next: the sampled stretch at its mean, the rest like the
+        last input sampled (not like the whole sample: 5,000 small frames, then large ones)."""
+        last = self._segment_of(self.chunks[len(weights) - 1][0])
+        tail = [
+            (w, v) for chunk, w, v in zip(self.chunks, weights, values, strict=False)
+            if self._segment_of(chunk[0]) == last
+        ]  # fmt: skip
+        tail_mean = sum(w * v for w, v in tail) / sum(w for w, _ in tail)
+        return (mean * end + tail_mean * (buffer_size - end)) / buffer_size
+
+    def _spread(self) -> list[float]:
+        """The chunks' values (slot included), about their own input's mean when the stream
+        is a concatenate's inputs: the step between inputs is not the spread of either."""
+        values = [c[2] + self.slot_bytes for c in self.chunks]
+        if len(self.segment_starts) < 2:
+            return values
+        segments = [self._segment_of(c[0]) for c in self.chunks]
+        means = {
+            k: statistics.fmean(v for v, seg in zip(values, segments, strict=True) if seg == k)
+            for k in set(segments)
+        }
+        overall = statistics.fmean(values)
+        return [overall + v - means[k] for v, k in zip(values, segments, strict=True)]
+
     def _trend_share(self, buffer_size: int, end: float, mean: float) -> float:
         """Relative bytes by which elements past the sample may differ when the sampled
         chunks show a trend along the stream (episodes growing longer): the fitted slope of
         bytes per element against position, where it is significant at 95%, carried from
         the sample's middle to the buffer's. An adversarial probe (elements of 1 + i // 200
         floats) had the mean at 20,000 elements 36% above the sample's, with a ±13%."""
-        points = [(start + count / 2, content) for start, count, content in self.chunks]
+        last = self._segment_of(self.chunks[-1][0])  # a trend within the last input read
+        points = [
+            (start + count / 2, content) for start, count, content in self.chunks
+            if self._segment_of(start) == last
+        ]  # fmt: skip
         if len(points) < 3:
             return 0.0
         xs, ys = [x for x, _ in points], [y for _, y in points]

@@ -112,3 +112,18 @@ def memory_cache_before(shuffle_node: Any) -> bool:
     """True when an in-memory Dataset.cache() feeds the shuffle buffer (it keeps every element
     read, so the checkpoint grows with the elements read, not only with the buffer)."""
     return "" in _cache_filenames(shuffle_node._input_dataset)
+
+
+def stream_segments(source: Any) -> list[tuple[int, Any]]:
+    """[(first stream position, dataset)] of the datasets `source` reads one after another:
+    a concatenate that is `source` itself (`a.concatenate(b).shuffle(B)`) splits it at its
+    inputs' lengths, nested ones too; else [(0, source)]. An input of unknown or infinite
+    length ends the split there (what follows it has no known position)."""
+    if type(source).__name__ != "_ConcatenateDataset":
+        return [(0, source)]
+    first = stream_segments(source._input_dataset)
+    length = int(source._input_dataset.cardinality().numpy())
+    if length < 0:
+        return [(0, source)]
+    later = stream_segments(source._dataset_to_concatenate)
+    return first + [(length + start, dataset) for start, dataset in later]
