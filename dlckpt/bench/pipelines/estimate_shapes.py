@@ -327,7 +327,8 @@ def small_vectors_then_large_ones(*, shuffle_buffer_size: int) -> tf.data.Datase
     past 8,000 holds mostly large ones, which the sample of the first ~6,000 never reads
     (a sixth of a real save at 20,000 with ±3%, in a new user's check, session 15)."""
     small = _vectors(162, 8, records=8000)
-    return small.concatenate(_vectors(163, 256)).shuffle(shuffle_buffer_size, seed=39).padded_batch(4)
+    mixed = small.concatenate(_vectors(163, 256))
+    return mixed.shuffle(shuffle_buffer_size, seed=39).padded_batch(4)
 
 
 def elements_growing_along_the_stream(*, shuffle_buffer_size: int) -> tf.data.Dataset:
