@@ -444,6 +444,7 @@ class _Run:
         dataset = self.dataset(self.sizes[0])
         node = self.buffer_node(dataset)
         assert node is not None
+
         def picked_from(source: Any, mine: list[tuple[int, int]]) -> Any:
             starts = tf.constant([s for s, _ in mine], tf.int64)
             ends = tf.constant([s + n for s, n in mine], tf.int64)

@@ -200,7 +200,7 @@ class Calibration:
         return max(i for i, first in enumerate(self.segment_starts) if first <= start)
 
     def _with_the_last_input(
-        self, mean: float, end: int, buffer_size: int, weights: list[float], values: list[float]
+        self, mean: float, end: float, buffer_size: int, weights: list[float], values: list[float]
     ) -> float:
         """The mean over a buffer past the sample (`end`) whose stream went on from one input
         of a concatenate to the next: the sampled stretch at its mean, the rest like the
