@@ -52,6 +52,7 @@ VARIANTS = [
     (GRAPH, "concatenated_with_itself", 16, 4),
     (GRAPH, "global_shuffle_repeated", 16, 4),
     (GRAPH, "file_list_ordered_at_build", 16, 4),
+    (GRAPH, "fused_shuffle_and_repeat", 16, 4),
 ]
 # How a caught run ended: the start of its ✗ line.
 ENDINGS = {

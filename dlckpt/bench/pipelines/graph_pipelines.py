@@ -163,6 +163,15 @@ def file_list_ordered_at_build(
     return _finish(rows.repeat(), shuffle_buffer_size, batch_size)
 
 
+def fused_shuffle_and_repeat(
+    *, shuffle_buffer_size: int, batch_size: int = 4, seed: int | None = None
+) -> tf.data.Dataset:
+    """tf.data.experimental.shuffle_and_repeat over 400 ids: one op holding its repeat, no
+    Repeat node above the shuffle; without a seed each epoch draws a new order."""
+    fused = tf.data.experimental.shuffle_and_repeat(shuffle_buffer_size, seed=seed)
+    return tf.data.Dataset.range(400).apply(fused).batch(batch_size)
+
+
 def long_epoch_unseeded(*, shuffle_buffer_size: int, batch_size: int = 4) -> tf.data.Dataset:
     """10 million ids shuffled without a seed and repeated: an epoch of 2.5 million batches,
     past any test's time budget."""
