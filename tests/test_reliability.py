@@ -282,8 +282,10 @@ def test_bad_input_empty_comparison_never_passes(tmp_path):
 @pytest.mark.parametrize(
     ("exception", "message"),
     [("ValueError", "batch_size must be positive"), ("KeyError", "'camera'"),
-     ("RuntimeError", "no shards under /data/rlds")],
-    ids=["ValueError", "KeyError", "RuntimeError"],
+     ("RuntimeError", "no shards under /data/rlds"),
+     # the builder's own TypeError (a map's int32 % int64), not a settings mismatch
+     ("TypeError", "Input 'y' of 'FloorMod' Op has type int64")],
+    ids=["ValueError", "KeyError", "RuntimeError", "TypeError"],
 )  # fmt: skip
 def test_bad_input_builder_that_raises_is_one_line_with_its_type(
     tmp_path, monkeypatch, exception, message

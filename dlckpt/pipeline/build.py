@@ -121,7 +121,7 @@ def instantiate_dataset(dataloader_cfg: Any) -> Any:
                 f"dataloader._target_={target!r} does not import "
                 f"(expected module.function on PYTHONPATH): {' '.join(str(cause).split())[:300]}"
             ) from None
-        if isinstance(cause, TypeError):
+        if isinstance(cause, TypeError) and _a_call_signature_error(cause):
             # A misspelled or extra key in the dataloader node: the function's own message
             # names the argument.
             raise UsageError(
@@ -161,6 +161,19 @@ def _check_element_kinds(target: Any, dataset: Any) -> None:
                 "test compares tensors (dense, ragged or sparse): make them tensors first "
                 "(window(n): .flat_map(lambda w: w.batch(n)); an Optional: its value)"
             )
+
+
+def _a_call_signature_error(error: TypeError) -> bool:
+    """Whether a TypeError says the call did not fit the function's keyword arguments (a
+    misspelled or extra key), not that the builder's own code failed (an int32 % int64 in a
+    map was once answered "does not accept these settings")."""
+    text = str(error)
+    return any(
+        words in text
+        for words in ("unexpected keyword argument", "required positional argument",
+                      "required keyword-only argument", "positional argument but",
+                      "positional arguments but")
+    )  # fmt: skip
 
 
 def _import_target(target: Any) -> None:

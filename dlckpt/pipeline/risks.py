@@ -501,11 +501,14 @@ def _redrawing_shuffle_risks(graph_def: Any, walked: set[str]) -> list[Risk]:
         if (name, again) in seen or node is None or "Dataset" not in node.op:
             continue
         seen.add((name, again))
+        # A fused shuffle_and_repeat redraws at each pass of the repeat it holds, wherever it
+        # sits (a file list's, under an interleave, passed while it diverged at its next pass).
+        here = again or (UNDER_A_REPEAT if _repeats_itself(nodes, node) else "")
         # The main line's shuffles under a plain repeat are judged by the buffer walk, whose
         # window is planned past their next draw.
-        judged = name in walked and node.op.startswith("Shuffle") and again == UNDER_A_REPEAT
-        if again and not judged and _draws_unseeded(nodes, node):
-            risks.append(_redraw_risk(node, consumer, again))
+        judged = name in walked and node.op.startswith("Shuffle") and here == UNDER_A_REPEAT
+        if here and not judged and _draws_unseeded(nodes, node):
+            risks.append(_redraw_risk(node, consumer, here))
         stack += _inputs_made_anew(node, again, consumer, nodes)
         for function in _functions_of(node):
             risks += _function_shuffle_risks(functions, function, _where(node), read_functions)
@@ -566,34 +569,70 @@ _HANDLES = {20, 21}  # DT_RESOURCE, DT_VARIANT (tensorflow/core/framework/types.
 
 def constants_in(graph_def: Any) -> list[tuple[str, str]]:
     """(what it is, digest) of every constant in the graph and its functions but the random
-    draws' seeds (compared on their own, pipeline.seeds), sorted by digest: functions are
-    named by a per-process counter, values are not.
+    draws' seeds (compared on their own, pipeline.seeds) and those that feed no data (an
+    assertion's message, an unused one): the graph's in node order, which follows the
+    pipeline's structure, then each function's in node order, the functions ordered by
+    their constants (they are named by a per-process counter; their values are not).
 
     Two processes that build one pipeline hold the same constants, or they read other data:
     a file list shuffled in Python or by an eager op at build time without a seed is one
-    constant in another order in every process (a new user's pipeline passed while its
-    resumed read diverged at the next file, ~1,100 elements on).
+    constant in another order in every process, or the same per-file constants in another
+    order (new users' pipelines passed while a resumed read diverged at the next file).
     """
+    start = _output_node(graph_def)
+    main = _body_constants({n.name: n for n in graph_def.node}, [start] if start else None)
+    functions = [
+        _body_constants(
+            {n.name: n for n in f.node_def}, [value.split(":")[0] for value in f.ret.values()]
+        )
+        for f in graph_def.library.function
+    ]
+    blocks = sorted(functions, key=lambda block: [digest for _, digest in block])
+    return main + [entry for block in blocks for entry in block]
+
+
+def _body_constants(nodes: dict[str, Any], roots: list[str] | None) -> list[tuple[str, str]]:
+    """(what it is, digest) of one graph body's data constants, in node order: those the
+    body's results (`roots`; None: all are taken) read through data edges. An assertion's
+    message is read through a control edge only, a string built and dropped not at all
+    (a run id in either was a false alarm in a new user's check)."""
+    live = _read_by(nodes, roots) if roots is not None else set(nodes)
+    consumers: dict[str, str] = {}
+    seed_names: set[str] = set()
+    for node in nodes.values():
+        for name in _data_inputs(node):
+            consumers.setdefault(name, node.op)
+        seed_names.update(name.split(":")[0] for name in _seed_inputs(node) or [])
     found = []
-    for nodes in _bodies(graph_def):
-        consumers: dict[str, str] = {}
-        seed_names: set[str] = set()
-        for node in nodes.values():
-            for name in node.input:
-                consumers.setdefault(name.split(":")[0].lstrip("^"), node.op)
-            seed_names.update(name.split(":")[0] for name in _seed_inputs(node) or [])
-        for node in nodes.values():
-            tensor = node.attr["value"].tensor
-            if node.op != "Const" or node.name in seed_names or tensor.dtype in _HANDLES:
-                continue
-            digest = hashlib.blake2b(tensor.SerializeToString(deterministic=True), digest_size=8)
-            what = f"{consumers.get(node.name, 'unused')}'s constant {_describe(tensor)}"
-            found.append((what, digest.hexdigest()))
-    return sorted(found, key=lambda entry: entry[1])
+    for node in nodes.values():
+        tensor = node.attr["value"].tensor
+        if node.op != "Const" or node.name in seed_names or tensor.dtype in _HANDLES:
+            continue
+        if node.name not in live:
+            continue
+        digest = hashlib.blake2b(tensor.SerializeToString(deterministic=True), digest_size=8)
+        what = f"{consumers.get(node.name, 'a function result')}'s constant {_describe(tensor)}"
+        found.append((what, digest.hexdigest()))
+    return found
+
+
+def _read_by(nodes: dict[str, Any], roots: list[str]) -> set[str]:
+    """The nodes `roots` read through data edges, `roots` included."""
+    live: set[str] = set()
+    stack = list(roots)
+    while stack:
+        name = stack.pop()
+        if name in live or name not in nodes:
+            continue
+        live.add(name)
+        stack += _data_inputs(nodes[name])
+    return live
 
 
 def _describe(tensor: Any) -> str:
     """A TensorProto as dtype[shape] and its first values (strings cut at 60 characters)."""
+    import numpy as np
+
     from dlckpt.runtime.tf_import import import_tensorflow
 
     tf = import_tensorflow()
@@ -603,11 +642,16 @@ def _describe(tensor: Any) -> str:
         return text
     try:  # parse_tensor, not make_ndarray: strings may be packed in tensor_content
         dtype = tf.dtypes.as_dtype(tensor.dtype)
-        values = tf.io.parse_tensor(tensor.SerializeToString(), dtype).numpy().reshape(-1)
+        parsed = tf.io.parse_tensor(tensor.SerializeToString(), dtype).numpy()
+        values = np.array(parsed, dtype=object).reshape(-1)  # a scalar string is bytes
     except Exception:  # a dtype numpy cannot hold: the type and shape say enough
         return text
     shown = [
-        repr(value.decode(errors="replace")[:60] if isinstance(value, bytes) else value.item())
+        repr(
+            value.decode(errors="replace")[:60]
+            if isinstance(value, bytes)
+            else np.asarray(value).item()
+        )
         for value in values[:3]
     ]
     return f"{text} [{', '.join(shown)}{', …' if len(values) > 3 else ''}]"

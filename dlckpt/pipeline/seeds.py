@@ -151,13 +151,20 @@ def differing(here: Seeds, there: Seeds) -> str | None:
 
 
 def differing_constants(here: Constants, there: Constants) -> str | None:
-    """A constant one build holds and the other does not, as text (None: the same)."""
+    """A constant one build holds and the other does not, or the first held in another
+    order, as text (None: the same, in the same order)."""
+    if [digest for _, digest in here] == [digest for _, digest in there]:
+        return None
     theirs = collections.Counter(digest for _, digest in there)
     mine = collections.Counter(digest for _, digest in here)
     only_here = [what for what, digest in here if mine[digest] > theirs[digest]]
     only_there = [what for what, digest in there if theirs[digest] > mine[digest]]
-    if not only_here and not only_there:
-        return None
+    if not only_here and not only_there:  # the same constants, in another order
+        index = next(i for i, (a, b) in enumerate(zip(here, there, strict=True)) if a[1] != b[1])
+        return (
+            f"the same constants in another order: {here[index][0]} here, "
+            f"{there[index][0]} in its place in the restore process"
+        )
     if not only_there:
         return f"{only_here[0]} here, not in the restore process"
     if not only_here:

@@ -541,7 +541,7 @@ def _unverified(run: _RoundTrip) -> str | None:
     if changed:
         return matched + (
             f"the pipeline's graph holds other constants in two processes that build it "
-            f"({changed}): a resumed job reads other data; build it from fixed inputs (sort "
+            f"({changed}): a resumed job may read other data; build it from fixed inputs (sort "
             "a file list; shuffle one with a seed: random.Random(N).shuffle(files), "
             "list_files(..., seed=N)) and keep values drawn at build time out of the graph"
         )

@@ -29,9 +29,13 @@ def test_a_config_is_one_key_whatever_its_buffer_and_form():
     assert plain["shuffle_buffer_size"] == 100  # the caller's mapping is left as it was
 
 
-def test_constants_are_compared_as_a_multiset_and_the_odd_one_is_named():
+def test_constants_are_compared_in_order_and_the_odd_one_is_named():
     here = [("TensorSliceDataset's constant int32[3] [2, 0, 1]", "aa"), ("Batch's 4", "bb")]
-    assert differing_constants(here, list(reversed(here))) is None  # order: function names
+    assert differing_constants(here, list(here)) is None
+    assert differing_constants(here, list(reversed(here))) == (
+        "the same constants in another order: TensorSliceDataset's constant int32[3] [2, 0, 1] "
+        "here, Batch's 4 in its place in the restore process"
+    )  # per-file datasets concatenated in another order (constants_in keeps graph order)
     there = [("TensorSliceDataset's constant int32[3] [1, 2, 0]", "cc"), ("Batch's 4", "bb")]
     assert differing_constants(here, there) == (
         "TensorSliceDataset's constant int32[3] [2, 0, 1] here, "

@@ -6,6 +6,7 @@ pass would come from the off-line one alone."""
 
 from __future__ import annotations
 
+import functools
 import random
 
 import tensorflow as tf
@@ -21,9 +22,15 @@ def file_list_under_interleave(
     batch_size: int = 4,
     seed: int | None = None,
     parallel: bool = True,
+    fused: bool = False,
 ) -> tf.data.Dataset:
-    """A "file list" shuffled, repeated and read through an interleave (TFDS's reader)."""
-    files = tf.data.Dataset.range(6).shuffle(6, seed=seed).repeat()
+    """A "file list" shuffled, repeated and read through an interleave (TFDS's reader);
+    `fused`: with tf.data.experimental.shuffle_and_repeat, one op holding its repeat."""
+    files = tf.data.Dataset.range(6)
+    if fused:
+        files = files.apply(tf.data.experimental.shuffle_and_repeat(6, seed=seed))
+    else:
+        files = files.shuffle(6, seed=seed).repeat()
     reads = files.interleave(
         lambda f: tf.data.Dataset.range(f * 50, f * 50 + 50),
         cycle_length=2, block_length=5,
@@ -150,16 +157,23 @@ def global_shuffle_repeated(
 
 
 def file_list_ordered_at_build(
-    *, shuffle_buffer_size: int, batch_size: int = 4, seed: int | None = None
-) -> tf.data.Dataset:
+    *, shuffle_buffer_size: int, batch_size: int = 4, seed: int | None = None,
+    per_file: bool = False,
+) -> tf.data.Dataset:  # fmt: skip
     """64 "files" (runs of 100 ids) in an order Python draws when the pipeline is built,
     read two at a time: no random op in the graph, but without a seed each process holds
-    another file list, and a resumed job diverges when its next file opens."""
+    another file list, and a resumed job diverges when its next file opens. `per_file`:
+    one dataset per file, concatenated in that order (the same constants in every
+    process, in another order)."""
     files = list(range(64))
     (random.Random(seed) if seed is not None else random).shuffle(files)  # type: ignore[attr-defined]
-    rows = tf.data.Dataset.from_tensor_slices(tf.constant(files, tf.int64)).interleave(
-        lambda file: tf.data.Dataset.range(file * 100, (file + 1) * 100), cycle_length=2
-    )
+    if per_file:
+        each = [tf.data.Dataset.range(file * 100, (file + 1) * 100) for file in files]
+        rows = functools.reduce(lambda a, b: a.concatenate(b), each)
+    else:
+        rows = tf.data.Dataset.from_tensor_slices(tf.constant(files, tf.int64)).interleave(
+            lambda file: tf.data.Dataset.range(file * 100, (file + 1) * 100), cycle_length=2
+        )
     return _finish(rows.repeat(), shuffle_buffer_size, batch_size)
 
 
