@@ -273,12 +273,24 @@ class _Run:
             self.pass_elements = one_pass
         elements, cardinality = self._read_first(source, stage)
         if self.pass_elements is None:
-            segments = stream_segments(source)
+            segments = self._configured_segments()
             self.segment_starts = [start for start, _ in segments]
             self.segment_bytes = [_mean_bytes(elements)] + [
                 _mean_bytes(self._read_first(later, stage)[0]) for _, later in segments[1:]
             ]
         return node, elements, cardinality
+
+    def _configured_segments(self) -> list[tuple[int, Any]]:
+        """graph.stream_segments of the shuffle's input as the pipeline builds it at the
+        configured buffer (never iterated there): an input's length may follow the buffer
+        size (`concatenate(small, large.take(B // 2))`), so the positions at a calibration
+        buffer would not be the configured buffer's."""
+        configured = int(self.cfg.dataloader.get("shuffle_buffer_size") or 0)
+        dataset = self.dataset(max(configured, 1))
+        node = find_shuffle_node(dataset)
+        if node is None:
+            return [(0, None)]
+        return stream_segments(buffer_source(dataset, node))
 
     def check_own_needs(self, element_bytes_: int, chunks: list[tuple[int, int]]) -> None:
         """Refuse (exit 3) when the calibration's own buffers or scratch files cannot fit."""
@@ -461,7 +473,7 @@ class _Run:
         # A concatenate's later inputs are read from their own start, not through the
         # elements before them (see _segment_layout).
         split = self.offline_index is None and len(self.segment_starts) > 1
-        segments = stream_segments(source) if split else [(0, source)]
+        segments = self._configured_segments() if split else [(0, source)]
         parts = []
         for index, (start, segment) in enumerate(segments):
             stop = segments[index + 1][0] if index + 1 < len(segments) else None
