@@ -63,6 +63,20 @@ def test_a_pipeline_diverging_upstream_of_the_shuffle_fails(
     assert list(tmp_path.iterdir()) == []  # scratch removed
 
 
+def test_a_match_despite_deterministic_false_cannot_pass(tmp_path: Path):
+    """Thread timing shows only when it happens to: a nondeterministic interleave matched 52
+    batches and diverged at batch 350 in a new user's check, and the run passed with a
+    warning. A match is now "cannot verify", naming the op and its fix (exit 1)."""
+    lines: list[str] = []
+    outcome = _round_trip("nondeterministic_one_call_at_a_time", 10, 4, tmp_path, lines)
+    assert outcome.failure is not None and outcome.failure.startswith(
+        "CANNOT VERIFY AN EXACT RESUME: the "
+    ), outcome.failure
+    assert "ParallelMap(lambda): runs with deterministic=False" in outcome.failure
+    assert "pass deterministic=True" in outcome.failure
+    assert list(tmp_path.iterdir()) == []  # scratch removed
+
+
 @pytest.mark.slow
 def test_a_resuming_pipeline_passes_and_lists_the_risks_it_checked(tmp_path: Path):
     lines: list[str] = []

@@ -525,7 +525,10 @@ def _unverified(run: _RoundTrip) -> str | None:
         )
     matched = f"the {run.outcome.batches_compared:,} batches compared match, but "
     risks = run.analysis.risks if run.analysis is not None else []
-    blocking = [risk for risk in risks if risk.unverifiable]
+    # Thread timing (deterministic=False) and random state a save skips show only when they
+    # happen to: a match over the window does not rule them out (a nondeterministic
+    # interleave matched 52 batches and diverged at batch 350, in a new user's check).
+    blocking = [r for r in risks if r.unverifiable or r.kind in ("deterministic", "stateful_op")]
     if blocking:
         more = f" ({len(blocking) - 1} more above)" if len(blocking) > 1 else ""
         return matched + blocking[0].line() + more

@@ -31,6 +31,17 @@ def nondeterministic_map(*, shuffle_buffer_size: int, batch_size: int = 4) -> tf
     return dataset.shuffle(shuffle_buffer_size, seed=1).batch(batch_size)
 
 
+def nondeterministic_one_call_at_a_time(
+    *, shuffle_buffer_size: int, batch_size: int = 4
+) -> tf.data.Dataset:
+    """A map with deterministic=False but one parallel call: it keeps its order in practice,
+    so the compared window matches, yet nothing guarantees it will."""
+    dataset = tf.data.Dataset.range(RECORDS).map(
+        lambda i: _features(i, work=1), num_parallel_calls=1, deterministic=False
+    )
+    return dataset.shuffle(shuffle_buffer_size, seed=1).batch(batch_size)
+
+
 def nondeterministic_interleave(
     *, shuffle_buffer_size: int, batch_size: int = 4
 ) -> tf.data.Dataset:
