@@ -272,7 +272,8 @@ class _Run:
         if source is not node._input_dataset and one_pass >= 0:
             self.pass_elements = one_pass
         elements, cardinality = self._read_first(source, stage)
-        if self.pass_elements is None:
+        # Split only where this build reads a concatenate (another build costs a trace).
+        if self.pass_elements is None and len(stream_segments(source)) > 1:
             segments = self._configured_segments()
             self.segment_starts = [start for start, _ in segments]
             self.segment_bytes = [_mean_bytes(elements)] + [
