@@ -568,65 +568,68 @@ _HANDLES = {20, 21}  # DT_RESOURCE, DT_VARIANT (tensorflow/core/framework/types.
 
 
 def constants_in(graph_def: Any) -> list[tuple[str, str]]:
-    """(what it is, digest) of every constant in the graph and its functions but the random
-    draws' seeds (compared on their own, pipeline.seeds) and those that feed no data (an
-    assertion's message, an unused one): the graph's in node order, which follows the
-    pipeline's structure, then each function's in node order, the functions ordered by
-    their constants (they are named by a per-process counter; their values are not).
+    """(what it is, digest) of every constant the pipeline's results read, in the order a
+    walk from the output meets them: each node's data inputs in their order, a function's
+    body where a node carries it (from its results, in their order). The order follows the
+    pipeline's structure, not how the graph happens to list its nodes, which differs from
+    process to process (TFDS's decoders: listed in another order, the same dataflow; a
+    false alarm before). Random draws' seeds are left out (compared on their own,
+    pipeline.seeds), and so is what no result reads through a data edge (an assertion's
+    message, a string built and dropped: a run id there was a false alarm).
 
-    Two processes that build one pipeline hold the same constants, or they read other data:
-    a file list shuffled in Python or by an eager op at build time without a seed is one
-    constant in another order in every process, or the same per-file constants in another
-    order (new users' pipelines passed while a resumed read diverged at the next file).
+    Two processes that build one pipeline hold the same constants in the same places, or
+    they read other data: a file list shuffled in Python or by an eager op at build time
+    without a seed, or per-file datasets concatenated in such an order (new users'
+    pipelines passed while a resumed read diverged at the next file).
     """
+    functions = {f.signature.name: f for f in graph_def.library.function}
+    found: list[tuple[str, str]] = []
+    entered: set[str] = set()
+
+    def walk(nodes: dict[str, Any], roots: list[str]) -> None:
+        consumers: dict[str, str] = {}
+        seed_names: set[str] = set()
+        for node in nodes.values():
+            for name in _data_inputs(node):
+                consumers.setdefault(name, node.op)
+            seed_names.update(name.split(":")[0] for name in _seed_inputs(node) or [])
+        for node in _in_walk_order(nodes, roots):
+            tensor = node.attr["value"].tensor
+            if node.op == "Const" and node.name not in seed_names and tensor.dtype not in _HANDLES:
+                digest = hashlib.blake2b(
+                    tensor.SerializeToString(deterministic=True), digest_size=8
+                )
+                reader = consumers.get(node.name, "a function result")
+                what = f"{reader}'s constant {_describe(tensor)}"
+                found.append((what, digest.hexdigest()))
+            for key in sorted(node.attr):
+                name = node.attr[key].func.name
+                if name in functions and name not in entered:
+                    entered.add(name)
+                    body = functions[name]
+                    results = [body.ret[k].split(":")[0] for k in sorted(body.ret)]
+                    walk({n.name: n for n in body.node_def}, results)
+
     start = _output_node(graph_def)
-    main = _body_constants({n.name: n for n in graph_def.node}, [start] if start else None)
-    functions = [
-        _body_constants(
-            {n.name: n for n in f.node_def}, [value.split(":")[0] for value in f.ret.values()]
-        )
-        for f in graph_def.library.function
-    ]
-    blocks = sorted(functions, key=lambda block: [digest for _, digest in block])
-    return main + [entry for block in blocks for entry in block]
-
-
-def _body_constants(nodes: dict[str, Any], roots: list[str] | None) -> list[tuple[str, str]]:
-    """(what it is, digest) of one graph body's data constants, in node order: those the
-    body's results (`roots`; None: all are taken) read through data edges. An assertion's
-    message is read through a control edge only, a string built and dropped not at all
-    (a run id in either was a false alarm in a new user's check)."""
-    live = _read_by(nodes, roots) if roots is not None else set(nodes)
-    consumers: dict[str, str] = {}
-    seed_names: set[str] = set()
-    for node in nodes.values():
-        for name in _data_inputs(node):
-            consumers.setdefault(name, node.op)
-        seed_names.update(name.split(":")[0] for name in _seed_inputs(node) or [])
-    found = []
-    for node in nodes.values():
-        tensor = node.attr["value"].tensor
-        if node.op != "Const" or node.name in seed_names or tensor.dtype in _HANDLES:
-            continue
-        if node.name not in live:
-            continue
-        digest = hashlib.blake2b(tensor.SerializeToString(deterministic=True), digest_size=8)
-        what = f"{consumers.get(node.name, 'a function result')}'s constant {_describe(tensor)}"
-        found.append((what, digest.hexdigest()))
+    main = {n.name: n for n in graph_def.node}
+    walk(main, [start] if start else list(main))
     return found
 
 
-def _read_by(nodes: dict[str, Any], roots: list[str]) -> set[str]:
-    """The nodes `roots` read through data edges, `roots` included."""
-    live: set[str] = set()
-    stack = list(roots)
+def _in_walk_order(nodes: dict[str, Any], roots: list[str]) -> list[Any]:
+    """The nodes `roots` read through data edges, depth first from the roots, each node's
+    inputs in their order."""
+    order: list[Any] = []
+    seen: set[str] = set()
+    stack = list(reversed(roots))
     while stack:
         name = stack.pop()
-        if name in live or name not in nodes:
+        if name in seen or name not in nodes:
             continue
-        live.add(name)
-        stack += _data_inputs(nodes[name])
-    return live
+        seen.add(name)
+        order.append(nodes[name])
+        stack += reversed(_data_inputs(nodes[name]))
+    return order
 
 
 def _describe(tensor: Any) -> str:

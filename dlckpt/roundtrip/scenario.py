@@ -528,7 +528,9 @@ def _unverified(run: _RoundTrip) -> str | None:
     # Thread timing (deterministic=False) and random state a save skips show only when they
     # happen to: a match over the window does not rule them out (a nondeterministic
     # interleave matched 52 batches and diverged at batch 350, in a new user's check).
-    blocking = [r for r in risks if r.unverifiable or r.kind in ("deterministic", "stateful_op")]
+    blocking = [r for r in risks if r.unverifiable] + [
+        r for r in risks if not r.unverifiable and r.kind in ("deterministic", "stateful_op")
+    ]  # a draw no window reaches first: no run could show it
     if blocking:
         more = f" ({len(blocking) - 1} more above)" if len(blocking) > 1 else ""
         return matched + blocking[0].line() + more
