@@ -193,6 +193,7 @@ class _Run:
         # Where the shuffle's input moves on to the next input of a concatenate, and the mean
         # bytes of each input's first elements (graph.stream_segments; [0] and [] if none).
         self.segment_starts: list[int] = [0]
+        self.shuffle_count = 0  # shuffles anywhere in the graph (graph.shuffle_nodes)
         self.segment_bytes: list[int] = []
         self.element_sizes: list[list[int]] = []
         self.cache_prefixes: list[str] = []
@@ -263,6 +264,7 @@ class _Run:
         self.options = dataset.options()
         self.autotuned = autotunes_buffers(self.options)
         self.cache_prefixes = cache_file_prefixes(dataset)
+        self.shuffle_count = len(shuffle_nodes(dataset))
         node = find_shuffle_node(dataset)
         if node is None:
             return None, [], None
@@ -643,7 +645,7 @@ def _calibrate(run: _Run, stage: Stage, started: float) -> Calibration:
             offline.seconds = time.perf_counter() - started
             return offline
         return _without_shuffle(anchors, sample_bytes, run.batch_bytes, started, notes)
-    if len(run.sized_offline_shuffles()) > 1:
+    if run.shuffle_count > 1 and len(run.sized_offline_shuffles()) > 1:
         # Several buffers follow the configured size (encoded frames shuffled with B, then
         # decoded ones with B // 2): each is sampled and counted at its own share of B.
         # Measured on the main line alone, the second was left to the anchors, whose
