@@ -24,7 +24,8 @@ from typing import Any
 
 # (op, seed, seed2) of every random draw, in graph order (function bodies after the graph).
 Seeds = list[tuple[str, int, int]]
-# (what it is, digest) of every other constant, by digest (pipeline.risks.constants_in).
+# (what it is, digest) of every other constant, in the order a walk from the output meets
+# them (pipeline.risks.constants_in).
 Constants = list[tuple[str, str]]
 
 # Per process: the seeds and constants of the first build of each dataloader config (its
