@@ -491,3 +491,36 @@ def test_dataset_random_inside_a_function_saves_and_only_unseeded_is_a_risk(tmp_
     assert "inside Interleave(lambda), built anew at every call" in risk.where
     lines: list[str] = []
     assert _round_trip(target, 101, tmp_path, lines).failure is None, lines
+
+
+def test_seeds_and_constants_follow_the_dataflow_not_the_graph_listing():
+    """Two processes that build one pipeline may list its nodes and functions in other
+    orders (function names carry per-process counters, which sort `_lambda_99` after
+    `_lambda_100`; TFDS lists its decoders' nodes in another order): the seeds and the
+    constants are read in the order a walk from the output meets them, so a listing in
+    another order reads the same. Read in listing order, the seeds of two seeded
+    shuffles in two functions swapped places: a false alarm on a pipeline that resumes."""
+    import tensorflow as tf
+
+    from dlckpt.pipeline.risks import _read_graph, _seeds_in, constants_in
+
+    def inner(seed: int):
+        return lambda x: tf.data.Dataset.range(x, x + 4).shuffle(4, seed=seed)
+
+    left = tf.data.Dataset.range(3).flat_map(inner(7))
+    right = tf.data.Dataset.from_tensor_slices(tf.constant([10, 20], tf.int64)).flat_map(inner(8))
+    graph_def = _read_graph(tf.data.Dataset.zip(left, right).shuffle(2, seed=9))
+    relisted = type(graph_def)()
+    relisted.CopyFrom(graph_def)
+    relisted.ClearField("node")
+    relisted.node.extend(reversed(graph_def.node))
+    relisted.library.ClearField("function")
+    for function in reversed(graph_def.library.function):
+        copy = relisted.library.function.add()
+        copy.CopyFrom(function)
+        copy.ClearField("node_def")
+        copy.node_def.extend(reversed(function.node_def))
+    seeds = _seeds_in(graph_def)
+    assert sorted(seed2 for _, _, seed2 in seeds) == [7, 8, 9]  # seed: the default graph seed
+    assert _seeds_in(relisted) == seeds
+    assert constants_in(relisted) == constants_in(graph_def)

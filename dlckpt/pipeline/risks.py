@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -549,17 +549,10 @@ def seeds_and_constants(
     dataset: Any,
 ) -> tuple[list[tuple[str, int, int]], list[tuple[str, str]]]:
     """(op, seed, seed2) of every random draw in `dataset`'s graph and its functions, in
-    graph order, and its other constants (constants_in; see pipeline.seeds). Raises
+    walk order (_walked), and its other constants (constants_in; see pipeline.seeds). Raises
     GraphUnreadable for an empty graph."""
     graph_def = _read_graph(dataset)
     return _seeds_in(graph_def), constants_in(graph_def)
-
-
-def _bodies(graph_def: Any) -> list[dict[str, Any]]:
-    """The graph's nodes, then each library function's, by name."""
-    return [{n.name: n for n in graph_def.node}] + [
-        {n.name: n for n in f.node_def} for f in graph_def.library.function
-    ]
 
 
 # Resource and variant constants are handles (a seed generator's, a lookup table's): named
@@ -567,53 +560,76 @@ def _bodies(graph_def: Any) -> list[dict[str, Any]]:
 _HANDLES = {20, 21}  # DT_RESOURCE, DT_VARIANT (tensorflow/core/framework/types.proto)
 
 
+def _walked(graph_def: Any) -> Iterator[tuple[dict[str, Any], Any]]:
+    """(its body's nodes by name, node) for every node the pipeline's results read, in the
+    order a walk from the output meets them: each node's data inputs in their order, a
+    function's body where a node carries it (from its results, in their order), each
+    function once. The order follows the pipeline's structure, not how the graph happens
+    to list its nodes and functions: that differs from process to process (TFDS's
+    decoders are listed in another order with the same dataflow; function names carry
+    per-process counters), and a comparison in listing order raised false alarms."""
+    functions = {f.signature.name: f for f in graph_def.library.function}
+    entered: set[str] = set()
+
+    def walk(nodes: dict[str, Any], roots: list[str]) -> Iterator[tuple[dict[str, Any], Any]]:
+        for node in _in_walk_order(nodes, roots):
+            yield nodes, node
+            for name in _functions_carried(node):
+                if name in functions and name not in entered:
+                    entered.add(name)
+                    body = functions[name]
+                    results = [body.ret[k].split(":")[0] for k in sorted(body.ret)]
+                    yield from walk({n.name: n for n in body.node_def}, results)
+
+    start = _output_node(graph_def)
+    main = {n.name: n for n in graph_def.node}
+    yield from walk(main, [start] if start else list(main))
+
+
+def _functions_carried(node: Any) -> list[str]:
+    """The names of the functions `node` carries in its attributes (one, or a list: a
+    switch_case's branches), in attribute name order."""
+    names = []
+    for key in sorted(node.attr):
+        names.append(node.attr[key].func.name)
+        names += [f.name for f in node.attr[key].list.func]
+    return [name for name in names if name]
+
+
 def constants_in(graph_def: Any) -> list[tuple[str, str]]:
-    """(what it is, digest) of every constant the pipeline's results read, in the order a
-    walk from the output meets them: each node's data inputs in their order, a function's
-    body where a node carries it (from its results, in their order). The order follows the
-    pipeline's structure, not how the graph happens to list its nodes, which differs from
-    process to process (TFDS's decoders: listed in another order, the same dataflow; a
-    false alarm before). Random draws' seeds are left out (compared on their own,
-    pipeline.seeds), and so is what no result reads through a data edge (an assertion's
-    message, a string built and dropped: a run id there was a false alarm).
+    """(what it is, digest) of every constant the pipeline's results read, in walk order
+    (_walked). Random draws' seeds are left out (compared on their own, pipeline.seeds),
+    and so is what no result reads through a data edge (an assertion's message, a string
+    built and dropped: a run id there was a false alarm).
 
     Two processes that build one pipeline hold the same constants in the same places, or
     they read other data: a file list shuffled in Python or by an eager op at build time
     without a seed, or per-file datasets concatenated in such an order (new users'
     pipelines passed while a resumed read diverged at the next file).
     """
-    functions = {f.signature.name: f for f in graph_def.library.function}
     found: list[tuple[str, str]] = []
-    entered: set[str] = set()
-
-    def walk(nodes: dict[str, Any], roots: list[str]) -> None:
-        consumers: dict[str, str] = {}
-        seed_names: set[str] = set()
-        for node in nodes.values():
-            for name in _data_inputs(node):
-                consumers.setdefault(name, node.op)
-            seed_names.update(name.split(":")[0] for name in _seed_inputs(node) or [])
-        for node in _in_walk_order(nodes, roots):
-            tensor = node.attr["value"].tensor
-            if node.op == "Const" and node.name not in seed_names and tensor.dtype not in _HANDLES:
-                digest = hashlib.blake2b(
-                    tensor.SerializeToString(deterministic=True), digest_size=8
-                )
-                reader = consumers.get(node.name, "a function result")
-                what = f"{reader}'s constant {_describe(tensor)}"
-                found.append((what, digest.hexdigest()))
-            for key in sorted(node.attr):
-                name = node.attr[key].func.name
-                if name in functions and name not in entered:
-                    entered.add(name)
-                    body = functions[name]
-                    results = [body.ret[k].split(":")[0] for k in sorted(body.ret)]
-                    walk({n.name: n for n in body.node_def}, results)
-
-    start = _output_node(graph_def)
-    main = {n.name: n for n in graph_def.node}
-    walk(main, [start] if start else list(main))
+    readers: dict[int, tuple[dict[str, str], set[str]]] = {}
+    for nodes, node in _walked(graph_def):
+        if id(nodes) not in readers:
+            readers[id(nodes)] = _readers_and_seeds(nodes)
+        consumers, seed_names = readers[id(nodes)]
+        tensor = node.attr["value"].tensor
+        if node.op == "Const" and node.name not in seed_names and tensor.dtype not in _HANDLES:
+            digest = hashlib.blake2b(tensor.SerializeToString(deterministic=True), digest_size=8)
+            reader = consumers.get(node.name, "a function result")
+            found.append((f"{reader}'s constant {_describe(tensor)}", digest.hexdigest()))
     return found
+
+
+def _readers_and_seeds(nodes: dict[str, Any]) -> tuple[dict[str, str], set[str]]:
+    """For one body: the op that first reads each node, and the names of seed inputs."""
+    consumers: dict[str, str] = {}
+    seed_names: set[str] = set()
+    for node in nodes.values():
+        for name in _data_inputs(node):
+            consumers.setdefault(name, node.op)
+        seed_names.update(_seed_const(nodes, name) for name in _seed_inputs(node) or [])
+    return consumers, seed_names
 
 
 def _in_walk_order(nodes: dict[str, Any], roots: list[str]) -> list[Any]:
@@ -661,14 +677,26 @@ def _describe(tensor: Any) -> str:
 
 
 def _seeds_in(graph_def: Any) -> list[tuple[str, int, int]]:
+    """(op, seed, seed2) of every random draw the results read, in walk order (_walked)."""
     found = []
-    for nodes in _bodies(graph_def):
-        for node in nodes.values():
-            seeds = _seed_inputs(node)
-            if seeds is not None:
-                values = [_const_int(nodes, name) or 0 for name in seeds] + [0, 0]
-                found.append((node.op.split("Dataset")[0], values[0], values[1]))
+    for nodes, node in _walked(graph_def):
+        seeds = _seed_inputs(node)
+        if seeds is not None:
+            values = [_const_int(nodes, _seed_const(nodes, name)) or 0 for name in seeds]
+            values += [0, 0]
+            found.append((node.op.split("Dataset")[0], values[0], values[1]))
     return found
+
+
+def _seed_const(nodes: dict[str, Any], name: str) -> str:
+    """The name of the constant behind a random draw's seed input `name`. In a function
+    body TensorFlow feeds seed2 through `select(seed == 0 and seed2 == 0, 2**31 - 1,
+    seed2)` (random_seed.get_seed in graph mode): its third input holds the seed the
+    user gave. Elsewhere the input itself."""
+    node = nodes.get(name.split(":")[0])
+    if node is not None and node.op == "SelectV2" and len(node.input) == 3:
+        return node.input[2].split(":")[0]
+    return name.split(":")[0]
 
 
 def _seed_inputs(node: Any) -> list[str] | None:
@@ -687,7 +715,9 @@ def _draws_unseeded(nodes: dict[str, Any], node: Any) -> bool:
     global seed set): a shuffle, a global shuffle, or a random dataset (Dataset.random,
     and the choices of sample_from_datasets)."""
     seeds = _seed_inputs(node)
-    return seeds is not None and not any(_const_int(nodes, seed) for seed in seeds)
+    return seeds is not None and not any(
+        _const_int(nodes, _seed_const(nodes, seed)) for seed in seeds
+    )
 
 
 def _consumer_label(node: Any) -> str:

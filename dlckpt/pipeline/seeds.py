@@ -22,7 +22,7 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
-# (op, seed, seed2) of every random draw, in graph order (function bodies after the graph).
+# (op, seed, seed2) of every random draw, in the order a walk from the output meets them.
 Seeds = list[tuple[str, int, int]]
 # (what it is, digest) of every other constant, in the order a walk from the output meets
 # them (pipeline.risks.constants_in).
