@@ -956,22 +956,27 @@ def test_an_interrupt_a_library_rewraps_still_ends_as_interrupted(capsys):
     ("body", "said"),
     [("import sys; sys.exit(5)", "called sys.exit(5)"),
      ("import os; os._exit(3)", "called os._exit(3)"),
-     ("raise KeyboardInterrupt", "raised KeyboardInterrupt while building the dataset, with no signal received")],
-    ids=["sys.exit", "os._exit", "KeyboardInterrupt"],
+     ("raise KeyboardInterrupt", "raised KeyboardInterrupt while building the dataset, with no signal received"),
+     ("raise type('JobAborted', (BaseException,), {})('registry down')",
+      "raised JobAborted while building the dataset: registry down")],
+    ids=["sys.exit", "os._exit", "KeyboardInterrupt", "BaseException"],
 )  # fmt: skip
 def test_bad_input_builder_that_exits_is_one_line_with_the_report(tmp_path, body, said):
+    """A builder that ends the process, or raises what is not an Exception (a
+    BaseException subclass of the user's: a new user's got a 65-line traceback and no
+    report), is bad input: exit 2 in one line, the report written."""
     name = f"exiting_{abs(hash(body))}"
     (tmp_path / f"{name}.py").write_text(f"def build(*, shuffle_buffer_size):\n    {body}\n")
     report = tmp_path / "r.json"
     report.write_text('{"passed": true, "exit_code": 0}')  # a previous run's report
     started = time.monotonic()
-    result = run_script(
+    result = run_in_process(
         SMALL_BUFFER, "--estimate-only", "--config-name", "small", "--report", str(report),
         f"dataloader._target_={name}.build", "~dataloader.batch_size", "~dataloader.image_size",
         "~dataloader.wrist_image_size", "~dataloader.window_size",
         "~dataloader.buffer_encoded_frames", "~dataloader.num_episodes",
         "~dataloader.steps_per_episode",
-        env=script_env(PYTHONPATH=str(tmp_path)), timeout=EXIT_BOUND_SECONDS,
+        env=script_env(PYTHONPATH=str(tmp_path)),
     )  # fmt: skip
     assert time.monotonic() - started < EXIT_BOUND_SECONDS
     assert result.returncode == 2, result.stdout + result.stderr

@@ -21,11 +21,14 @@ def _test_pipelines_importable(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("PYTHONPATH", str(TESTS_DIR / "pipelines"))
 
 
-def _round_trip(target: str, buffer: int, batch: int, tmp_path: Path, lines: list[str]):
+def _round_trip(
+    target: str, buffer: int, batch: int, tmp_path: Path, lines: list[str], **extra: object
+):
     dataloader = {
         "_target_": f"dlckpt.bench.pipelines.resume_pipelines.{target}",
         "shuffle_buffer_size": buffer,
         "batch_size": batch,
+        **extra,
     }
     return round_trip_in_process(dataloader, tmp_path, lines)
 
@@ -63,18 +66,49 @@ def test_a_pipeline_diverging_upstream_of_the_shuffle_fails(
     assert list(tmp_path.iterdir()) == []  # scratch removed
 
 
-def test_a_match_despite_deterministic_false_cannot_pass(tmp_path: Path):
+@pytest.mark.parametrize(
+    ("inside_flat_map", "where"),
+    [(False, "ParallelMap(lambda): runs"), (True, "ParallelMap(lambda) inside FlatMap(lambda): runs")],
+    ids=["main-line", "inside-flat-map"],
+)  # fmt: skip
+def test_a_match_despite_deterministic_false_cannot_pass(tmp_path: Path, inside_flat_map, where):
     """Thread timing shows only when it happens to: a nondeterministic interleave matched 52
     batches and diverged at batch 350 in a new user's check, and the run passed with a
-    warning. A match is now "cannot verify", naming the op and its fix (exit 1)."""
+    warning. A match is now "cannot verify", naming the op and its fix (exit 1). Inside a
+    function (a flat_map's, an interleave's) the setting was not read at all: a new user's
+    pipeline passed and diverged at batch 175."""
     lines: list[str] = []
-    outcome = _round_trip("nondeterministic_one_call_at_a_time", 10, 4, tmp_path, lines)
+    extra = {"inside_flat_map": True} if inside_flat_map else {}
+    outcome = _round_trip("nondeterministic_one_call_at_a_time", 10, 4, tmp_path, lines, **extra)
     assert outcome.failure is not None and outcome.failure.startswith(
         "CANNOT VERIFY AN EXACT RESUME: the "
     ), outcome.failure
-    assert "ParallelMap(lambda): runs with deterministic=False" in outcome.failure
+    assert f"{where} with deterministic=False" in outcome.failure
     assert "pass deterministic=True" in outcome.failure
     assert list(tmp_path.iterdir()) == []  # scratch removed
+
+
+def test_deterministic_false_in_a_load_reader_is_a_risk(tmp_path: Path):
+    """Dataset.load's reader_func runs in a function: an interleave there with
+    deterministic=False (a common way to speed up reading a snapshot) diverged at batch
+    958 in a new user's check while the tool found no risk."""
+    import tensorflow as tf
+
+    from dlckpt.pipeline.risks import analyze
+
+    path = str(tmp_path / "saved")
+    tf.data.Dataset.range(40).save(path, shard_func=lambda x: x % 4)
+
+    def reader(deterministic: bool):
+        return lambda shards: shards.interleave(
+            lambda shard: shard, cycle_length=4, num_parallel_calls=4, deterministic=deterministic
+        )
+
+    for deterministic, risks in [(False, 1), (True, 0)]:
+        loaded = tf.data.Dataset.load(path, reader_func=reader(deterministic))
+        found = [r for r in analyze(loaded.batch(4)).risks if r.kind == "deterministic"]
+        assert len(found) == risks, found
+        assert all("inside Load(" in r.where for r in found), found
 
 
 @pytest.mark.slow

@@ -85,6 +85,13 @@ def _exits_raise(target: Any) -> Iterator[None]:
             f"dataloader: {target} raised KeyboardInterrupt while building the dataset, with no "
             "signal received (expected it to return a tf.data.Dataset)"
         ) from None
+    except Exception:
+        raise  # the caller answers these (Hydra wraps them)
+    except BaseException as raised:  # the user's own BaseException subclass: Hydra passes it
+        raise UsageError(
+            f"dataloader: {target} raised {type(raised).__name__} while building the dataset: "
+            f"{' '.join(str(raised).split())[:300]}"
+        ) from None
     finally:
         _building.target = previous
 

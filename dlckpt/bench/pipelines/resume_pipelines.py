@@ -32,13 +32,25 @@ def nondeterministic_map(*, shuffle_buffer_size: int, batch_size: int = 4) -> tf
 
 
 def nondeterministic_one_call_at_a_time(
-    *, shuffle_buffer_size: int, batch_size: int = 4
+    *, shuffle_buffer_size: int, batch_size: int = 4, inside_flat_map: bool = False
 ) -> tf.data.Dataset:
     """A map with deterministic=False but one parallel call: it keeps its order in practice,
-    so the compared window matches, yet nothing guarantees it will."""
-    dataset = tf.data.Dataset.range(RECORDS).map(
-        lambda i: _features(i, work=1), num_parallel_calls=1, deterministic=False
-    )
+    so the compared window matches, yet nothing guarantees it will. `inside_flat_map`: the
+    map sits in a flat_map's function, over 8 ranges of RECORDS // 8 (a function body, not
+    the main line, holds the setting)."""
+
+    def features(indices: tf.data.Dataset) -> tf.data.Dataset:
+        return indices.map(
+            lambda i: _features(i, work=1), num_parallel_calls=1, deterministic=False
+        )
+
+    if inside_flat_map:
+        part = RECORDS // 8
+        dataset = tf.data.Dataset.range(8).flat_map(
+            lambda k: features(tf.data.Dataset.range(k * part, (k + 1) * part))
+        )
+    else:
+        dataset = features(tf.data.Dataset.range(RECORDS))
     return dataset.shuffle(shuffle_buffer_size, seed=1).batch(batch_size)
 
 
