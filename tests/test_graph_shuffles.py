@@ -524,3 +524,18 @@ def test_seeds_and_constants_follow_the_dataflow_not_the_graph_listing():
     assert sorted(seed2 for _, _, seed2 in seeds) == [7, 8, 9]  # seed: the default graph seed
     assert _seeds_in(relisted) == seeds
     assert constants_in(relisted) == constants_in(graph_def)
+
+
+def test_a_path_under_the_temp_folder_is_the_same_in_the_restore_process(tmp_path):
+    """The restore process runs in the job's own environment, temp folder included: with
+    its TMPDIR pointed at the run's folder, a builder that names a path under the temp
+    folder built another graph there, and pipelines that resume were called "holds other
+    constants" or "does not restore" (a new user's check). Autograph's generated files
+    still go to the run's folder, removed with it."""
+    dataloader = {
+        "_target_": f"{graph_pipelines.__name__}.names_the_temp_folder", "shuffle_buffer_size": 16,
+    }  # fmt: skip
+    lines: list[str] = []
+    outcome = round_trip_in_process(dataloader, tmp_path, lines)
+    assert outcome.failure is None, outcome.failure
+    assert list(tmp_path.iterdir()) == []  # scratch removed

@@ -4,7 +4,8 @@ A same-process restore hides unseeded randomness (the restored pipeline shares t
 process's random state and can look identical), so the restore always runs in a fresh
 Python process (`python -m dlckpt.roundtrip.child REQUEST RESULT`), as a resumed training
 job would. Every caller (the round trip, the strategies, the bench) uses this one protocol:
-a request file in, a result file out, the parent-death signal, a timeout, a private TMPDIR.
+a request file in, a result file out, the parent-death signal, a timeout, the job's own
+environment (its temp folder too), with autograph's generated files in the run's folder.
 """
 
 from __future__ import annotations
@@ -69,13 +70,14 @@ def restore_in_new_process(
                 "prefix": str(prefix),
                 "batches": batches,
                 "format": state_format,
+                "autograph_dir": str(_autograph_dir(workdir)),
             }
         )
     )
     # Each restore writes its own result: a process that dies must not leave an earlier
     # restore's result to be read as its own.
     result_path.unlink(missing_ok=True)
-    child_env = _child_env(workdir, env)
+    child_env = {**os.environ, **(env or {})}
     try:
         completed = subprocess.run(
             die_with_parent(
@@ -112,16 +114,43 @@ def restore_in_new_process(
     )
 
 
-def _child_env(workdir: Path, extra: dict[str, str] | None) -> dict[str, str]:
-    """This process's environment, plus `extra`, with TMPDIR in the run's own folder.
+def _autograph_dir(workdir: Path) -> Path:
+    """The folder for the restore's autograph files: the run's own, removed with it."""
+    folder = workdir / "restore-tmp"
+    folder.mkdir(exist_ok=True)
+    return folder
 
-    The restore's temp files (TensorFlow's autograph writes generated code there) go in
-    this run's folder, removed with it: a restore stopped by an interrupt is killed and
-    cannot remove them itself. It only reads the checkpoint, so nothing large lands here.
+
+def _autograph_files_in(folder: str) -> None:
+    """Have TensorFlow's autograph write the code it generates into `folder`.
+
+    Autograph writes a file per converted function into the temp folder and removes it at
+    exit (atexit); a restore stopped by an interrupt is killed and cannot, so its files go
+    in the run's folder, removed with it. Only autograph's: the user's builder sees the
+    job's own temp folder, as a resumed job would. Pointing the whole process's TMPDIR at
+    the run's folder changed what builders that name a path under the temp folder built
+    (a manifest, a cache, a statistics file): a new user's check got "holds other
+    constants" and "does not restore" for pipelines that resume. Autograph's loader has
+    called tempfile.NamedTemporaryFile this way since TensorFlow 2.2; where it does not,
+    its files go to the temp folder as they would in the job.
     """
-    child_tmp = workdir / "restore-tmp"
-    child_tmp.mkdir(exist_ok=True)
-    return {**os.environ, **(extra or {}), "TMPDIR": str(child_tmp)}
+    import functools
+    import tempfile
+
+    try:
+        from tensorflow.python.autograph.pyct import loader
+    except ImportError:
+        return
+    if getattr(loader, "tempfile", None) is not tempfile:
+        return
+
+    class _InFolder:
+        NamedTemporaryFile = functools.partial(tempfile.NamedTemporaryFile, dir=folder)
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(tempfile, name)
+
+    loader.tempfile = _InFolder()
 
 
 def _build_tf(dataloader_cfg: dict[str, Any]) -> Any:
@@ -147,6 +176,8 @@ def _restore_main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     request = json.loads(Path(args.request).read_text())
     result: dict[str, Any] = {"digests": [], "elements": 0, "ended": False, "restore_seconds": 0.0}
+    if request.get("autograph_dir"):
+        _autograph_files_in(request["autograph_dir"])
     try:
         grain = request.get("format") == GRAIN_STATE
         dataset = _build_grain(request["dataloader"]) if grain else _build_tf(request["dataloader"])
