@@ -334,10 +334,36 @@ def test_bad_input_elements_that_are_not_tensors_are_named(tmp_path, monkeypatch
         instantiate_dataset(cfg)
 
 
-def test_bad_input_a_pipeline_that_fails_as_it_is_read_is_exit_2_naming_the_error(tmp_path):
+# A map that fails at element 60 of a stream read 4 at a time, with no shuffle buffer (the
+# estimate reads a few batches): past the 3 batches before the save, inside the window.
+FAILS_AT_60 = (
+    "import tensorflow as tf\n"
+    "def build(*, shuffle_buffer_size, path):\n"
+    "    size = lambda i: tf.where(i == 60, tf.constant(3, tf.int64), tf.constant(4, tf.int64))\n"
+    "    return tf.data.Dataset.range(10**5).map(lambda i: tf.reshape(tf.range(size(i)), [2, 2])).batch(4)\n"
+)
+TRUNCATED = (
+    "import tensorflow as tf\n"
+    "def build(*, shuffle_buffer_size, path):\n"
+    "    rows = tf.data.TFRecordDataset(path).repeat()\n"
+    "    return rows.shuffle(shuffle_buffer_size, seed=1).batch(2)\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("builder", "buffer", "said"),
+    [(TRUNCATED, 100, "DataLossError while reading its elements: truncated record at "),
+     (FAILS_AT_60, 100, "InvalidArgumentError while reading its elements: Input to reshape is a tensor with 3 values")],
+    ids=["truncated-before-the-save", "map-fails-after-the-save"],
+)  # fmt: skip
+def test_bad_input_a_pipeline_that_fails_as_it_is_read_is_exit_2_naming_the_error(
+    tmp_path, builder, buffer, said
+):
     """A truncated TFRecord file: TensorFlow's DataLossError at the element that reaches
     it. The pipeline fails, not the checkpoint: exit 2, one line with TensorFlow's own words
-    (without its wrappers), and the report written (was exit 4, "the run stopped")."""
+    (without its wrappers), and the report written (was exit 4, "the run stopped"). The
+    same past the save, where a new iterator that saves nothing fails alike (was exit 1,
+    "THE RUNNING PIPELINE FAILED AFTER THE SAVE" with a hint about snapshots)."""
     import tensorflow as tf
 
     records = tmp_path / "records.tfrecord"
@@ -345,29 +371,23 @@ def test_bad_input_a_pipeline_that_fails_as_it_is_read_is_exit_2_naming_the_erro
         for index in range(50):
             writer.write(b"x" * 100 + bytes([index]))
     records.write_bytes(records.read_bytes()[:-60])  # cut inside the last record
-    (tmp_path / "truncated_records.py").write_text(
-        "import tensorflow as tf\n"
-        "def build(*, shuffle_buffer_size, path):\n"
-        "    rows = tf.data.TFRecordDataset(path).repeat()\n"
-        "    return rows.shuffle(shuffle_buffer_size, seed=1).batch(2)\n"
-    )
+    (tmp_path / "failing_reads.py").write_text(builder)
     (tmp_path / "conf").mkdir()
-    (tmp_path / "conf" / "truncated.yaml").write_text(
-        "dataloader:\n  _target_: truncated_records.build\n"
-        f"  shuffle_buffer_size: 100\n  path: {records}\n"
+    (tmp_path / "conf" / "failing.yaml").write_text(
+        "dataloader:\n  _target_: failing_reads.build\n"
+        f"  shuffle_buffer_size: {buffer}\n  path: {records}\n"
     )
     report = tmp_path / "r.json"
     env = script_env(PYTHONPATH=str(tmp_path))
-    args = ["--config-dir", str(tmp_path / "conf"), "--config-name", "truncated"]
+    args = ["--config-dir", str(tmp_path / "conf"), "--config-name", "failing"]
     result = run_in_process(SMALL_BUFFER, *args, "--report", str(report), env=env)
-    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-2000:]
     [line] = [line for line in result.stderr.splitlines() if line.startswith("✗")]
-    assert line.startswith(
-        "✗ dataloader: the pipeline raised DataLossError while reading its elements: "
-        "truncated record at "
-    ), line
+    assert line.startswith(f"✗ dataloader: the pipeline raised {said}"), line
     assert "function_node" not in line and "[Op:" not in line
     assert json.loads(report.read_text())["exit_code"] == 2
+    if builder == FAILS_AT_60:  # read past the save: what the run promises to do
+        assert "✓ Saved the iterator after 3 batches" in result.stdout, result.stdout
 
 
 # --- --report: writable up front, written on every exit --------------------------------

@@ -228,6 +228,8 @@ class PipelineAnalysis:
     seeds: list[tuple[str, int, int]] | None = None
     # (what it is, digest) of every other constant, as this build holds them (pipeline.seeds).
     constants: list[tuple[str, str]] | None = None
+    # A snapshot, or a cache() to files: iterators share state on disk (None: not read).
+    state_on_disk: bool | None = None
 
 
 class GraphUnreadable(Exception):
@@ -454,6 +456,7 @@ def analyze(dataset: Any) -> PipelineAnalysis:
     ]
     analysis.seeds = _seeds_in(graph_def)
     analysis.constants = constants_in(graph_def)
+    analysis.state_on_disk = _keeps_state_on_disk(graph_def)
     _walk_buffers(dataset, graph_def, nodes, analysis)
     analysis.risks.extend(_redrawing_shuffle_risks(graph_def, analysis.walked))
     for risk in analysis.risks:
@@ -696,6 +699,20 @@ def _seeds_in(graph_def: Any) -> list[tuple[str, int, int]]:
             values += [0, 0]
             found.append((node.op.split("Dataset")[0], values[0], values[1]))
     return found
+
+
+def _keeps_state_on_disk(graph_def: Any) -> bool:
+    """Whether the pipeline writes state that its iterators share on disk: a snapshot, or
+    a cache() to files (its filename input not empty). A second iterator then reads what
+    the first wrote, or meets its lock."""
+    for nodes, node, _ in _walked(graph_def):
+        if node.op.startswith("Snapshot"):
+            return True
+        if node.op.startswith("CacheDataset") and len(node.input) > 1:
+            name = nodes.get(node.input[1].split(":")[0])
+            if name is None or name.op != "Const" or name.attr["value"].tensor.string_val != [b""]:
+                return True
+    return False
 
 
 def _seed_const(nodes: dict[str, Any], name: str) -> str:

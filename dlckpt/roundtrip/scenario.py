@@ -222,12 +222,16 @@ def _save(run: _RoundTrip, dataset: Any, iterator: Any, save_dir: Path, disk_ful
     return None
 
 
-def _read_expected(run: _RoundTrip, iterator: Any) -> bool:
+def _read_expected(run: _RoundTrip, iterator: Any, dataset: Any) -> bool:
     """Digest the window's batches from the original iterator, within the time budget.
 
     False (and the ✗ line in the outcome) when the pipeline raises after the save: a job
     would fail there after its first save (Dataset.snapshot does while it writes, measured
     on TF 2.21 by a new user's check: InternalError, in one process, no restore involved).
+    Raises UsageError (exit 2) when a new iterator that saves nothing fails as well, with
+    the same error: the pipeline itself fails there (a new user's map failing at element
+    60 was told about snapshots, exit 1). Not asked of a pipeline whose iterators share
+    state on disk (a snapshot, a file cache): a new iterator reads what the first wrote.
     """
     import time
 
@@ -239,6 +243,8 @@ def _read_expected(run: _RoundTrip, iterator: Any) -> bool:
     try:
         run.expected = take_digests(iterator, run.window.batches, deadline)
     except import_tensorflow().errors.OpError as error:
+        if run.analysis is not None and run.analysis.state_on_disk is False:
+            _fails_without_a_save(run, dataset, error)
         detail = " ".join(str(error.message).split())[:300]
         run.outcome.failure = (
             "THE RUNNING PIPELINE FAILED AFTER THE SAVE: reading on from the iterator just "
@@ -256,6 +262,27 @@ def _read_expected(run: _RoundTrip, iterator: Any) -> bool:
             f"{run.window.reason()}; raise roundtrip.window_seconds to compare them all"
         )
     return True
+
+
+def _fails_without_a_save(run: _RoundTrip, dataset: Any, error: Any) -> None:
+    """Raise read_failure's UsageError when a new iterator of `dataset`, never saved, raises
+    `error` again (same type and message, without TensorFlow's wrappers) within the
+    batches the run read; return when it does not (or the window's time budget ends)."""
+    import time
+
+    from dlckpt.pipeline.build import read_failure
+    from dlckpt.roundtrip.digest import take_digests
+    from dlckpt.runtime.tf_import import import_tensorflow
+
+    settings = run.cfg.roundtrip
+    batches = int(settings.batches_before_save) + int(run.window.batches) + 1
+    deadline = time.monotonic() + float(settings.window_seconds)
+    try:
+        take_digests(iter(dataset), batches, deadline)
+    except import_tensorflow().errors.OpError as again:
+        answer, first = read_failure(again), read_failure(error)
+        if answer is not None and first is not None and str(answer) == str(first):
+            raise answer from None
 
 
 def _likely_cause(run: _RoundTrip) -> str:
@@ -729,7 +756,7 @@ def _trip_through_tensorflow_gcs(
     if on_gcs is None:
         held.written = False  # nothing is left under the run prefix
         return
-    if not _read_expected(run, iterator):
+    if not _read_expected(run, iterator, dataset):
         return
     del iterator, dataset  # one live iterator at a time
     _restore_and_compare(run, "bucket (gs://, TensorFlow's filesystem)", on_gcs.prefix)
@@ -761,7 +788,7 @@ def _trip_through_a_saved_copy(
         f"{saved.prefix.parent}: {saved.files} files, {format_size(saved.bytes)} "
         f"in {saved.save_seconds:.1f} s"
     )
-    if not _read_expected(run, iterator):
+    if not _read_expected(run, iterator, dataset):
         return
     del iterator, dataset  # one live iterator at a time (cache files, readers)
     destination = held.destination
