@@ -539,3 +539,20 @@ def test_a_path_under_the_temp_folder_is_the_same_in_the_restore_process(tmp_pat
     outcome = round_trip_in_process(dataloader, tmp_path, lines)
     assert outcome.failure is None, outcome.failure
     assert list(tmp_path.iterdir()) == []  # scratch removed
+
+
+def test_a_generator_the_builders_module_holds_starts_each_build_where_the_first_did(tmp_path):
+    """A seeded generator held at module level that each build draws a file order from:
+    a job builds once per process, so it resumes exactly. This tool builds more than once
+    in its process (the estimator's builds come first); the round trip's build drew the
+    next order, and a new user's pipeline was told "holds other constants" (exit 1)."""
+    from dlckpt.pipeline.build import instantiate_dataset
+
+    dataloader = {
+        "_target_": f"{graph_pipelines.__name__}.file_list_ordered_at_build",
+        "shuffle_buffer_size": 16, "module_generator": True, "batch_size": 3,
+    }  # fmt: skip
+    instantiate_dataset(OmegaConf.create({**dataloader, "shuffle_buffer_size": 8}))  # as the estimator
+    lines: list[str] = []
+    assert round_trip_in_process(dataloader, tmp_path, lines).failure is None, lines
+    assert list(tmp_path.iterdir()) == []  # scratch removed

@@ -47,23 +47,69 @@ def as_first_build(dataloader_cfg: Any) -> Iterator[None]:
     build had other seeds than the restore process's single build, and pipelines that
     resume exactly in a job were failed (a new user's check, session 14: six of them).
     The state is TensorFlow's global seed and its op-seed generator, numpy's and Python's
-    global generators. The caller has imported the builder's module already (an import
-    may set a seed). After a later build, the state it found is put back.
+    global generators, and the generators the builder's module holds at module level (a
+    seeded `np.random.default_rng(0)` that each build draws a file order from: one build
+    per process in a job, so it resumes; a new user's check got a false alarm). The caller
+    has imported the builder's module already (an import may set a seed). After a later
+    build, the state it found is put back.
     """
     key = config_key(dataloader_cfg)
+    module = _builder_module(dataloader_cfg)
     if key not in _FIRST_STATE:
-        _FIRST_STATE[key] = _random_state()
+        _FIRST_STATE[key] = _random_state(module)
         yield
         return
-    found = _random_state()
-    _set_random_state(_FIRST_STATE[key])
+    found = _random_state(module)
+    _set_random_state(_FIRST_STATE[key], module)
     try:
         yield
     finally:
-        _set_random_state(found)
+        _set_random_state(found, module)
 
 
-def _random_state() -> tuple[Any, ...]:
+def _builder_module(dataloader_cfg: Any) -> Any:
+    """The imported module of the config's `_target_` (None: not imported, or no target)."""
+    import sys
+
+    target = str(dataloader_cfg.get("_target_") or "")
+    return sys.modules.get(target.rpartition(".")[0]) if "." in target else None
+
+
+def _module_generators(module: Any) -> dict[str, Any]:
+    """The random generators `module` holds in its globals, by name: numpy's Generator and
+    RandomState, Python's random.Random (a module's own generators; not the global ones,
+    kept apart in _random_state)."""
+    import random
+
+    import numpy as np
+
+    kinds = (np.random.Generator, np.random.RandomState, random.Random)
+    names = vars(module).items() if module is not None else ()
+    return {name: value for name, value in names if isinstance(value, kinds)}
+
+
+def _generator_state(generator: Any) -> Any:
+    import numpy as np
+
+    if isinstance(generator, np.random.Generator):
+        return generator.bit_generator.state
+    if isinstance(generator, np.random.RandomState):
+        return generator.get_state()
+    return generator.getstate()
+
+
+def _set_generator_state(generator: Any, state: Any) -> None:
+    import numpy as np
+
+    if isinstance(generator, np.random.Generator):
+        generator.bit_generator.state = state
+    elif isinstance(generator, np.random.RandomState):
+        generator.set_state(state)
+    else:
+        generator.setstate(state)
+
+
+def _random_state(module: Any = None) -> tuple[Any, ...]:
     import random
 
     import numpy as np
@@ -71,10 +117,11 @@ def _random_state() -> tuple[Any, ...]:
 
     generator = getattr(context.context(), "_rng", None)  # set by tf.random.set_seed
     op_seeds = generator.getstate() if generator is not None else None
-    return context.global_seed(), op_seeds, np.random.get_state(), random.getstate()
+    held = {name: _generator_state(g) for name, g in _module_generators(module).items()}
+    return context.global_seed(), op_seeds, np.random.get_state(), random.getstate(), held
 
 
-def _set_random_state(state: tuple[Any, ...]) -> None:
+def _set_random_state(state: tuple[Any, ...], module: Any = None) -> None:
     import random
 
     import numpy as np
@@ -82,12 +129,16 @@ def _set_random_state(state: tuple[Any, ...]) -> None:
 
     from dlckpt.runtime.tf_import import import_tensorflow
 
-    global_seed, op_seeds, numpy_state, python_state = state
+    global_seed, op_seeds, numpy_state, python_state, held = state
     import_tensorflow().random.set_seed(global_seed)
     if op_seeds is not None:
         context.context()._rng.setstate(op_seeds)
     np.random.set_state(numpy_state)
     random.setstate(python_state)
+    generators = _module_generators(module)
+    for name, generator_state in held.items():
+        if name in generators:
+            _set_generator_state(generators[name], generator_state)
 
 
 def _read_build(dataset: Any) -> tuple[Seeds, Constants] | None:

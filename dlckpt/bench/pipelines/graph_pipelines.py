@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import random
 
+import numpy as np
 import tensorflow as tf
 
 
@@ -156,17 +157,26 @@ def global_shuffle_repeated(
     return shuffled.batch(batch_size).with_options(options)
 
 
+# A seeded generator held at module level, as a user's module may hold one: each build
+# draws the next order from it, and a job builds once per process.
+_FILE_ORDER = np.random.default_rng(0)
+
+
 def file_list_ordered_at_build(
     *, shuffle_buffer_size: int, batch_size: int = 4, seed: int | None = None,
-    per_file: bool = False,
+    per_file: bool = False, module_generator: bool = False,
 ) -> tf.data.Dataset:  # fmt: skip
     """64 "files" (runs of 100 ids) in an order Python draws when the pipeline is built,
     read two at a time: no random op in the graph, but without a seed each process holds
     another file list, and a resumed job diverges when its next file opens. `per_file`:
     one dataset per file, concatenated in that order (the same constants in every
-    process, in another order)."""
+    process, in another order). `module_generator`: the order drawn from a seeded
+    generator this module holds (the same first draw in every process)."""
     files = list(range(64))
-    (random.Random(seed) if seed is not None else random).shuffle(files)  # type: ignore[attr-defined]
+    if module_generator:
+        files = [int(file) for file in _FILE_ORDER.permutation(files)]
+    else:
+        (random.Random(seed) if seed is not None else random).shuffle(files)  # type: ignore[attr-defined]
     if per_file:
         each = [tf.data.Dataset.range(file * 100, (file + 1) * 100) for file in files]
         rows = functools.reduce(lambda a, b: a.concatenate(b), each)
