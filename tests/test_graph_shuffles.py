@@ -552,7 +552,9 @@ def test_a_generator_the_builders_module_holds_starts_each_build_where_the_first
         "_target_": f"{graph_pipelines.__name__}.file_list_ordered_at_build",
         "shuffle_buffer_size": 16, "module_generator": True, "batch_size": 3,
     }  # fmt: skip
-    instantiate_dataset(OmegaConf.create({**dataloader, "shuffle_buffer_size": 8}))  # as the estimator
+    instantiate_dataset(
+        OmegaConf.create({**dataloader, "shuffle_buffer_size": 8})
+    )  # as the estimator
     lines: list[str] = []
     assert round_trip_in_process(dataloader, tmp_path, lines).failure is None, lines
     assert list(tmp_path.iterdir()) == []  # scratch removed
