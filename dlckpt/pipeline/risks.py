@@ -457,6 +457,7 @@ def analyze(dataset: Any) -> PipelineAnalysis:
     analysis.seeds = _seeds_in(graph_def)
     analysis.constants = constants_in(graph_def)
     analysis.state_on_disk = _keeps_state_on_disk(graph_def)
+    analysis.risks.extend(_file_cache_risks(graph_def))
     _walk_buffers(dataset, graph_def, nodes, analysis)
     analysis.risks.extend(_redrawing_shuffle_risks(graph_def, analysis.walked))
     for risk in analysis.risks:
@@ -701,18 +702,46 @@ def _seeds_in(graph_def: Any) -> list[tuple[str, int, int]]:
     return found
 
 
+def _cache_filenames(graph_def: Any) -> list[str]:
+    """The file prefixes of the graph's cache() to files ("?" where not a constant)."""
+    found = []
+    for nodes, node, _ in _walked(graph_def):
+        if node.op.startswith("CacheDataset") and len(node.input) > 1:
+            name = nodes.get(node.input[1].split(":")[0])
+            if name is None or name.op != "Const":
+                found.append("?")
+            elif (value := b"".join(name.attr["value"].tensor.string_val)) != b"":
+                found.append(value.decode(errors="replace"))
+    return found
+
+
+def _file_cache_risks(graph_def: Any) -> Iterable[Risk]:
+    """A cache() to files, written while the iterator is saved (measured on TF 2.21): each
+    save closes a partial shard (PREFIX_0.index, .data-…, and its .lockfile, kept); a
+    fresh start of the pipeline then fails with "Existing cache files found", and a job
+    killed before the pass ends leaves the lock its restored iterator trips on
+    (AlreadyExistsError: a new user's check). A graceful resume, what the round trip
+    compares, works: named, not blocking a pass."""
+    for filename in _cache_filenames(graph_def):
+        yield Risk(
+            "file_cache",
+            f"cache({filename!r})",
+            "is written while the iterator is saved: each save leaves a partial cache "
+            f"({filename}_N.index, .data-…, .lockfile; this run's saves too); a fresh start "
+            "then fails with \"Existing cache files found\", and a job killed before its "
+            "first pass ends cannot restore (AlreadyExistsError on the lockfile)",
+            "fill the cache before training (iterate the cached dataset once), cache in "
+            f"memory (cache()), or save only after the first pass; remove {filename}_* "
+            "before a fresh start",
+        )
+
+
 def _keeps_state_on_disk(graph_def: Any) -> bool:
     """Whether the pipeline writes state that its iterators share on disk: a snapshot, or
     a cache() to files (its filename input not empty). A second iterator then reads what
     the first wrote, or meets its lock."""
-    for nodes, node, _ in _walked(graph_def):
-        if node.op.startswith("Snapshot"):
-            return True
-        if node.op.startswith("CacheDataset") and len(node.input) > 1:
-            name = nodes.get(node.input[1].split(":")[0])
-            if name is None or name.op != "Const" or name.attr["value"].tensor.string_val != [b""]:
-                return True
-    return False
+    snapshots = any(node.op.startswith("Snapshot") for _, node, _ in _walked(graph_def))
+    return snapshots or bool(_cache_filenames(graph_def))
 
 
 def _seed_const(nodes: dict[str, Any], name: str) -> str:

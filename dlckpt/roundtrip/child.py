@@ -11,6 +11,7 @@ environment (its temp folder too), with autograph's generated files in the run's
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import subprocess
@@ -192,6 +193,11 @@ def _restore_main(argv: list[str]) -> int:
         result["restore_seconds"] = time.perf_counter() - started
         stream = take_digests(iterator, request["batches"])
         result.update(digests=stream.digests, elements=stream.elements, ended=stream.ended)
+        # This process ends with os._exit (runtime.signals.exit_process): an iterator still
+        # alive then keeps what it holds on disk. A cache() to files keeps its lockfile and
+        # the user's next run of the pipeline fails (AlreadyExistsError; a new user's check).
+        del iterator, dataset
+        gc.collect()
     except Exception as error:
         result["error"] = (
             f"restore failed: {type(error).__name__}: {' '.join(str(error).split())[:300]}"

@@ -627,7 +627,7 @@ def _say_risks_checked(run: _RoundTrip) -> None:
         if run.analysis.risks:
             run.say(
                 "⚠ Matched this time, but the risks above can still break a resume "
-                "(thread timing, skipped state); fix them to make it certain"
+                "(a preemption, files left on disk); fix them to make it certain"
             )
         elif run.analysis.checked:  # only when the graph was actually read
             run.say(f"✓ No risk to an exact resume found ({'; '.join(run.analysis.checked)})")
