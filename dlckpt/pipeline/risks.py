@@ -728,7 +728,7 @@ def _file_cache_risks(graph_def: Any) -> Iterable[Risk]:
             f"cache({filename!r})",
             "is written while the iterator is saved: each save leaves a partial cache "
             f"({filename}_N.index, .data-…, .lockfile; this run's saves too); a fresh start "
-            "then fails with \"Existing cache files found\", and a job killed before its "
+            'then fails with "Existing cache files found", and a job killed before its '
             "first pass ends cannot restore (AlreadyExistsError on the lockfile)",
             "fill the cache before training (iterate the cached dataset once), cache in "
             f"memory (cache()), or save only after the first pass; remove {filename}_* "

@@ -626,8 +626,8 @@ def _say_risks_checked(run: _RoundTrip) -> None:
     if run.outcome.passed and run.analysis is not None:
         if run.analysis.risks:
             run.say(
-                "⚠ Matched this time, but the risks above can still break a resume "
-                "(a preemption, files left on disk); fix them to make it certain"
+                "⚠ Matched this time, but the risks above can still break a resume in "
+                "ways this run does not stage; fix them to make it certain"
             )
         elif run.analysis.checked:  # only when the graph was actually read
             run.say(f"✓ No risk to an exact resume found ({'; '.join(run.analysis.checked)})")
