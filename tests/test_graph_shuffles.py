@@ -558,3 +558,27 @@ def test_a_generator_the_builders_module_holds_starts_each_build_where_the_first
     lines: list[str] = []
     assert round_trip_in_process(dataloader, tmp_path, lines).failure is None, lines
     assert list(tmp_path.iterdir()) == []  # scratch removed
+
+
+@pytest.mark.parametrize("sort", [False, True], ids=["unseeded-order", "sorted"])
+def test_a_manifest_the_builder_writes_in_another_order_cannot_pass(tmp_path, sort):
+    """The graph holds only the manifest's path; the builder writes its lines in an order
+    drawn without a seed, so the restore process's build rewrites it in another: a new
+    user's pipeline (episodes deduplicated with set()) passed, and a resumed job read other
+    episodes at batch 72. A small file the graph names counts as part of the constant.
+    Sorted, it passes."""
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    dataloader = {
+        "_target_": f"{graph_pipelines.__name__}.manifest_written_at_build",
+        "shuffle_buffer_size": 16, "path": str(tmp_path / "manifest.txt"), "sort": sort,
+    }  # fmt: skip
+    lines: list[str] = []
+    failure = round_trip_in_process(dataloader, scratch, lines).failure
+    if sort:
+        assert failure is None, failure
+    else:
+        assert failure is not None and failure.startswith("CANNOT VERIFY AN EXACT RESUME"), failure
+        assert "holds other constants in two processes" in failure
+        assert "manifest.txt' holds other bytes in the restore process" in failure
+    assert list(scratch.iterdir()) == []  # scratch removed

@@ -17,6 +17,7 @@ import math
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 # Buffers sized AUTOTUNE (-1) have no size in the graph; assume this many (a generous
@@ -632,6 +633,50 @@ def constants_in(graph_def: Any) -> list[tuple[str, str]]:
             digest = hashlib.blake2b(tensor.SerializeToString(deterministic=True), digest_size=8)
             reader = consumers.get(node.name, "a function result")
             found.append((f"{reader}'s constant {_describe(tensor)}", digest.hexdigest()))
+            found += _small_files_named(tensor, reader)
+    return found
+
+
+# A file the graph names by path is digested when it is this small (a manifest, a file list,
+# a statistics file), up to this many bytes in all: record shards are left to the data.
+_SMALL_FILE_BYTES, _SMALL_FILES_TOTAL = 4 * 2**20, 32 * 2**20
+
+
+def _small_files_named(tensor: Any, reader: str) -> list[tuple[str, str]]:
+    """(what it is, digest) of the small local files a string constant names, in its order.
+
+    A builder that writes a file (a manifest of episodes in set() order, which follows the
+    per-process hash seed) and has the graph read it holds the same constant, the path, in
+    every process, but the file says something else: a new user's pipeline passed, and a
+    resumed job read other episodes at its next file. Its contents count as the constant's.
+    """
+    from dlckpt.runtime.tf_import import import_tensorflow
+
+    tf = import_tensorflow()
+    if tensor.dtype != tf.string.as_datatype_enum:
+        return []
+    shape = [dim.size for dim in tensor.tensor_shape.dim]
+    if math.prod(shape) > 10_000:
+        return []
+    try:
+        parsed = tf.io.parse_tensor(tensor.SerializeToString(), tf.string).numpy()
+    except Exception:  # not a tensor TensorFlow can parse back: the constant says enough
+        return []
+    found, total = [], 0
+    for value in [parsed] if isinstance(parsed, bytes) else parsed.reshape(-1).tolist():
+        path = value.decode(errors="replace")
+        try:
+            size = os.stat(path).st_size if os.path.isfile(path) else None
+        except (OSError, ValueError):  # a string that is no path
+            size = None
+        if size is None or size > _SMALL_FILE_BYTES or total + size > _SMALL_FILES_TOTAL:
+            continue
+        total += size
+        try:
+            digest = hashlib.blake2b(Path(path).read_bytes(), digest_size=8).hexdigest()
+        except OSError:
+            continue
+        found.append((f"{reader}'s file {path!r}", digest))
     return found
 
 

@@ -221,4 +221,6 @@ def differing_constants(here: Constants, there: Constants) -> str | None:
         return f"{only_here[0]} here, not in the restore process"
     if not only_here:
         return f"{only_there[0]} in the restore process, not here"
+    if only_here[0] == only_there[0]:  # a file the graph names: the same path, other bytes
+        return f"{only_here[0]} holds other bytes in the restore process"
     return f"{only_here[0]} here, {only_there[0]} in the restore process"

@@ -278,3 +278,24 @@ def names_the_temp_folder(*, shuffle_buffer_size: int, batch_size: int = 4) -> t
     where = tf.data.Dataset.from_tensors(tf.constant(tempfile.gettempdir())).repeat()
     numbers = tf.data.Dataset.range(10**6).map(lambda i: i * 3)
     return _finish(tf.data.Dataset.zip(numbers, where), shuffle_buffer_size, batch_size)
+
+
+def manifest_written_at_build(
+    *, shuffle_buffer_size: int, path: str, batch_size: int = 4, sort: bool = False
+) -> tf.data.Dataset:
+    """64 "episodes" (runs of 1,000 ids) listed in a manifest file the builder writes in
+    an order Python draws without a seed (as set() order follows the hash seed), read by
+    the graph: the graph holds only the manifest's path, and a resumed job reads other
+    episodes when its next one opens. `sort`: written in a fixed order."""
+    episodes = list(range(64))
+    if sort:
+        episodes.sort()
+    else:
+        random.shuffle(episodes)
+    with open(path, "w") as manifest:
+        manifest.write("".join(f"{episode}\n" for episode in episodes))
+    rows = tf.data.TextLineDataset(path).map(lambda line: tf.strings.to_number(line, tf.int64))
+    rows = rows.interleave(
+        lambda episode: tf.data.Dataset.range(episode * 1000, (episode + 1) * 1000), cycle_length=2
+    )
+    return _finish(rows.repeat(), shuffle_buffer_size, batch_size)
