@@ -99,6 +99,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     names = [target for _, target, _, _ in VARIANTS]
     parser.add_argument("--only", nargs="+", choices=names, help="these pipelines only")
     args = parser.parse_args(argv)
+    # Hundreds of restores in this one process: each forked from a warm process that has
+    # imported TensorFlow once (runtime.warm), still a new process apart from this one.
+    from dlckpt.runtime import warm
+
+    warm.enable()
     results = []
     for module, target, buffer, batch in VARIANTS:
         if args.only and target not in args.only:

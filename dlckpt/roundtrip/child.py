@@ -79,18 +79,9 @@ def restore_in_new_process(
     # restore's result to be read as its own.
     result_path.unlink(missing_ok=True)
     child_env = {**os.environ, **(env or {})}
-    try:
-        completed = subprocess.run(
-            die_with_parent(
-                [sys.executable, "-m", "dlckpt.roundtrip.child", str(request), str(result_path)]
-            ),
-            env=child_env,
-            capture_output=True,
-            text=True,
-            check=False,
-            timeout=timeout_seconds,
-        )
-    except subprocess.TimeoutExpired:  # run() has killed the child
+    args = [str(request), str(result_path)]
+    code, stderr = _run_child(args, child_env, workdir, timeout_seconds)
+    if code is None:  # killed at the timeout
         return RestoreResult(
             DigestStream([], 0, False),
             0.0,
@@ -98,11 +89,11 @@ def restore_in_new_process(
             "(roundtrip.restore_timeout_seconds) and was stopped",
         )
     if not result_path.exists():
-        tail = " | ".join(completed.stderr.strip().splitlines()[-3:])
+        tail = " | ".join(stderr.strip().splitlines()[-3:])
         return RestoreResult(
             DigestStream([], 0, False),
             0.0,
-            f"restore process exited {completed.returncode}: {tail}",
+            f"restore process exited {code}: {tail}",
         )
     data = json.loads(result_path.read_text())
     seeds, constants = data.get("seeds"), data.get("constants")
@@ -113,6 +104,37 @@ def restore_in_new_process(
         [tuple(draw) for draw in seeds] if seeds is not None else None,  # type: ignore[misc]
         [tuple(c) for c in constants] if constants is not None else None,  # type: ignore[misc]
     )
+
+
+def _run_child(
+    args: list[str], env: dict[str, str], workdir: Path, timeout_seconds: float | None
+) -> tuple[int | None, str]:
+    """Run `python -m dlckpt.roundtrip.child ARGS` as a new process, or forked from a warm
+    one where the caller turned that on (runtime.warm): (exit code, None when it was killed
+    at the timeout; its stderr)."""
+    from dlckpt.runtime import warm
+
+    if warm.enabled():
+        output = workdir / "restore-output.txt"
+        code = warm.run(
+            "dlckpt.roundtrip.child:_restore_main", args,
+            env=env, cwd=os.getcwd(), output=str(output), timeout=timeout_seconds,
+        )  # fmt: skip
+        text = output.read_text(errors="replace") if output.exists() else ""
+        output.unlink(missing_ok=True)
+        return code, text
+    try:
+        completed = subprocess.run(
+            die_with_parent([sys.executable, "-m", "dlckpt.roundtrip.child", *args]),
+            env=env,
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=timeout_seconds,
+        )
+    except subprocess.TimeoutExpired:  # run() has killed the child
+        return None, ""
+    return completed.returncode, completed.stderr
 
 
 def _autograph_dir(workdir: Path) -> Path:
