@@ -148,16 +148,14 @@ def test_a_server_started_from_a_thread_that_ended_is_started_again(tmp_path: Pa
     codes: list[int | None] = []
 
     def restore_once(name: str) -> None:
-        codes.append(
-            warm.run(
-                "test_warm:describe",
-                [str(tmp_path / f"{name}.json")],
-                env=_env(WARM_THREAD="1"),
-                cwd=str(tmp_path),
-                output=str(tmp_path / f"{name}.txt"),
-                timeout=60,
-            )  # fmt: skip
-        )
+        # A variable read at start (TF_*): a server of its own, started from this thread.
+        environment = _env(TF_WARM_THREAD="1")
+        output, seen = tmp_path / f"{name}.txt", str(tmp_path / f"{name}.json")
+        code = warm.run(
+            "test_warm:describe", [seen], env=environment, cwd=str(tmp_path),
+            output=str(output), timeout=60,
+        )  # fmt: skip
+        codes.append(code)
 
     thread = threading.Thread(target=restore_once, args=("in-thread",))
     thread.start()
