@@ -560,25 +560,40 @@ def test_a_generator_the_builders_module_holds_starts_each_build_where_the_first
     assert list(tmp_path.iterdir()) == []  # scratch removed
 
 
-@pytest.mark.parametrize("sort", [False, True], ids=["unseeded-order", "sorted"])
-def test_a_manifest_the_builder_writes_in_another_order_cannot_pass(tmp_path, sort):
-    """The graph holds only the manifest's path; the builder writes its lines in an order
-    drawn without a seed, so the restore process's build rewrites it in another: a new
-    user's pipeline (episodes deduplicated with set()) passed, and a resumed job read other
-    episodes at batch 72. A small file the graph names counts as part of the constant.
-    Sorted, it passes."""
-    scratch = tmp_path / "scratch"
+MANIFESTS = [
+    ({"sort": False}, False),
+    ({"sort": True}, True),
+    ({"sort": False, "padding": 5 * 2**20}, False),  # 5 MiB: passed when only small files were read
+    ({"sort": False, "named_as": "uri"}, False),  # file://: passed
+    ({"sort": True, "named_as": "new-folder"}, True),  # the same bytes elsewhere: a false alarm
+]
+
+
+@pytest.mark.parametrize(
+    ("extra", "passes"),
+    MANIFESTS,
+    ids=["unseeded", "sorted", "5-mib", "uri", "new-folder"],
+)
+def test_a_manifest_the_builder_writes_in_another_order_cannot_pass(tmp_path, extra, passes):
+    """The graph holds only where the manifest is; the builder writes its lines in an order
+    drawn without a seed, so the restore process's build rewrites it in another: new
+    users' pipelines (episodes deduplicated with set()) passed, and a resumed job read
+    other episodes at batch 72 or 701. A constant that names files is compared by what
+    they hold. Sorted, it passes, wherever each build writes it."""
+    scratch, data = tmp_path / "scratch", tmp_path / "data"
     scratch.mkdir()
+    data.mkdir()
     dataloader = {
         "_target_": f"{graph_pipelines.__name__}.manifest_written_at_build",
-        "shuffle_buffer_size": 16, "path": str(tmp_path / "manifest.txt"), "sort": sort,
+        "shuffle_buffer_size": 16, "path": str(data), **extra,
     }  # fmt: skip
     lines: list[str] = []
     failure = round_trip_in_process(dataloader, scratch, lines).failure
-    if sort:
+    if passes:
         assert failure is None, failure
     else:
         assert failure is not None and failure.startswith("CANNOT VERIFY AN EXACT RESUME"), failure
         assert "holds other constants in two processes" in failure
-        assert "manifest.txt' holds other bytes in the restore process" in failure
+        assert "holds other bytes in the restore process" in failure, failure
+        assert "'s files string[" in failure, failure
     assert list(scratch.iterdir()) == []  # scratch removed

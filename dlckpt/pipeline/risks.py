@@ -13,11 +13,11 @@ The round trip still decides the verdict; this module only names likely causes a
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 # Buffers sized AUTOTUNE (-1) have no size in the graph; assume this many (a generous
@@ -624,60 +624,100 @@ def constants_in(graph_def: Any) -> list[tuple[str, str]]:
     """
     found: list[tuple[str, str]] = []
     readers: dict[int, tuple[dict[str, str], set[str]]] = {}
+    files = _FileReader()
     for nodes, node, _ in _walked(graph_def):
         if id(nodes) not in readers:
             readers[id(nodes)] = _readers_and_seeds(nodes)
         consumers, seed_names = readers[id(nodes)]
         tensor = node.attr["value"].tensor
         if node.op == "Const" and node.name not in seed_names and tensor.dtype not in _HANDLES:
-            digest = hashlib.blake2b(tensor.SerializeToString(deterministic=True), digest_size=8)
             reader = consumers.get(node.name, "a function result")
-            found.append((f"{reader}'s constant {_describe(tensor)}", digest.hexdigest()))
-            found += _small_files_named(tensor, reader)
+            digest, names_files = _constant_digest(tensor, files, reader)
+            what = f"{reader}'s {'files' if names_files else 'constant'} {_describe(tensor)}"
+            found.append((what, digest))
     return found
 
 
-# A file the graph names by path is digested when it is this small (a manifest, a file list,
-# a statistics file), up to this many bytes in all: record shards are left to the data.
-_SMALL_FILE_BYTES, _SMALL_FILES_TOTAL = 4 * 2**20, 32 * 2**20
+# What a constant's named files cost to read, per walk: each file whole up to _WHOLE, else
+# its size and first and last _ENDS bytes; the smallest files first, up to _BUDGET read.
+_WHOLE, _ENDS, _BUDGET = 4 * 2**20, 2**20, 64 * 2**20
 
 
-def _small_files_named(tensor: Any, reader: str) -> list[tuple[str, str]]:
-    """(what it is, digest) of the small local files a string constant names, in its order.
+class _FileReader:
+    """Digests of the local files a graph's string constants name, read within one budget
+    (shared by all the constants of one walk).
 
     A builder that writes a file (a manifest of episodes in set() order, which follows the
     per-process hash seed) and has the graph read it holds the same constant, the path, in
-    every process, but the file says something else: a new user's pipeline passed, and a
-    resumed job read other episodes at its next file. Its contents count as the constant's.
+    every process, but the file says something else: new users' pipelines passed, and a
+    resumed job read other episodes at its next file (batch 701). So a constant that
+    names files is compared by what they hold, not by their paths: a manifest larger than
+    a few MB and a `file://` URI were passed by an earlier version that read small files
+    by plain path only; one written to a new temp folder in each process, the same bytes,
+    was a false alarm. A folder whose file a function joins on is not read (left open).
     """
+
+    def __init__(self) -> None:
+        self.spent = 0
+
+    def digest(self, value: bytes) -> str | None:
+        """The digest of the local file `value` names (None: it names none)."""
+        text = value.decode(errors="replace")
+        path = text[len("file://") :] if text.startswith("file://") else text
+        # Files only: a folder (the temp folder, a data folder being written) changes
+        # between two builds for reasons of its own, and was a false alarm.
+        try:
+            return self._file(path) if os.path.isfile(path) else None
+        except (OSError, ValueError):  # unreadable, or a string that is no path
+            return None
+
+    def _file(self, path: str) -> str:
+        size = os.stat(path).st_size
+        if self.spent >= _BUDGET:  # past the budget: its size alone
+            return f"size {size}"
+        digest = hashlib.blake2b(str(size).encode(), digest_size=8)
+        with open(path, "rb") as stream:
+            if size <= _WHOLE:
+                digest.update(stream.read())
+            else:
+                digest.update(stream.read(_ENDS))
+                stream.seek(size - _ENDS)
+                digest.update(stream.read(_ENDS))
+        self.spent += min(size, 2 * _ENDS if size > _WHOLE else size)
+        return digest.hexdigest()
+
+
+# Ops that write under the path they are given while the pipeline runs: what is there
+# differs between two builds without any other data being read.
+_WRITERS = ("Snapshot", "CacheDataset", "SaveDataset")
+
+
+def _constant_digest(tensor: Any, files: _FileReader, reader: str) -> tuple[str, bool]:
+    """A constant's digest, with every element that names a local file replaced by what
+    it holds (not for a path a writer op is given: _WRITERS); and whether any
+    did."""
     from dlckpt.runtime.tf_import import import_tensorflow
 
     tf = import_tensorflow()
-    if tensor.dtype != tf.string.as_datatype_enum:
-        return []
+    raw = tensor.SerializeToString(deterministic=True)
     shape = [dim.size for dim in tensor.tensor_shape.dim]
-    if math.prod(shape) > 10_000:
-        return []
+    plain = tensor.dtype != tf.string.as_datatype_enum or reader.startswith(_WRITERS)
+    if plain or math.prod(shape) > 10_000:
+        return hashlib.blake2b(raw, digest_size=8).hexdigest(), False
     try:
-        parsed = tf.io.parse_tensor(tensor.SerializeToString(), tf.string).numpy()
-    except Exception:  # not a tensor TensorFlow can parse back: the constant says enough
-        return []
-    found, total = [], 0
-    for value in [parsed] if isinstance(parsed, bytes) else parsed.reshape(-1).tolist():
-        path = value.decode(errors="replace")
-        try:
-            size = os.stat(path).st_size if os.path.isfile(path) else None
-        except (OSError, ValueError):  # a string that is no path
-            size = None
-        if size is None or size > _SMALL_FILE_BYTES or total + size > _SMALL_FILES_TOTAL:
-            continue
-        total += size
-        try:
-            digest = hashlib.blake2b(Path(path).read_bytes(), digest_size=8).hexdigest()
-        except OSError:
-            continue
-        found.append((f"{reader}'s file {path!r}", digest))
-    return found
+        parsed = tf.io.parse_tensor(raw, tf.string).numpy()
+    except Exception:  # not a tensor TensorFlow can parse back: its bytes say enough
+        return hashlib.blake2b(raw, digest_size=8).hexdigest(), False
+    values = [parsed] if isinstance(parsed, bytes) else parsed.reshape(-1).tolist()
+    named = [files.digest(value) for value in values]  # file:// URIs too
+    if not any(named):
+        return hashlib.blake2b(raw, digest_size=8).hexdigest(), False
+    shown = [
+        f"file {d}" if d else value.decode(errors="replace")
+        for value, d in zip(values, named, strict=True)
+    ]
+    text = json.dumps([shape, shown])
+    return hashlib.blake2b(text.encode(), digest_size=8).hexdigest(), True
 
 
 def _readers_and_seeds(nodes: dict[str, Any]) -> tuple[dict[str, str], set[str]]:

@@ -7,7 +7,9 @@ pass would come from the off-line one alone."""
 from __future__ import annotations
 
 import functools
+import os
 import random
+import tempfile
 
 import numpy as np
 import tensorflow as tf
@@ -281,20 +283,35 @@ def names_the_temp_folder(*, shuffle_buffer_size: int, batch_size: int = 4) -> t
 
 
 def manifest_written_at_build(
-    *, shuffle_buffer_size: int, path: str, batch_size: int = 4, sort: bool = False
-) -> tf.data.Dataset:
+    *, shuffle_buffer_size: int, path: str, batch_size: int = 4, sort: bool = False,
+    named_as: str = "path", padding: int = 0,
+) -> tf.data.Dataset:  # fmt: skip
     """64 "episodes" (runs of 1,000 ids) listed in a manifest file the builder writes in
     an order Python draws without a seed (as set() order follows the hash seed), read by
-    the graph: the graph holds only the manifest's path, and a resumed job reads other
-    episodes when its next one opens. `sort`: written in a fixed order."""
+    the graph: the graph holds only where the manifest is, and a resumed job reads other
+    episodes when its next one opens. `sort`: written in a fixed order. `named_as`: the
+    graph holds the file's "path", its "uri" (file://), or its "folder" (a function joins
+    the name on), or "new-folder": a new temp folder under `path` at every build.
+    `padding`: bytes of comment lines after the list (a manifest of many megabytes)."""
     episodes = list(range(64))
     if sort:
         episodes.sort()
     else:
         random.shuffle(episodes)
-    with open(path, "w") as manifest:
+    folder = tempfile.mkdtemp(dir=path) if named_as == "new-folder" else path
+    file = os.path.join(folder, "manifest.txt")
+    with open(file, "w") as manifest:
         manifest.write("".join(f"{episode}\n" for episode in episodes))
-    rows = tf.data.TextLineDataset(path).map(lambda line: tf.strings.to_number(line, tf.int64))
+        manifest.write(("#" * 99 + "\n") * (padding // 100))
+    if named_as == "folder":
+        lines = tf.data.Dataset.from_tensors(tf.constant(folder)).flat_map(
+            lambda where: tf.data.TextLineDataset(tf.strings.join([where, "manifest.txt"], "/"))
+        )
+    else:
+        lines = tf.data.TextLineDataset(f"file://{file}" if named_as == "uri" else file)
+    rows = lines.filter(lambda line: tf.strings.substr(line, 0, 1) != "#").map(
+        lambda line: tf.strings.to_number(line, tf.int64)
+    )
     rows = rows.interleave(
         lambda episode: tf.data.Dataset.range(episode * 1000, (episode + 1) * 1000), cycle_length=2
     )
