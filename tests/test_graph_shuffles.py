@@ -597,3 +597,46 @@ def test_a_manifest_the_builder_writes_in_another_order_cannot_pass(tmp_path, ex
         assert "holds other bytes in the restore process" in failure, failure
         assert "'s files string[" in failure, failure
     assert list(scratch.iterdir()) == []  # scratch removed
+
+
+HOLDERS = {
+    "numpy-class-attribute": "class Holder:\n    rng = np.random.default_rng(0)\n"
+    "def order(n):\n    return [int(i) for i in Holder.rng.permutation(n)]\n",
+    "random-class-attribute": "class Holder:\n    rng = random.Random(0)\n"
+    "def order(n):\n    files = list(range(n))\n    Holder.rng.shuffle(files)\n    return files\n",
+    "tf-generator": "GENERATOR = tf.random.Generator.from_seed(42)\n"
+    "def order(n):\n    return [int(i) for i in tf.argsort(GENERATOR.uniform([n])).numpy()]\n",
+}
+
+
+@pytest.mark.parametrize("kind", list(HOLDERS))
+def test_generators_the_users_modules_hold_start_each_build_where_the_first_did(
+    tmp_path, monkeypatch, kind
+):
+    """A seeded generator held in another module of the user's (a class attribute), or a
+    tf.random.Generator, that each build draws the file order from: a job builds once per
+    process and resumes; this tool builds several times, and new users' pipelines were
+    told "holds other constants" or "does not resume". Every build starts where the
+    first did."""
+    from dlckpt.pipeline.build import instantiate_dataset
+    from dlckpt.pipeline.risks import seeds_and_constants
+
+    name = f"holder_{kind.replace('-', '_')}"
+    header = "import random\nimport numpy as np\nimport tensorflow as tf\n"
+    (tmp_path / f"{name}.py").write_text(header + HOLDERS[kind])
+    (tmp_path / f"build_{name}.py").write_text(
+        f"import tensorflow as tf\nfrom {name} import order\n"
+        "def build(*, shuffle_buffer_size):\n"
+        "    files = tf.constant(order(64), tf.int64)\n"
+        "    return tf.data.Dataset.from_tensor_slices(files).shuffle(shuffle_buffer_size, seed=1)\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    builds = [
+        seeds_and_constants(instantiate_dataset(OmegaConf.create(
+            {"_target_": f"build_{name}.build", "shuffle_buffer_size": buffer}
+        )))[1]
+        for buffer in (8, 32, 100)
+    ]  # fmt: skip
+    file_lists = [[c for c in build if c[0].startswith("TensorSliceDataset")] for build in builds]
+    assert len(file_lists[0]) == 1  # the buffer is a constant too, of its own
+    assert file_lists[0] == file_lists[1] == file_lists[2]

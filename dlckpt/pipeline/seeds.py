@@ -19,6 +19,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import json
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -47,9 +48,9 @@ def as_first_build(dataloader_cfg: Any) -> Iterator[None]:
     build had other seeds than the restore process's single build, and pipelines that
     resume exactly in a job were failed (a new user's check, session 14: six of them).
     The state is TensorFlow's global seed and its op-seed generator, numpy's and Python's
-    global generators, and the generators the builder's module holds at module level (a
-    seeded `np.random.default_rng(0)` that each build draws a file order from: one build
-    per process in a job, so it resumes; a new user's check got a false alarm). The caller
+    global generators, and the generators the user's modules hold (_held_generators: a
+    seeded `np.random.default_rng(0)` that each build draws a file order from, one build
+    per process in a job, so it resumes; new users' checks got false alarms). The caller
     has imported the builder's module already (an import may set a seed). After a later
     build, the state it found is put back.
     """
@@ -75,17 +76,54 @@ def _builder_module(dataloader_cfg: Any) -> Any:
     return sys.modules.get(target.rpartition(".")[0]) if "." in target else None
 
 
-def _module_generators(module: Any) -> dict[str, Any]:
-    """The random generators `module` holds in its globals, by name: numpy's Generator and
-    RandomState, Python's random.Random (a module's own generators; not the global ones,
-    kept apart in _random_state)."""
+def _held_generators(module: Any) -> dict[tuple[str, ...], Any]:
+    """The random generators the user's code holds, by where: globals and class attributes
+    of the builder's module and of every other module not from the interpreter, its
+    site-packages or this tool (a user's helper module: a new user's generators held as
+    class attributes there were a false alarm). numpy's Generator and RandomState,
+    Python's random.Random, TensorFlow's tf.random.Generator; not the global generators,
+    kept apart in _random_state."""
+    found: dict[tuple[str, ...], Any] = {}
+    for holder in _user_modules(module):
+        for name, value in list(vars(holder).items()):
+            if _is_generator(value):
+                found[(holder.__name__, name)] = value
+            elif isinstance(value, type) and value.__module__ == holder.__name__:
+                for attribute, held in list(vars(value).items()):
+                    if _is_generator(held):
+                        found[(holder.__name__, name, attribute)] = held
+    return found
+
+
+def _user_modules(module: Any) -> list[Any]:
+    """`module`, then the loaded modules whose files lie outside the interpreter, its
+    site-packages and this package."""
+    import site
+    import sys
+
+    import dlckpt
+
+    roots = [sys.prefix, sys.base_prefix, *site.getsitepackages(), *dlckpt.__path__]
+    outside = tuple(os.path.realpath(root) + os.sep for root in roots)
+    found = [module] if module is not None else []
+    for loaded in list(sys.modules.values()):
+        file = getattr(loaded, "__file__", None)
+        if file and loaded is not module and not os.path.realpath(file).startswith(outside):
+            found.append(loaded)
+    return found
+
+
+def _is_generator(value: Any) -> bool:
     import random
+    import sys
 
     import numpy as np
 
-    kinds = (np.random.Generator, np.random.RandomState, random.Random)
-    names = vars(module).items() if module is not None else ()
-    return {name: value for name, value in names if isinstance(value, kinds)}
+    kinds: tuple[type, ...] = (np.random.Generator, np.random.RandomState, random.Random)
+    tf = sys.modules.get("tensorflow")
+    if tf is not None:
+        kinds += (tf.random.Generator,)
+    return isinstance(value, kinds)
 
 
 def _generator_state(generator: Any) -> Any:
@@ -95,7 +133,9 @@ def _generator_state(generator: Any) -> Any:
         return generator.bit_generator.state
     if isinstance(generator, np.random.RandomState):
         return generator.get_state()
-    return generator.getstate()
+    if hasattr(generator, "getstate"):
+        return generator.getstate()
+    return generator.state.numpy().copy()  # tf.random.Generator
 
 
 def _set_generator_state(generator: Any, state: Any) -> None:
@@ -105,8 +145,10 @@ def _set_generator_state(generator: Any, state: Any) -> None:
         generator.bit_generator.state = state
     elif isinstance(generator, np.random.RandomState):
         generator.set_state(state)
-    else:
+    elif hasattr(generator, "setstate"):
         generator.setstate(state)
+    else:
+        generator.reset(state)  # tf.random.Generator
 
 
 def _random_state(module: Any = None) -> tuple[Any, ...]:
@@ -117,7 +159,7 @@ def _random_state(module: Any = None) -> tuple[Any, ...]:
 
     generator = getattr(context.context(), "_rng", None)  # set by tf.random.set_seed
     op_seeds = generator.getstate() if generator is not None else None
-    held = {name: _generator_state(g) for name, g in _module_generators(module).items()}
+    held = {where: _generator_state(g) for where, g in _held_generators(module).items()}
     return context.global_seed(), op_seeds, np.random.get_state(), random.getstate(), held
 
 
@@ -135,10 +177,10 @@ def _set_random_state(state: tuple[Any, ...], module: Any = None) -> None:
         context.context()._rng.setstate(op_seeds)
     np.random.set_state(numpy_state)
     random.setstate(python_state)
-    generators = _module_generators(module)
-    for name, generator_state in held.items():
-        if name in generators:
-            _set_generator_state(generators[name], generator_state)
+    generators = _held_generators(module)
+    for where, generator_state in held.items():
+        if where in generators:
+            _set_generator_state(generators[where], generator_state)
 
 
 def _read_build(dataset: Any) -> tuple[Seeds, Constants] | None:
