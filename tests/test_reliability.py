@@ -342,6 +342,15 @@ FAILS_AT_60 = (
     "    size = lambda i: tf.where(i == 60, tf.constant(3, tf.int64), tf.constant(4, tf.int64))\n"
     "    return tf.data.Dataset.range(10**5).map(lambda i: tf.reshape(tf.range(size(i)), [2, 2])).batch(4)\n"
 )
+# A value that fails to parse at element 150 of the shuffle's input: inside the estimate's
+# sample, where TensorFlow's Dataset.save waited forever on it (a 300 s stall message).
+FAILS_AT_150 = (
+    "import tensorflow as tf\n"
+    "def build(*, shuffle_buffer_size, path):\n"
+    "    text = lambda i: tf.where(i == 150, tf.constant('oops'), tf.constant('1'))\n"
+    "    rows = tf.data.Dataset.range(10**5).map(lambda i: tf.strings.to_number(text(i)))\n"
+    "    return rows.shuffle(shuffle_buffer_size, seed=1).batch(2)\n"
+)
 TRUNCATED = (
     "import tensorflow as tf\n"
     "def build(*, shuffle_buffer_size, path):\n"
@@ -353,8 +362,9 @@ TRUNCATED = (
 @pytest.mark.parametrize(
     ("builder", "buffer", "said"),
     [(TRUNCATED, 100, "DataLossError while reading its elements: truncated record at "),
-     (FAILS_AT_60, 100, "InvalidArgumentError while reading its elements: Input to reshape is a tensor with 3 values")],
-    ids=["truncated-before-the-save", "map-fails-after-the-save"],
+     (FAILS_AT_60, 100, "InvalidArgumentError while reading its elements: Input to reshape is a tensor with 3 values"),
+     (FAILS_AT_150, 2000, "InvalidArgumentError while reading its elements: StringToNumberOp could not correctly convert string: oops")],
+    ids=["truncated-before-the-save", "map-fails-after-the-save", "fails-inside-the-estimates-sample"],
 )  # fmt: skip
 def test_bad_input_a_pipeline_that_fails_as_it_is_read_is_exit_2_naming_the_error(
     tmp_path, builder, buffer, said
@@ -380,7 +390,10 @@ def test_bad_input_a_pipeline_that_fails_as_it_is_read_is_exit_2_naming_the_erro
     report = tmp_path / "r.json"
     env = script_env(PYTHONPATH=str(tmp_path))
     args = ["--config-dir", str(tmp_path / "conf"), "--config-name", "failing"]
+    args += ["estimate.calibration_timeout_seconds=60"]  # a stall would take its whole limit
+    started = time.monotonic()
     result = run_in_process(SMALL_BUFFER, *args, "--report", str(report), env=env)
+    assert time.monotonic() - started < 60
     assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-2000:]
     [line] = [line for line in result.stderr.splitlines() if line.startswith("✗")]
     assert line.startswith(f"✗ dataloader: the pipeline raised {said}"), line

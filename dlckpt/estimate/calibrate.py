@@ -486,16 +486,42 @@ class _Run:
         picked = functools.reduce(lambda a, b: a.concatenate(b), parts)
         stage.beat(f"sampling {sum(n for _, n in chunks):,} elements from the first {total:,}")
         stage.watched = path
+        # Dataset.save waits forever once its input raises (measured on TF 2.21: a map
+        # failing at element 150 stalled the estimate for its whole 300 s limit, named as
+        # a stall): errors are skipped here, and a sample that comes out short is read
+        # again plainly for the error, answered in TensorFlow's words (exit 2).
+        skipping = getattr(picked, "ignore_errors", None) or (
+            lambda: picked.apply(tf.data.experimental.ignore_errors())
+        )
         try:
             with OwnCacheFiles(self.cache_prefixes):
-                picked.save(str(path), shard_func=lambda *_: tf.constant(0, tf.int64))
+                skipping().save(str(path), shard_func=lambda *_: tf.constant(0, tf.int64))
         except Exception as error:
             if is_disk_full(error):
                 raise refuse_disk_full(self.scratch, error) from None
             raise
         finally:
             stage.watched = None
+        saved = int(tf.data.Dataset.load(str(path)).cardinality())  # -2: unknown
+        if 0 <= saved < sum(n for _, n in chunks):
+            self._raise_a_read_error(stage, picked)  # or a stream shorter than the sample
         return path
+
+    def _raise_a_read_error(self, stage: Stage, picked: Any) -> None:
+        """Read `picked` plainly; raise the pipeline's own error as bad input if it raises
+        one (pipeline.build.read_failure), else return."""
+        from dlckpt.pipeline.build import read_failure
+        from dlckpt.runtime.tf_import import import_tensorflow
+
+        try:
+            with OwnCacheFiles(self.cache_prefixes):
+                for _ in picked:
+                    stage.beat()
+        except import_tensorflow().errors.OpError as error:
+            answer = read_failure(error)
+            if answer is None:
+                raise
+            raise answer from None
 
     def made_element_memory(self, stage: Stage, count: int) -> int:
         """Allocator bytes per element as the pipeline's own ops made them (0: not measured).

@@ -231,6 +231,12 @@ def read_failure(error: BaseException) -> UsageError | None:
     # the message, " [Op:IteratorGetNext] name:" after it.
     message = re.sub(r"\{\{function_node [^}]*\}\}", "", str(error.message))
     message = re.sub(r"\s*\[Op:\w+\]( name:.*)?$", "", message.strip())
+    # "Error in user-defined function passed to MapDataset:32 transformation with iterator:
+    # Iterator::Root::…: " before, " [[{{node StringToNumber}}]]" after: where inside the
+    # graph (this tool's own sampling pipeline, at times), not what went wrong.
+    message = re.sub(r"Error in user-defined function passed to \S+ transformation with "
+                     r"iterator: \S+: ", "", message)  # fmt: skip
+    message = re.sub(r"\s*\[\[\{\{node [^}]*\}\}\]\]", "", message)
     detail = " ".join(message.split())[:300]
     return UsageError(
         f"dataloader: the pipeline raised {type(error).__name__} while reading its elements: "
