@@ -53,6 +53,8 @@ VARIANTS = [
     (GRAPH, "global_shuffle_repeated", 16, 4),
     (GRAPH, "file_list_ordered_at_build", 16, 4),
     (GRAPH, "fused_shuffle_and_repeat", 16, 4),
+    (GRAPH, "manifest_written_at_build", 16, 4),
+    (RESUME, "nondeterministic_inside_flat_map", 10, 4),
 ]
 # How a caught run ended: the start of its ✗ line.
 ENDINGS = {
@@ -75,6 +77,8 @@ def catch_once(module: str, target: str, buffer: int, batch: int) -> dict[str, A
         }  # fmt: skip
         if target == "loaded_with_a_shuffling_reader":
             dataloader["path"] = str(Path(scratch) / "saved")
+        if target == "manifest_written_at_build":
+            dataloader["path"] = scratch  # the manifest, written at each build
         cfg = OmegaConf.merge(OmegaConf.structured(Settings), {"dataloader": dataloader})
         outcome = run_round_trip(
             cfg,  # type: ignore[arg-type]

@@ -70,7 +70,7 @@ def pytest_configure(config: pytest.Config) -> None:
     # Scripts the suite starts as processes restore as a user's run does, in a new one.
     from dlckpt.runtime import warm
 
-    warm.enable()
+    warm.enable(os.environ.get("DLCKPT_TEST_WARM", "1") != "0")  # 0: plain, to compare
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

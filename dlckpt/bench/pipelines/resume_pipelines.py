@@ -54,6 +54,15 @@ def nondeterministic_one_call_at_a_time(
     return dataset.shuffle(shuffle_buffer_size, seed=1).batch(batch_size)
 
 
+def nondeterministic_inside_flat_map(
+    *, shuffle_buffer_size: int, batch_size: int = 4
+) -> tf.data.Dataset:
+    """nondeterministic_one_call_at_a_time with its map inside a flat_map's function."""
+    return nondeterministic_one_call_at_a_time(
+        shuffle_buffer_size=shuffle_buffer_size, batch_size=batch_size, inside_flat_map=True
+    )
+
+
 def nondeterministic_interleave(
     *, shuffle_buffer_size: int, batch_size: int = 4
 ) -> tf.data.Dataset:
