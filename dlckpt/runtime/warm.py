@@ -88,11 +88,12 @@ def run(
     `timeout` seconds (it is then killed). A server found dead before it forked is
     started again, once; raises OSError when that one fails too.
     """
+    request = {"call": call, "argv": argv, "env": env, "cwd": cwd, "output": output}
     with _lock:
         for attempt in range(2):
             server = _server_for(env, cwd, call.partition(":")[0])
             try:
-                return server.run(call, argv, env, cwd, output, timeout)
+                return server.run(request, timeout)
             except _ServerGone:
                 # Its parent-death signal follows the thread that started it: a server
                 # started from a thread that has ended is gone.
@@ -149,17 +150,9 @@ class _Server:
     def alive(self) -> bool:
         return self.process.poll() is None
 
-    def run(
-        self,
-        call: str,
-        argv: list[str],
-        env: dict[str, str],
-        cwd: str,
-        output: str,
-        timeout: float | None,
-    ) -> int | None:
+    def run(self, request: dict[str, Any], timeout: float | None) -> int | None:
+        """Send `request` (see the module doc); the child's code, None at the timeout."""
         assert self.process.stdin is not None
-        request = {"call": call, "argv": argv, "env": env, "cwd": cwd, "output": output}
         try:
             self.process.stdin.write(json.dumps(request) + "\n")
             self.process.stdin.flush()
