@@ -390,10 +390,9 @@ def test_bad_input_a_pipeline_that_fails_as_it_is_read_is_exit_2_naming_the_erro
     report = tmp_path / "r.json"
     env = script_env(PYTHONPATH=str(tmp_path))
     args = ["--config-dir", str(tmp_path / "conf"), "--config-name", "failing"]
-    args += ["estimate.calibration_timeout_seconds=60"]  # a stall would take its whole limit
-    started = time.monotonic()
+    # A stall (the sample's error, before) ends at this limit with its own message.
+    args += ["estimate.calibration_timeout_seconds=60"]
     result = run_in_process(SMALL_BUFFER, *args, "--report", str(report), env=env)
-    assert time.monotonic() - started < 60
     assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-2000:]
     [line] = [line for line in result.stderr.splitlines() if line.startswith("✗")]
     assert line.startswith(f"✗ dataloader: the pipeline raised {said}"), line

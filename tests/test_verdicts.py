@@ -21,14 +21,11 @@ def _test_pipelines_importable(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("PYTHONPATH", str(TESTS_DIR / "pipelines"))
 
 
-def _round_trip(
-    target: str, buffer: int, batch: int, tmp_path: Path, lines: list[str], **extra: object
-):
+def _round_trip(target: str, buffer: int, batch: int, tmp_path: Path, lines: list[str]):
     dataloader = {
         "_target_": f"dlckpt.bench.pipelines.resume_pipelines.{target}",
         "shuffle_buffer_size": buffer,
         "batch_size": batch,
-        **extra,
     }
     return round_trip_in_process(dataloader, tmp_path, lines)
 
@@ -67,19 +64,19 @@ def test_a_pipeline_diverging_upstream_of_the_shuffle_fails(
 
 
 @pytest.mark.parametrize(
-    ("inside_flat_map", "where"),
-    [(False, "ParallelMap(lambda): runs"), (True, "ParallelMap(lambda) inside FlatMap(lambda): runs")],
+    ("target", "where"),
+    [("nondeterministic_one_call_at_a_time", "ParallelMap(lambda): runs"),
+     ("nondeterministic_inside_flat_map", "ParallelMap(lambda) inside FlatMap(lambda): runs")],
     ids=["main-line", "inside-flat-map"],
 )  # fmt: skip
-def test_a_match_despite_deterministic_false_cannot_pass(tmp_path: Path, inside_flat_map, where):
+def test_a_match_despite_deterministic_false_cannot_pass(tmp_path: Path, target, where):
     """Thread timing shows only when it happens to: a nondeterministic interleave matched 52
     batches and diverged at batch 350 in a new user's check, and the run passed with a
     warning. A match is now "cannot verify", naming the op and its fix (exit 1). Inside a
     function (a flat_map's, an interleave's) the setting was not read at all: a new user's
     pipeline passed and diverged at batch 175."""
     lines: list[str] = []
-    extra = {"inside_flat_map": True} if inside_flat_map else {}
-    outcome = _round_trip("nondeterministic_one_call_at_a_time", 10, 4, tmp_path, lines, **extra)
+    outcome = _round_trip(target, 10, 4, tmp_path, lines)
     assert outcome.failure is not None and outcome.failure.startswith(
         "CANNOT VERIFY AN EXACT RESUME: the "
     ), outcome.failure

@@ -296,7 +296,14 @@ def _const_int(nodes: dict[str, Any], name: str) -> int | None:
 
 
 def _functions_of(node: Any) -> list[str]:
-    return [value.func.name for value in node.attr.values() if value.func.name]
+    """The names of the functions `node` carries in its attributes (one, or a list: a
+    switch_case's branches), in attribute name order (a protobuf map's own order is not
+    fixed: the walks that compare two builds need one)."""
+    names = []
+    for key in sorted(node.attr):
+        names.append(node.attr[key].func.name)
+        names += [f.name for f in node.attr[key].list.func]
+    return [name for name in names if name]
 
 
 def _function_ops(library: Any) -> dict[str, set[str]]:
@@ -457,8 +464,11 @@ def analyze(dataset: Any) -> PipelineAnalysis:
     ]
     analysis.seeds = _seeds_in(graph_def)
     analysis.constants = constants_in(graph_def)
-    analysis.state_on_disk = _keeps_state_on_disk(graph_def)
-    analysis.risks.extend(_file_cache_risks(graph_def))
+    caches = _cache_filenames(graph_def)
+    snapshots = any(node.op.startswith("Snapshot") for _, node, _ in _walked(graph_def))
+    # Iterators share state on disk: a second one reads what the first wrote, or its lock.
+    analysis.state_on_disk = snapshots or bool(caches)
+    analysis.risks.extend(_file_cache_risks(caches))
     _walk_buffers(dataset, graph_def, nodes, analysis)
     analysis.risks.extend(_redrawing_shuffle_risks(graph_def, analysis.walked))
     for risk in analysis.risks:
@@ -589,7 +599,7 @@ def _walked(graph_def: Any) -> Iterator[tuple[dict[str, Any], Any, Any]]:
     ) -> Iterator[tuple[dict[str, Any], Any, Any]]:
         for node in _in_walk_order(nodes, roots):
             yield nodes, node, carrier
-            for name in _functions_carried(node):
+            for name in _functions_of(node):
                 if name in functions and name not in entered:
                     entered.add(name)
                     body = functions[name]
@@ -599,16 +609,6 @@ def _walked(graph_def: Any) -> Iterator[tuple[dict[str, Any], Any, Any]]:
     start = _output_node(graph_def)
     main = {n.name: n for n in graph_def.node}
     yield from walk(main, [start] if start else list(main), None)
-
-
-def _functions_carried(node: Any) -> list[str]:
-    """The names of the functions `node` carries in its attributes (one, or a list: a
-    switch_case's branches), in attribute name order."""
-    names = []
-    for key in sorted(node.attr):
-        names.append(node.attr[key].func.name)
-        names += [f.name for f in node.attr[key].list.func]
-    return [name for name in names if name]
 
 
 def constants_in(graph_def: Any) -> list[tuple[str, str]]:
@@ -639,7 +639,8 @@ def constants_in(graph_def: Any) -> list[tuple[str, str]]:
 
 
 # What a constant's named files cost to read, per walk: each file whole up to _WHOLE, else
-# its size and first and last _ENDS bytes; the smallest files first, up to _BUDGET read.
+# its size and first and last _ENDS bytes, in walk order until _BUDGET is read (then a
+# file's size alone).
 _WHOLE, _ENDS, _BUDGET = 4 * 2**20, 2**20, 64 * 2**20
 
 
@@ -683,7 +684,7 @@ class _FileReader:
                 digest.update(stream.read(_ENDS))
                 stream.seek(size - _ENDS)
                 digest.update(stream.read(_ENDS))
-        self.spent += min(size, 2 * _ENDS if size > _WHOLE else size)
+        self.spent += size if size <= _WHOLE else 2 * _ENDS
         return digest.hexdigest()
 
 
@@ -800,14 +801,14 @@ def _cache_filenames(graph_def: Any) -> list[str]:
     return found
 
 
-def _file_cache_risks(graph_def: Any) -> Iterable[Risk]:
+def _file_cache_risks(caches: list[str]) -> Iterable[Risk]:
     """A cache() to files, written while the iterator is saved (measured on TF 2.21): each
     save closes a partial shard (PREFIX_0.index, .data-…, and its .lockfile, kept); a
     fresh start of the pipeline then fails with "Existing cache files found", and a job
     killed before the pass ends leaves the lock its restored iterator trips on
     (AlreadyExistsError: a new user's check). A graceful resume, what the round trip
     compares, works: named, not blocking a pass."""
-    for filename in _cache_filenames(graph_def):
+    for filename in caches:
         yield Risk(
             "file_cache",
             f"cache({filename!r})",
@@ -819,14 +820,6 @@ def _file_cache_risks(graph_def: Any) -> Iterable[Risk]:
             f"memory (cache()), or save only after the first pass; remove {filename}_* "
             "before a fresh start",
         )
-
-
-def _keeps_state_on_disk(graph_def: Any) -> bool:
-    """Whether the pipeline writes state that its iterators share on disk: a snapshot, or
-    a cache() to files (its filename input not empty). A second iterator then reads what
-    the first wrote, or meets its lock."""
-    snapshots = any(node.op.startswith("Snapshot") for _, node, _ in _walked(graph_def))
-    return snapshots or bool(_cache_filenames(graph_def))
 
 
 def _seed_const(nodes: dict[str, Any], name: str) -> str:

@@ -48,8 +48,6 @@ _READ_AT_START = (
     "PYTHON", "TF_", "GCS_", "GOOGLE_", "CLOUDSDK_", "STORAGE_", "NO_GCE", "CUDA", "XLA_",
     "LD_", "OMP_", "KMP_", "MKL", "GRPC_", "HTTP", "NO_PROXY", "CURL_", "SSL_", "http", "no_",
 )  # fmt: skip
-# Read by TensorFlow each time it makes a temp file, not at import.
-_PER_CHILD = ("TMPDIR", "TEST_TMPDIR", "TMP")
 _HANDLED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 _MAX_SERVERS = 3  # a test worker meets a few (PYTHONPATH with the test pipelines, the cases)
 
@@ -117,16 +115,15 @@ def close_all() -> None:
 
 
 def _server_for(env: dict[str, str], cwd: str, preload: str) -> _Server:
-    read_at_start = {
-        name: value for name, value in sorted(env.items())
-        if name.startswith(_READ_AT_START) and name not in _PER_CHILD
-    }  # fmt: skip
+    # The temp folder (TMPDIR, TEST_TMPDIR, TMP) is not among them: TensorFlow reads it
+    # each time it makes a temp file, so each child's own is its request's.
+    read_at_start = {k: v for k, v in sorted(env.items()) if k.startswith(_READ_AT_START)}
     key = json.dumps([read_at_start, cwd, preload])
     server = _servers.get(key)
     if server is not None and server.alive():
         return server
     if server is not None:
-        server.close()
+        _servers.pop(key).close()
     while len(_servers) >= _MAX_SERVERS:
         _servers.pop(next(iter(_servers))).close()
     _servers[key] = server = _Server(key, env, cwd, preload)

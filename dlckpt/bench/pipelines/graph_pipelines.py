@@ -275,8 +275,6 @@ def names_the_temp_folder(*, shuffle_buffer_size: int, batch_size: int = 4) -> t
     """A builder that puts a path under the temp folder into the graph (a manifest's, a
     cache's, a statistics file's) and into every element: the same in every process of a
     job on one host, so it resumes exactly."""
-    import tempfile
-
     where = tf.data.Dataset.from_tensors(tf.constant(tempfile.gettempdir())).repeat()
     numbers = tf.data.Dataset.range(10**6).map(lambda i: i * 3)
     return _finish(tf.data.Dataset.zip(numbers, where), shuffle_buffer_size, batch_size)

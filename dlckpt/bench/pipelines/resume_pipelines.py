@@ -31,36 +31,29 @@ def nondeterministic_map(*, shuffle_buffer_size: int, batch_size: int = 4) -> tf
     return dataset.shuffle(shuffle_buffer_size, seed=1).batch(batch_size)
 
 
+def _one_call_at_a_time(indices: tf.data.Dataset) -> tf.data.Dataset:
+    return indices.map(lambda i: _features(i, work=1), num_parallel_calls=1, deterministic=False)
+
+
 def nondeterministic_one_call_at_a_time(
-    *, shuffle_buffer_size: int, batch_size: int = 4, inside_flat_map: bool = False
+    *, shuffle_buffer_size: int, batch_size: int = 4
 ) -> tf.data.Dataset:
     """A map with deterministic=False but one parallel call: it keeps its order in practice,
-    so the compared window matches, yet nothing guarantees it will. `inside_flat_map`: the
-    map sits in a flat_map's function, over 8 ranges of RECORDS // 8 (a function body, not
-    the main line, holds the setting)."""
-
-    def features(indices: tf.data.Dataset) -> tf.data.Dataset:
-        return indices.map(
-            lambda i: _features(i, work=1), num_parallel_calls=1, deterministic=False
-        )
-
-    if inside_flat_map:
-        part = RECORDS // 8
-        dataset = tf.data.Dataset.range(8).flat_map(
-            lambda k: features(tf.data.Dataset.range(k * part, (k + 1) * part))
-        )
-    else:
-        dataset = features(tf.data.Dataset.range(RECORDS))
+    so the compared window matches, yet nothing guarantees it will."""
+    dataset = _one_call_at_a_time(tf.data.Dataset.range(RECORDS))
     return dataset.shuffle(shuffle_buffer_size, seed=1).batch(batch_size)
 
 
 def nondeterministic_inside_flat_map(
     *, shuffle_buffer_size: int, batch_size: int = 4
 ) -> tf.data.Dataset:
-    """nondeterministic_one_call_at_a_time with its map inside a flat_map's function."""
-    return nondeterministic_one_call_at_a_time(
-        shuffle_buffer_size=shuffle_buffer_size, batch_size=batch_size, inside_flat_map=True
+    """nondeterministic_one_call_at_a_time with its map inside a flat_map's function, over
+    8 ranges of RECORDS // 8: a function body, not the main line, holds the setting."""
+    part = RECORDS // 8
+    dataset = tf.data.Dataset.range(8).flat_map(
+        lambda k: _one_call_at_a_time(tf.data.Dataset.range(k * part, (k + 1) * part))
     )
+    return dataset.shuffle(shuffle_buffer_size, seed=1).batch(batch_size)
 
 
 def nondeterministic_interleave(
