@@ -145,3 +145,32 @@ def test_writing_the_rlds_example_without_tfds_is_one_line():
         f"✗ python -m dlckpt.pipeline.rlds: tensorflow_datasets is not installed for "
         f"{sys.executable} (expected the environment your RLDS loader runs in)"
     ]
+
+
+def test_the_jobs_temp_folder_is_pythons_for_the_run_and_the_callers_after(tmp_path, monkeypatch):
+    """`TMPDIR=/x` on the command line is the job's temp folder for the whole run, Python's
+    too (the small-buffer scratch folder is tempfile's), though this process had already
+    found its own; after the run, the caller's again. An in-process run left the job's to
+    the rest of a test process, whose next save then named another folder than its restore
+    process did."""
+    import tempfile
+
+    from dlckpt.cli.common import common_parser, parse_args, run_main
+
+    mine, job = tmp_path / "mine", tmp_path / "job"
+    mine.mkdir()
+    job.mkdir()
+    monkeypatch.setenv("TMPDIR", str(mine))
+    monkeypatch.setattr(tempfile, "tempdir", None)
+    assert tempfile.gettempdir() == str(mine)  # found, and kept by tempfile
+    parser = common_parser("temp-check", "where Python's temp folder is during a run")
+    seen: list[str] = []
+
+    def body() -> int:
+        parse_args(parser, [f"TMPDIR={job}", "--report", str(tmp_path / "report.json")])
+        seen.append(tempfile.gettempdir())
+        return 0
+
+    assert run_main(body, []) == 0
+    assert seen == [str(job)]
+    assert tempfile.gettempdir() == str(mine)

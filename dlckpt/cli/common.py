@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -100,6 +101,9 @@ def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> a
             os.environ[name] = applied[name]
         else:
             os.environ.pop(name, None)  # unset in the job, or `KEY=`
+    # Python's temp folder is the job's too: tempfile keeps the first one it found (an
+    # import may already have asked), so it is found again from these variables.
+    tempfile.tempdir = None
     return args
 
 
@@ -165,6 +169,7 @@ def run_main(
     finally:
         os.environ.clear()
         os.environ.update(environment)
+        tempfile.tempdir = None  # the caller's, not the job's, from here on
 
 
 def _run_body(body: Callable[[], int], argv: Sequence[str] | None, report: dict[str, Any]) -> int:

@@ -48,6 +48,8 @@ _READ_AT_START = (
     "PYTHON", "TF_", "GCS_", "GOOGLE_", "CLOUDSDK_", "STORAGE_", "NO_GCE", "CUDA", "XLA_",
     "LD_", "OMP_", "KMP_", "MKL", "GRPC_", "HTTP", "NO_PROXY", "CURL_", "SSL_", "http", "no_",
 )  # fmt: skip
+# This package's own, read when a run asks for it (the bucket a test run saves to).
+_READ_LATER = frozenset({"GCS_TEST_BUCKET"})
 _HANDLED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 _MAX_SERVERS = 3  # a test worker meets a few (PYTHONPATH with the test pipelines, the cases)
 
@@ -117,7 +119,10 @@ def close_all() -> None:
 def _server_for(env: dict[str, str], cwd: str, preload: str) -> _Server:
     # The temp folder (TMPDIR, TEST_TMPDIR, TMP) is not among them: TensorFlow reads it
     # each time it makes a temp file, so each child's own is its request's.
-    read_at_start = {k: v for k, v in sorted(env.items()) if k.startswith(_READ_AT_START)}
+    read_at_start = {
+        k: v for k, v in sorted(env.items())
+        if k.startswith(_READ_AT_START) and k not in _READ_LATER
+    }  # fmt: skip
     key = json.dumps([read_at_start, cwd, preload])
     server = _servers.get(key)
     if server is not None and server.alive():
