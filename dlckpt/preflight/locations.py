@@ -256,9 +256,12 @@ def configured_fit_line(
     estimate: EstimateResult,
     environment: str = THIS_SHELL,
     largest: int | None = None,
+    *,
+    run_rows: Sequence[Location] = (),
 ) -> str:
-    """One line: does the configured buffer's checkpoint fit every location, and where, for
-    which `environment` (job_env's source: this shell's, or the job's from --env-file)."""
+    """One line: does the configured buffer's checkpoint fit every location (`rows`, and
+    for a run of the configured buffer its own `run_rows`), and where, for which
+    `environment` (job_env's source: this shell's, or the job's from --env-file)."""
     checked = (
         f"checked in {environment}'s environment (the job's own: --env-file job.env, or "
         "TMPDIR=… as an argument)"
@@ -273,7 +276,7 @@ def configured_fit_line(
             "README's formula, not a measurement (the ✗ line of a test run names the "
             "transformation and the fix)"
         )
-    failing = [row for row in rows if not row.ok]
+    failing = [row for row in [*rows, *run_rows] if not row.ok]
     if not failing:
         room = " and ".join(
             f"RAM ({format_size(row.free_bytes)} available)"
@@ -297,9 +300,15 @@ def configured_fit_line(
             f"cause is elsewhere: {command('diagnose')}"
         )
     row = failing[0]
+    # A disk is shared by the rows of one kind: the job's, or the run's (whose temp folder
+    # row is the job's own staging again).
+    kind = run_rows if row in run_rows else rows
+    need = (
+        f"needs {format_size(row.required_bytes)}" if row.path == RAM else _disk_need(row, kind)[1]
+    )
     return (
-        f"⚠ THE CONFIGURED BUFFER DOES NOT FIT: {buffer}: {row.role} {row.path} needs "
-        f"{format_size(row.required_bytes)}, {format_size(row.free_bytes or 0)} free; "
+        f"⚠ THE CONFIGURED BUFFER DOES NOT FIT: {buffer}: {row.role} {row.path} {need}, "
+        f"{format_size(row.free_bytes or 0)} free; "
         f"{checked}. "
         + (
             f"The largest that fits: dataloader.shuffle_buffer_size={largest:,} (with "
@@ -309,6 +318,15 @@ def configured_fit_line(
         )
         + f"{command('diagnose')} checks the other causes"
     )
+
+
+def _disk_need(row: Location, rows: Sequence[Location]) -> tuple[int, str]:
+    """What `row`'s disk must hold, with the other `rows` on it: (bytes, "needs X (N rows
+    on this disk)")."""
+    same_disk = next((g for g in _disk_groups(rows) if row in g), [row])
+    total = sum(r.required_bytes for r in same_disk)
+    shared = f" ({len(same_disk)} rows on this disk)" if len(same_disk) > 1 else ""
+    return total, f"needs {format_size(total)}{shared}"
 
 
 def check_locations(rows: Sequence[Location], margin: float = 0.0) -> list[Location]:
@@ -497,16 +515,11 @@ def refusal_message(
     if row.path == RAM:
         what = f"{row.role}: needs {format_size(row.required_bytes)}, {format_size(free)} available"
     else:
-        same_disk = next((g for g in _disk_groups(rows) if row in g), [row])
-        total = sum(r.required_bytes for r in same_disk)
+        total, need = _disk_need(row, rows)
         roomy = roomy_folder(total, row.path, env)
         if roomy is not None and row.variable:
             fixes.append(f"export {row.variable}={roomy[0]} ({format_size(roomy[1])} free)")
-        what = (
-            f"{row.role} {row.path}: needs {format_size(total)}"
-            + (f" ({len(same_disk)} rows on this disk)" if len(same_disk) > 1 else "")
-            + f", {format_size(free)} free"
-        )
+        what = f"{row.role} {row.path}: {need}, {format_size(free)} free"
     fixes.append(
         f"run the small-buffer test: {command('small-buffer')} "
         f"(checkpoint ~{format_size(estimate.bytes_for(100))} at buffer 100)"

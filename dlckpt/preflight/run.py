@@ -75,11 +75,14 @@ def estimate_and_preflight(
     _say_headlines(result, say, tested_line)
     job_env = getattr(args, "job_env", None)
     processes, job = _say_job_sizes(cfg, result, job_env or {}, say)
-    separate = scenario != "full" or result.tested_buffer != result.original_buffer
-    plan = _Rows(scenario, locations, processes, separate)
+    # A run of the configured buffer (the full test, or --buffer-size at the configured
+    # size) fills its own folders with what training saves: its answers count its rows.
+    configured_run = result.tested_buffer == result.original_buffer
+    separate = scenario != "full" or not configured_run
+    plan = _Rows(scenario, locations, processes, configured_run)
     rows = check_locations(plan.run(result))
     estimate_only = getattr(args, "estimate_only", False)
-    production = _answer_for_production(result, args, plan, rows, job, say)
+    production = _answer_for_production(result, args, plan, rows, job, say, separate=separate)
     _say_run_rows(result, rows, say, separate, estimate_only)
     if getattr(args, "fit_budget", None) is not None:
         result.fit_budget = fit_budget(result, budget, processes, plan.job, say)
@@ -94,12 +97,12 @@ class _Rows:
     """The rows a run is held to: its own (`run`: the scenario's, or the caller's
     `locations`) and the job's at the configured buffer (`job`). Every buffer the run
     advises fits `advised`: the run's own rows and, for a run of the configured buffer
-    (not `separate`), the job's too, each on its own."""
+    (`configured_run`), the job's too, each on its own."""
 
     scenario: str
     locations: Callable[[Any], list[Any]] | None
     processes: int
-    separate: bool
+    configured_run: bool
 
     def job(self, sized: Any) -> list[Location]:
         return configured_locations(sized, self.processes)
@@ -110,7 +113,7 @@ class _Rows:
 
     @property
     def advised(self) -> list[RowsAt]:
-        return [self.run] if self.separate else [self.run, self.job]
+        return [self.run, self.job] if self.configured_run else [self.run]
 
 
 def _say_job_sizes(
@@ -134,17 +137,20 @@ def _answer_for_production(
     rows: list[Location],
     job: dict[str, Any],
     say: Callable[[str], None],
+    *,
+    separate: bool,
 ) -> dict[str, Any]:
     """Whether the configured buffer fits where the job writes (its line, and with
-    --estimate-only its table); returns the report's production keys."""
+    --estimate-only its table, when the run's rows are shown `separate`ly); returns the
+    report's production keys."""
     # A run of the configured buffer fills its own rows too: the headline counts them, so
     # it cannot say FITS above a table that refuses.
-    also = [] if plan.separate else [row for row in rows if not row.ok]
+    also = [row for row in rows if not row.ok] if plan.configured_run else []
     configured = _say_configured_answer(
         result, plan.processes, say,
-        table=getattr(args, "estimate_only", False) and plan.separate, also=also,
+        table=getattr(args, "estimate_only", False) and separate, also=also,
         environment=getattr(args, "env_source", THIS_SHELL),
-        advice_rows=[plan.job] if plan.separate else plan.advised,
+        advice_rows=plan.advised if plan.configured_run else [plan.job],
     )  # fmt: skip
     return {
         "job_sizes": job,
@@ -207,7 +213,7 @@ def _say_configured_answer(
             "elements, what training saves):"
         )
         say(locations_table(configured))
-    say(configured_fit_line([*configured, *also], result, environment, largest))
+    say(configured_fit_line(configured, result, environment, largest, run_rows=also))
     return configured
 
 
