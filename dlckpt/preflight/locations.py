@@ -302,12 +302,21 @@ def configured_fit_line(
     row = failing[0]
     # A disk is shared by the rows of one kind: the job's, or the run's (whose temp folder
     # row is the job's own staging again).
-    kind = run_rows if row in run_rows else rows
+    of_the_run = any(row is r for r in run_rows)
+    kind = run_rows if of_the_run else rows
     need = (
         f"needs {format_size(row.required_bytes)}" if row.path == RAM else _disk_need(row, kind)[1]
     )
+    # Training's own save may fit while this test's run of the same buffer (its scratch
+    # and download folders too) does not: say which, not a bare "does not fit".
+    headline = (
+        "⚠ TRAINING'S SAVE OF THE CONFIGURED BUFFER FITS, THIS TEST'S RUN OF IT DOES NOT"
+        if of_the_run and all(r.ok for r in rows)
+        else "⚠ THE CONFIGURED BUFFER DOES NOT FIT"
+    )
+    where = "this run's " if of_the_run else ""
     return (
-        f"⚠ THE CONFIGURED BUFFER DOES NOT FIT: {buffer}: {row.role} {row.path} {need}, "
+        f"{headline}: {buffer}: {where}{row.role} {row.path} {need}, "
         f"{format_size(row.free_bytes or 0)} free; "
         f"{checked}. "
         + (

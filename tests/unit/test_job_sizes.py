@@ -161,3 +161,32 @@ def test_every_hosts_temp_folder_is_held_to_its_processes_checkpoints():
         "shuffle_buffer_size 1,000: the job's saves would fail there with `Could not append "
         "to the internal temporary file`"
     ]
+
+
+def test_a_run_of_the_configured_buffer_that_cannot_fit_says_whether_training_would(tmp_path):
+    """A new user's check: `--buffer-size` at the configured size on a disk that holds
+    training's one staged save but not the test's scratch, temp and download folders was
+    told "THE CONFIGURED BUFFER DOES NOT FIT", naming the test's own scratch folder under
+    the table of training's folders, all OK."""
+    from dlckpt.preflight.locations import Location, check_locations, configured_fit_line
+
+    result = _estimate(each=1_000_000, hosts=1, kept=1)
+    training = check_locations(
+        [Location("TensorFlow temp folder for gs:// writes (TMPDIR)", str(tmp_path), 1_000_000)]
+    )
+    run = check_locations([
+        Location("scratch folder (the saved checkpoint)", str(tmp_path), 2**45),
+        Location("download folder (restore from GCS)", str(tmp_path), 2**45),
+    ])  # fmt: skip
+    line = configured_fit_line(training, result, run_rows=run)
+    assert line.startswith(
+        "⚠ TRAINING'S SAVE OF THE CONFIGURED BUFFER FITS, THIS TEST'S RUN OF IT DOES NOT: "
+        f"shuffle_buffer_size 1,000: this run's scratch folder (the saved checkpoint) {tmp_path} "
+        "needs 64.0 TiB (2 rows on this disk), "
+    ), line
+    assert "✓" not in line
+    # Training's own row failing is still the configured buffer not fitting.
+    huge = check_locations([Location("TensorFlow temp folder (TMPDIR)", str(tmp_path), 2**62)])
+    assert configured_fit_line(huge, result, run_rows=run).startswith(
+        "⚠ THE CONFIGURED BUFFER DOES NOT FIT: shuffle_buffer_size 1,000: TensorFlow temp "
+    )
