@@ -303,10 +303,7 @@ def configured_fit_line(
     # A disk is shared by the rows of one kind: the job's, or the run's (whose temp folder
     # row is the job's own staging again).
     of_the_run = any(row is r for r in run_rows)
-    kind = run_rows if of_the_run else rows
-    need = (
-        f"needs {format_size(row.required_bytes)}" if row.path == RAM else _disk_need(row, kind)[1]
-    )
+    _, need = _disk_need(row, run_rows if of_the_run else rows)  # RAM: the row's own need
     # Training's own save may fit while this test's run of the same buffer (its scratch
     # and download folders too) does not: say which, not a bare "does not fit".
     headline = (
